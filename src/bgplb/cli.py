@@ -1,0 +1,34 @@
+"""The `bgplb` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bgplb import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bgplb",
+        description="Load balancing without load balancers: BGP anycast with health checks, "
+        "ECMP router mode and BFD.",
+    )
+    parser.add_argument("--version", action="version", version=f"bgplb {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("version", help="print the version and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "version":
+        print(f"bgplb {__version__}")
+        return 0
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
