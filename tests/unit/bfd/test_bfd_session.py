@@ -230,7 +230,7 @@ def test_lost_final_keeps_polling() -> None:
     p.a.set_intervals(required_min_rx_interval=200 * MS)
     p.drop_from = {"a"}  # a's polls are lost; b keeps a up, but a never sees a Final
     before = len(p.sent["a"])
-    p.run_until(p.now + 0.25)  # < b's detection time: no state change
+    p.run_until(p.now + 0.15)  # < b's detection time: no state change
     polls = [pkt for _, pkt in p.sent["a"][before:]]
     assert len(polls) >= 2 and all(pkt.poll for pkt in polls)
     assert p.a.poll_active and p.a.state == State.UP
