@@ -1,0 +1,386 @@
+"""BGP over TCP with asyncio: the thin adapter around the sans-IO `Session`.
+
+One `BgpPeer` drives one `Session`: it opens the TCP connection when the session asks
+(`ConnectRequested`), feeds received bytes in, writes what the session has to send, closes when
+asked (`CloseRequested`) and re-arms a single `loop.call_at` from `session.get_timer()`, the way
+aioquic's asyncio layer does. Peers never wait on each other: each has its own transport and
+timer, and writes are buffered by asyncio (while a peer's socket is full, no new UPDATEs are built
+for it). `BgpListener` accepts connections (passive side) and hands them to a callback that
+decides which peer, if any, gets the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from bgplb.bgp.errors import CeaseSubcode
+from bgplb.bgp.families import AFI
+from bgplb.bgp.fsm import State
+from bgplb.bgp.session import (
+    CloseRequested,
+    ConnectRequested,
+    Event,
+    Session,
+    SessionDown,
+    SessionEstablished,
+    StateChanged,
+)
+from bgplb.io import sockopt
+
+log = logging.getLogger("bgplb.bgp")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+EventHandler = Callable[["BgpPeer", Event], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """How to reach a peer: address, port, source, TTL and authentication."""
+
+    remote: IPAddress
+    port: int = 179
+    local: IPAddress | None = None
+    password: str | None = None
+    ttl: int | None = None  # eBGP multihop TTL; None keeps the kernel's default
+    ttl_security: bool = False  # GTSM (RFC 5082), `ttl` then counts hops (default 1)
+    connect_timeout: float = 5.0
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if self.remote.version == 6 else socket.AF_INET
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, peer: BgpPeer) -> None:
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.peer._data_received(self, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.peer._transport_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.peer._process()
+
+
+def local_next_hops(sock: socket.socket) -> dict[AFI, tuple[IPAddress, ...]]:
+    """Our address on this connection, as the next hop of the routes we send over it.
+
+    IPv4 sessions give an IPv4 next hop; IPv6 sessions give the IPv6 global address (and the
+    link-local one is added by the owner when it knows the interface).
+    """
+    host = sock.getsockname()[0]
+    address = ipaddress.ip_address(host.split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if address.version == 4:
+        return {AFI.IPV4: (address,)}
+    return {AFI.IPV6: (address,)}
+
+
+class BgpPeer:
+    """One BGP peer over TCP. `on_event` sees every session event (after the peer handled it)."""
+
+    def __init__(
+        self,
+        session: Session,
+        transport: Transport,
+        on_event: EventHandler | None = None,
+        *,
+        name: str | None = None,
+        next_hops: Callable[[socket.socket], dict[AFI, tuple[IPAddress, ...]]] | None = None,
+    ) -> None:
+        self.session = session
+        self.transport = transport
+        self.on_event = on_event
+        self.name = name or f"{transport.remote}"
+        self._next_hops = next_hops or local_next_hops
+        self._loop = asyncio.get_running_loop()
+        self._proto: _Protocol | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = asyncio.Event()
+        self._closed.set()
+        self.local_address: IPAddress | None = None
+
+    # -- control ------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def start(self) -> None:
+        """Start the session (connect, or wait for `attach` when passive)."""
+        self.session.start(self.now())
+        self._process()
+
+    async def stop(
+        self, message: str = "", subcode: int = CeaseSubcode.ADMINISTRATIVE_SHUTDOWN
+    ) -> None:
+        """Send Cease (RFC 8203 message), close the connection and wait until it is closed."""
+        self.session.stop(self.now(), subcode, message)
+        self._process()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        try:
+            await asyncio.wait_for(self._closed.wait(), 3.0)
+        except TimeoutError:
+            if self._proto and self._proto.transport:
+                self._proto.transport.abort()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def attach(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
+        """Give an accepted connection to this (passive) peer."""
+        self._proto = protocol
+        protocol.peer = self
+        self._closed.clear()
+        sock = transport.get_extra_info("socket")
+        self.local_address = ipaddress.ip_address(sock.getsockname()[0].split("%")[0])
+        self.session.connection_made(self.now(), self._next_hops(sock))
+        self._process()
+
+    def kick(self) -> None:
+        """Push pending announcements now (after `session.announce`/`withdraw`)."""
+        self._process()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        session = self.session
+        now = self.now()
+        # Events first: they may ask to connect or to close after the data is written.
+        close = False
+        while (event := session.next_event()) is not None:
+            if isinstance(event, ConnectRequested):
+                self._connect()
+            elif isinstance(event, CloseRequested):
+                close = True
+            elif isinstance(event, StateChanged):
+                log.debug("%s: %s -> %s", self.name, event.old.value, event.new.value)
+            elif isinstance(event, SessionEstablished):
+                log.info(
+                    "%s: session established (AS %s, hold %ss, families %s)",
+                    self.name,
+                    event.negotiated.peer_asn,
+                    event.negotiated.hold_time,
+                    ",".join(f"{a.name}/{s.name}" for a, s in sorted(event.negotiated.families)),
+                )
+            elif isinstance(event, SessionDown):
+                level = logging.INFO if not event.was_established else logging.WARNING
+                log.log(level, "%s: session down: %s", self.name, event.reason)
+            if self.on_event is not None:
+                try:
+                    self.on_event(self, event)
+                except Exception:  # an owner's bug must not kill the transport
+                    log.exception("%s: event handler failed on %r", self.name, event)
+        proto = self._proto
+        if proto is not None and proto.transport is not None and not proto.paused:
+            data = session.data_to_send(now)
+            if data:
+                proto.transport.write(data)
+        elif proto is None or proto.transport is None:
+            session.data_to_send(now)  # nothing to write to: drop (the session is not connected)
+        if close and proto is not None and proto.transport is not None:
+            proto.transport.close()
+            self._proto = None
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.session.get_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.session.handle_timer(self.now())
+        self._process()
+
+    def _data_received(self, proto: _Protocol, data: bytes) -> None:
+        if proto is not self._proto:
+            return
+        self.session.receive_data(data, self.now())
+        self._process()
+
+    def _transport_lost(self, proto: _Protocol, exc: Exception | None) -> None:
+        if proto is self._proto:
+            self._proto = None
+            reason = f"connection lost: {exc}" if exc else "connection closed by peer"
+            self.session.connection_lost(self.now(), reason)
+            self._process()
+        if self._proto is None:
+            self._closed.set()
+
+    # -- active open --------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        if self._proto is not None and self._proto.transport is not None:
+            self._proto.transport.abort()
+            self._proto = None
+        self._connecting = self._loop.create_task(self._open())
+
+    async def _open(self) -> None:
+        t = self.transport
+        sock = socket.socket(t.family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            if t.password:
+                sockopt.set_md5(sock, f"{t.remote}/{t.remote.max_prefixlen}", t.password)
+            if t.ttl_security:
+                sockopt.set_gtsm(sock, t.family, t.ttl or 1)
+            elif t.ttl is not None:
+                sockopt.set_ttl(sock, t.family, t.ttl)
+            if t.local is not None:
+                sock.bind((str(t.local), 0))
+            await asyncio.wait_for(
+                self._loop.sock_connect(sock, (str(t.remote), t.port)), t.connect_timeout
+            )
+        except TimeoutError:
+            sock.close()
+            hint = (
+                " (with TCP-MD5 configured, a wrong or missing key on either side looks exactly"
+                " like this: the kernel drops the segments silently)"
+                if t.password
+                else ""
+            )
+            self._connect_failed(f"connect to {t.remote}:{t.port} timed out{hint}")
+            return
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            self._connect_failed(f"connect to {t.remote}:{t.port} failed: {exc.strerror or exc}")
+            return
+        transport, proto = await self._loop.create_connection(lambda: _Protocol(self), sock=sock)
+        assert isinstance(proto, _Protocol) and isinstance(transport, asyncio.Transport)
+        self._proto = proto
+        self._closed.clear()
+        self.local_address = ipaddress.ip_address(sock.getsockname()[0].split("%")[0])
+        log.debug("%s: connected from %s", self.name, self.local_address)
+        self.session.connection_made(self.now(), self._next_hops(sock))
+        self._process()
+
+    def _connect_failed(self, reason: str) -> None:
+        if self.session.state in (State.CONNECT, State.ACTIVE):
+            log.info("%s: %s", self.name, reason)
+            self.session.connection_lost(self.now(), reason)
+            self._process()
+
+
+AcceptHandler = Callable[[asyncio.Transport, "_Protocol", IPAddress], "BgpPeer | None"]
+
+
+class BgpListener:
+    """Accepts BGP connections on the given addresses and asks `on_accept` who gets them.
+
+    `on_accept(transport, protocol, remote_address)` returns the `BgpPeer` that takes the
+    connection (it is then attached) or None to refuse it (the connection is closed at once).
+    TCP-MD5 keys for peer prefixes are installed on every listening socket with `set_password`.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        port: int,
+        on_accept: AcceptHandler,
+        *,
+        gtsm_hops: int | None = None,
+    ) -> None:
+        self.addresses = list(addresses)
+        self.port = port
+        self.on_accept = on_accept
+        self.gtsm_hops = gtsm_hops
+        self._servers: list[asyncio.Server] = []
+        self._sockets: list[socket.socket] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for address in self.addresses:
+            ip = ipaddress.ip_address(address)
+            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if self.gtsm_hops is not None:
+                sockopt.set_gtsm(sock, family, self.gtsm_hops)
+            sock.bind((address, self.port))
+            sock.listen(128)
+            sock.setblocking(False)
+            self._sockets.append(sock)
+            server = await loop.create_server(self._factory, sock=sock)
+            self._servers.append(server)
+            log.info("listening for BGP on %s port %d", address, self.port)
+
+    def set_password(self, network: str, password: str | None) -> None:
+        """Install (or remove) a TCP-MD5 key for a peer prefix on every listening socket."""
+        net = ipaddress.ip_network(network, strict=False)
+        for sock in self._sockets:
+            if (sock.family == socket.AF_INET6) == (net.version == 6):
+                sockopt.set_md5(sock, net, password)
+
+    def _factory(self) -> _Protocol:
+        return _AcceptingProtocol(self)
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        self._sockets.clear()
+
+
+class _AcceptingProtocol(_Protocol):
+    def __init__(self, listener: BgpListener) -> None:
+        self.listener = listener
+        self.transport = None
+        self.paused = False
+        self._buffer: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        host = transport.get_extra_info("peername")[0]
+        remote = ipaddress.ip_address(host.split("%")[0])
+        if isinstance(remote, ipaddress.IPv6Address) and remote.ipv4_mapped:
+            remote = remote.ipv4_mapped
+        try:
+            peer = self.listener.on_accept(transport, self, remote)
+        except Exception:
+            log.exception("accepting a connection from %s failed", remote)
+            peer = None
+        if peer is None:
+            transport.close()
+            return
+        peer.attach(transport, self)
+
+    def data_received(self, data: bytes) -> None:
+        if getattr(self, "peer", None) is not None:
+            self.peer._data_received(self, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if getattr(self, "peer", None) is not None:
+            self.peer._transport_lost(self, exc)
