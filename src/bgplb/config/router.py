@@ -1,0 +1,120 @@
+"""The router's configuration (``bgplb router -c FILE``): ``[bgp]``, ``[[peer_ranges]]``,
+``[fib]``, ``[control]``, ``[logging]``. Key names are the contract of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, PlainValidator, field_validator
+
+from bgplb.config.agent import BfdConfig, HoldTime, LoggingConfig, Section, _hold_time
+from bgplb.config.types import (
+    ASN,
+    AcceptEntry,
+    Duration,
+    FilePath,
+    HostPort,
+    ListenAddress,
+    MetricsAddress,
+    Prefix,
+    RouterId,
+    int_in,
+    parse_asn,
+    parse_prefix_filter,
+)
+
+
+class RouterBgp(Section):
+    asn: ASN
+    router_id: RouterId | None = None
+    listen: list[ListenAddress] = [HostPort("0.0.0.0", 179), HostPort("::", 179)]
+    hold_time: HoldTime = 9
+    # Graceful Restart helper (RFC 4724): keep a restarting peer's routes for its restart time.
+    graceful_restart: bool = True
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("hold_time")
+    @classmethod
+    def _check_hold(cls, value: int) -> int:
+        return _hold_time(value)
+
+
+def _asn_or_any(value: Any) -> int | Literal["any"]:
+    if isinstance(value, str) and value.strip().lower() == "any":
+        return "any"
+    return parse_asn(value)
+
+
+# By default a range may announce any host route (/32, /128) and nothing else: VIPs.
+DEFAULT_ACCEPT = (parse_prefix_filter("0.0.0.0/0 ge 32"), parse_prefix_filter("::/0 ge 128"))
+
+
+class PeerRange(Section):
+    """Dynamic neighbours: sessions are accepted from any source inside ``prefix``."""
+
+    prefix: Prefix
+    asn: Annotated[int | Literal["any"], PlainValidator(_asn_or_any)]
+    password: str | None = None
+    max_prefixes: Annotated[int, int_in(1, 10_000_000)] | None = None
+    accept: list[AcceptEntry] = list(DEFAULT_ACCEPT)
+    bfd: BfdConfig | None = None
+    hold_time: HoldTime | None = None
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: str | None) -> str | None:
+        if value is not None and not 1 <= len(value.encode()) <= 80:
+            raise ValueError("TCP-MD5 password must be 1..80 bytes")
+        return value
+
+    @field_validator("hold_time")
+    @classmethod
+    def _check_hold(cls, value: int | None) -> int | None:
+        return None if value is None else _hold_time(value)
+
+
+class FibConfig(Section):
+    """Kernel installation: one route per VIP via a nexthop group (``ip nexthop``)."""
+
+    install: bool = True
+    table: Annotated[int, int_in(1, 0xFFFFFFFF)] = 254
+    group: Literal["resilient", "multipath"] = "resilient"
+    # Resilient groups (Linux >= 5.13): NHA_RES_GROUP_BUCKETS is a u16.
+    buckets: Annotated[int, int_in(1, 65535)] = 512
+    idle_timer: Duration = 10.0
+    unbalanced_timer: Duration = 60.0  # 0: never force-migrate busy buckets
+    keep_on_exit: bool = False  # leave our routes in the kernel on exit (graceful restart)
+
+    @field_validator("idle_timer", "unbalanced_timer")
+    @classmethod
+    def _clock_t(cls, value: float) -> float:
+        # The kernel keeps these timers in clock_t (1/100 s) in a u32.
+        if value > 0xFFFFFFFF / 100:
+            raise ValueError(f"{value:g}s is too long for the kernel")
+        return value
+
+
+class RouterControlConfig(Section):
+    socket: FilePath = Path("/run/bgplb/router.sock")
+    metrics: MetricsAddress | None = HostPort("127.0.0.1", 9181)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        return None if value in ("", False, "off") else value
+
+
+class RouterConfig(Section):
+    """Everything ``bgplb router`` reads from its TOML file."""
+
+    bgp: RouterBgp
+    peer_ranges: list[PeerRange] = Field(min_length=1)
+    fib: FibConfig = FibConfig()
+    control: RouterControlConfig = RouterControlConfig()
+    logging: LoggingConfig = LoggingConfig()

@@ -1,0 +1,449 @@
+"""Config loading: valid examples, every bad-config case of issue 3 named by file and key path."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bgplb.config import (
+    AgentConfig,
+    ConfigError,
+    ExecCheck,
+    HttpCheck,
+    RouterConfig,
+    config_check,
+    detect_role,
+    load_agent_config,
+    load_config,
+    load_router_config,
+    parse_community,
+    parse_duration,
+    parse_large_community,
+)
+from bgplb.config.types import parse_prefix_filter
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+MINIMAL_AGENT = """
+[bgp]
+asn = 65000
+
+[[peers]]
+address = "192.0.2.1"
+asn = 65530
+
+[[services]]
+name = "web"
+vips = ["198.51.100.10/32"]
+
+[[services.checks]]
+type = "tcp"
+port = 80
+"""
+
+MINIMAL_ROUTER = """
+[bgp]
+asn = 65530
+
+[[peer_ranges]]
+prefix = "192.0.2.0/24"
+asn = "any"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def errors_of(path: Path, role: str = "agent") -> list[str]:
+    loader = load_agent_config if role == "agent" else load_router_config
+    with pytest.raises(ConfigError) as info:
+        loader(path)
+    lines = str(info.value).splitlines()
+    assert len(lines) == len(info.value.issues)
+    for line in lines:
+        assert line.startswith(f"{path}: "), line
+    return lines
+
+
+# -- valid configs -----------------------------------------------------------------------------
+
+
+def test_example_agent_config_loads():
+    config = load_agent_config(EXAMPLES / "agent.toml")
+    assert isinstance(config, AgentConfig)
+    assert config.bgp.asn == 65000
+    assert config.bgp.router_id == ipaddress.IPv4Address("192.0.2.11")
+    assert config.peers[0].bfd is not None and config.peers[0].bfd.interval_ms == 100
+    web = config.services[0]
+    assert web.vips == [
+        ipaddress.ip_network("198.51.100.10/32"),
+        ipaddress.ip_network("2001:db8:100::10/128"),
+    ]
+    assert web.communities == [65000 << 16 | 100, 0xFFFFFF01]
+    assert web.large_communities == [(65000, 1, 2)]
+    assert web.drain_time == 10.0
+    http = web.checks[0]
+    assert isinstance(http, HttpCheck)
+    assert (http.interval, http.timeout, http.rise, http.fall) == (1.0, 0.5, 2, 2)
+    assert http.verify_tls is True
+    exec_check = web.checks[1]
+    assert isinstance(exec_check, ExecCheck)
+    assert exec_check.command == ["/usr/bin/pgrep", "-x", "nginx"]
+    assert config.services[1].checks[1].timeout == 0.25  # half the 500ms interval
+
+
+def test_example_router_config_loads():
+    config = load_router_config(EXAMPLES / "router.toml")
+    assert isinstance(config, RouterConfig)
+    assert [str(a) for a in config.bgp.listen] == ["0.0.0.0:179", "[::]:179"]
+    first, second = config.peer_ranges
+    assert first.asn == 65000 and second.asn == "any"
+    assert first.accept[0].matches(ipaddress.ip_network("198.51.100.10/32"))
+    assert not first.accept[0].matches(ipaddress.ip_network("203.0.113.10/32"))
+    assert config.fib.group == "resilient" and config.fib.idle_timer == 10.0
+
+
+def test_defaults(tmp_path):
+    config = load_agent_config(write(tmp_path, MINIMAL_AGENT))
+    assert config.bgp.hold_time == 9
+    assert config.bgp.graceful_restart_time == 15
+    peer = config.peers[0]
+    assert (peer.port, peer.passive, peer.local_address, peer.bfd) == (179, False, None, None)
+    check = config.services[0].checks[0]
+    assert (check.interval, check.timeout, check.rise, check.fall) == (1.0, 0.5, 2, 2)
+    assert config.services[0].manage_vip is True
+    router = load_router_config(write(tmp_path, MINIMAL_ROUTER, "router.toml"))
+    accept = router.peer_ranges[0].accept
+    assert any(f.matches(ipaddress.ip_network("203.0.113.7/32")) for f in accept)
+    assert not any(f.matches(ipaddress.ip_network("203.0.113.0/24")) for f in accept)
+
+
+def test_exec_command_string_runs_in_sh(tmp_path):
+    text = MINIMAL_AGENT.replace('type = "tcp"\nport = 80', 'type = "exec"\ncommand = "exit 0"')
+    check = load_agent_config(write(tmp_path, text)).services[0].checks[0]
+    assert isinstance(check, ExecCheck)
+    assert check.command == ["/bin/sh", "-c", "exit 0"]
+
+
+# -- every bad config of issue 3 ---------------------------------------------------------------
+
+
+def test_unknown_keys_at_every_level(tmp_path):
+    text = MINIMAL_AGENT + "\n[colour]\nx = 1\n"
+    text = text.replace("asn = 65000", "asn = 65000\nhold_tme = 9")
+    text = text.replace("port = 80", "port = 80\nintervall = '1s'")
+    lines = errors_of(write(tmp_path, text))
+    assert any(": bgp.hold_tme: unknown key (did you mean 'hold_time'?)" in x for x in lines)
+    assert any(
+        ": services[0].checks[0].intervall: unknown key (did you mean 'interval'?)" in x
+        for x in lines
+    )
+    assert any(": colour: unknown key" in x for x in lines)
+
+
+def test_vip_in_two_services(tmp_path):
+    text = MINIMAL_AGENT + '\n[[services]]\nname = "api"\nvips = ["198.51.100.10"]\n'
+    (line,) = errors_of(write(tmp_path, text))
+    assert ": services[1].vips[0]: duplicate VIP 198.51.100.10/32" in line
+    assert "services[0].vips[0]" in line
+
+
+@pytest.mark.parametrize("hold", [1, 2])
+def test_hold_time_1_or_2(tmp_path, hold):
+    text = MINIMAL_AGENT.replace("asn = 65000", f"asn = 65000\nhold_time = {hold}")
+    (line,) = errors_of(write(tmp_path, text))
+    assert f": bgp.hold_time: hold_time {hold} is not allowed" in line
+
+
+@pytest.mark.parametrize("hold", [0, 3, 65535])
+def test_hold_time_valid(tmp_path, hold):
+    text = MINIMAL_AGENT.replace("asn = 65000", f"asn = 65000\nhold_time = {hold}")
+    assert load_agent_config(write(tmp_path, text)).bgp.hold_time == hold
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ('address = "192.0.2.1"', 'address = "192.0.2.256"', "peers[0].address"),
+        ('address = "192.0.2.1"', 'address = "fe80::zz"', "peers[0].address"),
+        ('"198.51.100.10/32"', '"198.51.100.0/24"', "services[0].vips[0]"),
+        ('"198.51.100.10/32"', '"198.51.100.10/33"', "services[0].vips[0]"),
+        ('"198.51.100.10/32"', '"web.example"', "services[0].vips[0]"),
+        ("asn = 65000", 'asn = 65000\nrouter_id = "2001:db8::1"', "bgp.router_id"),
+        ("asn = 65000", 'asn = 65000\nrouter_id = "0.0.0.0"', "bgp.router_id"),
+        ("asn = 65000", "asn = 0", "bgp.asn"),
+        ("asn = 65000", "asn = 4294967296", "bgp.asn"),
+        ("asn = 65530", 'asn = "x"', "peers[0].asn"),
+        ("port = 80", "port = 70000", "services[0].checks[0].port"),
+        ("port = 80", 'port = "80"', "services[0].checks[0].port"),
+        ("port = 80", "port = 80\ninterval = 'fast'", "services[0].checks[0].interval"),
+        ("port = 80", "port = 80\ntimeout = '-1s'", "services[0].checks[0].timeout"),
+        ("port = 80", "port = 80\nrise = 0", "services[0].checks[0].rise"),
+        ('type = "tcp"', 'type = "ping"', "services[0].checks[0].type"),
+        ('name = "web"', 'name = "web"\ncommunities = ["65536:1"]', "services[0].communities[0]"),
+        ('name = "web"', 'name = "web"\nmanage_vip = "yes"', "services[0].manage_vip"),
+        (
+            'name = "web"',
+            'name = "web"\nlarge_communities = ["1:2"]',
+            "services[0].large_communities[0]",
+        ),
+        ('name = "web"', 'name = "we b"', "services[0].name"),
+        ("asn = 65530", 'asn = 65530\nlocal_address = "2001:db8::1"', "peers[0].local_address"),
+        ("asn = 65530", "asn = 65530\nbfd = { interval_ms = 1 }", "peers[0].bfd.interval_ms"),
+    ],
+)
+def test_bad_value_names_key(tmp_path, old, new, key):
+    assert old in MINIMAL_AGENT
+    path = write(tmp_path, MINIMAL_AGENT.replace(old, new, 1))
+    lines = errors_of(path)
+    assert any(line.startswith(f"{path}: {key}: ") for line in lines), lines
+
+
+def test_timeout_not_shorter_than_interval(tmp_path):
+    text = MINIMAL_AGENT.replace("port = 80", "port = 80\ninterval = '1s'\ntimeout = '1s'")
+    (line,) = errors_of(write(tmp_path, text))
+    assert (
+        ": services[0].checks[0].timeout: timeout (1s) must be shorter than interval (1s)" in line
+    )
+
+
+def test_duplicate_peer_address(tmp_path):
+    text = MINIMAL_AGENT + '\n[[peers]]\naddress = "192.0.2.1"\nasn = 65531\n'
+    (line,) = errors_of(write(tmp_path, text))
+    assert ": peers[1].address: duplicate peer address 192.0.2.1" in line
+
+
+def test_every_error_is_listed(tmp_path):
+    text = """
+        [bgp]
+        asn = 65000
+        hold_time = 1
+
+        [[peers]]
+        address = "192.0.2.999"
+        asn = 65530
+
+        [[services]]
+        name = "web"
+        vips = ["198.51.100.10/32"]
+
+        [[services.checks]]
+        type = "tcp"
+        port = 80
+
+        [[services.checks]]
+        type = "http"
+        url = "http://127.0.0.1/"
+        interval = "fast"
+
+        [[services]]
+        name = "api"
+        vips = ["198.51.100.10/32"]
+    """
+    path = write(tmp_path, text, "many.toml")
+    lines = errors_of(path)
+    keys = sorted(line.split(": ")[1] for line in lines)
+    assert keys == [
+        "bgp.hold_time",
+        "peers[0].address",
+        "services[0].checks[1].interval",
+        "services[1].vips[0]",
+    ]
+    assert (
+        f"{path}: services[0].checks[1].interval: invalid duration 'fast' "
+        "(use e.g. 500ms, 1s, 2m)" in lines
+    )
+
+
+def test_missing_required_keys(tmp_path):
+    lines = errors_of(write(tmp_path, "[bgp]\n"))
+    assert any(": bgp.asn: missing required key" in x for x in lines)
+    assert any(": peers: missing required key" in x for x in lines)
+
+
+def test_unreadable_file(tmp_path):
+    path = tmp_path / "nope.toml"
+    (line,) = errors_of(path)
+    assert line == f"{path}: cannot read: No such file or directory"
+    if os.geteuid() != 0:  # root reads anything
+        path.write_text(MINIMAL_AGENT)
+        path.chmod(0)
+        (line,) = errors_of(path)
+        assert line == f"{path}: cannot read: Permission denied"
+
+
+def test_directory_and_binary(tmp_path):
+    (line,) = errors_of(tmp_path)
+    assert line.startswith(f"{tmp_path}: cannot read: ")
+    path = tmp_path / "bin.toml"
+    path.write_bytes(b"\xff\xfe[bgp]")
+    (line,) = errors_of(path)
+    assert "not UTF-8" in line
+
+
+def test_toml_syntax_error_has_line_and_column(tmp_path):
+    path = write(tmp_path, "[bgp]\nasn = 65000\nhold_time = = 3\n")
+    (line,) = errors_of(path)
+    assert line.startswith(f"{path}: TOML syntax error: ")
+    assert "line 3, column" in line
+
+
+def test_router_bad_values(tmp_path):
+    text = MINIMAL_ROUTER + textwrap.dedent(
+        """
+        [[peer_ranges]]
+        prefix = "192.0.2.1/24"
+        asn = "some"
+        accept = ["198.51.100.0/24 le 16", "198.51.100.0/24 foo 3"]
+        max_prefixes = 0
+
+        [[peer_ranges]]
+        prefix = "192.0.2.0/24"
+        asn = 65000
+
+        [fib]
+        group = "ecmp"
+        buckets = 0
+        idle_timer = "soon"
+        """
+    )
+    path = write(tmp_path, text, "router.toml")
+    lines = errors_of(path, "router")
+    keys = sorted(line.split(": ")[1] for line in lines)
+    assert keys == [
+        "fib.buckets",
+        "fib.group",
+        "fib.idle_timer",
+        "peer_ranges[1].accept[0]",
+        "peer_ranges[1].accept[1]",
+        "peer_ranges[1].asn",
+        "peer_ranges[1].max_prefixes",
+        "peer_ranges[1].prefix",
+        "peer_ranges[2].prefix",
+    ]
+    assert any("has host bits set (did you mean 192.0.2.0/24?)" in x for x in lines)
+
+
+def test_router_listen_forms(tmp_path):
+    text = MINIMAL_ROUTER.replace(
+        "asn = 65530", 'asn = 65530\nlisten = ["192.0.2.1:1179", "[2001:db8::1]:179", "::"]'
+    )
+    config = load_router_config(write(tmp_path, text, "router.toml"))
+    assert [(a.host, a.port) for a in config.bgp.listen] == [
+        ("192.0.2.1", 1179),
+        ("2001:db8::1", 179),
+        ("::", 179),
+    ]
+    bad = MINIMAL_ROUTER.replace("asn = 65530", 'asn = 65530\nlisten = ["192.0.2.1:0", "x:y:z"]')
+    lines = errors_of(write(tmp_path, bad, "bad.toml"), "router")
+    assert sorted(line.split(": ")[1] for line in lines) == ["bgp.listen[0]", "bgp.listen[1]"]
+
+
+# -- role detection and config check -----------------------------------------------------------
+
+
+def test_role_detection(tmp_path):
+    agent = write(tmp_path, MINIMAL_AGENT)
+    router = write(tmp_path, MINIMAL_ROUTER, "router.toml")
+    assert isinstance(load_config(agent), AgentConfig)
+    assert isinstance(load_config(router), RouterConfig)
+    assert detect_role({"bgp": {"listen": []}}) == "router"
+    assert detect_role({"fib": {}}) == "router"
+    assert detect_role({"services": []}) == "agent"
+    assert detect_role({"bgp": {}}) is None
+    assert detect_role({"peers": [], "peer_ranges": []}) is None
+
+
+def test_config_check(tmp_path):
+    ok, text = config_check(EXAMPLES / "agent.toml")
+    assert ok and text.endswith("OK (agent config, 2 peer(s), 2 service(s), 4 check(s))")
+    ok, text = config_check(EXAMPLES / "router.toml")
+    assert ok and "router config" in text
+    # An agent file checked as a router: every router error is listed.
+    ok, text = config_check(EXAMPLES / "agent.toml", role="router")
+    assert not ok and "peer_ranges: missing required key" in text
+    ok, text = config_check(write(tmp_path, "[bgp]\nasn = 1\n"))
+    assert not ok and "cannot tell whether this is an agent or a router" in text
+    bad = write(tmp_path, MINIMAL_AGENT.replace("asn = 65000", "asn = 65000\nhold_time = 2"))
+    ok, text = config_check(bad)
+    assert not ok
+    assert text.splitlines()[-1] == f"1 error in {bad}"
+
+
+# -- value parsers -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("500ms", 0.5),
+        ("1s", 1.0),
+        ("2m", 120.0),
+        ("1h", 3600.0),
+        ("1m30s", 90.0),
+        ("1.5s", 1.5),
+        (3, 3.0),
+        (0.25, 0.25),
+        ("2", 2.0),
+    ],
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["fast", "", "1x", "s", "-1s", True, None, "1s2", [1]])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@given(st.integers(min_value=0, max_value=10**6))
+def test_duration_units_agree(n):
+    assert parse_duration(f"{n}ms") == pytest.approx(n / 1000)
+    assert parse_duration(f"{n}s") == parse_duration(n) == n
+    assert parse_duration(f"{n}m") == n * 60
+
+
+def test_communities():
+    assert parse_community("65000:100") == 0xFDE80064
+    assert parse_community("graceful-shutdown") == 0xFFFF0000  # RFC 8326
+    assert parse_community("no-export") == 0xFFFFFF01  # RFC 1997
+    assert parse_community("blackhole") == 0xFFFF029A  # RFC 7999
+    for bad in ["65536:1", "1:65536", "1", "a:b", "1:2:3", 5]:
+        with pytest.raises(ValueError, match="invalid community"):
+            parse_community(bad)
+    assert parse_large_community("65000:1:2") == (65000, 1, 2)
+    assert parse_large_community("4294967295:0:0") == (0xFFFFFFFF, 0, 0)
+    with pytest.raises(ValueError):
+        parse_large_community("4294967296:0:0")
+
+
+@given(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))
+def test_community_round_trip(high, low):
+    assert parse_community(f"{high}:{low}") == high << 16 | low
+
+
+def test_prefix_filters():
+    exact = parse_prefix_filter("198.51.100.0/24")
+    assert exact.matches(ipaddress.ip_network("198.51.100.0/24"))
+    assert not exact.matches(ipaddress.ip_network("198.51.100.0/25"))
+    le = parse_prefix_filter("198.51.100.0/24 le 32")
+    assert le.matches(ipaddress.ip_network("198.51.100.7/32"))
+    assert not le.matches(ipaddress.ip_network("198.51.0.0/16"))
+    assert not le.matches(ipaddress.ip_network("2001:db8::/128"))
+    ge = parse_prefix_filter("198.51.100.0/24 ge 28")
+    assert (ge.ge, ge.le) == (28, 32)
+    both = parse_prefix_filter("198.51.100.0/24 ge 26 le 28")
+    assert str(both) == "198.51.100.0/24 ge 26 le 28"
+    for bad in ["198.51.100.0/24 le 20", "198.51.100.0/24 ge 30 le 29", "x", "198.18.0.0/15 le"]:
+        with pytest.raises(ValueError):
+            parse_prefix_filter(bad)
