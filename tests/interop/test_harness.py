@@ -4,9 +4,11 @@ session up, originates routes with attributes, and reads back what it received."
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from bgplb.lab.peers import Bird, GoBgp, ReceivedRoute
+from bgplb.lab.peers import Bird, Frr, GoBgp, ReceivedRoute, kernel_routes
 
 pytestmark = pytest.mark.interop
 
@@ -43,3 +45,35 @@ def test_gobgp_announces_to_bird(two_hosts, daemons):
     # live withdrawal through the GoBGP API reaches BIRD
     gobgp.withdraw(V4)
     bird.wait_routes(lambda rs: [r.prefix for r in rs] == [V6], 10, "withdrawal of " + V4)
+
+
+def test_frr_to_gobgp_and_kernel(two_hosts, daemons):
+    left, right = two_hosts
+    frr = daemons(Frr, left.ns, 65010, left.ipv4)
+    gobgp = daemons(GoBgp, right.ns, 65020, right.ipv4)
+    frr.add_neighbor(right.ipv4, 65020, families=["ipv4"])
+    frr.add_neighbor(right.ipv6, 65020, families=["ipv6"])
+    gobgp.add_neighbor(left.ipv4, 65010, families=["ipv4"])
+    gobgp.add_neighbor(left.ipv6, 65010, families=["ipv6"])
+    frr.announce(V4, communities=["65010:1"], large_communities=["65010:2:3"], med=20)
+    frr.announce(V6, communities=["65535:0"], med=30)
+    gobgp.announce("203.0.113.0/24", right.ipv4, ["65020:5"])
+    frr.start()
+    gobgp.start()
+    frr.wait_established(right.ipv4, 20)
+    frr.wait_established(right.ipv6, 20)
+    routes = by_prefix(gobgp.wait_routes(lambda rs: len(rs) == 2, 10))
+    assert routes[V4] == ReceivedRoute(
+        V4, left.ipv4, [65010], ["65010:1"], ["65010:2:3"], 20, left.ipv4
+    )
+    assert routes[V6].next_hop == left.ipv6
+    assert routes[V6].communities == ["65535:0"]
+    assert routes[V6].med == 30
+    got = frr.wait_routes(lambda rs: len(rs) == 1, 10)
+    assert got == [
+        ReceivedRoute("203.0.113.0/24", right.ipv4, [65020], ["65020:5"], [], None, right.ipv4)
+    ]
+    deadline = time.monotonic() + 5
+    while not kernel_routes(left.ns, "203.0.113.0/24") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert kernel_routes(left.ns, "203.0.113.0/24") == [right.ipv4]

@@ -22,9 +22,12 @@ import ipaddress
 import json
 import re
 import shlex
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +40,12 @@ __all__ = [
     "Announcement",
     "Bird",
     "Daemon",
+    "Frr",
     "GoBgp",
     "Neighbor",
     "PeerError",
     "ReceivedRoute",
+    "kernel_routes",
 ]
 
 FAMILIES = ("ipv4", "ipv6")
@@ -150,6 +155,9 @@ class Daemon:
         self.neighbors: dict[str, Neighbor] = {}
         self.announcements: dict[str, Announcement] = {}
         self._procs: list[subprocess.Popen[bytes]] = []
+        #: Short private directory for sockets and pid files (AF_UNIX paths are limited to
+        #: 107 bytes, test workdirs can be longer); made by start(), removed by stop().
+        self.rundir = Path(tempfile.gettempdir()) / f"bgplb-{self.name}-{uuid.uuid4().hex[:8]}"
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -254,6 +262,7 @@ class Daemon:
         if self._procs:
             raise PeerError(f"{self.name} in {self.ns.name} is already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.rundir.mkdir(mode=0o755, exist_ok=True)
         self._write_config()
         with self.log_path.open("ab") as log:
             for argv in self._commands():
@@ -308,6 +317,7 @@ class Daemon:
                     proc.kill()
                     proc.wait(timeout)
         self._procs.clear()
+        shutil.rmtree(self.rundir, ignore_errors=True)
 
     def restart(self) -> None:
         """stop() then start() with the current configuration."""
@@ -412,7 +422,7 @@ class Bird(Daemon):
         super().__init__(ns, workdir, asn, router_id, listen_port=listen_port)
         self.kernel = kernel
         self.conf_path = self.workdir / "bird.conf"
-        self.socket = self.workdir / "bird.ctl"
+        self.socket = self.rundir / "bird.ctl"
 
     def _write_config(self) -> None:
         self.conf_path.write_text(self.config_text())
@@ -613,7 +623,7 @@ class GoBgp(Daemon):
     ) -> None:
         super().__init__(ns, workdir, asn, router_id, listen_port=listen_port)
         self.conf_path = self.workdir / "gobgpd.toml"
-        self.socket = self.workdir / "gobgp.sock"
+        self.socket = self.rundir / "gobgp.sock"
 
     def _check_neighbor(self, nb: Neighbor) -> None:
         if nb.bfd:
@@ -722,7 +732,8 @@ class GoBgp(Daemon):
                 continue
             for fam in nb.families:
                 out = self.control("-j", "neighbor", nb.address, "adj-in", "-a", fam)
-                routes += parse_gobgp_rib(out, nb.address)
+                # adj-in also holds paths that loop detection (RFC 4271 §9.1.2) rejected
+                routes += [r for r in parse_gobgp_rib(out, nb.address) if self.asn not in r.as_path]
         return sorted(routes, key=_route_key)
 
 
@@ -755,3 +766,265 @@ def parse_gobgp_rib(text: str, peer: str) -> list[ReceivedRoute]:
                 ReceivedRoute(prefix, nh, as_path, comms, large, med, path.get("neighbor-ip", peer))
             )
     return routes
+
+
+# ----------------------------------------------------------------------------------------------
+# FRR
+
+
+class Frr(Daemon):
+    """FRR 8: zebra + bgpd (+ bfdd when a neighbor has `bfd`) as user frr, with a private
+    frr-owned run directory for vty sockets, pid files and zserv.api; `vtysh --vty_socket`.
+    zebra installs received routes in the kernel (ECMP as nexthop objects)."""
+
+    name = "frr"
+    sbin: ClassVar[Path] = Path("/usr/lib/frr")
+
+    def __init__(
+        self,
+        ns: Namespace,
+        workdir: Path,
+        asn: int,
+        router_id: str,
+        *,
+        listen_port: int = 179,
+        maximum_paths: int = 64,
+    ) -> None:
+        super().__init__(ns, workdir, asn, router_id, listen_port=listen_port)
+        self.maximum_paths = maximum_paths
+        self.conf_path = self.workdir / "bgpd.conf"
+
+    def config_text(self) -> str:
+        """The bgpd.conf this instance runs with."""
+        out = [
+            "frr defaults traditional",
+            f"hostname {self.ns.name}",
+            "log stdout informational",
+            "!",
+            f"router bgp {self.asn}",
+            f" bgp router-id {self.router_id}",
+            " no bgp ebgp-requires-policy",
+            " no bgp default ipv4-unicast",
+            " no bgp network import-check",
+            " bgp bestpath as-path multipath-relax",
+        ]
+        if any(nb.graceful_restart for nb in self.neighbors.values()):
+            out.append(" bgp graceful-restart")
+        for nb in self.neighbors.values():
+            n = f" neighbor {nb.address}"
+            out += [
+                f"{n} remote-as {nb.asn}",
+                f"{n} timers connect 1",
+                f"{n} advertisement-interval 0",
+            ]
+            out.append(
+                f"{n} timers {max(1, nb.hold_time // 3) if nb.hold_time else 0} {nb.hold_time}"
+            )
+            if nb.port != 179:
+                out.append(f"{n} port {nb.port}")
+            if nb.password is not None:
+                out.append(f"{n} password {nb.password}")
+            if nb.passive:
+                out.append(f"{n} passive")
+            if nb.multihop is not None:
+                out.append(f"{n} ebgp-multihop {nb.multihop}")
+            if nb.local_address:
+                out.append(f"{n} update-source {nb.local_address}")
+            if nb.bfd:
+                out.append(f"{n} bfd")
+        maps: list[str] = []
+        for fam in FAMILIES:
+            out.append(f" address-family {fam} unicast")
+            out.append(f"  maximum-paths {self.maximum_paths}")
+            for i, a in enumerate(self.announcements.values()):
+                if a.family != fam:
+                    continue
+                out.append(f"  network {a.prefix} route-map ANNOUNCE-{i}")
+                maps += [f"route-map ANNOUNCE-{i} permit 10"]
+                if a.communities:
+                    maps.append(f" set community {' '.join(a.communities)}")
+                if a.large_communities:
+                    maps.append(f" set large-community {' '.join(a.large_communities)}")
+                if a.med is not None:
+                    maps.append(f" set metric {a.med}")
+                if a.next_hop:
+                    kw = "ipv6 next-hop global" if fam == "ipv6" else "ip next-hop"
+                    maps.append(f" set {kw} {a.next_hop}")
+                maps.append("!")
+            for nb in self.neighbors.values():
+                if fam in nb.families:
+                    out.append(f"  neighbor {nb.address} activate")
+            out.append(" exit-address-family")
+        head, bgp = out[:4], out[4:]
+        return "\n".join([*head, *maps, *bgp, "!", ""])
+
+    def _write_config(self) -> None:
+        text = self.config_text()
+        self.conf_path.write_text(text)
+        (self.rundir / "bgpd.conf").write_text(text)
+        shutil.chown(self.rundir, "frr", "frr")
+        shutil.chown(self.rundir / "bgpd.conf", "frr", "frr")
+
+    def _common(self, daemon: str) -> list[str]:
+        return [
+            str(self.sbin / daemon),
+            "-u",
+            "frr",
+            "-g",
+            "frr",
+            "--vty_socket",
+            str(self.rundir),
+            "-i",
+            str(self.rundir / f"{daemon}.pid"),
+        ]
+
+    def _commands(self) -> list[list[str]]:
+        zserv = ["-z", str(self.rundir / "zserv.api")]
+        cmds = [[*self._common("zebra"), *zserv, "-f", "/dev/null"]]
+        if any(nb.bfd for nb in self.neighbors.values()):
+            cmds.append(
+                [
+                    *self._common("bfdd"),
+                    "--bfdctl",
+                    str(self.rundir / "bfdd.sock"),
+                    "-f",
+                    "/dev/null",
+                ]
+            )
+        cmds.append(
+            [
+                *self._common("bgpd"),
+                *zserv,
+                "-p",
+                str(self.listen_port),
+                "-f",
+                str(self.rundir / "bgpd.conf"),
+            ]
+        )
+        return cmds
+
+    def _spawned(self, proc: subprocess.Popen[bytes]) -> bool:
+        daemon = Path(str(proc.args[4] if isinstance(proc.args, list) else "")).name
+        return (self.rundir / f"{daemon}.vty").exists()
+
+    def _cli(self, *args: str) -> list[str]:
+        cmd = ["vtysh", "--vty_socket", str(self.rundir)]
+        for arg in args:
+            cmd += ["-c", arg]
+        return cmd
+
+    def _ready(self) -> bool:
+        proc = subprocess.run(
+            self._cli("show bgp summary json"), capture_output=True, text=True, timeout=5
+        )
+        return proc.returncode == 0 and proc.stdout.lstrip().startswith("{")
+
+    def _reload(self) -> None:
+        # Re-apply the whole `router bgp` block: vtysh accepts the same lines as the file.
+        lines = [
+            ln
+            for ln in self.config_text().splitlines()
+            if ln and ln != "!" and not ln.startswith(("frr ", "hostname", "log "))
+        ]
+        self.control("configure terminal", *lines, "end")
+
+    def _withdraw_live(self, ann: Announcement) -> None:
+        self.control(
+            "configure terminal",
+            f"router bgp {self.asn}",
+            f"address-family {ann.family} unicast",
+            f"no network {ann.prefix}",
+            "end",
+        )
+
+    def neighbor_state(self, address: str) -> str:
+        address = str(ipaddress.ip_address(address))
+        data = json.loads(self.control(f"show bgp neighbors {address} json"))
+        return str(data.get(address, {}).get("bgpState", "unknown")).lower()
+
+    def received_routes(self) -> list[ReceivedRoute]:
+        routes: list[ReceivedRoute] = []
+        for fam in FAMILIES:
+            table = json.loads(self.control(f"show bgp {fam} unicast json")).get("routes", {})
+            prefixes = [
+                p
+                for p, paths in table.items()
+                if any(x.get("peerId") not in _FRR_LOCAL for x in paths)
+            ]
+            if prefixes:
+                out = self.control(*(f"show bgp {fam} unicast {p} json" for p in prefixes))
+                routes += parse_frr_detail(out)
+        return sorted(routes, key=_route_key)
+
+
+_FRR_LOCAL = ("(unspec)", "0.0.0.0", "::")
+
+
+def parse_frr_detail(text: str) -> list[ReceivedRoute]:
+    """Parse concatenated `show bgp <afi> unicast <prefix> json` objects (FRR 8)."""
+    routes = []
+    decoder = json.JSONDecoder()
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        obj, end = decoder.raw_decode(text, pos)
+        pos = end
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        for path in obj.get("paths", []):
+            peer = path.get("peer", {}).get("peerId", "")
+            if peer in _FRR_LOCAL:
+                continue
+            nhs = path.get("nexthops", [])
+            nh = next((n["ip"] for n in nhs if n.get("scope", "global") == "global"), "")
+            as_path = [
+                asn
+                for seg in path.get("aspath", {}).get("segments", [])
+                for asn in seg.get("list", [])
+            ]
+            routes.append(
+                ReceivedRoute(
+                    prefix=obj["prefix"],
+                    next_hop=nh,
+                    as_path=as_path,
+                    communities=[
+                        normalize_community(c) for c in path.get("community", {}).get("list", [])
+                    ],
+                    large_communities=list(path.get("largeCommunity", {}).get("list", [])),
+                    med=path.get("metric"),
+                    peer=peer,
+                )
+            )
+    return routes
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel
+
+
+def kernel_routes(ns: Namespace, prefix: str) -> list[str]:
+    """Next-hop addresses of the kernel route for exactly `prefix` in `ns` (main table), sorted,
+    one per path; [] when there is none. Inline multipath routes (BIRD `merge paths`) and
+    nexthop objects/groups (FRR zebra, bgplb router) are both resolved."""
+    net = ipaddress.ip_network(prefix)
+    fam = "-6" if net.version == 6 else "-4"
+    routes = json.loads(ns.exec("ip", "-j", fam, "route", "show", "exact", str(net)) or "[]")
+    hops: list[str] = []
+
+    def resolve(nhid: int, depth: int = 0) -> None:
+        out = ns.exec("ip", "-j", "nexthop", "show", "id", str(nhid))
+        for obj in json.loads(out or "[]"):
+            if "group" in obj and depth < 4:
+                for member in obj["group"]:
+                    resolve(int(member["id"]), depth + 1)
+            elif "gateway" in obj:
+                hops.append(obj["gateway"])
+
+    for route in routes:
+        if "nhid" in route:
+            resolve(int(route["nhid"]))
+        elif "nexthops" in route:
+            hops += [nh["gateway"] for nh in route["nexthops"] if "gateway" in nh]
+        elif "gateway" in route:
+            hops.append(route["gateway"])
+    return sorted(hops)
