@@ -1,0 +1,474 @@
+"""BFD over UDP with asyncio, and the BFD service other protocols request sessions from.
+
+Transport (RFC 5881 single hop, RFC 5883 multihop):
+
+* Control packets go to UDP port 3784 (single hop) or 4784 (multihop) from a source port in
+  49152-65535 that stays the same for the life of the session (RFC 5881 §4): each session has
+  its own sending socket, bound to the requested local address and a random free port.
+* Packets are sent with TTL / Hop Limit 255 and IP precedence 6 (TOS 0xC0, as BIRD and FRR).
+  On receipt the TTL comes from ancillary data (IP_RECVTTL / IPV6_RECVHOPLIMIT, `recvmsg`):
+  single hop drops anything whose TTL is not 255 (RFC 5881 §5); multihop drops packets below
+  the configured minimum (RFC 5883 §2, default 1: no check).
+* One listening socket per (address family, port), created on first need, demultiplexes by
+  Your Discriminator, or by (source, destination) address when it is zero (RFC 5880 §6.3).
+  The destination comes from IP_PKTINFO / IPV6_RECVPKTINFO.
+* Each session has one `loop.call_at` timer, re-armed from `Session.get_timer()` after every
+  input; `now` is `loop.time()`.
+
+Service (as BIRD's `bfd_request_session`): `BfdService.request(peer, local, multihop, ...)`
+returns a `BfdHandle`. There is one session per (peer address, local address, multihop) shared
+by every requester; it runs with the most demanding request's timers (smallest
+interval x multiplier), and is taken AdminDown and removed when the last handle is released.
+`notify(state, diag)` is called on every state change of the session. See docs/bfd.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import socket
+import struct
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bgplb.bfd import BfdError, ControlPacket, Diag, Session, State, StateChanged, decode_packet
+
+__all__ = [
+    "MULTIHOP_PORT",
+    "SINGLE_HOP_PORT",
+    "BfdHandle",
+    "BfdService",
+    "BfdSessionInfo",
+    "Notify",
+]
+
+log = logging.getLogger(__name__)
+
+SINGLE_HOP_PORT = 3784
+MULTIHOP_PORT = 4784
+SOURCE_PORT_MIN, SOURCE_PORT_MAX = 49152, 65535
+TTL_MAX = 255
+TOS_CS6 = 0xC0
+# Linux values Python's socket module lacks.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
+_MAX_READS_PER_WAKEUP = 64
+_CMSG_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(20)
+
+Notify = Callable[[State, Diag], None]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class BfdSessionInfo:
+    """A snapshot of one session for status and metrics. Intervals in milliseconds."""
+
+    peer: str
+    local: str | None
+    multihop: bool
+    state: State
+    remote_state: State
+    local_discriminator: int
+    remote_discriminator: int
+    local_diag: Diag
+    remote_diag: int
+    detect_mult: int
+    remote_detect_mult: int
+    desired_min_tx_ms: float
+    required_min_rx_ms: float
+    tx_interval_ms: float
+    detection_time_ms: float
+    requests: int
+    packets_sent: int
+    packets_received: int
+    last_change: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    peer: IPAddress
+    local: IPAddress | None
+    multihop: bool
+
+
+class BfdHandle:
+    """One requester's hold on a shared BFD session; `release()` when no longer needed."""
+
+    def __init__(
+        self, service: BfdService, key: _Key, interval_ms: int, multiplier: int, notify: Notify
+    ) -> None:
+        self._service = service
+        self.key = key
+        self.interval_ms = interval_ms
+        self.multiplier = multiplier
+        self.notify = notify
+        self.released = False
+
+    @property
+    def state(self) -> State:
+        ep = self._service._endpoints.get(self.key)
+        return ep.session.state if ep and not self.released else State.ADMIN_DOWN
+
+    @property
+    def info(self) -> BfdSessionInfo | None:
+        ep = self._service._endpoints.get(self.key)
+        return ep.info() if ep and not self.released else None
+
+    def release(self) -> None:
+        """Drop this request; the session is removed when its last request is released."""
+        if not self.released:
+            self.released = True
+            self._service._release(self)
+
+
+@dataclass
+class _Endpoint:
+    key: _Key
+    session: Session
+    sock: socket.socket
+    handles: list[BfdHandle] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+    timer_at: float | None = None
+    last_change: float = 0.0
+
+    def info(self) -> BfdSessionInfo:
+        s = self.session
+        return BfdSessionInfo(
+            peer=str(self.key.peer),
+            local=None if self.key.local is None else str(self.key.local),
+            multihop=self.key.multihop,
+            state=s.state,
+            remote_state=s.remote_state,
+            local_discriminator=s.local_discriminator,
+            remote_discriminator=s.remote_discriminator,
+            local_diag=s.local_diag,
+            remote_diag=s.remote_diag,
+            detect_mult=s.detect_mult,
+            remote_detect_mult=s.remote_detect_mult,
+            desired_min_tx_ms=s.desired_min_tx_interval / 1000,
+            required_min_rx_ms=s.required_min_rx_interval / 1000,
+            tx_interval_ms=s.transmit_interval / 1000,
+            detection_time_ms=s.detection_time / 1000,
+            requests=len(self.handles),
+            packets_sent=s.packets_sent,
+            packets_received=s.packets_received,
+            last_change=self.last_change,
+        )
+
+
+class BfdService:
+    """BFD sessions on demand for the BGP speaker (or anything else), on one asyncio loop.
+
+    Must be created and used on the loop's thread. `rng` drives jitter, discriminators and
+    source ports. `single_hop_port` / `multihop_port` / `listen_v4` / `listen_v6` exist for
+    tests and benchmarks; `multihop_min_ttl` is the lowest TTL accepted on multihop sessions.
+    """
+
+    def __init__(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        rng: random.Random | None = None,
+        single_hop_port: int = SINGLE_HOP_PORT,
+        multihop_port: int = MULTIHOP_PORT,
+        listen_v4: str = "0.0.0.0",
+        listen_v6: str = "::",
+        multihop_min_ttl: int = 1,
+    ) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self._rng = rng or random.Random()
+        self._ports = {False: single_hop_port, True: multihop_port}
+        self._listen: dict[int, str] = {socket.AF_INET: listen_v4, socket.AF_INET6: listen_v6}
+        self._multihop_min_ttl = multihop_min_ttl
+        self._endpoints: dict[_Key, _Endpoint] = {}
+        self._by_discr: dict[int, _Endpoint] = {}
+        self._listeners: dict[tuple[int, bool], socket.socket] = {}
+        self.dropped: Counter[str] = Counter()
+        self.tx_lateness: deque[float] = deque(maxlen=100_000)
+        self.closed = False
+
+    # ------------------------------------------------------------------ public API
+
+    def request(
+        self,
+        peer: str,
+        local: str | None = None,
+        multihop: bool = False,
+        interval_ms: int = 300,
+        multiplier: int = 3,
+        notify: Notify | None = None,
+    ) -> BfdHandle:
+        """Request a BFD session to `peer` (from `local`, or any source address if None).
+
+        Returns a handle; `notify(state, diag)` is called on each state change, and once soon
+        after the request if the shared session is already past Down. Raises ValueError for a
+        bad address or timer, OSError if a socket cannot be opened.
+        """
+        if self.closed:
+            raise RuntimeError("BfdService is closed")
+        peer_ip = ipaddress.ip_address(peer)
+        local_ip = None if local is None else ipaddress.ip_address(local)
+        if local_ip is not None and local_ip.version != peer_ip.version:
+            raise ValueError(f"local {local} and peer {peer} are of different families")
+        if not 1 <= interval_ms <= 4_294_967 or not 1 <= multiplier <= 255:
+            raise ValueError(f"bad BFD timers: interval_ms={interval_ms} multiplier={multiplier}")
+        key = _Key(peer_ip, local_ip, bool(multihop))
+        handle = BfdHandle(self, key, interval_ms, multiplier, notify or (lambda st, dg: None))
+        ep = self._endpoints.get(key)
+        if ep is None:
+            ep = self._create(key, interval_ms, multiplier)
+        else:
+            state, diag = ep.session.state, ep.session.local_diag
+            if state != State.DOWN:
+                self._loop.call_soon(self._notify_one, handle, state, diag)
+        ep.handles.append(handle)
+        self._apply_timers(ep)
+        return handle
+
+    def sessions(self) -> list[BfdSessionInfo]:
+        """Snapshots of every session, for status and metrics."""
+        return [ep.info() for ep in self._endpoints.values()]
+
+    def close(self) -> None:
+        """Take every session AdminDown (one packet each), close all sockets. Idempotent."""
+        if self.closed:
+            return
+        for ep in list(self._endpoints.values()):
+            for h in list(ep.handles):
+                h.release()
+        for sock in self._listeners.values():
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._listeners.clear()
+        self.closed = True
+
+    # ------------------------------------------------------------------ sessions
+
+    def _create(self, key: _Key, interval_ms: int, multiplier: int) -> _Endpoint:
+        family = socket.AF_INET6 if key.peer.version == 6 else socket.AF_INET
+        self._listener(family, key.multihop)
+        discr = self._rng.randrange(1, 2**32)
+        while discr in self._by_discr:
+            discr = self._rng.randrange(1, 2**32)
+        now = self._loop.time()
+        session = Session(
+            discr,
+            desired_min_tx_interval=interval_ms * 1000,
+            required_min_rx_interval=interval_ms * 1000,
+            detect_mult=multiplier,
+            rng=self._rng,
+            now=now,
+        )
+        ep = _Endpoint(key, session, self._sender(family, key.local), last_change=now)
+        self._endpoints[key] = ep
+        self._by_discr[discr] = ep
+        self._loop.call_soon(self._on_timer, ep)
+        return ep
+
+    def _apply_timers(self, ep: _Endpoint) -> None:
+        live = [h for h in ep.handles if not h.released]
+        if not live:
+            return
+        best = min(live, key=lambda h: (h.interval_ms * h.multiplier, h.interval_ms))
+        us = best.interval_ms * 1000
+        s = ep.session
+        if (s.desired_min_tx_interval, s.required_min_rx_interval, s.detect_mult) != (
+            us,
+            us,
+            best.multiplier,
+        ):
+            s.set_intervals(us, us, best.multiplier)
+            self._service(ep, self._loop.time())
+
+    def _release(self, handle: BfdHandle) -> None:
+        ep = self._endpoints.get(handle.key)
+        if ep is None:
+            return
+        with contextlib.suppress(ValueError):
+            ep.handles.remove(handle)
+        if ep.handles:
+            self._apply_timers(ep)
+            return
+        # Last requester gone: tell the peer (AdminDown, §6.8.16) and remove the session.
+        ep.session.admin_down()
+        for raw in ep.session.packets_to_send(self._loop.time()):
+            self._send(ep, raw)
+        if ep.timer is not None:
+            ep.timer.cancel()
+        ep.sock.close()
+        del self._endpoints[ep.key]
+        del self._by_discr[ep.session.local_discriminator]
+
+    def _notify_one(self, handle: BfdHandle, state: State, diag: Diag) -> None:
+        if handle.released:
+            return
+        try:
+            handle.notify(state, diag)
+        except Exception:
+            log.exception("BFD notify callback for %s failed", handle.key.peer)
+
+    def _service(self, ep: _Endpoint, now: float, *, from_timer: bool = False) -> None:
+        """After any input: send what is due, deliver events, re-arm the one timer."""
+        s = ep.session
+        deadline = ep.timer_at
+        if from_timer:
+            s.handle_timer(now)
+        out = s.packets_to_send(now)
+        if from_timer and out and deadline is not None:
+            self.tx_lateness.append(now - deadline)
+        for raw in out:
+            self._send(ep, raw)
+        while (ev := s.next_event()) is not None:
+            if isinstance(ev, StateChanged):
+                ep.last_change = now
+                log.info(
+                    "BFD %s: %s -> %s (%s)", ep.key.peer, ev.old.name, ev.new.name, ev.diag.name
+                )
+                for h in list(ep.handles):
+                    self._notify_one(h, ev.new, ev.diag)
+        if ep.key not in self._endpoints or self._endpoints[ep.key] is not ep:
+            return  # released from a callback
+        when = s.get_timer()
+        if when != ep.timer_at or ep.timer is None:
+            if ep.timer is not None:
+                ep.timer.cancel()
+            ep.timer_at = when
+            ep.timer = None if when is None else self._loop.call_at(when, self._on_timer, ep)
+
+    def _on_timer(self, ep: _Endpoint) -> None:
+        ep.timer = None
+        if self._endpoints.get(ep.key) is ep:
+            self._service(ep, self._loop.time(), from_timer=True)
+
+    # ------------------------------------------------------------------ sockets
+
+    def _sender(self, family: int, local: IPAddress | None) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, TTL_MAX)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, TOS_CS6)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, TTL_MAX)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, TOS_CS6)
+            host = str(local) if local is not None else self._listen[family]
+            for _ in range(64):
+                try:
+                    sock.bind((host, self._rng.randint(SOURCE_PORT_MIN, SOURCE_PORT_MAX)))
+                    return sock
+                except OSError as exc:
+                    if exc.errno != 98:  # EADDRINUSE: try another port
+                        raise
+            raise OSError("no free BFD source port in 49152-65535")
+        except BaseException:
+            sock.close()
+            raise
+
+    def _listener(self, family: int, multihop: bool) -> socket.socket:
+        sock = self._listeners.get((family, multihop))
+        if sock is not None:
+            return sock
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            sock.bind((self._listen[family], self._ports[multihop]))
+        except BaseException:
+            sock.close()
+            raise
+        self._listeners[(family, multihop)] = sock
+        self._loop.add_reader(sock.fileno(), self._on_readable, sock, family, multihop)
+        return sock
+
+    def _send(self, ep: _Endpoint, raw: bytes) -> None:
+        try:
+            ep.sock.sendto(raw, (str(ep.key.peer), self._ports[ep.key.multihop]))
+        except OSError as exc:  # full buffer, no route...: BFD tolerates loss
+            self.dropped["send_" + type(exc).__name__] += 1
+
+    def _on_readable(self, sock: socket.socket, family: int, multihop: bool) -> None:
+        for _ in range(_MAX_READS_PER_WAKEUP):
+            try:
+                data, ancdata, _flags, addr = sock.recvmsg(512, _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.dropped["recv_" + type(exc).__name__] += 1
+                return
+            self._datagram(data, ancdata, addr, family, multihop)
+
+    def _datagram(
+        self,
+        data: bytes,
+        ancdata: list[tuple[int, int, bytes]],
+        addr: tuple[str, int] | tuple[str, int, int, int],
+        family: int,
+        multihop: bool,
+    ) -> None:
+        ttl, dst = _parse_ancillary(ancdata, family)
+        if ttl is None:
+            self.dropped["no_ttl"] += 1
+            return
+        if (ttl != TTL_MAX) if not multihop else (ttl < self._multihop_min_ttl):
+            self.dropped["ttl"] += 1  # RFC 5881 §5 (GTSM), RFC 5883 §2
+            return
+        try:
+            pkt = decode_packet(data)
+        except BfdError:
+            self.dropped["malformed"] += 1
+            return
+        src = ipaddress.ip_address(addr[0].split("%")[0])
+        ep = self._demux(pkt, src, dst, multihop)
+        if ep is None:
+            self.dropped["no_session"] += 1
+            return
+        now = self._loop.time()
+        try:
+            ep.session.handle_packet(pkt, now)
+        except BfdError:
+            self.dropped["session_discard"] += 1
+            return
+        self._service(ep, now)
+
+    def _demux(
+        self, pkt: ControlPacket, src: IPAddress, dst: IPAddress | None, multihop: bool
+    ) -> _Endpoint | None:
+        if pkt.your_discriminator:
+            ep = self._by_discr.get(pkt.your_discriminator)
+            if ep is None or ep.key.peer != src or ep.key.multihop != multihop:
+                return None
+            return ep
+        # §6.3: Your Discriminator zero -> select by addresses.
+        return self._endpoints.get(_Key(src, dst, multihop)) or self._endpoints.get(
+            _Key(src, None, multihop)
+        )
+
+
+def _parse_ancillary(
+    ancdata: list[tuple[int, int, bytes]], family: int
+) -> tuple[int | None, IPAddress | None]:
+    ttl: int | None = None
+    dst: IPAddress | None = None
+    for level, kind, raw in ancdata:
+        if family == socket.AF_INET and level == socket.IPPROTO_IP:
+            if kind == socket.IP_TTL and len(raw) >= 4:
+                ttl = struct.unpack("=i", raw[:4])[0]
+            elif kind == IP_PKTINFO and len(raw) >= 12:
+                dst = ipaddress.IPv4Address(raw[8:12])  # in_pktinfo.ipi_addr: header dst
+        elif family == socket.AF_INET6 and level == socket.IPPROTO_IPV6:
+            if kind == socket.IPV6_HOPLIMIT and len(raw) >= 4:
+                ttl = struct.unpack("=i", raw[:4])[0]
+            elif kind == socket.IPV6_PKTINFO and len(raw) >= 16:
+                dst = ipaddress.IPv6Address(raw[:16])
+    return ttl, dst
