@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from bgplb.lab.peers import Bird, Frr, GoBgp, ReceivedRoute, kernel_routes
+from bgplb.lab.peers import Bird, ExaBgp, Frr, GoBgp, ReceivedRoute, kernel_routes
 
 pytestmark = pytest.mark.interop
 
@@ -77,3 +77,35 @@ def test_frr_to_gobgp_and_kernel(two_hosts, daemons):
     while not kernel_routes(left.ns, "203.0.113.0/24") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert kernel_routes(left.ns, "203.0.113.0/24") == [right.ipv4]
+
+
+def test_exabgp_and_frr_both_ways_live_api(two_hosts, daemons):
+    left, right = two_hosts
+    exa = daemons(ExaBgp, left.ns, 65030, left.ipv4)
+    frr = daemons(Frr, right.ns, 65040, right.ipv4)
+    exa.add_neighbor(right.ipv4, 65040, families=["ipv4"])
+    exa.add_neighbor(right.ipv6, 65040, families=["ipv6"])
+    frr.add_neighbor(left.ipv4, 65030, families=["ipv4"])
+    frr.add_neighbor(left.ipv6, 65030, families=["ipv6"])
+    exa.announce(V4, left.ipv4, ["65030:7"], ["65030:8:9"], med=70)
+    exa.announce(V6, left.ipv6, ["65030:6"], med=60)
+    frr.announce("203.0.113.0/24", communities=["65040:1"], med=5)
+    exa.start()
+    frr.start()
+    frr.wait_established(left.ipv4, 20)
+    frr.wait_established(left.ipv6, 20)
+    exa.wait_established(right.ipv4, 5)
+    routes = by_prefix(frr.wait_routes(lambda rs: len(rs) == 2, 10))
+    assert routes[V4] == ReceivedRoute(
+        V4, left.ipv4, [65030], ["65030:7"], ["65030:8:9"], 70, left.ipv4
+    )
+    assert routes[V6] == ReceivedRoute(V6, left.ipv6, [65030], ["65030:6"], [], 60, left.ipv6)
+    got = exa.wait_routes(lambda rs: len(rs) == 1, 10)
+    assert got == [
+        ReceivedRoute("203.0.113.0/24", right.ipv4, [65040], ["65040:1"], [], 5, right.ipv4)
+    ]
+    # live announcement and withdrawal through ExaBGP's API process
+    exa.announce("198.51.100.128/25", left.ipv4, ["65030:9"])
+    frr.wait_routes(lambda rs: "198.51.100.128/25" in by_prefix(rs), 10, "live announcement")
+    exa.withdraw(V4)
+    frr.wait_routes(lambda rs: V4 not in by_prefix(rs), 10, "live withdrawal")
