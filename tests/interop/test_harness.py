@@ -8,12 +8,21 @@ import time
 
 import pytest
 
-from bgplb.lab.peers import Bird, ExaBgp, Frr, GoBgp, ReceivedRoute, kernel_routes
+from bgplb.lab.capture import Capture, tshark_bgp_messages, tshark_check
+from bgplb.lab.peers import Bird, ExaBgp, Frr, GoBgp, PeerError, ReceivedRoute, kernel_routes
 
 pytestmark = pytest.mark.interop
 
 V4 = "198.51.100.0/24"
 V6 = "2001:db8:100::/48"
+
+
+def md5_failures(ns) -> int:
+    for line in ns.exec("nstat", "-az", "TcpExtTCPMD5Failure").splitlines():
+        fields = line.split()
+        if fields and fields[0] == "TcpExtTCPMD5Failure":
+            return int(fields[1])
+    raise AssertionError("nstat shows no TcpExtTCPMD5Failure counter")
 
 
 def by_prefix(routes: list[ReceivedRoute]) -> dict[str, ReceivedRoute]:
@@ -109,3 +118,92 @@ def test_exabgp_and_frr_both_ways_live_api(two_hosts, daemons):
     frr.wait_routes(lambda rs: "198.51.100.128/25" in by_prefix(rs), 10, "live announcement")
     exa.withdraw(V4)
     frr.wait_routes(lambda rs: V4 not in by_prefix(rs), 10, "live withdrawal")
+
+
+def test_bird_to_exabgp_with_md5(two_hosts, daemons):
+    left, right = two_hosts
+    bird = daemons(Bird, left.ns, 65050, left.ipv4)
+    exa = daemons(ExaBgp, right.ns, 4200000060, right.ipv4)
+    bird.add_neighbor(right.ipv4, 4200000060, password="s3cret key", families=["ipv4"])
+    bird.add_neighbor(right.ipv6, 4200000060, families=["ipv6"])
+    exa.add_neighbor(left.ipv4, 65050, password="s3cret key", families=["ipv4"])
+    exa.add_neighbor(left.ipv6, 65050, families=["ipv6"])
+    bird.announce(V4, communities=["65050:1", "65535:65281"], large_communities=["65050:0:1"])
+    bird.announce(V6, med=99)
+    bird.start()
+    exa.start()
+    exa.wait_established(left.ipv4, 20)
+    exa.wait_established(left.ipv6, 20)
+    routes = by_prefix(exa.wait_routes(lambda rs: len(rs) == 2, 10))
+    assert routes[V4] == ReceivedRoute(
+        V4, left.ipv4, [65050], ["65050:1", "65535:65281"], ["65050:0:1"], None, left.ipv4
+    )
+    assert routes[V6] == ReceivedRoute(V6, left.ipv6, [65050], [], [], 99, left.ipv6)
+
+
+def test_md5_wrong_key_does_not_establish(two_hosts, daemons):
+    left, right = two_hosts
+    bird = daemons(Bird, left.ns, 65070, left.ipv4)
+    gobgp = daemons(GoBgp, right.ns, 65080, right.ipv4)
+    bird.add_neighbor(right.ipv4, 65080, password="right", families=["ipv4"])
+    gobgp.add_neighbor(left.ipv4, 65070, password="wrong", families=["ipv4"])
+    bird.start()
+    gobgp.start()
+    with pytest.raises(PeerError, match="not established"):
+        bird.wait_established(right.ipv4, 4)
+    assert gobgp.neighbor_state(left.ipv4) != "established"
+    # the receiving kernel drops SYNs whose signature is wrong, and counts them
+    failures = sum(md5_failures(host.ns) for host in two_hosts)
+    assert failures > 0
+
+
+def test_restart_reconnects_and_capture_is_clean(two_hosts, daemons, tmp_path):
+    left, right = two_hosts
+    bird = daemons(Bird, left.ns, 65090, left.ipv4)
+    gobgp = daemons(GoBgp, right.ns, 65100, right.ipv4)
+    bird.add_neighbor(right.ipv4, 65100, password="md5", families=["ipv4"])
+    gobgp.add_neighbor(left.ipv4, 65090, password="md5", families=["ipv4"])
+    bird.announce(V4, communities=["65090:1"], med=1)
+    pcap = tmp_path / "bgp.pcap"
+    with Capture(right.ns, right.ifname, pcap):
+        bird.start()
+        gobgp.start()
+        gobgp.wait_established(left.ipv4, 20)
+        gobgp.wait_routes(lambda rs: [r.prefix for r in rs] == [V4], 10)
+        old_pids = bird.pids
+        bird.restart()
+        assert bird.pids != old_pids
+        bird.wait_established(right.ipv4, 20)
+        gobgp.wait_established(left.ipv4, 10)
+        routes = gobgp.wait_routes(lambda rs: [r.prefix for r in rs] == [V4], 10)
+        assert routes[0].communities == ["65090:1"]
+        gobgp.restart()
+        bird.wait_established(right.ipv4, 20)
+    assert tshark_check(pcap) == []
+    seen = tshark_bgp_messages(pcap)
+    assert seen["OPEN"] >= 6  # three sessions, two OPENs each
+    assert seen["UPDATE"] >= 2
+    assert seen["KEEPALIVE"] >= 6
+    assert seen["NOTIFICATION"] >= 1  # BIRD says Cease when stopped
+
+
+def test_tshark_check_reports_a_malformed_message(two_hosts, tmp_path):
+    """The second opinion can fail: a BGP header with an impossible length is flagged."""
+    left, right = two_hosts
+    pcap = tmp_path / "bad.pcap"
+    listener = right.ns.popen(
+        "/usr/bin/python3", "-c",
+        "import socket; s=socket.create_server(('192.0.2.2', 179)); c,_=s.accept(); c.recv(99)",
+    )  # fmt: skip
+    try:
+        with Capture(left.ns, left.ifname, pcap):
+            payload = "b'\\xff'*16 + bytes([0, 10, 4])"
+            left.ns.exec(
+                "/usr/bin/python3", "-c",
+                "import socket,time; c=socket.create_connection(('192.0.2.2', 179), 5); "
+                f"c.sendall({payload}); time.sleep(0.3)",
+            )  # fmt: skip
+    finally:
+        listener.kill()
+        listener.wait()
+    assert tshark_check(pcap)

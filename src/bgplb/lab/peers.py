@@ -1197,9 +1197,8 @@ class ExaBgp(Daemon):
         state = "idle"
         for msg in self._messages():
             nb = msg.get("neighbor")
-            if msg.get("type") == "state" and isinstance(nb, dict):
-                if _exa_peer(nb) == address:
-                    state = str(nb.get("state", state))
+            if msg.get("type") == "state" and isinstance(nb, dict) and _exa_peer(nb) == address:
+                state = str(nb.get("state", state))
         return "established" if state == "up" else state
 
     def received_routes(self) -> list[ReceivedRoute]:
