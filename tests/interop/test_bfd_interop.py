@@ -324,10 +324,10 @@ def test_frr_bfdd_up_detection_and_recovery(
     def frr_peer(addr: str) -> dict[str, object] | None:
         return next((p for p in peers_json() if p.get("peer") == addr), None)
 
-    wait_for("bfdd answers on its vty", lambda: "bfd" in vtysh("show running-config"))
+    wait_for("bfdd answers on its vty", lambda: "frr version" in vtysh("show running-config"))
     for mine, local in ((US4, PEER4), (US6, PEER6)):
         vtysh(
-            "configure terminal", "bfd", f"peer {mine} local-address {local} interface to-us",
+            "configure terminal", "bfd", f"peer {mine} local-address {local}",
             "receive-interval 100", "transmit-interval 100", "detect-multiplier 3", "no shutdown",
         )  # fmt: skip
     bgplb = Bgplb(us, [(PEER4, US4), (PEER6, US6)])
