@@ -207,3 +207,40 @@ def test_tshark_check_reports_a_malformed_message(two_hosts, tmp_path):
         listener.kill()
         listener.wait()
     assert tshark_check(pcap)
+
+
+@pytest.mark.parametrize("router_cls", [Bird, Frr], ids=["bird", "frr"])
+def test_router_installs_ecmp_in_kernel(topo, daemons, router_cls):
+    """Two speakers with different ASNs announce one VIP; the router installs both paths."""
+    router_ns = topo.add("router")
+    router = daemons(router_cls, router_ns, 65200, "192.0.2.254")
+    vip = "198.51.100.10/32"
+    servers = []
+    for i in (1, 2):
+        ns = topo.add(f"srv{i}")
+        topo.link(router_ns, ns, [f"203.0.113.{4 * i + 1}/30"], [f"203.0.113.{4 * i + 2}/30"])
+        speaker = daemons(GoBgp, ns, 65200 + i, f"203.0.113.{4 * i + 2}")
+        speaker.add_neighbor(f"203.0.113.{4 * i + 1}", 65200, families=["ipv4"])
+        speaker.announce(vip, f"203.0.113.{4 * i + 2}", [f"{65200 + i}:1"])
+        router.add_neighbor(f"203.0.113.{4 * i + 2}", 65200 + i, passive=True, families=["ipv4"])
+        servers.append(speaker)
+    router.start()
+    for speaker in servers:
+        speaker.start()
+    for i in (1, 2):
+        router.wait_established(f"203.0.113.{4 * i + 2}", 20)
+    routes = router.wait_routes(lambda rs: len(rs) == 2, 10)
+    assert {(r.peer, r.as_path[0]) for r in routes} == {
+        ("203.0.113.6", 65201),
+        ("203.0.113.10", 65202),
+    }
+    want = ["203.0.113.6", "203.0.113.10"]
+    deadline = time.monotonic() + 5
+    while kernel_routes(router_ns, vip) != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert kernel_routes(router_ns, vip) == want
+    servers[0].withdraw(vip)
+    deadline = time.monotonic() + 5
+    while kernel_routes(router_ns, vip) != want[1:] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert kernel_routes(router_ns, vip) == want[1:]  # the withdrawn path left the kernel

@@ -42,7 +42,7 @@ class Capture:
         ns: Namespace,
         iface: str,
         path: Path,
-        filter: str = "tcp port 179",  # noqa: A002 - the brief's name, tcpdump's term
+        filter: str = "tcp port 179",
         *,
         timeout: float = 5.0,
     ) -> None:
