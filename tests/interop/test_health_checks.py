@@ -316,6 +316,9 @@ async def test_hanging_check_does_not_delay_another():
                     break
                 await asyncio.sleep(0.05)
             counts = (slow.probes, fast.probes)
+    # Stopping the runner cancels the probe in flight and kills its process.
+    assert isinstance(slow.probe, ExecProbe) and slow.probe.last_pid is not None
+    assert await wait_gone(slow.probe.last_pid)
     assert counts[0] >= 2
     assert slow.last is not None and slow.last.detail == "timed out after 900ms"
     # Serialised behind the hanging check, the fast one would have run at most ~3 times.

@@ -447,3 +447,21 @@ def test_prefix_filters():
     for bad in ["198.51.100.0/24 le 20", "198.51.100.0/24 ge 30 le 29", "x", "198.18.0.0/15 le"]:
         with pytest.raises(ValueError):
             parse_prefix_filter(bad)
+
+
+def test_documented_forms(tmp_path):
+    text = MINIMAL_AGENT.replace(
+        "asn = 65000", 'asn = "1.10"\ngraceful_restart_time = "20s"'
+    ).replace('"198.51.100.10/32"', '"198.51.100.10", "2001:db8::10"')
+    text = text.replace("port = 80", "port = 80\ninterval = '200ms'\ndamping = false")
+    text += '\n[control]\nmetrics = "[::1]:9180"\n[logging]\nlevel = "DEBUG"\njson = true\n'
+    config = load_agent_config(write(tmp_path, text))
+    assert config.bgp.asn == 65546 and config.bgp.graceful_restart_time == 20
+    assert [str(v) for v in config.services[0].vips] == ["198.51.100.10/32", "2001:db8::10/128"]
+    check = config.services[0].checks[0]
+    assert check.damping is None and check.timeout == 0.1
+    assert config.control.metrics is not None and config.control.metrics.port == 9180
+    assert config.control.metrics.host == "::1"
+    assert config.logging.level == "debug" and config.logging.json_ is True
+    off = load_agent_config(write(tmp_path, MINIMAL_AGENT + '\n[control]\nmetrics = "off"\n'))
+    assert off.control.metrics is None
