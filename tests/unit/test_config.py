@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bgplb.config import (
@@ -465,3 +465,35 @@ def test_documented_forms(tmp_path):
     assert config.logging.level == "debug" and config.logging.json_ is True
     off = load_agent_config(write(tmp_path, MINIMAL_AGENT + '\n[control]\nmetrics = "off"\n'))
     assert off.control.metrics is None
+
+
+_KEYS = st.sampled_from(
+    ["bgp", "asn", "router_id", "hold_time", "peers", "address", "services", "name", "vips",
+     "checks", "type", "url", "interval", "timeout", "command", "port", "peer_ranges", "prefix",
+     "accept", "fib", "group", "listen", "bfd", "communities", "damping", "zz"]
+)  # fmt: skip
+_SCALARS = st.one_of(
+    st.integers(-(2**40), 2**40),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.sampled_from(["", "1s", "fast", "192.0.2.1", "198.51.100.0/24", "http", "tcp", "any"]),
+    st.text(max_size=8),
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=200)
+@given(st.dictionaries(_KEYS, _VALUES, max_size=6), st.sampled_from(["agent", "router"]))
+def test_arbitrary_input_gives_only_config_errors(data, role):
+    from bgplb.config import validate
+
+    try:
+        validate(data, role, "fuzz.toml")
+    except ConfigError as e:
+        assert e.issues
+        for line in str(e).splitlines():
+            assert line.startswith("fuzz.toml: ")
