@@ -237,9 +237,17 @@ def diff(
     routes: list[Op] = []
     removals: list[Op] = []
 
-    # 1. single nexthops: reuse ours (lowest id per gateway), create the missing ones
+    # 1. single nexthops: reuse ours, create the missing ones. With duplicates for a gateway
+    # (debris of a crash) keep the one a VIP's live group uses, else one any group uses:
+    # swapping a member id in a resilient group would move its buckets, i.e. its flows.
+    # Ties: lowest id.
+    live = {installed.routes.get(net) for net in wanted}
+    rank: dict[int, int] = {}
+    for g in installed.groups.values():
+        for m, _ in g.members:
+            rank[m] = min(rank.get(m, 2), 0 if g.id in live else 1)
     by_gateway: dict[Gateway, int] = {}
-    for nh_id in sorted(installed.nexthops):
+    for nh_id in sorted(installed.nexthops, key=lambda i: (rank.get(i, 2), i)):
         by_gateway.setdefault(installed.nexthops[nh_id], nh_id)
     needed = {gw for gws in wanted.values() for gw in gws}
     for gw in sorted(needed, key=Gateway.sort_key):

@@ -52,9 +52,12 @@ from pyroute2.netlink import (
     nlmsg,
     nlmsgerr,
 )
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 # --- message types and groups (linux/rtnetlink.h) -------------------------------------------
+RTM_NEWLINK = 16
+RTM_GETLINK = 18
 RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
 RTM_GETROUTE = 26
@@ -195,6 +198,7 @@ class rtmsg_nh(rtmsg):  # type: ignore[misc]
 
 
 _MSG_CLASSES: dict[int, type[nlmsg]] = {
+    RTM_NEWLINK: ifinfmsg,
     RTM_NEWROUTE: rtmsg_nh,
     RTM_DELROUTE: rtmsg_nh,
     RTM_GETROUTE: rtmsg_nh,
@@ -486,6 +490,9 @@ def _open_socket(netns: str | None) -> socket.socket:
         return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
     from pyroute2.netns import create_socket
 
+    if not os.path.exists(netns if "/" in netns else f"/var/run/netns/{netns}"):
+        raise FileNotFoundError(errno.ENOENT, f"no network namespace {netns!r}")
+
     # flags=0: never create the namespace as a side effect (pyroute2's default is O_CREAT)
     sock: socket.socket = create_socket(
         netns=netns,
@@ -557,6 +564,16 @@ class NexthopSocket:
         flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
         flags |= NLM_F_REPLACE if replace else NLM_F_EXCL
         self.request(msg, msg_type, flags)
+
+    def link_index(self, ifname: str) -> int:
+        """Interface index of `ifname` in this socket's namespace (ENODEV if none)."""
+        msg = ifinfmsg()
+        msg["index"] = 0
+        msg["attrs"] = [["IFLA_IFNAME", ifname]]
+        replies = self.request(msg, RTM_GETLINK, NLM_F_REQUEST)
+        if not replies:
+            raise NexthopError(errno.ENODEV, f"no interface {ifname!r}")
+        return int(replies[0]["index"])
 
     # -- nexthops -------------------------------------------------------------------------
     def add_nexthop(

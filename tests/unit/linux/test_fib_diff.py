@@ -317,3 +317,14 @@ def test_bad_params_rejected():
         GroupParams(buckets=0)
     with pytest.raises(ValueError):
         diff({vip("198.51.100.10/32"): {GW1: 0}}, InstalledState(), RES)
+
+
+def test_duplicate_nexthop_debris_never_swaps_a_group_member():
+    # a crash left nexthop 5 with the same gateway as member 9 of the live group
+    installed = InstalledState(
+        nexthops={5: GW1, 9: GW1},
+        groups={20: InstalledGroup(20, ((9, 1),), RES), 21: InstalledGroup(21, ((5, 1),), RES)},
+        routes={vip("198.51.100.10/32"): 20},
+    )
+    ops = diff({vip("198.51.100.10/32"): {GW1: 1}}, installed, RES)
+    assert ops == [DeleteGroup(21), DeleteNexthop(5)]

@@ -1,0 +1,309 @@
+"""The router's kernel FIB: one route per VIP pointing to one nexthop group (resilient by
+default), owned by bgplb's route protocol number and kept in sync with a desired state.
+
+    fib = KernelFib(netns=None, protocol=200, group="resilient", buckets=512)
+    fib.reconcile()                       # start: remove stale objects of ours, nobody else's
+    fib.apply({"198.51.100.10/32": [("192.0.2.2", "eth1", 1), ("192.0.2.6", "eth2", 1)]})
+    fib.buckets_share("198.51.100.10/32") # {IPv4Address('192.0.2.2'): 256, ...}
+    fib.cleanup()                         # exit: remove everything of ours
+
+Ownership: every nexthop and route bgplb creates carries `protocol` (default 200, "bgplb";
+not in iproute2's reserved list, see /etc/iproute2/rt_protos; operators can name it with
+`echo "200 bgplb" > /etc/iproute2/rt_protos.d/bgplb.conf`). Objects with any other protocol are
+never modified or deleted; their nexthop ids are never reused.
+
+Threads: every method is blocking (netlink round trips of well under a millisecond each for a
+handful of VIPs) and guarded by one lock, so `watch()` may run in a thread while another thread
+calls `apply()`. From asyncio either run `watch(stop)` with `asyncio.to_thread`, or register
+`loop.add_reader(fib.watch_fileno(), fib.process_events)` after `start_watching()`.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from ipaddress import IPv4Address
+
+from bgplb.linux import diff as d
+from bgplb.linux.nexthop import (
+    GroupType,
+    KernelEvent,
+    Nexthop,
+    NexthopChanged,
+    NexthopDeleted,
+    NexthopError,
+    NexthopMonitor,
+    NexthopSocket,
+    RouteChanged,
+    RouteDeleted,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROTOCOL = 200
+"""Route/nexthop protocol number of bgplb (RTPROT_*; 200 is unassigned in linux/rtnetlink.h
+and iproute2's rt_protos)."""
+
+_ODD = d.Gateway(IPv4Address(0), 0)  # identity given to our nexthops of an unexpected shape
+
+PathSpec = tuple[str | d.IPAddress, str | int, int]  # (gateway, oif name or index, weight)
+DesiredInput = Mapping[str | d.IPNetwork | d.IPAddress, Iterable[PathSpec]]
+
+
+class FibError(RuntimeError):
+    """An operation failed twice (also after re-reading the kernel); `op` and `errno` say which."""
+
+    def __init__(self, op: d.Op, cause: NexthopError) -> None:
+        super().__init__(f"{op}: {cause}")
+        self.op = op
+        self.errno = cause.errno
+
+
+class KernelFib:
+    """Desired VIP -> paths state, installed as nexthop groups. See the module docstring."""
+
+    def __init__(
+        self,
+        netns: str | None = None,
+        protocol: int = DEFAULT_PROTOCOL,
+        table: int = 254,
+        group: str = "resilient",
+        buckets: int = 512,
+        idle_timer: float = 10.0,
+        unbalanced_timer: float = 60.0,
+        id_base: int = d.DEFAULT_ID_BASE,
+    ) -> None:
+        if not 1 <= protocol <= 255 or protocol in (1, 2, 3, 4):
+            raise ValueError(f"protocol {protocol}: use a number in 5..255 that is ours alone")
+        self.netns = netns
+        self.protocol = protocol
+        self.table = table
+        self.id_base = id_base
+        self.params = d.GroupParams(d.GroupKind(group), buckets, idle_timer, unbalanced_timer)
+        self._nl = NexthopSocket(netns)
+        self._lock = threading.RLock()
+        self._desired: dict[d.IPNetwork, dict[d.Gateway, int]] | None = None  # None: no apply yet
+        self._monitor: NexthopMonitor | None = None
+        self.reinstalls = 0  # times process_events found something of ours missing or changed
+
+    def close(self) -> None:
+        """Close the sockets (leaves the kernel objects as they are: see cleanup())."""
+        with self._lock:
+            if self._monitor is not None:
+                self._monitor.close()
+                self._monitor = None
+            self._nl.close()
+
+    def __enter__(self) -> KernelFib:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading the kernel -------------------------------------------------------------------
+    def installed(self) -> d.InstalledState:
+        """Dump the kernel: our nexthops, groups and routes, and every id in use by others."""
+        with self._lock:
+            nexthops = self._nl.dump_nexthops()
+            routes = self._nl.dump_routes(protocol=self.protocol, table=self.table)
+        singles: dict[int, d.Gateway] = {}
+        groups: dict[int, d.InstalledGroup] = {}
+        foreign: set[int] = set()
+        for nh in nexthops:
+            if nh.protocol != self.protocol:
+                foreign.add(nh.id)
+            elif nh.is_group:
+                groups[nh.id] = d.InstalledGroup(
+                    nh.id, tuple(sorted(nh.members)), self._params_of(nh)
+                )
+            elif nh.gateway is not None and nh.oif is not None:
+                singles[nh.id] = d.Gateway(nh.gateway, nh.oif)
+            else:
+                singles[nh.id] = _ODD  # e.g. a blackhole with our protocol: not ours to keep
+        return d.InstalledState(
+            nexthops=singles,
+            groups=groups,
+            routes={r.dst: r.nh_id for r in routes},
+            foreign_ids=frozenset(foreign),
+        )
+
+    @staticmethod
+    def _params_of(nh: Nexthop) -> d.GroupParams:
+        if nh.group_type is GroupType.RES and nh.resilient is not None:
+            r = nh.resilient
+            return d.GroupParams(d.GroupKind.RESILIENT, r.buckets, r.idle_timer, r.unbalanced_timer)
+        return d.GroupParams(d.GroupKind.MULTIPATH)
+
+    # -- changing the kernel ------------------------------------------------------------------
+    def resolve(self, desired: DesiredInput) -> dict[d.IPNetwork, dict[d.Gateway, int]]:
+        """Interface names -> indexes in our namespace, then `diff.desired_state`."""
+        with self._lock:
+            entries = {
+                vip: [
+                    (gw, oif if isinstance(oif, int) else self._nl.link_index(oif), weight)
+                    for gw, oif, weight in paths
+                ]
+                for vip, paths in desired.items()
+            }
+        return d.desired_state(entries)
+
+    def apply(self, desired: DesiredInput) -> list[d.Op]:
+        """Make the kernel hold exactly `desired` (for our protocol); idempotent. Returns the
+        operations executed. Raises FibError if one fails twice, ValueError for bad input."""
+        state = self.resolve(desired)
+        with self._lock:
+            self._desired = state
+            return self._sync(state)
+
+    def reconcile(self, desired: DesiredInput | None = None) -> list[d.Op]:
+        """At start: remove every stale object of ours (desired None), or adopt what matches
+        `desired` and remove the rest (graceful restart: nothing that should stay is touched).
+        Objects of other protocols are never touched."""
+        return self.apply(desired or {})
+
+    def cleanup(self) -> list[d.Op]:
+        """Remove every route, group and nexthop of ours (and stop re-installing them)."""
+        return self.apply({})
+
+    def _sync(self, state: Mapping[d.IPNetwork, Mapping[d.Gateway, int]]) -> list[d.Op]:
+        done: list[d.Op] = []
+        for attempt in (1, 2):
+            ops = d.diff(state, self.installed(), self.params, self.id_base)
+            try:
+                for op in ops:
+                    self._execute(op)
+                    done.append(op)
+                return done
+            except NexthopError as exc:
+                if attempt == 2:
+                    raise FibError(op, exc) from exc
+                # someone changed the kernel under us (or a group vanished with its last
+                # member): read it again and redo the diff once
+                log.warning("fib: %s failed (%s); re-reading the kernel", op, exc)
+        return done
+
+    def _execute(self, op: d.Op) -> None:
+        nl, proto = self._nl, self.protocol
+        match op:
+            case d.AddNexthop(id=nh_id, gateway=gw):
+                nl.add_nexthop(nh_id, gateway=gw.address, oif=gw.oif, protocol=proto)
+            case (
+                d.AddGroup(id=nh_id, members=members, params=p)
+                | d.ReplaceGroup(id=nh_id, members=members, params=p)
+            ):
+                nl.add_group(
+                    nh_id,
+                    members=members,
+                    protocol=proto,
+                    group_type=GroupType.RES
+                    if p.kind is d.GroupKind.RESILIENT
+                    else GroupType.MPATH,
+                    buckets=p.buckets,
+                    idle_timer=p.idle_timer,
+                    unbalanced_timer=p.unbalanced_timer,
+                    replace=isinstance(op, d.ReplaceGroup),
+                )
+            case d.AddRoute(dst=dst, nh_id=nh_id) | d.ReplaceRoute(dst=dst, nh_id=nh_id):
+                nl.add_route(
+                    dst,
+                    nh_id=nh_id,
+                    protocol=proto,
+                    table=self.table,
+                    replace=isinstance(op, d.ReplaceRoute),
+                )
+            case d.DeleteRoute(dst=dst):
+                try:
+                    nl.del_route(dst, protocol=proto, table=self.table)
+                except NexthopError as exc:
+                    if exc.errno != errno.ESRCH:
+                        raise
+            case d.DeleteGroup(id=nh_id) | d.DeleteNexthop(id=nh_id):
+                try:
+                    nl.del_nexthop(nh_id)
+                except NexthopError as exc:
+                    if exc.errno != errno.ENOENT:
+                        raise
+
+    # -- visibility ---------------------------------------------------------------------------
+    def buckets_share(self, vip: str | d.IPNetwork | d.IPAddress) -> dict[d.IPAddress, int]:
+        """Buckets per gateway of the VIP's resilient group ({} for none or multipath)."""
+        net = ipaddress.ip_network(vip)
+        state = self.installed()
+        group_id = state.routes.get(net)
+        if group_id is None or group_id not in state.groups:
+            return {}
+        if state.groups[group_id].params.kind is not d.GroupKind.RESILIENT:
+            return {}
+        with self._lock:
+            try:
+                share = self._nl.bucket_share(group_id)
+            except NexthopError as exc:
+                if exc.errno in (errno.ENOENT, errno.EINVAL):
+                    return {}
+                raise
+        out: dict[d.IPAddress, int] = {}
+        for nh_id, count in share.items():
+            gw = state.nexthops.get(nh_id)
+            if gw is not None:
+                out[gw.address] = out.get(gw.address, 0) + count
+        return out
+
+    # -- watching -----------------------------------------------------------------------------
+    def start_watching(self) -> None:
+        """Subscribe to nexthop and route notifications (before the first apply is best)."""
+        with self._lock:
+            if self._monitor is None:
+                self._monitor = NexthopMonitor(self.netns)
+
+    def watch_fileno(self) -> int:
+        """The notification socket, for selectors / `loop.add_reader`."""
+        self.start_watching()
+        assert self._monitor is not None
+        return self._monitor.fileno()
+
+    def _ours(self, event: KernelEvent) -> bool:
+        match event:
+            case NexthopChanged(nexthop=nh) | NexthopDeleted(nexthop=nh):
+                return nh.protocol == self.protocol
+            case RouteChanged(route=r) | RouteDeleted(route=r):
+                return r.protocol == self.protocol or r.dst in (self._desired or {})
+        return False
+
+    def process_events(self) -> list[d.Op]:
+        """Non-blocking: read pending notifications; if one concerns our objects (or events
+        were lost), re-install the last desired state. Returns the operations it took (our own
+        changes come back as notifications and then give no operation)."""
+        self.start_watching()
+        assert self._monitor is not None
+        overruns = self._monitor.overruns
+        return self._handle(self._monitor.read(), self._monitor.overruns != overruns)
+
+    def _handle(self, events: list[KernelEvent], lost: bool) -> list[d.Op]:
+        if not lost and not any(self._ours(e) for e in events):
+            return []
+        with self._lock:
+            if self._desired is None:  # nothing applied yet: nothing to defend
+                return []
+            ops = self._sync(self._desired)
+        if ops:
+            self.reinstalls += 1
+            log.warning(
+                "fib: kernel objects of ours changed by someone else; re-installed: %s", ops
+            )
+        return ops
+
+    def watch(self, stop: threading.Event, poll: float = 0.5) -> None:
+        """Blocking loop for a thread: re-install whatever someone deletes, until `stop` is
+        set (checked every `poll` seconds). A failing re-install is logged, not raised."""
+        self.start_watching()
+        assert self._monitor is not None
+        while not stop.is_set():
+            overruns = self._monitor.overruns
+            events = self._monitor.wait(poll)
+            try:
+                self._handle(events, self._monitor.overruns != overruns)
+            except (FibError, NexthopError) as exc:
+                log.error("fib: re-install failed: %s", exc)
