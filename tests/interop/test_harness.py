@@ -162,7 +162,7 @@ def test_restart_reconnects_and_capture_is_clean(two_hosts, daemons, tmp_path):
     bird = daemons(Bird, left.ns, 65090, left.ipv4)
     gobgp = daemons(GoBgp, right.ns, 65100, right.ipv4)
     bird.add_neighbor(right.ipv4, 65100, password="md5", families=["ipv4"])
-    gobgp.add_neighbor(left.ipv4, 65090, password="md5", families=["ipv4"])
+    gobgp.add_neighbor(left.ipv4, 65090, password="md5", passive=True, families=["ipv4"])
     bird.announce(V4, communities=["65090:1"], med=1)
     pcap = tmp_path / "bgp.pcap"
     with Capture(right.ns, right.ifname, pcap):
@@ -220,9 +220,10 @@ def test_router_installs_ecmp_in_kernel(topo, daemons, router_cls):
         ns = topo.add(f"srv{i}")
         topo.link(router_ns, ns, [f"203.0.113.{4 * i + 1}/30"], [f"203.0.113.{4 * i + 2}/30"])
         speaker = daemons(GoBgp, ns, 65200 + i, f"203.0.113.{4 * i + 2}")
-        speaker.add_neighbor(f"203.0.113.{4 * i + 1}", 65200, families=["ipv4"])
+        # GoBGP waits 5-10 s before its first active connect: let the router dial
+        speaker.add_neighbor(f"203.0.113.{4 * i + 1}", 65200, passive=True, families=["ipv4"])
         speaker.announce(vip, f"203.0.113.{4 * i + 2}", [f"{65200 + i}:1"])
-        router.add_neighbor(f"203.0.113.{4 * i + 2}", 65200 + i, passive=True, families=["ipv4"])
+        router.add_neighbor(f"203.0.113.{4 * i + 2}", 65200 + i, families=["ipv4"])
         servers.append(speaker)
     router.start()
     for speaker in servers:

@@ -97,8 +97,16 @@ class Bird(Daemon):
                 opts.append("bfd on;")
             if nb.graceful_restart:
                 opts.append("graceful restart on;")
+            # BIRD drops a MED on eBGP export unless the export filter itself set it (the
+            # attribute must be "fresh"), so MEDs are set here rather than on the static route.
+            meds = " ".join(
+                f"if net = {a.prefix} then bgp_med = {a.med};"
+                for a in self.announcements.values()
+                if a.med is not None
+            )
+            export = f"export filter {{ if source != RTS_STATIC then reject; {meds} accept; }};"
             for fam in nb.families:
-                opts.append(f"{fam} {{ import all; export where source = RTS_STATIC; }};")
+                opts.append(f"{fam} {{ import all; {export} }};")
             body = "\n  ".join(opts)
             out.append(f"protocol bgp {self._proto(nb.address)} {{\n  {body}\n}}\n")
         return "".join(out)
