@@ -8,7 +8,6 @@ Layout: router namespace `rtr`; server i in its own namespace linked to `rtr` by
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import signal
@@ -200,7 +199,7 @@ def ours(rtr) -> tuple[list, list]:
 
 
 def make_speaker(daemons, cls, ns, i: int, asn: int, **nb):
-    r4, s4, r6, s6 = server_addrs(i)
+    r4, s4, r6, _ = server_addrs(i)
     d = daemons(cls, ns, asn, s4)
     d.add_neighbor(r4, ROUTER_AS, families=("ipv4",), **nb)
     if cls is not ExaBgp:
@@ -249,3 +248,165 @@ def test_router_groups_follow_gobgp_bird_exabgp(topo, daemons, tmp_path: Path) -
     finally:
         if router.proc and router.proc.poll() is None:
             router.stop()
+
+
+POLICY_RANGES = """
+[[peer_ranges]]
+prefix = "192.0.2.8/29"
+asn = 65001
+
+[[peer_ranges]]
+prefix = "192.0.2.16/29"
+asn = 65002
+accept = ["198.51.100.0/24 le 32"]
+
+[[peer_ranges]]
+prefix = "192.0.2.24/29"
+asn = "any"
+max_prefixes = 2
+
+[[peer_ranges]]
+prefix = "192.0.2.32/29"
+asn = 65099
+
+[[peer_ranges]]
+prefix = "192.0.2.40/29"
+asn = "any"
+password = "secret"
+
+[[peer_ranges]]
+prefix = "2001:db8::/32"
+asn = "any"
+"""
+
+
+def test_router_policy_refusals_leave_other_sessions_alone(topo, daemons, tmp_path: Path) -> None:
+    rtr, servers = build(topo, 5)
+    outsider = topo.add("s6")
+    topo.link(rtr, outsider, ["203.0.113.1/29"], ["203.0.113.2/29"], "srv6", "uplink")
+    router = RouterProc(rtr, tmp_path, router_config(POLICY_RANGES))
+    router.start()
+    good = make_speaker(daemons, GoBgp, servers[0], 1, 65001)
+    good.announce(VIP)
+    good.start()
+    router.wait_established("192.0.2.10")
+    wait_for("the good nexthop", lambda: hops(rtr, VIP) == ["192.0.2.10"])
+
+    filtered = make_speaker(daemons, GoBgp, servers[1], 2, 65002)
+    filtered.announce(VIP)
+    filtered.announce("203.0.113.0/24")
+    greedy = make_speaker(daemons, GoBgp, servers[2], 3, 65003)
+    for i in (10, 11, 12):
+        greedy.announce(f"198.51.100.{i}/32")
+    wrong_as = make_speaker(daemons, GoBgp, servers[3], 4, 65004)
+    wrong_as.announce(VIP)
+    wrong_pw = make_speaker(daemons, GoBgp, servers[4], 5, 65005, password="wrong")
+    wrong_pw.announce(VIP)
+    stranger = daemons(GoBgp, outsider, 65006, "203.0.113.2")
+    stranger.add_neighbor("203.0.113.1", ROUTER_AS, families=("ipv4",))
+    stranger.announce(VIP)
+    for d in (filtered, greedy, wrong_as, wrong_pw, stranger):
+        d.start()
+
+    # the filtered prefix is logged and not installed; its VIP is
+    wait_for("two nexthops", lambda: hops(rtr, VIP) == ["192.0.2.10", "192.0.2.18"], 30)
+    wait_for("the filter log line", lambda: "filtered 1 prefix(es)" in router.log_text())
+    assert "203.0.113.0/24" in router.log_text()
+    assert hops(rtr, "203.0.113.0/24") == []
+    # max_prefixes: Cease / Maximum Number of Prefixes Reached
+    wait_for("the max_prefixes reset", lambda: router.status()["counters"]["max_prefix_resets"])
+    assert "max_prefixes=2" in router.log_text()
+    # wrong AS: Bad Peer AS NOTIFICATION
+    wait_for("Bad Peer AS", lambda: "Bad Peer AS" in router.log_text(), 20)
+    # outside every range: refused with a log line
+    wait_for(
+        "the refusal",
+        lambda: (
+            "refused BGP connection from 203.0.113.2: outside every peer range" in router.log_text()
+        ),
+        20,
+    )
+    # wrong password: the kernel drops the SYNs (TCP-MD5), the router never sees the peer
+    wait_for(
+        "TCP-MD5 failures",
+        lambda: (
+            "TcpExtTCPMD5Failure" in rtr.exec("nstat", "-az", "TcpExtTCPMD5Failure")
+            and int(rtr.exec("nstat", "-az", "TcpExtTCPMD5Failure").split()[-2]) > 0
+        ),
+        20,
+    )
+    peers = {p["address"]: p for p in router.status()["peers"]}
+    assert "192.0.2.42" not in peers or not peers["192.0.2.42"]["established"]
+    # the good session was never disturbed: established once, still up, still installed
+    assert router.log_text().count("192.0.2.10: session established") == 1
+    assert peers["192.0.2.10"]["established"]
+    assert sorted(hops(rtr, VIP) or []) == ["192.0.2.10", "192.0.2.18"]
+    for i in (11, 12):
+        assert hops(rtr, f"198.51.100.{i}/32") == []
+    assert router.stop() == 0
+    assert ours(rtr) == ([], [])
+
+
+def test_router_kill9_restart_leaves_no_stale_objects(topo, daemons, tmp_path: Path) -> None:
+    rtr, servers = build(topo, 3)
+    router = RouterProc(rtr, tmp_path, router_config(OPEN_RANGES))
+    router.start()
+    speakers = [make_speaker(daemons, GoBgp, s, i + 1, 65001 + i) for i, s in enumerate(servers)]
+    v4 = [server_addrs(i)[1] for i in (1, 2, 3)]
+    v6 = [server_addrs(i)[3] for i in (1, 2, 3)]
+    for d in speakers:
+        d.announce(VIP)
+        d.announce(VIP6)
+        d.start()
+    wait_for("3+3 nexthops", lambda: hops(rtr, VIP) == v4 and hops(rtr, VIP6) == v6, 30)
+    before = ours(rtr)
+    assert len(before[0]) == 2 and len(before[1]) == 3 + 3 + 2  # 6 gateways, 2 groups
+    router.kill9()
+    assert ours(rtr) == before  # killed: nothing cleaned up
+    # one speaker withdraws while the router is down: its nexthop must not come back
+    speakers[2].withdraw(VIP)
+    router.start()
+    wait_for(
+        "the re-learned state",
+        lambda: hops(rtr, VIP) == v4[:2] and hops(rtr, VIP6) == v6,
+        40,
+    )
+    routes, nhs = ours(rtr)
+    assert len(routes) == 2
+    groups = [n for n in nhs if "group" in n]
+    singles = [n for n in nhs if "group" not in n]
+    assert len(groups) == 2
+    assert sorted(n["gateway"] for n in singles) == sorted(v4[:2] + v6)
+    assert {r["nhid"] for r in routes} == {g["id"] for g in groups}
+    assert router.stop() == 0
+    assert ours(rtr) == ([], [])
+
+
+def test_router_graceful_restart_helper(topo, daemons, tmp_path: Path) -> None:
+    """GoBGP with Graceful Restart (restart time 30 s) killed with SIGKILL: its host closes the
+    TCP connection (FIN), so its nexthop stays (stale); a peer without GR killed the same way
+    is removed at once; when the restart time runs out the stale nexthop goes."""
+    rtr, servers = build(topo, 2)
+    router = RouterProc(rtr, tmp_path, router_config(OPEN_RANGES))
+    router.start()
+    gr = make_speaker(daemons, GoBgp, servers[0], 1, 65001, graceful_restart=True)
+    plain = make_speaker(daemons, GoBgp, servers[1], 2, 65002)
+    for d in (gr, plain):
+        d.announce(VIP)
+        d.start()
+    v4 = [server_addrs(1)[1], server_addrs(2)[1]]
+    wait_for("2 nexthops", lambda: hops(rtr, VIP) == v4, 30)
+    assert router.peer(v4[0])["graceful_restart"] == 30
+    for d in (gr, plain):
+        for pid in d.pids:
+            os.kill(pid, signal.SIGKILL)
+    wait_for("the plain peer's nexthop removed", lambda: hops(rtr, VIP) == v4[:1], 15)
+    st = router.status()
+    (nh,) = st["vips"][0]["nexthops"]
+    assert nh["address"] == v4[0] and nh["stale"]
+    restarting = [p for p in st["peers"] if p["state"] == "restarting"]
+    assert [p["address"] for p in restarting] == [v4[0]]
+    assert "graceful restart: keeping 1 stale route(s)" in router.log_text()
+    wait_for("the stale nexthop purged after 30 s", lambda: hops(rtr, VIP) == [], 45)
+    assert "graceful restart time ran out" in router.log_text()
+    assert router.stop() == 0
