@@ -335,7 +335,14 @@ def decode_bucket(msg: nlmsg) -> Bucket:
 
 
 def decode_event(msg: nlmsg) -> KernelEvent | None:
-    """Map a multicast notification to an event; None for anything else."""
+    """Map a multicast notification to an event; None for anything else (or malformed)."""
+    try:
+        return _decode_event(msg)
+    except (KeyError, TypeError, ValueError, IndexError, struct.error):
+        return None
+
+
+def _decode_event(msg: nlmsg) -> KernelEvent | None:
     kind = msg["header"]["type"]
     if kind == RTM_NEWNEXTHOP:
         return NexthopChanged(decode_nexthop(msg))
@@ -374,14 +381,18 @@ def parse_messages(data: bytes) -> Iterator[nlmsg]:
         length, kind = struct.unpack_from("=IH", data, offset)
         if length < 16 or offset + length > len(data):
             break
-        if kind == NLMSG_ERROR:
-            msg: nlmsg = nlmsgerr(data, offset=offset)
-            msg.decode()
-            msg["ext_ack"] = _ext_ack_message(data, offset, length)
-        else:
-            msg = _MSG_CLASSES.get(kind, nlmsg)(data, offset=offset)
-            msg.decode()
-        yield msg
+        try:
+            if kind == NLMSG_ERROR:
+                msg: nlmsg = nlmsgerr(data, offset=offset)
+                msg.decode()
+                msg["ext_ack"] = _ext_ack_message(data, offset, length)
+            else:
+                msg = _MSG_CLASSES.get(kind, nlmsg)(data, offset=offset)
+                msg.decode()
+        except Exception:  # pyroute2 raises many types on a malformed message: skip it
+            msg = None
+        if msg is not None:
+            yield msg
         offset += (length + 3) & ~3
 
 

@@ -194,8 +194,13 @@ def test_route_roundtrip(net, table, nh_id):
     assert event is not None and event.route == route  # type: ignore[union-attr]
 
 
-@given(st.binary(max_size=200))
-def test_garbage_never_crashes_the_splitter(data):
-    # Arbitrary bytes either decode into messages or stop the splitter; nothing else.
+@given(
+    kind=st.sampled_from([2, 3, 16, 24, 25, 104, 105, 116]),
+    payload=st.binary(max_size=120),
+)
+def test_malformed_messages_are_skipped_not_raised(kind, payload):
+    # A truncated or garbled message of any type we decode is skipped (or decodes to no event).
+    data = struct.pack("=IHHII", 16 + len(payload), kind, 0, 0, 0) + payload
     for msg in parse_messages(data):
         assert "header" in msg
+        decode_event(msg)
