@@ -86,6 +86,10 @@ def test_frr_to_gobgp_and_kernel(two_hosts, daemons):
     while not kernel_routes(left.ns, "203.0.113.0/24") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert kernel_routes(left.ns, "203.0.113.0/24") == [right.ipv4]
+    # live changes through vtysh
+    frr.announce("198.51.100.128/25", communities=["65010:9"])
+    frr.withdraw(V4)
+    gobgp.wait_routes(lambda rs: set(by_prefix(rs)) == {"198.51.100.128/25", V6}, 10, "vtysh")
 
 
 def test_exabgp_and_frr_both_ways_live_api(two_hosts, daemons):
@@ -139,6 +143,10 @@ def test_bird_to_exabgp_with_md5(two_hosts, daemons):
         V4, left.ipv4, [65050], ["65050:1", "65535:65281"], ["65050:0:1"], None, left.ipv4
     )
     assert routes[V6] == ReceivedRoute(V6, left.ipv6, [65050], [], [], 99, left.ipv6)
+    # live changes: BIRD rewrites its config and `birdc configure`s
+    bird.announce("203.0.113.0/24", med=3)
+    bird.withdraw(V4)
+    exa.wait_routes(lambda rs: set(by_prefix(rs)) == {"203.0.113.0/24", V6}, 10, "reconfig")
 
 
 def test_md5_wrong_key_does_not_establish(two_hosts, daemons):

@@ -167,6 +167,29 @@ class Frr(Daemon):
         )
         return proc.returncode == 0 and proc.stdout.lstrip().startswith("{")
 
+    def start(self) -> None:
+        """As Daemon.start(), and fail if bgpd rejected a line of the generated config (bgpd
+        logs the line and runs on without it)."""
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        super().start()
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            bad = [
+                ln
+                for ln in log.read().decode(errors="replace").splitlines()
+                if "on config line" in ln or ln.startswith("% ")
+            ]
+        if bad:
+            err = self.error("bgpd rejected its config: " + "; ".join(bad))
+            self.stop()
+            raise err
+
+    def _configure(self, *lines: str) -> None:
+        out = self.control("configure terminal", *lines, "end")
+        bad = [ln for ln in out.splitlines() if ln.startswith("%")]
+        if bad:
+            raise self.error("vtysh rejected the configuration: " + "; ".join(bad))
+
     def _reload(self) -> None:
         # Re-apply the whole `router bgp` block: vtysh accepts the same lines as the file.
         lines = [
@@ -174,15 +197,13 @@ class Frr(Daemon):
             for ln in self.config_text().splitlines()
             if ln and ln != "!" and not ln.startswith(("frr ", "hostname", "log "))
         ]
-        self.control("configure terminal", *lines, "end")
+        self._configure(*lines)
 
     def _withdraw_live(self, ann: Announcement) -> None:
-        self.control(
-            "configure terminal",
+        self._configure(
             f"router bgp {self.asn}",
             f"address-family {ann.family} unicast",
             f"no network {ann.prefix}",
-            "end",
         )
 
     def neighbor_state(self, address: str) -> str:
