@@ -1,0 +1,156 @@
+"""The agent's commands: ``agent -c FILE``, ``status``, ``drain``, ``undrain``, ``config check``.
+
+``add_agent_commands(subparsers)`` registers them on the ``bgplb`` parser; every subparser sets
+``func`` (``args.func(args) -> int``). ``python -m bgplb.cli_agent ...`` runs them standalone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_SOCKETS = (Path("/run/bgplb/agent.sock"), Path("/run/bgplb/router.sock"))
+DEFAULT_STATE = Path("/var/lib/bgplb/agent-state.json")
+
+
+def _socket(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    for path in DEFAULT_SOCKETS:
+        if path.exists():
+            return path
+    return DEFAULT_SOCKETS[0]
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from bgplb.agent.daemon import AgentDaemon
+    from bgplb.agent.logs import setup
+    from bgplb.config import ConfigError, load_agent_config
+
+    try:
+        config = load_agent_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        print(
+            f"bgplb agent: not starting: {len(exc.issues)} error(s) in {args.config}",
+            file=sys.stderr,
+        )
+        return 2
+    setup(args.log_level or config.logging.level, args.log_json or config.logging.json_)
+    state_path = args.state_file or os.environ.get("BGPLB_STATE_FILE") or DEFAULT_STATE
+    daemon = AgentDaemon(args.config, state_path=state_path, config=config)
+    try:
+        return asyncio.run(daemon.run())
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bgplb.control.socket import ControlError, request
+
+    try:
+        status = request(_socket(args), "status")
+    except ControlError as exc:
+        print(f"bgplb status: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2))
+    elif isinstance(status, dict) and status.get("role") == "agent":
+        from bgplb.control.agent_status import print_status
+
+        print_status(status)
+    else:
+        print(json.dumps(status, indent=2))
+    return 0
+
+
+def _drain(args: argparse.Namespace, command: str) -> int:
+    from bgplb.control.socket import ControlError, request
+
+    extra = {"service": args.service} if args.service else {}
+    try:
+        result = request(_socket(args), command, **extra)
+    except ControlError as exc:
+        print(f"bgplb {command}: {exc}", file=sys.stderr)
+        return 1
+    if command == "drain":
+        for name in result.get("drained", []):
+            seconds = result.get("drain_time", {}).get(name)
+            print(f"{name}: draining (GRACEFUL_SHUTDOWN now, withdrawal in {seconds:g}s)")
+    else:
+        for name in result.get("undrained", []):
+            print(f"{name}: undrained (announced again while healthy)")
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    return _drain(args, "drain")
+
+
+def cmd_undrain(args: argparse.Namespace) -> int:
+    return _drain(args, "undrain")
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from bgplb.config import config_check
+
+    ok, text = config_check(args.file)
+    print(text, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+def _socket_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--socket", metavar="PATH", help="control socket (default /run/bgplb/agent.sock)"
+    )
+
+
+def add_agent_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the agent's commands on the ``bgplb`` subparsers."""
+    p = subparsers.add_parser("agent", help="run the agent: health checks -> BGP announcements")
+    p.add_argument("-c", "--config", required=True, metavar="FILE", help="agent config (TOML)")
+    p.add_argument(
+        "--state-file",
+        metavar="PATH",
+        help=f"drain state and owned VIPs (default {DEFAULT_STATE}, or $BGPLB_STATE_FILE)",
+    )
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
+    p.set_defaults(func=cmd_agent)
+
+    p = subparsers.add_parser("status", help="show the running daemon's peers and services")
+    p.add_argument("--json", action="store_true", help="JSON instead of tables")
+    _socket_option(p)
+    p.set_defaults(func=cmd_status)
+
+    p = subparsers.add_parser("drain", help="GRACEFUL_SHUTDOWN, wait drain_time, withdraw")
+    p.add_argument("service", nargs="?", help="one service (default: all)")
+    _socket_option(p)
+    p.set_defaults(func=cmd_drain)
+
+    p = subparsers.add_parser("undrain", help="announce drained services again")
+    p.add_argument("service", nargs="?", help="one service (default: all)")
+    _socket_option(p)
+    p.set_defaults(func=cmd_undrain)
+
+    p = subparsers.add_parser("config", help="configuration tools")
+    sub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    check = sub.add_parser("check", help="validate a config file: OK, or every error")
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(func=cmd_config_check)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bgplb")
+    add_agent_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

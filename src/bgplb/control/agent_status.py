@@ -1,0 +1,161 @@
+"""``bgplb status`` for the agent: the status document (JSON over the control socket) and its
+rendering as readable tables with rich.
+
+The document (``build_status``) is plain JSON types::
+
+    {"role": "agent", "asn": 65000, "router_id": "...", "uptime": 12.3,
+     "peers": [{"name", "address", "asn", "state", "uptime", "routes_sent", "updates_sent",
+                "last_error"}],
+     "services": [{"name", "healthy", "status", "drained", "vips": [{"vip", "phase"}],
+                   "checks": [{"check", "state", "suppressed", "last_ok", "latency_ms",
+                               "output", "probes"}]}]}
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from bgplb.agent.daemon import AgentDaemon
+
+
+def build_status(daemon: AgentDaemon) -> dict[str, Any]:
+    """The status document of a running agent."""
+    now = daemon.peers and next(iter(daemon.peers.values())).now()
+    peers = []
+    for key, peer in daemon.peers.items():
+        session = peer.session
+        cfg = daemon.peer_configs.get(key)
+        established = session.established_at
+        peers.append(
+            {
+                "name": peer.name,
+                "address": str(peer.transport.remote),
+                "asn": cfg.asn if cfg else session.config.peer_asn,
+                "state": session.state.value,
+                "uptime": (now - established) if established is not None and now else None,
+                "local_address": str(peer.local_address) if peer.local_address else None,
+                "routes_sent": len(session.rib_out.sent),
+                "updates_sent": session.updates_sent,
+                "last_error": session.last_error,
+            }
+        )
+    services = []
+    for service in daemon.config.services:
+        svc = daemon.state.services.get(service.name)
+        checks = []
+        for i, check in enumerate(service.checks):
+            try:
+                status = daemon.runner.status((service.name, i))
+            except KeyError:
+                continue
+            last = status.last
+            checks.append(
+                {
+                    "check": check.describe(),
+                    "state": status.machine.state.value,
+                    "suppressed": status.machine.suppressed,
+                    "last_ok": last.ok if last else None,
+                    "latency_ms": round(last.latency * 1000, 2) if last else None,
+                    "output": last.detail if last else None,
+                    "probes": status.probes,
+                }
+            )
+        services.append(
+            {
+                "name": service.name,
+                "healthy": bool(svc and svc.healthy),
+                "status": svc.status.value if svc else "unknown",
+                "drained": bool(svc and svc.drained),
+                "reason": svc.reason if svc else None,
+                "vips": [
+                    {"vip": vip, "phase": phase.value}
+                    for vip, phase in daemon.state.phases(service.name).items()
+                ],
+                "checks": checks,
+            }
+        )
+    return {
+        "role": "agent",
+        "asn": daemon.config.bgp.asn,
+        "router_id": str(daemon.router_id),
+        "uptime": time.time() - daemon.started,
+        "graceful_restart": daemon.restarting,
+        "peers": peers,
+        "services": services,
+    }
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+_STATE_STYLE = {
+    "established": "green",
+    "announced": "green",
+    "up": "green",
+    "draining": "yellow",
+    "drained": "yellow",
+    "withdrawn": "red",
+    "down": "red",
+}
+
+
+def _styled(value: str) -> Text:
+    return Text(value, style=_STATE_STYLE.get(value, ""))
+
+
+def render(status: dict[str, Any]) -> Group:
+    """Tables for peers, services and checks."""
+    peers = Table(title="BGP peers", title_justify="left")
+    for column in ("peer", "AS", "state", "uptime", "routes sent", "last error"):
+        peers.add_column(column)
+    for p in status.get("peers", []):
+        peers.add_row(
+            p["address"],
+            str(p["asn"]),
+            _styled(p["state"]),
+            _duration(p["uptime"]),
+            str(p["routes_sent"]),
+            p["last_error"] or "",
+        )
+    services = Table(title="Services", title_justify="left")
+    for column in ("service", "health", "announcement", "VIPs", "reason"):
+        services.add_column(column)
+    checks = Table(title="Checks", title_justify="left")
+    for column in ("service", "check", "state", "last", "latency", "output"):
+        checks.add_column(column)
+    for s in status.get("services", []):
+        services.add_row(
+            s["name"],
+            _styled("up" if s["healthy"] else "down"),
+            _styled(s["status"]),
+            "\n".join(f"{v['vip']} ({v['phase']})" for v in s["vips"]),
+            s.get("reason") or "",
+        )
+        for c in s["checks"]:
+            state = c["state"] + (" (damped)" if c["suppressed"] else "")
+            last = "-" if c["last_ok"] is None else ("ok" if c["last_ok"] else "fail")
+            latency = "-" if c["latency_ms"] is None else f"{c['latency_ms']:.1f} ms"
+            checks.add_row(s["name"], c["check"], _styled(state), last, latency, c["output"] or "")
+    header = Text(
+        f"bgplb agent  AS {status.get('asn')}  router id {status.get('router_id')}  "
+        f"up {_duration(status.get('uptime'))}"
+    )
+    return Group(header, peers, services, checks)
+
+
+def print_status(status: dict[str, Any], console: Console | None = None) -> None:
+    (console or Console()).print(render(status))
