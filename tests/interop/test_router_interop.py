@@ -410,3 +410,143 @@ def test_router_graceful_restart_helper(topo, daemons, tmp_path: Path) -> None:
     wait_for("the stale nexthop purged after 30 s", lambda: hops(rtr, VIP) == [], 45)
     assert "graceful restart time ran out" in router.log_text()
     assert router.stop() == 0
+
+
+ECHO_SERVER = """
+import asyncio, sys
+name = sys.argv[1].encode()
+async def handle(reader, writer):
+    writer.write(name + b"\\n")
+    try:
+        while data := await reader.read(100):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    writer.close()
+async def main():
+    server = await asyncio.start_server(handle, "198.51.100.10", 8080, backlog=512)
+    print("ready", flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+CLIENT = """
+import asyncio, json, sys
+N = int(sys.argv[1])
+async def conn(i, results, stop):
+    try:
+        r, w = await asyncio.wait_for(asyncio.open_connection("198.51.100.10", 8080), 5)
+        server = (await asyncio.wait_for(r.readline(), 5)).decode().strip()
+    except (OSError, asyncio.TimeoutError) as e:
+        results[i] = {"server": None, "broken": "connect: " + repr(e)}
+        return
+    results[i] = {"server": server, "broken": None}
+    n = 0
+    while not stop.is_set():
+        n += 1
+        msg = f"{i}:{n}\\n".encode()
+        try:
+            w.write(msg)
+            await w.drain()
+            got = await asyncio.wait_for(r.readexactly(len(msg)), 3)
+            if got != msg:
+                raise ValueError(got)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
+            results[i]["broken"] = repr(e)
+            return
+        await asyncio.sleep(0.2)
+    w.close()
+async def main():
+    stop = asyncio.Event()
+    results = {}
+    tasks = [asyncio.create_task(conn(i, results, stop)) for i in range(N)]
+    await asyncio.sleep(2)
+    servers = [results.get(i, {}).get("server") for i in range(N)]
+    print(json.dumps({"phase": "connected", "servers": servers}), flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)
+    stop.set()
+    await asyncio.wait(tasks, timeout=10)
+    print(json.dumps({"phase": "done", "results": [results.get(i) for i in range(N)]}), flush=True)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("group", ["resilient", "multipath"])
+def test_router_resilient_group_keeps_other_servers_connections(
+    topo, daemons, tmp_path: Path, group: str
+) -> None:
+    """240 long-lived, active TCP connections over 3 servers; server 3 withdraws its VIP, then
+    announces it again: no connection to servers 1 and 2 breaks (resilient group, busy buckets
+    never forced to move: unbalanced_timer 0). The multipath run is the comparison: its
+    broken count is printed (hash-threshold remaps flows of the surviving servers), not asserted."""
+    import sys
+
+    rtr, servers = build(topo, 3)
+    rtr.sysctl("net.ipv4.fib_multipath_hash_policy", 1)
+    client = topo.add("cl")
+    topo.link(rtr, client, ["203.0.113.1/29"], ["203.0.113.2/29"], "cl", "uplink")
+    client.exec("ip", "route", "add", "default", "via", "203.0.113.1")
+    config = router_config(OPEN_RANGES).replace('group = "resilient"', f'group = "{group}"')
+    router = RouterProc(rtr, tmp_path, config)
+    router.start()
+    procs: list[subprocess.Popen[bytes]] = []
+    (tmp_path / "echo.py").write_text(ECHO_SERVER)
+    (tmp_path / "client.py").write_text(CLIENT)
+    try:
+        speakers = []
+        for i, s in enumerate(servers, start=1):
+            s.exec("ip", "addr", "add", "198.51.100.10/32", "dev", "lo")
+            s.exec("ip", "route", "add", "default", "via", server_addrs(i)[0])
+            p = s.popen(sys.executable, str(tmp_path / "echo.py"), f"s{i}", stdout=subprocess.PIPE)
+            procs.append(p)
+            assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
+            d = make_speaker(daemons, GoBgp, s, i, 65000 + i)
+            d.announce(VIP)
+            d.start()
+            speakers.append(d)
+        v4 = [server_addrs(i)[1] for i in (1, 2, 3)]
+        wait_for("3 nexthops", lambda: hops(rtr, VIP) == v4, 30)
+        cl = client.popen(
+            sys.executable,
+            str(tmp_path / "client.py"),
+            "240",
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        procs.append(cl)
+        assert cl.stdout is not None and cl.stdin is not None
+        first = json.loads(cl.stdout.readline())
+        per_server = {f"s{i}": first["servers"].count(f"s{i}") for i in (1, 2, 3)}
+        assert all(per_server.values()), per_server  # flows spread over the three
+        speakers[2].withdraw(VIP)
+        wait_for("2 nexthops", lambda: hops(rtr, VIP) == v4[:2], 20)
+        kinds = {n.get("type", "mpath") for n in ours(rtr)[1] if "group" in n}
+        assert kinds == {"resilient" if group == "resilient" else "mpath"}, kinds
+        time.sleep(2)  # traffic keeps flowing over the shrunk group
+        speakers[2].announce(VIP)
+        wait_for("3 nexthops again", lambda: hops(rtr, VIP) == v4, 20)
+        time.sleep(2)
+        cl.stdin.write(b"stop\n")
+        cl.stdin.flush()
+        done = json.loads(cl.stdout.readline())
+        results = done["results"]
+        broken_others = [r for r in results if r["server"] in ("s1", "s2") and r["broken"]]
+        broken_s3 = [r for r in results if r["server"] == "s3" and r["broken"]]
+        print(
+            f"{group}: connections per server {per_server}; broken: s1+s2 {len(broken_others)},"
+            f" s3 {len(broken_s3)}"
+        )
+        assert not [r for r in results if r["server"] is None], results
+        if group == "resilient":
+            assert broken_others == []
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(5)
+            for pipe in (p.stdin, p.stdout):
+                if pipe is not None:
+                    pipe.close()
+        router.stop()
