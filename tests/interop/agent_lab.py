@@ -87,6 +87,7 @@ class Server:
         rise: int = 2,
         fall: int = 2,
         interval: str = "200ms",
+        timeout: str = "150ms",
     ) -> str:
         vip_list = ", ".join(f'"{v}"' for v in vips)
         return f"""
@@ -99,7 +100,7 @@ drain_time = "2s"
 type = "http"
 url = "http://127.0.0.1:{self.http_port}/"
 interval = "{interval}"
-timeout = "150ms"
+timeout = "{timeout}"
 rise = {rise}
 fall = {fall}
 damping = false

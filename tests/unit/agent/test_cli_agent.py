@@ -35,7 +35,10 @@ port = 80
 """
 
 BAD = {
-    "unknown key": (GOOD.replace('name = "web"', 'name = "web"\ncolour = "red"'), "services[0].colour"),
+    "unknown key": (
+        GOOD.replace('name = "web"', 'name = "web"\ncolour = "red"'),
+        "services[0].colour",
+    ),
     "vip in two services": (
         GOOD + '[[services]]\nname = "api"\nvips = ["198.51.100.10/32"]\n',
         "services[1].vips[0]",
