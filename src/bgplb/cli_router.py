@@ -1,8 +1,9 @@
 """The router's commands of the `bgplb` CLI: ``bgplb router -c FILE`` and ``bgplb status``.
 
-``status`` is shared with the agent: it asks the daemon on the control socket (``--socket``, or
-``/run/bgplb/router.sock`` then ``/run/bgplb/agent.sock``; ``--role`` picks one) and renders the
-answer according to the ``role`` it carries.
+``status`` is shared with the agent (registered by ``cli_agent``; this module adds ``--role`` and
+takes over its handler): it asks the daemon on the control socket (``--socket``, else the first
+of ``/run/bgplb/agent.sock``, ``/run/bgplb/router.sock`` that exists; ``--role`` picks one) and
+renders the answer by the ``role`` it carries.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_SOCKETS = {"router": "/run/bgplb/router.sock", "agent": "/run/bgplb/agent.sock"}
+DEFAULT_SOCKETS = {"agent": "/run/bgplb/agent.sock", "router": "/run/bgplb/router.sock"}
 
 
 def add_router_commands(subparsers: Any) -> None:
@@ -25,12 +26,14 @@ def add_router_commands(subparsers: Any) -> None:
     router.add_argument("-c", "--config", required=True, metavar="FILE", help="router TOML file")
     router.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     router.set_defaults(func=run_router_command)
-    if "status" not in subparsers.choices:
+    status = subparsers.choices.get("status")
+    if status is None:  # the agent's commands were not registered
         status = subparsers.add_parser("status", help="show the running daemon's state")
         status.add_argument("--json", action="store_true", help="print the raw JSON")
         status.add_argument("--socket", metavar="PATH", help="control socket of the daemon")
-        status.add_argument("--role", choices=["router", "agent"], help="which daemon to ask")
-        status.set_defaults(func=status_command)
+    # shared with the agent: this handler renders by the role the daemon reports
+    status.add_argument("--role", choices=["router", "agent"], help="which daemon to ask")
+    status.set_defaults(func=status_command)
 
 
 def run_router_command(args: argparse.Namespace) -> int:
@@ -63,8 +66,8 @@ def status_command(args: argparse.Namespace) -> int:
     elif args.role:
         candidates = [DEFAULT_SOCKETS[args.role]]
     else:
-        candidates = [p for p in DEFAULT_SOCKETS.values() if Path(p).exists()] or [
-            DEFAULT_SOCKETS["router"]
+        candidates = [p for p in DEFAULT_SOCKETS.values() if Path(p).exists()][:1] or [
+            DEFAULT_SOCKETS["agent"]
         ]
     errors = []
     for path in candidates:
@@ -81,7 +84,7 @@ def status_command(args: argparse.Namespace) -> int:
             render_status(result)
         else:
             render = _agent_renderer()
-            if render is not None:
+            if render is not None and isinstance(result, dict) and result.get("role") == "agent":
                 render(result)
             else:
                 print(json.dumps(result, indent=2, default=str))
@@ -93,7 +96,7 @@ def status_command(args: argparse.Namespace) -> int:
 
 def _agent_renderer() -> Any:
     try:
-        from bgplb.control import agent_status  # type: ignore[attr-defined]
+        from bgplb.control import agent_status
     except ImportError:
         return None
-    return getattr(agent_status, "render_status", None)
+    return getattr(agent_status, "print_status", None)
