@@ -201,7 +201,10 @@ class Update:
             return IPV4_UNICAST
         mp = attrs.mp_unreach
         if mp is not None and not mp.withdrawn and attrs == PathAttributes(mp_unreach=mp):
-            return (AFI(mp.afi), SAFI(mp.safi))
+            try:
+                return (AFI(mp.afi), SAFI(mp.safi))
+            except ValueError:
+                return None
         return None
 
     @classmethod
@@ -395,7 +398,7 @@ def decode(msg_type: int, body: bytes | memoryview, neg: Negotiated = _DEFAULT_N
     except BGPError:
         raise
     except Exception as exc:  # pragma: no cover - a decoder bug must still end in a NOTIFICATION
-        raise BGPError(
+        raise BGPError(  # OPEN -> OPEN Message Error, UPDATE -> UPDATE Message Error
             ErrorCode.MESSAGE_HEADER if msg_type not in (1, 2) else msg_type + 1,
             0,
             reason=f"internal decoder error: {exc!r}",
