@@ -234,6 +234,8 @@ class BgpPeer:
 
     def _connect(self) -> None:
         if self._connecting is not None and not self._connecting.done():
+            # The ConnectRetryTimer fired before the attempt completed: no SYN-ACK came back.
+            log.info("%s: %s", self.name, self._timeout_message())
             self._connecting.cancel()
         if self._proto is not None and self._proto.transport is not None:
             self._proto.transport.abort()
@@ -258,13 +260,7 @@ class BgpPeer:
             )
         except TimeoutError:
             sock.close()
-            hint = (
-                " (with TCP-MD5 configured, a wrong or missing key on either side looks exactly"
-                " like this: the kernel drops the segments silently)"
-                if t.password
-                else ""
-            )
-            self._connect_failed(f"connect to {t.remote}:{t.port} timed out{hint}")
+            self._connect_failed(self._timeout_message())
             return
         except asyncio.CancelledError:
             sock.close()
@@ -281,6 +277,16 @@ class BgpPeer:
         log.debug("%s: connected from %s", self.name, self.local_address)
         self.session.connection_made(self.now(), self._next_hops(sock))
         self._process()
+
+    def _timeout_message(self) -> str:
+        t = self.transport
+        hint = (
+            " (TCP-MD5 is configured: a wrong or missing key on either side looks exactly like"
+            " this, the kernel drops the segments silently; see nstat TcpExtTCPMD5*)"
+            if t.password
+            else " (peer down, filtered, or not listening)"
+        )
+        return f"connect to {t.remote}:{t.port} timed out{hint}"
 
     def _connect_failed(self, reason: str) -> None:
         if self.session.state in (State.CONNECT, State.ACTIVE):

@@ -19,9 +19,13 @@ class NetnsError(RuntimeError):
     """A namespace command failed; the message carries the command and its stderr."""
 
 
-def run(cmd: Sequence[str], *, check: bool = True, timeout: float = 30.0) -> str:
+def run(
+    cmd: Sequence[str], *, check: bool = True, timeout: float = 30.0, input_text: str | None = None
+) -> str:
     """Run a command on the host and return its stdout; raise NetnsError with stderr on failure."""
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        list(cmd), capture_output=True, text=True, timeout=timeout, input=input_text
+    )
     if check and proc.returncode != 0:
         raise NetnsError(f"{shlex.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc.stdout
@@ -61,6 +65,23 @@ class Namespace:
     @property
     def path(self) -> str:
         return f"/var/run/netns/{self.name}"
+
+    def drop_all_traffic(self) -> None:
+        """Simulate a dead host: drop every packet in and out of this namespace (nftables,
+        input and output hooks at raw priority), loopback excepted. `allow_all_traffic` undoes
+        it. tc matchall/gact are missing from this kernel, so nftables is the tool."""
+        rules = (
+            "table inet bgplb_dead {\n"
+            " chain in { type filter hook input priority -300; policy drop;"
+            ' iifname "lo" accept; }\n'
+            " chain out { type filter hook output priority -300; policy drop;"
+            ' oifname "lo" accept; }\n'
+            "}\n"
+        )
+        run(["ip", "netns", "exec", self.name, "nft", "-f", "-"], input_text=rules)
+
+    def allow_all_traffic(self) -> None:
+        self.exec("nft", "delete", "table", "inet", "bgplb_dead", check=False)
 
 
 @dataclass

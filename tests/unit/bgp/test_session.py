@@ -222,7 +222,10 @@ def test_bad_marker_gets_connection_not_synchronized():
     bad[0] = 0
     s.receive_data(bytes(bad), 0.1)
     out = s.data_to_send(0.1)
-    assert (out[19], out[20]) == (ErrorCode.MESSAGE_HEADER, HeaderSubcode.CONNECTION_NOT_SYNCHRONIZED)
+    assert (out[19], out[20]) == (
+        ErrorCode.MESSAGE_HEADER,
+        HeaderSubcode.CONNECTION_NOT_SYNCHRONIZED,
+    )
 
 
 def test_byte_at_a_time_delivery():
@@ -239,8 +242,11 @@ def test_byte_at_a_time_delivery():
 
 def test_connect_retry_backoff_grows_and_is_bounded():
     cfg = SessionConfig(
-        local_asn=65001, router_id=IPv4Address("192.0.2.11"), peer_asn=65530,
-        connect_retry_time=1.0, connect_retry_max=8.0,
+        local_asn=65001,
+        router_id=IPv4Address("192.0.2.11"),
+        peer_asn=65530,
+        connect_retry_time=1.0,
+        connect_retry_max=8.0,
     )
     s = Session(cfg, rng=random.Random(0))
     s.start(0)
@@ -260,8 +266,9 @@ def test_connect_retry_backoff_grows_and_is_bounded():
 
 @pytest.mark.parametrize("hold", [0, 3, 240])
 def test_hold_time_zero_means_no_keepalives(hold):
-    a = SessionConfig(local_asn=65001, router_id=IPv4Address("192.0.2.11"), peer_asn=65530,
-                      hold_time=hold)
+    a = SessionConfig(
+        local_asn=65001, router_id=IPv4Address("192.0.2.11"), peer_asn=65530, hold_time=hold
+    )
     p = Pair(a, ROUTER)
     p.up()
     neg = p.a.negotiated

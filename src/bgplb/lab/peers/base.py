@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import ipaddress
 import json
 import shlex
@@ -87,9 +89,13 @@ class Announcement:
 
 
 def normalize_community(text: str) -> str:
-    """Return a standard community as "ASN:VALUE" whatever name or form a daemon printed."""
+    """Return a standard community as "ASN:VALUE" whatever name or form a daemon printed.
+
+    FRR's JSON prints camelCase names ("gracefulShutdown", "noExport"), others use dashes.
+    """
     text = text.strip().strip("()").replace(",", ":").replace(" ", "")
-    return WELL_KNOWN_COMMUNITIES.get(text.lower(), text)
+    key = re.sub(r"(?<=[a-z])(?=[A-Z])", "-", text).lower()
+    return WELL_KNOWN_COMMUNITIES.get(key, text)
 
 
 def _tail(path: Path, lines: int = 25) -> str:
