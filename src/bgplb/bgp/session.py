@@ -151,6 +151,13 @@ class RoutesReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class RoutesHeldBack:
+    """Prefixes that cannot be sent to this peer, with the reason (empty: none any more)."""
+
+    held: tuple[tuple[Prefix, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class EndOfRibReceived:
     family: Family
 
@@ -170,6 +177,7 @@ Event = (
     | RoutesReceived
     | EndOfRibReceived
     | RouteRefreshReceived
+    | RoutesHeldBack
 )
 
 _MESSAGE_INPUT = {
@@ -238,6 +246,7 @@ class Session:
         self.established_at: float | None = None
         self.updates_sent = 0
         self.updates_received = 0
+        self.held_back: dict[Prefix, str] = {}
 
     # -- read-only state ----------------------------------------------------------------------
 
@@ -454,7 +463,12 @@ class Session:
         assert isinstance(arg, Open)
         c = self.config
         if c.peer_asn is not None and arg.asn != c.peer_asn:
-            self._error(now, BGPError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {arg.asn}"))
+            self._error(
+                now,
+                BGPError(
+                    ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {arg.asn}"
+                ),
+            )
             return
         if arg.asn == c.local_asn and arg.router_id == c.router_id:
             # RFC 6286 §2.2: within an AS the identifiers must differ.
@@ -585,9 +599,7 @@ class Session:
         self.last_error = reason
         self.established_at = None
         self._events.append(
-            SessionDown(
-                reason, was_established, notification, local, hold_expired, connection_lost
-            )
+            SessionDown(reason, was_established, notification, local, hold_expired, connection_lost)
         )
         self._reset_connection()
         self._timers.clear()
@@ -621,12 +633,36 @@ class Session:
             changes["local_pref"] = 100
         return replace(attributes, **changes) if changes else attributes  # type: ignore[arg-type]
 
+    def _has_next_hop(self, prefix: Prefix, attributes: PathAttributes) -> bool:
+        if prefix.afi == AFI.IPV4 and attributes.next_hop is not None:
+            return True
+        if attributes.mp_reach is not None and attributes.mp_reach.afi == prefix.afi:
+            return True
+        return bool(self._next_hops.get(prefix.afi))
+
     def _sendable(self) -> Iterable[Prefix]:
+        """Prefixes that can go to this peer now; the others are held back with a reason.
+
+        A prefix is held back when its family was not negotiated, or when neither its
+        attributes nor this connection give a next hop of its family (e.g. an IPv6 VIP on a
+        session between IPv4 addresses). Withdrawals are never held back.
+        """
         assert self._neg is not None
         families = {afi for afi, _ in self._neg.families}
-        return [p for p in self.rib_out.desired if p.afi in families] + [
-            p for p in self.rib_out.sent if p.afi in families
-        ]
+        out: list[Prefix] = []
+        held: dict[Prefix, str] = {}
+        for prefix, attributes in self.rib_out.desired.items():
+            if prefix.afi not in families:
+                held[prefix] = f"{prefix.afi.name} unicast was not negotiated with this peer"
+            elif not self._has_next_hop(prefix, attributes):
+                held[prefix] = f"no {prefix.afi.name} next hop on this session"
+            else:
+                out.append(prefix)
+        out += [p for p in self.rib_out.sent if p.afi in families]
+        if held != self.held_back:
+            self.held_back = held
+            self._events.append(RoutesHeldBack(tuple(sorted(held.items()))))
+        return out
 
     def _flush_updates(self, now: float) -> None:
         assert self._neg is not None
@@ -646,4 +682,3 @@ class Session:
         for family in self._eor_pending:
             self._out += encode(Update.end_of_rib(family), self._neg)
         self._eor_pending = []
-

@@ -25,6 +25,7 @@ from bgplb.bgp.session import (
     CloseRequested,
     ConnectRequested,
     Event,
+    RoutesHeldBack,
     Session,
     SessionDown,
     SessionEstablished,
@@ -156,6 +157,41 @@ class BgpPeer:
         self.session.connection_made(self.now(), self._next_hops(sock))
         self._process()
 
+    def write_buffer_size(self) -> int:
+        """Bytes handed to this peer's transport but not yet to the kernel (0 if closed)."""
+        proto = self._proto
+        if proto is None or proto.transport is None:
+            return 0
+        return int(proto.transport.get_write_buffer_size())
+
+    def close_silently(self) -> None:
+        """Close the connection without a NOTIFICATION (the kernel sends FIN).
+
+        For an exit that keeps routes: a Graceful Restart helper keeps our paths when the
+        transport closes, but not after a Cease (RFC 4724 §4.2, RFC 8538).
+        """
+        self.on_event = None
+        proto, self._proto = self._proto, None
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
+        self._cancel_all()
+
+    def abort(self) -> None:
+        """Drop the connection at once (RST), without a NOTIFICATION or further events."""
+        self.on_event = None
+        proto, self._proto = self._proto, None
+        if proto is not None and proto.transport is not None:
+            proto.transport.abort()
+        self._cancel_all()
+
+    def _cancel_all(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._closed.set()
+
     def kick(self) -> None:
         """Push pending announcements now (after `session.announce`/`withdraw`)."""
         self._process()
@@ -182,6 +218,9 @@ class BgpPeer:
                     event.negotiated.hold_time,
                     ",".join(f"{a.name}/{s.name}" for a, s in sorted(event.negotiated.families)),
                 )
+            elif isinstance(event, RoutesHeldBack):
+                for prefix, why in event.held:
+                    log.warning("%s: not announcing %s: %s", self.name, prefix, why)
             elif isinstance(event, SessionDown):
                 level = logging.INFO if not event.was_established else logging.WARNING
                 log.log(level, "%s: session down: %s", self.name, event.reason)

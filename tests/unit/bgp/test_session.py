@@ -276,3 +276,35 @@ def test_hold_time_zero_means_no_keepalives(hold):
     assert neg.hold_time == min(hold, 9) if hold else neg.hold_time == 0
     if hold == 0:
         assert p.a.get_timer() is None
+
+
+def test_prefix_without_next_hop_of_its_family_is_held_back_not_raised():
+    from bgplb.bgp.session import RoutesHeldBack
+
+    p = Pair()
+    p.b.start(0)
+    p.a.start(0)
+    # Connect manually with IPv4 next hops only (a session between IPv4 addresses).
+    p.drain("a")
+    p.drain("b")
+    p.connected = True
+    p.a.connection_made(0, {AFI.IPV4: (IPv4Address("192.0.2.11"),)})
+    p.b.connection_made(0, NH_R)
+    p.pump(0)
+    assert p.a.state is State.ESTABLISHED
+    v4, v6 = Prefix.parse("198.51.100.10/32"), Prefix.parse("2001:db8:100::10/128")
+    p.a.announce(v4, at.PathAttributes())
+    p.a.announce(v6, at.PathAttributes())
+    p.pump(1)
+    held = of(p.events["a"], RoutesHeldBack)
+    assert held and dict(held[-1].held).keys() == {v6}
+    assert "no IPV6 next hop" in dict(held[-1].held)[v6]
+    got = {x for r in of(p.events["b"], RoutesReceived) for x in r.announced}
+    assert got == {v4}
+    # An explicit next hop in the attributes makes it sendable.
+    mp = at.MPReachNLRI(AFI.IPV6, 1, (IPv6Address("2001:db8::11"),), ())
+    p.a.announce(v6, at.PathAttributes(mp_reach=mp))
+    p.pump(2)
+    got = {x for r in of(p.events["b"], RoutesReceived) for x in r.announced}
+    assert got == {v4, v6}
+    assert of(p.events["a"], RoutesHeldBack)[-1].held == ()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 import ipaddress
 import json
+import re
 import shlex
 import shutil
 import signal
