@@ -218,9 +218,7 @@ class AgentDaemon:
         sd_notify("STOPPING=1\nSTATUS=restarting, routes kept")
         await self.runner.stop()
         for peer in self.peers.values():
-            proto = getattr(peer, "_proto", None)  # no NOTIFICATION: routers keep our routes
-            if proto is not None and proto.transport is not None:
-                proto.transport.close()
+            peer.close_silently()  # no NOTIFICATION: GR helpers keep our routes
         self.saved.clean_exit, self.saved.restart_at = False, time.time()
         statefile.save(self.state_path, self.saved)
         await self._close()

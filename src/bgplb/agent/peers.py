@@ -168,11 +168,7 @@ def default_router_id() -> ipaddress.IPv4Address | None:
 def write_buffer_size(peer: BgpPeer) -> int:
     """Bytes of ``peer`` not yet handed to the kernel (its session's pending UPDATEs count 1)."""
     pending = 1 if peer.session.rib_out.has_pending() else 0
-    proto = getattr(peer, "_proto", None)  # BgpPeer has no public accessor (see report)
-    transport_ = getattr(proto, "transport", None)
-    if transport_ is None:
-        return pending
-    return int(transport_.get_write_buffer_size()) + pending
+    return peer.write_buffer_size() + pending
 
 
 async def flushed(peers: Iterable[BgpPeer], timeout: float = 2.0) -> bool:

@@ -296,9 +296,7 @@ class Router:
             old_peer.on_event = None
             if old_peer.session.state is State.ESTABLISHED:
                 self.queue.put_nowait((old, "replaced"))
-            proto = old_peer._proto
-            if proto is not None and proto.transport is not None:
-                proto.transport.abort()
+            old_peer.abort()
         c = self.config
         session = Session(
             SessionConfig(
