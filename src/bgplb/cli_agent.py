@@ -26,6 +26,13 @@ def _socket(args: argparse.Namespace) -> Path:
     return DEFAULT_SOCKETS[0]
 
 
+def state_file(option: str | None, configured: Path | None) -> Path:
+    """The state file: ``--state-file``, else ``$BGPLB_STATE_FILE``, else ``[control]
+    state_file``, else /var/lib/bgplb/agent-state.json."""
+    chosen = option or os.environ.get("BGPLB_STATE_FILE") or configured or DEFAULT_STATE
+    return Path(chosen)
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     from bgplb.agent.daemon import AgentDaemon
     from bgplb.agent.logs import setup
@@ -41,7 +48,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         )
         return 2
     setup(args.log_level or config.logging.level, args.log_json or config.logging.json_)
-    state_path = args.state_file or os.environ.get("BGPLB_STATE_FILE") or DEFAULT_STATE
+    state_path = state_file(args.state_file, config.control.state_file)
     daemon = AgentDaemon(args.config, state_path=state_path, config=config)
     try:
         return asyncio.run(daemon.run())
@@ -116,7 +123,8 @@ def add_agent_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     p.add_argument(
         "--state-file",
         metavar="PATH",
-        help=f"drain state and owned VIPs (default {DEFAULT_STATE}, or $BGPLB_STATE_FILE)",
+        help="drain state and owned VIPs (overrides $BGPLB_STATE_FILE and [control] state_file; "
+        f"default {DEFAULT_STATE})",
     )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")

@@ -71,6 +71,9 @@ HoldTime = Annotated[int, int_in(0, 65535, " seconds")]
 class ControlConfig(Section):
     socket: FilePath = Path("/run/bgplb/agent.sock")
     metrics: MetricsAddress | None = HostPort("127.0.0.1", 9180)
+    # Drain state and the VIPs the agent added. None: $BGPLB_STATE_FILE, else
+    # /var/lib/bgplb/agent-state.json; `--state-file` overrides all (read at start only).
+    state_file: FilePath | None = None
 
     @field_validator("metrics", mode="before")
     @classmethod
