@@ -203,7 +203,9 @@ class Speaker:
                     return None
                 return peer
 
-            listener = BgpListener([a.listen], a.port, accept)
+            listener = BgpListener(
+                [a.listen], a.port, accept, gtsm_hops=1 if a.ttl_security else None
+            )
             await listener.start()
             if a.password:
                 listener.set_password(a.peer, a.password)
