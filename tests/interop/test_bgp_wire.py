@@ -74,7 +74,8 @@ def test_capture_of_bgplb_session_decodes_cleanly_in_wireshark(two_hosts, daemon
 def test_gtsm_accepts_ttl_255_and_refuses_a_farther_sender(two_hosts, tmp_path):
     left, right = two_hosts
     server = spk(left, tmp_path, "listener", "--asn", "65010", "--router-id", "192.0.2.1",
-                 "--peer", right.ipv4, "--listen", left.ipv4, "--ttl-security", "--hold", "3")  # fmt: skip
+                 "--peer", right.ipv4, "--listen", left.ipv4, "--ttl-security",
+                 "--hold", "3")  # fmt: skip
     try:
         bad = spk(right, tmp_path, "no-gtsm", "--asn", "65020", "--router-id", "192.0.2.2",
                   "--peer", left.ipv4, "--hold", "3", "--connect-retry", "1")  # fmt: skip
@@ -101,7 +102,8 @@ def test_passive_ipv6_session_with_md5_between_two_bgplb_speakers(two_hosts, tmp
                  "--peer", right.ipv6, "--listen", left.ipv6, "--password", "k6",
                  "--families", "ipv6", "--hold", "3")  # fmt: skip
     client = spk(right, tmp_path, "client6", "--asn", "65020", "--router-id", "192.0.2.2",
-                 "--peer", left.ipv6, "--password", "k6", "--families", "ipv6", "--hold", "3")  # fmt: skip
+                 "--peer", left.ipv6, "--password", "k6", "--families", "ipv6",
+                 "--hold", "3")  # fmt: skip
     try:
         client.wait_for(established, 20)
         server.wait_for(established, 5)
