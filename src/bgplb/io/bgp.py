@@ -379,6 +379,11 @@ class BgpListener:
             self._servers.append(server)
             log.info("listening for BGP on %s port %d", address, self.port)
 
+    @property
+    def bound(self) -> list[tuple[str, int]]:
+        """(address, port) of every listening socket (the real port when 0 was asked)."""
+        return [sock.getsockname()[:2] for sock in self._sockets]
+
     def set_password(self, network: str, password: str | None) -> None:
         """Install (or remove) a TCP-MD5 key for a peer prefix on every listening socket."""
         net = ipaddress.ip_network(network, strict=False)
