@@ -1,0 +1,183 @@
+"""Shared parts of the router benchmarks (router_connections, router_scale,
+router_withdraw_latency): namespaces, `bgplb router` and BIRD as the router, bgplb speakers as the
+servers. Reuses tests/interop/test_router_interop.py (RouterProc, build, server_addrs).
+
+Every process started here is stopped by PID; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "interop"))
+
+from test_router_interop import BGPLB, RouterProc, build, hops, server_addrs  # noqa: E402
+
+from bgplb.lab.netns import Namespace  # noqa: E402
+from bgplb.lab.peers import Bird  # noqa: E402
+from bgplb.lab.speaker import SpeakerProcess  # noqa: E402
+
+__all__ = [
+    "ROUTER_AS",
+    "VIP",
+    "GshutBird",
+    "BenchRouter",
+    "RouterProc",
+    "build",
+    "hops",
+    "iso_ts",
+    "rss_kib",
+    "server_addrs",
+    "speaker",
+    "wait_for",
+    "workdir",
+]
+
+VIP = "198.51.100.10/32"
+ROUTER_AS = 65530
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 20.0, step: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(step)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def workdir(name: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"bgplb-bench-{name}-"))
+
+
+class BenchRouter(RouterProc):
+    """RouterProc with `--log-level info` (the tests run it at debug)."""
+
+    def start(self) -> None:
+        import subprocess
+
+        with self.log.open("ab") as out:
+            self.proc = self.ns.popen(
+                str(BGPLB), "router", "-c", str(self.conf), "--log-level", "info",
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        wait_for("the router's control socket", lambda: self.try_status() is not None, 15)
+
+
+def router_toml(
+    group: str = "resilient",
+    *,
+    buckets: int = 64,
+    idle_timer: str = "1s",
+    ranges: str = "",
+    hold_time: int = 9,
+) -> str:
+    """Router config (control socket left as @SOCK@ for RouterProc)."""
+    ranges = ranges or (
+        '[[peer_ranges]]\nprefix = "192.0.2.0/24"\nasn = "any"\n'
+        'accept = ["198.51.100.0/24 le 32"]\n'
+    )
+    return f"""
+[bgp]
+asn = {ROUTER_AS}
+router_id = "192.0.2.1"
+listen = ["0.0.0.0"]
+hold_time = {hold_time}
+
+{ranges}
+
+[fib]
+group = "{group}"
+buckets = {buckets}
+idle_timer = "{idle_timer}"
+unbalanced_timer = "0s"
+
+[control]
+socket = "@SOCK@"
+metrics = "off"
+"""
+
+
+class GshutBird(Bird):
+    """BIRD as the router, with the import policy RFC 8326 §4 recommends: a path carrying
+    GRACEFUL_SHUTDOWN gets LOCAL_PREF 0 (so it loses best-path selection and leaves the ECMP
+    set while another path exists). Stock BIRD ignores the community."""
+
+    def config_text(self) -> str:
+        text = super().config_text()
+        return text.replace(
+            "import all;",
+            "import filter { if (65535,0) ~ bgp_community then bgp_local_pref = 0; accept; };",
+        )
+
+
+def speaker(
+    ns: Namespace, asn: int, local: str, peer: str, log: Path, *extra: str
+) -> SpeakerProcess:
+    """A bgplb speaker (python -m bgplb.lab.speaker) dialing `peer` from `local`, IPv4 only."""
+    return SpeakerProcess(
+        ns,
+        "--asn", str(asn), "--router-id", local, "--local", local, "--peer", peer,
+        "--families", "ipv4", "--hold", "9", "--connect-retry", "1", *extra,
+        log_path=str(log),
+    )  # fmt: skip
+
+
+def established(sp: SpeakerProcess, timeout: float = 30.0) -> None:
+    sp.wait_for(lambda e: e.get("event") == "established", timeout)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1])
+    return 0
+
+
+def child_pids(pid: int) -> list[int]:
+    """`pid` and its descendants (for daemons that fork)."""
+    out = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+_TS = re.compile(r"^\[([^\]]+)\]")
+
+
+def iso_ts(line: str) -> float | None:
+    """Seconds since the epoch of an `ip -ts monitor` line ("[2025-01-01T12:00:00.123456] …")."""
+    m = _TS.match(line)
+    if not m:
+        return None
+    return datetime.datetime.fromisoformat(m.group(1)).timestamp()
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def now_utc() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def kernel_info() -> str:
+    return os.uname().release
