@@ -9,6 +9,9 @@ It owns the inputs and carries out the state's steps:
 - BGP: one :class:`~bgplb.io.bgp.BgpPeer` per ``[[peers]]``, each independent; ``Announce`` and
   ``Withdraw`` go to every session's Adj-RIB-Out, and a withdrawal is confirmed to the state only
   once every Established peer's transport buffer is empty (bounded wait);
+- BFD: a peer with ``bfd = {...}`` holds a :class:`~bgplb.io.bgp_bfd.BfdLink` from the moment it
+  is configured; an Up -> Down transition stops its BGP session at once (Cease / BFD Down, RFC
+  9384) and starts it again after ``BFD_RESTART_DELAY`` (RFC 5882; see docs/bfd.md);
 - signals: SIGTERM/SIGINT drain, withdraw, remove VIPs, Cease (Administrative Shutdown) and exit
   0; SIGHUP reloads the config applying only the difference; SIGUSR1 exits *keeping* the routes
   (no withdrawal, no NOTIFICATION, VIPs left on lo): with Graceful Restart (RFC 4724) the routers
@@ -48,18 +51,23 @@ from bgplb.agent.state import (
 )
 from bgplb.bgp.attributes import PathAttributes
 from bgplb.bgp.errors import CeaseSubcode
+from bgplb.bgp.fsm import State as BgpState
 from bgplb.bgp.prefix import Prefix
 from bgplb.bgp.session import Event, Session, SessionDown, SessionEstablished
 from bgplb.config import AgentConfig, ConfigError, PeerConfig, load_agent_config
-from bgplb.control.metrics import MetricsServer
+from bgplb.control.metrics import BfdCollector, MetricsServer
 from bgplb.control.socket import ControlError, ControlServer
 from bgplb.health import CheckEvent, CheckRunner, ProbeResult, ServiceHealth
+from bgplb.io.bfd import BfdService
 from bgplb.io.bgp import BgpPeer
+from bgplb.io.bgp_bfd import BfdLink, diag_text, tear_down
 from bgplb.linux import addresses
 
 log = logging.getLogger("bgplb.agent")
 
 CheckKey = tuple[str, int]  # (service, index of the check)
+#: After BFD tore a session down, start it again this much later (a short Idle hold, §8.1.1).
+BFD_RESTART_DELAY = 1.0
 
 
 def specs(config: AgentConfig) -> list[ServiceSpec]:
@@ -114,6 +122,11 @@ class AgentDaemon:
         self.started = time.time()
         self.metrics_server = MetricsServer()
         self.metrics = AgentMetrics(self.metrics_server)
+        BfdCollector(
+            self.metrics_server,
+            "agent",
+            lambda: [(k, link.status()) for k, link in list(self.bfd_links.items())],
+        )
         self.control: ControlServer | None = None
         self.runner = CheckRunner(self._on_check, on_result=self._on_result, jitter=0.1)
         self.router_id: ipaddress.IPv4Address | None = None
@@ -122,6 +135,8 @@ class AgentDaemon:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.restarting = False
+        self.bfd: BfdService | None = None  # created when the first peer asks for BFD
+        self.bfd_links: dict[str, BfdLink] = {}
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -209,6 +224,7 @@ class AgentDaemon:
             *(p.stop("bgplb agent shutting down") for p in self.peers.values()),
             return_exceptions=True,
         )
+        self._close_bfd()
         self.saved.clean_exit = True
         statefile.save(self.state_path, self.saved)
         await self._close()
@@ -219,6 +235,9 @@ class AgentDaemon:
         await self.runner.stop()
         for peer in self.peers.values():
             peer.close_silently()  # no NOTIFICATION: GR helpers keep our routes
+        # BFD AdminDown, not silence: the routers must not see a failure (RFC 5882 §3.2), or
+        # they would drop our routes at once instead of keeping them for Graceful Restart.
+        self._close_bfd()
         self.saved.clean_exit, self.saved.restart_at = False, time.time()
         statefile.save(self.state_path, self.saved)
         await self._close()
@@ -534,13 +553,52 @@ class AgentDaemon:
         self.peers[key] = peer
         self.peer_configs[key] = peer_cfg
         self.metrics.peer_up.labels(key).set(0)
+        if peer_cfg.bfd is not None:
+            self._request_bfd(key, peer_cfg)
         if start:
             peer.start()
+
+    def _request_bfd(self, key: str, peer_cfg: PeerConfig) -> None:
+        assert peer_cfg.bfd is not None
+        if self.bfd is None:
+            self.bfd = BfdService()
+        try:
+            self.bfd_links[key] = BfdLink(
+                self.bfd,
+                key,
+                local=str(peer_cfg.local_address) if peer_cfg.local_address else None,
+                multihop=(peer_cfg.multihop or 1) > 1,
+                interval_ms=peer_cfg.bfd.interval_ms,
+                multiplier=peer_cfg.bfd.multiplier,
+                on_down=lambda diag: self._on_bfd_down(key, diag),
+            )
+        except (OSError, ValueError) as exc:  # e.g. port 3784 taken by another BFD daemon
+            log.error("peer %s: BFD not started: %s (BGP runs without it)", key, exc)
+
+    def _on_bfd_down(self, key: str, diag: int) -> None:
+        peer = self.peers.get(key)
+        if peer is None or not tear_down(peer):
+            return
+        log.warning("peer %s: BFD down (%s): BGP session closed", key, diag_text(diag))
+        self.metrics.bfd_teardowns.labels(key).inc()
+        asyncio.get_running_loop().call_later(BFD_RESTART_DELAY, self._restart_peer, key, peer)
+
+    def _restart_peer(self, key: str, peer: BgpPeer) -> None:
+        if self.peers.get(key) is peer and peer.session.state is BgpState.IDLE:
+            peer.start()
+
+    def _close_bfd(self) -> None:
+        self.bfd_links.clear()
+        if self.bfd is not None:
+            self.bfd.close()
 
     async def _remove_peer(self, key: str, message: str) -> None:
         peer = self.peers.pop(key)
         self.peer_configs.pop(key, None)
         await peer.stop(message, CeaseSubcode.PEER_DECONFIGURED)
+        link = self.bfd_links.pop(key, None)
+        if link is not None:
+            link.release()
         self.metrics.peer_up.remove(key)
 
     def _on_peer_event(self, peer: BgpPeer, event: Event) -> None:

@@ -35,3 +35,6 @@ class AgentMetrics:
         self.withdrawals = server.counter(
             "agent_withdrawals", "VIP withdrawals sent (to all peers)", ("service",)
         )
+        self.bfd_teardowns = server.counter(
+            "agent_bfd_teardowns", "BGP sessions closed because BFD went down", ("peer",)
+        )

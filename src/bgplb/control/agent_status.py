@@ -5,7 +5,8 @@ The document (``build_status``) is plain JSON types::
 
     {"role": "agent", "asn": 65000, "router_id": "...", "uptime": 12.3,
      "peers": [{"name", "address", "asn", "state", "uptime", "routes_sent", "updates_sent",
-                "last_error"}],
+                "last_error", "bfd": None or {"state", "tx_interval_ms", "detection_time_ms",
+                "local_diag", "remote_diag", "last_down_diag", "downs", ...}}],
      "services": [{"name", "healthy", "status", "drained", "vips": [{"vip", "phase"}],
                    "checks": [{"check", "state", "suppressed", "last_ok", "latency_ms",
                                "output", "probes"}]}]}
@@ -43,6 +44,7 @@ def build_status(daemon: AgentDaemon) -> dict[str, Any]:
                 "routes_sent": len(session.rib_out.sent),
                 "updates_sent": session.updates_sent,
                 "last_error": session.last_error,
+                "bfd": link.status() if (link := daemon.bfd_links.get(key)) else None,
             }
         )
     services = []
@@ -91,6 +93,18 @@ def build_status(daemon: AgentDaemon) -> dict[str, Any]:
     }
 
 
+def bfd_text(bfd: dict[str, Any] | None) -> Text:
+    """One cell: ``up tx 100ms, detect 300ms``, plus the last failure's diagnostic."""
+    if not bfd:
+        return Text("-")
+    text = Text(bfd["state"], style=_STATE_STYLE.get(bfd["state"], "yellow"))
+    if bfd.get("tx_interval_ms") is not None:
+        text.append(f" tx {bfd['tx_interval_ms']:g}ms, detect {bfd['detection_time_ms']:g}ms")
+    if bfd.get("last_down_diag"):
+        text.append(f"\nlast down: {bfd['last_down_diag']} ({bfd['downs']}x)")
+    return text
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -120,7 +134,7 @@ def _styled(value: str) -> Text:
 def render(status: dict[str, Any]) -> Group:
     """Tables for peers, services and checks."""
     peers = Table(title="BGP peers", title_justify="left")
-    for column in ("peer", "AS", "state", "uptime", "routes sent", "last error"):
+    for column in ("peer", "AS", "state", "uptime", "routes sent", "BFD", "last error"):
         peers.add_column(column)
     for p in status.get("peers", []):
         peers.add_row(
@@ -129,6 +143,7 @@ def render(status: dict[str, Any]) -> Group:
             _styled(p["state"]),
             _duration(p["uptime"]),
             str(p["routes_sent"]),
+            bfd_text(p.get("bfd")),
             p["last_error"] or "",
         )
     services = Table(title="Services", title_justify="left")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger("bgplb.control")
 
-__all__ = ["Counter", "Gauge", "Histogram", "MetricsServer"]
+__all__ = ["BfdCollector", "Counter", "Gauge", "Histogram", "MetricsServer"]
 
 
 class MetricsServer:
@@ -62,3 +63,57 @@ class MetricsServer:
             self._thread.join(timeout=2)
             self._thread = None
         self.address = None
+
+
+class BfdCollector:
+    """BFD sessions as Prometheus metrics, read at scrape time (in the HTTP server's thread).
+
+    ``rows()`` returns ``(peer, status)`` pairs, ``status`` being
+    :meth:`bgplb.io.bgp_bfd.BfdLink.status`. Metrics (``<namespace>_<role>_bfd_...``, label
+    ``peer``): ``state`` (0 AdminDown, 1 Down, 2 Init, 3 Up), ``tx_interval_seconds``,
+    ``detection_time_seconds`` (negotiated), ``local_diag`` (RFC 5880 code of the last local
+    diagnostic), ``downs_total`` (Up -> Down transitions that tore the BGP session down).
+    """
+
+    def __init__(
+        self, server: MetricsServer, role: str, rows: Callable[[], list[tuple[str, dict[str, Any]]]]
+    ) -> None:
+        self.prefix = f"{server.namespace}_{role}_bfd"
+        self.rows = rows
+        server.registry.register(self)
+
+    def describe(self) -> list[Any]:
+        return []  # unchecked collector: the families depend on the sessions
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        p = self.prefix
+        state = GaugeMetricFamily(
+            f"{p}_state", "BFD state (0 AdminDown, 1 Down, 2 Init, 3 Up)", labels=["peer"]
+        )
+        tx = GaugeMetricFamily(
+            f"{p}_tx_interval_seconds", "Negotiated BFD transmit interval", labels=["peer"]
+        )
+        detect = GaugeMetricFamily(
+            f"{p}_detection_time_seconds", "Negotiated BFD detection time", labels=["peer"]
+        )
+        diag = GaugeMetricFamily(
+            f"{p}_local_diag", "Last local BFD diagnostic code (RFC 5880 4.1)", labels=["peer"]
+        )
+        downs = CounterMetricFamily(
+            f"{p}_downs", "BFD Up->Down transitions that tore the BGP session down", labels=["peer"]
+        )
+        try:
+            rows = self.rows()
+        except Exception as exc:  # the daemon changed its tables meanwhile: skip this scrape
+            log.debug("BFD metrics: %s", exc)
+            rows = []
+        for peer, st in rows:
+            state.add_metric([peer], st["state_code"])
+            downs.add_metric([peer], st["downs"])
+            if "tx_interval_ms" in st:
+                tx.add_metric([peer], st["tx_interval_ms"] / 1000)
+                detect.add_metric([peer], st["detection_time_ms"] / 1000)
+                diag.add_metric([peer], st["local_diag_code"])
+        yield from (state, tx, detect, diag, downs)

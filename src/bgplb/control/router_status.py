@@ -5,7 +5,9 @@ The answer of ``{"command": "status"}`` is::
 
     {"role": "router", "asn": 65530, "router_id": "192.0.2.1", "uptime": 12.3,
      "fib": {"install": true, "group": "resilient", "buckets": 512, "table": 254, ...},
-     "peers": [{"address", "asn", "state", "prefixes", "stale", "filtered", "uptime", ...}],
+     "peers": [{"address", "asn", "state", "prefixes", "stale", "filtered", "uptime",
+                "bfd": None or {"state", "tx_interval_ms", "detection_time_ms", "local_diag",
+                                "remote_diag", "last_down_diag", "downs", ...}, ...}],
      "vips": [{"vip": "198.51.100.10/32",
                "nexthops": [{"address", "ifindex", "weight", "draining", "stale", "peers",
                              "buckets", "share"}]}],
@@ -94,6 +96,7 @@ def build_status(router: Router, *, buckets: bool = True) -> dict[str, Any]:
                 "max_prefixes": r.config.max_prefixes,
                 "accept": str(r.accept),
                 "password": bool(r.config.password),
+                "bfd": r.config.bfd.model_dump() if r.config.bfd is not None else None,
             }
             for r in router.ranges
         ],
@@ -130,15 +133,20 @@ class RouterStatusServer:
         if address is None:
             return
         try:
-            from bgplb.control.metrics import MetricsServer
+            from bgplb.control.metrics import BfdCollector, MetricsServer
 
             self.metrics = _RouterMetrics(MetricsServer())
+            BfdCollector(self.metrics.server, "router", self._bfd_rows)
             self.metrics.server.start(address.host, address.port)
         except Exception as exc:  # metrics are optional: a busy port must not stop routing
             log.error("metrics on %s not started: %s", address, exc)
             self.metrics = None
             return
         self._task = asyncio.get_running_loop().create_task(self._refresh())
+
+    def _bfd_rows(self) -> list[tuple[str, dict[str, Any]]]:
+        entries = list(self.router.peers.items())
+        return [(str(a), e.bfd.status()) for a, e in entries if e.bfd is not None]
 
     async def _refresh(self) -> None:
         while True:
@@ -193,6 +201,8 @@ def render_status(status: dict[str, Any], console: Console | None = None) -> Non
     from rich.console import Console
     from rich.table import Table
 
+    from bgplb.control.agent_status import bfd_text
+
     console = console or Console()
     fib = status["fib"]
     console.print(
@@ -201,7 +211,7 @@ def render_status(status: dict[str, Any], console: Console | None = None) -> Non
         + (f" ({fib['buckets']} buckets)" if fib["group"] == "resilient" else "")
     )
     peers = Table(title="Peers")
-    for col in ("address", "AS", "state", "prefixes", "filtered", "uptime", "last error"):
+    for col in ("address", "AS", "state", "prefixes", "filtered", "uptime", "BFD", "last error"):
         peers.add_column(col)
     for p in status["peers"]:
         state = p["state"] + (f" ({p['stale']} stale)" if p.get("stale") else "")
@@ -212,6 +222,7 @@ def render_status(status: dict[str, Any], console: Console | None = None) -> Non
             str(p["prefixes"]),
             str(p["filtered"]),
             _duration(p["uptime"]),
+            bfd_text(p.get("bfd")),
             "" if p["established"] else (p.get("last_error") or ""),
         )
     console.print(peers)

@@ -44,6 +44,7 @@ from bgplb.bgp.session import (
 )
 from bgplb.config import PeerRange, RouterConfig, load_router_config
 from bgplb.io.bgp import BgpListener, BgpPeer, IPAddress
+from bgplb.router import bfd as router_bfd
 from bgplb.router.policy import IPNetwork, PrefixList, match_range
 from bgplb.router.rib import Connected, Rib
 
@@ -83,6 +84,8 @@ class PeerEntry:
     over_limit: bool = False
     updates: int = 0
     last_error: str | None = None
+    bfd: Any = None  # bgplb.io.bgp_bfd.BfdLink when the range has `bfd` (router/bfd.py)
+    bfd_down: bool = False  # BFD tore the session down: no Graceful Restart for its paths
 
 
 @dataclass(slots=True)
@@ -154,6 +157,7 @@ class Router:
         self._connected: list[Connected] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.reloads = 0
+        self.bfd: Any = None  # bgplb.io.bfd.BfdService, made by router/bfd.py on first need
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -207,6 +211,8 @@ class Router:
             *(e.peer.stop("router shutting down") for e in list(self.peers.values())),
             return_exceptions=True,
         )
+        if self.bfd is not None:
+            self.bfd.close()  # AdminDown: not a failure for the neighbors (RFC 5882 §3.2)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -314,6 +320,7 @@ class Router:
         entry = PeerEntry(remote, peer, rng, time.time())
         peer.on_event = lambda _p, event: self.queue.put_nowait((entry, event))
         self.peers[remote] = entry
+        router_bfd.attach(self, entry, transport, replaces=old)
         peer.start()
         log.info("accepted BGP connection from %s (range %s)", remote, rng.network)
         return peer
@@ -355,6 +362,7 @@ class Router:
         key = str(entry.address)
         current = self.peers.get(entry.address) is entry
         if event == "replaced":
+            router_bfd.detach(entry)
             self.rib.peer_down(key, now, graceful=True)
             return
         if isinstance(event, SessionEstablished):
@@ -382,7 +390,8 @@ class Router:
                 log.info("%s: End-of-RIB: %d stale route(s) purged", key, purged)
         elif isinstance(event, SessionDown):
             entry.last_error = event.reason
-            graceful = event.connection_lost and not event.hold_expired
+            graceful = event.connection_lost and not event.hold_expired and not entry.bfd_down
+            router_bfd.detach(entry)
             if event.was_established:
                 kept = self.rib.peer_down(key, now, graceful=graceful)
                 if kept:
@@ -505,6 +514,7 @@ class Router:
                 entry.peer.kick()
             else:
                 entry.range = found[1]
+                router_bfd.reconfigure(self, entry)
         log.info("configuration reloaded from %s", self.config_path)
 
     # -- visibility -----------------------------------------------------------------------------
@@ -533,6 +543,7 @@ class Router:
                         else None
                     ),
                     "last_error": s.last_error or entry.last_error,
+                    "bfd": entry.bfd.status() if entry.bfd is not None else None,
                 }
             )
         # peers gone but still holding stale routes (graceful restart)

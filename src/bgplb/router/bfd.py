@@ -1,0 +1,120 @@
+"""The router's BFD (RFC 5880/5881/5883 via :mod:`bgplb.io.bfd`, rules of RFC 5882 §4.3).
+
+A ``[[peer_ranges]]`` entry with ``bfd = {interval_ms, multiplier}`` makes every neighbor
+accepted from that range request a BFD session to its address (from our address on the
+connection) as soon as the connection is accepted; the request is released when that BGP
+session ends. Single hop (RFC 5881) when the neighbor is inside one of our connected subnets,
+multihop (RFC 5883) otherwise.
+
+BFD Up -> Down (not AdminDown from the neighbor): the session is stopped with Cease / BFD Down
+and the connection aborted (:func:`bgplb.io.bgp_bfd.tear_down`); the RIB then drops the
+neighbor's paths at once, like on hold-timer expiry — never kept stale for Graceful Restart
+(the host is presumed dead; RFC 4724 §4.2 keeps routes only when the TCP session merely
+closed). The nexthop leaves every group in the next FIB apply.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import TYPE_CHECKING, Any
+
+from bgplb.bfd import Diag
+from bgplb.io.bfd import BfdService
+from bgplb.io.bgp_bfd import BfdLink, diag_text, tear_down
+
+if TYPE_CHECKING:
+    from bgplb.router.daemon import PeerEntry, Router
+
+log = logging.getLogger("bgplb.router")
+
+
+def _local_of(transport: Any) -> str | None:
+    try:
+        host = transport.get_extra_info("sockname")[0]
+    except (TypeError, IndexError, AttributeError):
+        return None
+    ip = ipaddress.ip_address(str(host).split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def attach(
+    router: Router, entry: PeerEntry, transport: Any, replaces: PeerEntry | None = None
+) -> None:
+    """Request BFD for a just-accepted neighbor if its range asks for it; then release the
+    request of the connection it ``replaces`` (so a shared session is not interrupted)."""
+    try:
+        _attach(router, entry, transport)
+    finally:
+        if replaces is not None:
+            detach(replaces)
+
+
+def _attach(router: Router, entry: PeerEntry, transport: Any) -> None:
+    cfg = entry.range.config.bfd
+    if cfg is None:
+        return
+    if router.bfd is None:
+        router.bfd = BfdService()
+    address = entry.address
+    single_hop = any(address in c.network for c in router._connected)
+    try:
+        entry.bfd = BfdLink(
+            router.bfd,
+            str(address),
+            local=_local_of(transport),
+            multihop=not single_hop,
+            interval_ms=cfg.interval_ms,
+            multiplier=cfg.multiplier,
+            on_down=lambda diag: _on_down(router, entry, diag),
+        )
+    except (OSError, ValueError) as exc:  # e.g. port 3784 taken by another BFD daemon
+        log.error("%s: BFD not started: %s (BGP runs without it)", address, exc)
+
+
+def detach(entry: PeerEntry) -> None:
+    """Release the neighbor's BFD request (its BGP session is over)."""
+    if entry.bfd is not None:
+        entry.bfd.release()
+
+
+def reconfigure(router: Router, entry: PeerEntry, transport: Any = None) -> None:
+    """After a reload: follow the range's new ``bfd`` setting without touching BGP. The new
+    request is made before the old one is released, so a shared session is not interrupted."""
+    cfg = entry.range.config.bfd
+    link = entry.bfd
+    if (link is None and cfg is None) or (
+        link is not None
+        and cfg is not None
+        and (link.interval_ms, link.multiplier) == (cfg.interval_ms, cfg.multiplier)
+    ):
+        return
+    old = link
+    entry.bfd = None
+    if cfg is not None:
+        local = old.handle.key.local if old is not None else None
+        _attach(router, entry, _FixedLocal(local) if transport is None else transport)
+    if old is not None:
+        old.release()
+
+
+class _FixedLocal:
+    def __init__(self, local: object) -> None:
+        self.local = local
+
+    def get_extra_info(self, name: str) -> Any:
+        return (str(self.local),) if self.local is not None else None
+
+
+def _on_down(router: Router, entry: PeerEntry, diag: Diag) -> None:
+    if router.peers.get(entry.address) is not entry:
+        return  # an older connection of a neighbor that reconnected
+    entry.bfd_down = True
+    if tear_down(entry.peer):
+        log.warning(
+            "%s: BFD down (%s): BGP session closed, its paths removed",
+            entry.address,
+            diag_text(diag),
+        )
