@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -79,6 +80,42 @@ class PeerRange(Section):
         return None if value is None else _hold_time(value)
 
 
+def _mark_mask(value: Any) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value, 0)
+        except ValueError:
+            raise ValueError(f"expected an integer mask like 0x00ff0000, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 0xFFFFFFFF:
+        raise ValueError(f"mark_mask must be a non-zero 32-bit integer, got {value!r}")
+    if bin(value).count("1") < 2:
+        raise ValueError(f"mark_mask {value:#x} leaves room for only one server")
+    return value
+
+
+def _table_range(value: Any) -> tuple[int, int]:
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise ValueError(f"expected [first, last] table numbers, got {value!r}")
+    lo, hi = value
+    if not 1 <= lo <= hi <= 0xFFFFFFFF:
+        raise ValueError(f"table range {lo}..{hi}: need 1 <= first <= last <= 4294967295")
+    if lo <= 255 and hi >= 253:
+        raise ValueError(
+            f"table range {lo}..{hi} contains a reserved table (253 default, 254 main, 255 local)"
+        )
+    return (lo, hi)
+
+
+def _nft_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,31}", value):
+        raise ValueError(f"nftables table name must be letters, digits, _ : got {value!r}")
+    return value
+
+
 class FibConfig(Section):
     """Kernel installation: one route per VIP via a nexthop group (``ip nexthop``)."""
 
@@ -90,6 +127,13 @@ class FibConfig(Section):
     idle_timer: Duration = 10.0
     unbalanced_timer: Duration = 60.0  # 0: never force-migrate busy buckets
     keep_on_exit: bool = False  # leave our routes in the kernel on exit (graceful restart)
+    # Connection pinning (docs/pinning.md): conntrack mark per server, ip rule + table per server.
+    pinning: bool = True
+    mark_mask: Annotated[int, PlainValidator(_mark_mask)] = 0x00FF0000
+    pin_tables: Annotated[tuple[int, int], PlainValidator(_table_range)] = (20000, 20254)
+    pin_rule_priority: Annotated[int, int_in(1, 32765)] = 1000
+    drain_linger: Duration = 60.0  # pins of a drained, then withdrawn server stay this long
+    nft_table: Annotated[str, PlainValidator(_nft_name)] = "bgplb"
 
     @field_validator("idle_timer", "unbalanced_timer")
     @classmethod

@@ -1,0 +1,254 @@
+"""The kernel side of connection pinning: per-server ``ip rule``s and tables, our nftables
+table, ``src_valid_mark``, and conntrack counts.
+
+    pins = KernelPins(mask=0x00FF0000, tables=(20000, 20254), priority=1000)
+    pins.reconcile()        # start: what is installed (to adopt slots), stale objects removed
+    pins.apply([PinSpec(gateway, oif, mark, slot, table, vips)])   # idempotent
+    pins.counts()           # {mark: conntrack entries carrying it}
+    pins.cleanup()          # exit: rules, routes, nftables table removed
+
+Ownership: rules with our priority, protocol 200 and a table inside our range; routes with
+protocol 200 in tables of our range; the nftables table ``inet <name>``. Nothing else is read
+for changing or changed. Per server: ``ip rule add fwmark MARK/MASK lookup TABLE pref PRIO
+proto 200`` (IPv4 and IPv6) and in TABLE one plain route per pinned VIP ``VIP via GW dev IF``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import socket
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bgplb.linux.nftables import Nft, PinMark, pin_ruleset
+
+log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+PROTOCOL = 200
+
+
+@dataclass(frozen=True, slots=True)
+class PinSpec:
+    """One server's pin: its mark and table, and the VIPs its table routes to it."""
+
+    gateway: IPAddress
+    oif: int
+    mark: int
+    slot: int
+    table: int
+    vips: tuple[IPNetwork, ...]
+
+
+RuleKey = tuple[int, int, int]  # (family, mark, table)
+RouteKey = tuple[int, IPNetwork, IPAddress, int]  # (table, dst, gateway, oif)
+
+
+class KernelPins:
+    """Rules, per-server routes and the nftables table, for one namespace."""
+
+    def __init__(
+        self,
+        mask: int,
+        tables: tuple[int, int],
+        priority: int = 1000,
+        nft_table: str = "bgplb",
+        netns: str | None = None,
+        protocol: int = PROTOCOL,
+    ) -> None:
+        from pyroute2 import IPRoute, NetNS
+
+        self.mask = mask
+        self.tables = tables
+        self.priority = priority
+        self.netns = netns
+        self.protocol = protocol
+        self.nft = Nft(nft_table, netns)
+        self._ipr: Any = NetNS(netns) if netns else IPRoute()
+        self._installed_vips: tuple[IPNetwork, ...] | None = None
+        self._installed_marks: tuple[PinMark, ...] | None = None
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    # -- reading ------------------------------------------------------------------------------
+    def _ours_table(self, table: int | None) -> bool:
+        return table is not None and self.tables[0] <= table <= self.tables[1]
+
+    def rules(self) -> set[RuleKey]:
+        out: set[RuleKey] = set()
+        for family in (int(socket.AF_INET), int(socket.AF_INET6)):
+            for r in self._ipr.get_rules(family=family):
+                table = r.get_attr("FRA_TABLE") or r["table"]
+                if (
+                    r.get_attr("FRA_PRIORITY") == self.priority
+                    and r.get_attr("FRA_PROTOCOL") == self.protocol
+                    and self._ours_table(table)
+                ):
+                    out.add((family, r.get_attr("FRA_FWMARK") or 0, table))
+        return out
+
+    def routes(self) -> set[RouteKey]:
+        out: set[RouteKey] = set()
+        for family in (int(socket.AF_INET), int(socket.AF_INET6)):
+            for r in self._ipr.get_routes(family=family):
+                table = r.get_attr("RTA_TABLE") or r["table"]
+                if r["proto"] != self.protocol or not self._ours_table(table):
+                    continue
+                dst = r.get_attr("RTA_DST")
+                gw = r.get_attr("RTA_GATEWAY")
+                if dst is None or gw is None:
+                    continue
+                net = ipaddress.ip_network(f"{dst}/{r['dst_len']}")
+                out.add((table, net, ipaddress.ip_address(gw), r.get_attr("RTA_OIF") or 0))
+        return out
+
+    def installed_marks(self) -> list[PinMark]:
+        """The servers and slots our nftables table holds (to adopt them after a restart)."""
+        return self.nft.read_marks()
+
+    # -- changing -----------------------------------------------------------------------------
+    def apply(self, pins: Sequence[PinSpec]) -> int:
+        """Make the kernel hold exactly `pins`. Returns the number of changes."""
+        want_rules = {
+            (fam, p.mark, p.table)
+            for p in pins
+            for fam in (int(socket.AF_INET), int(socket.AF_INET6))
+        }
+        want_routes = {(p.table, v, p.gateway, p.oif) for p in pins for v in p.vips}
+        have_rules, have_routes = self.rules(), self.routes()
+        changes = 0
+        # additions first (rules, routes), then nftables, then removals
+        for fam, mark, table in sorted(want_rules - have_rules):
+            self._ipr.rule(
+                "add",
+                family=fam,
+                priority=self.priority,
+                fwmark=mark,
+                fwmask=self.mask,
+                table=table,
+                protocol=self.protocol,
+            )
+            changes += 1
+        for table, dst, gw, oif in sorted(want_routes - have_routes, key=_route_sort):
+            self._ipr.route(
+                "replace",
+                dst=str(dst),
+                gateway=str(gw),
+                oif=oif,
+                table=table,
+                proto=self.protocol,
+                family=socket.AF_INET if dst.version == 4 else socket.AF_INET6,
+            )
+            changes += 1
+        marks = tuple(PinMark(p.gateway, p.oif, p.mark, p.slot) for p in pins)
+        vips = tuple(sorted({v for p in pins for v in p.vips}, key=_net_sort))
+        if marks != self._installed_marks or vips != self._installed_vips:
+            self.nft.replace(pin_ruleset(self.nft.table, self.mask, marks, vips))
+            self._installed_marks, self._installed_vips = marks, vips
+            changes += 1
+        for table, dst, gw, oif in sorted(have_routes - want_routes, key=_route_sort):
+            with contextlib.suppress(Exception):
+                self._ipr.route(
+                    "del",
+                    dst=str(dst),
+                    gateway=str(gw),
+                    oif=oif,
+                    table=table,
+                    proto=self.protocol,
+                    family=socket.AF_INET if dst.version == 4 else socket.AF_INET6,
+                )
+                changes += 1
+        for fam, mark, table in sorted(have_rules - want_rules):
+            with contextlib.suppress(Exception):
+                self._ipr.rule(
+                    "del",
+                    family=fam,
+                    priority=self.priority,
+                    fwmark=mark,
+                    fwmask=self.mask,
+                    table=table,
+                )
+                changes += 1
+        return changes
+
+    def cleanup(self) -> int:
+        """Remove every rule, route and the nftables table of ours."""
+        self._installed_marks = self._installed_vips = ()  # no need to write an empty table
+        changes = self.apply([])
+        if self.nft.delete():
+            changes += 1
+        self._installed_marks = self._installed_vips = None
+        return changes
+
+    # -- rp_filter ----------------------------------------------------------------------------
+    @staticmethod
+    def ensure_src_valid_mark(proc: Path = Path("/proc/sys/net/ipv4/conf")) -> bool:
+        """With rp_filter on (any interface, or `all`), the reverse-path check of a drained
+        server's replies must see the packet mark, or they are dropped: set
+        ``net.ipv4.conf.all.src_valid_mark = 1``. Returns True if it was changed."""
+        try:
+            strict = any(
+                (p / "rp_filter").read_text().strip() not in ("0", "")
+                for p in proc.iterdir()
+                if (p / "rp_filter").exists()
+            )
+            target = proc / "all" / "src_valid_mark"
+            if strict and target.read_text().strip() != "1":
+                target.write_text("1\n")
+                log.info("pinning: rp_filter is on: set net.ipv4.conf.all.src_valid_mark=1")
+                return True
+        except OSError as exc:
+            log.warning("pinning: cannot check/set src_valid_mark: %s", exc)
+        return False
+
+    # -- conntrack ----------------------------------------------------------------------------
+    def counts(self) -> dict[int, int]:
+        """Conntrack entries per pin mark (mark & mask, 0 excluded)."""
+        return conntrack_counts(self.mask, self.netns)
+
+
+def conntrack_counts(mask: int, netns: str | None = None) -> dict[int, int]:
+    """{mark & mask: number of conntrack entries} from /proc/net/nf_conntrack (read in our
+    namespace), or `conntrack -L` when that file does not exist."""
+    lines: Iterable[str]
+    path = Path("/proc/net/nf_conntrack")
+    if netns is None and path.exists():
+        lines = path.read_text(errors="replace").splitlines()
+    else:
+        cmd = ["conntrack", "-L", "-o", "extended"]
+        if netns:
+            cmd = ["ip", "netns", "exec", netns, *cmd]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.debug("conntrack -L: %s", exc)
+            return {}
+        lines = proc.stdout.splitlines()
+    out: dict[int, int] = {}
+    for line in lines:
+        i = line.find(" mark=")
+        if i < 0:
+            continue
+        j = line.find(" ", i + 6)
+        try:
+            mark = int(line[i + 6 : j if j > 0 else None]) & mask
+        except ValueError:
+            continue
+        if mark:
+            out[mark] = out.get(mark, 0) + 1
+    return out
+
+
+def _net_sort(n: IPNetwork) -> tuple[int, int, int]:
+    return (n.version, int(n.network_address), n.prefixlen)
+
+
+def _route_sort(k: RouteKey) -> tuple[int, int, int, int]:
+    return (k[0], k[1].version, int(k[1].network_address), k[1].prefixlen)
