@@ -123,7 +123,8 @@ def _interface_of(local: IPAddress) -> str | None:
 def next_hops(sock: socket.socket) -> dict[AFI, tuple[IPAddress, ...]]:
     """Next hops for both families on this connection: our address on it for its own family;
     for the other family, our address of that family on the same interface (IPv6: global, then
-    link-local). A family without an address gets no next hop (its VIPs are not sent)."""
+    link-local). A family without an address gets no next hop: the session holds that family's
+    VIPs back, logs them and shows them in `bgplb status` (``held_back``)."""
     host = sock.getsockname()[0].split("%")[0]
     local = ipaddress.ip_address(host)
     if isinstance(local, ipaddress.IPv6Address) and local.ipv4_mapped:
@@ -143,8 +144,8 @@ def next_hops(sock: socket.socket) -> dict[AFI, tuple[IPAddress, ...]]:
         out[AFI.IPV4] = (local,)
         if v6_global:
             out[AFI.IPV6] = (v6_global[0], *v6_ll[:1])
-        else:  # no IPv6 on that link: an IPv4-mapped next hop (the peer may not use it)
-            out[AFI.IPV6] = (ipaddress.IPv6Address(f"::ffff:{local}"),)
+        # no global IPv6 on that link: no IPv6 next hop; the session holds the IPv6 VIPs back
+        # and reports them (an IPv4-mapped next hop would be unusable for the router)
     else:
         out[AFI.IPV6] = (local, *v6_ll[:1]) if not local.is_link_local else (local,)
         if v4:

@@ -6,7 +6,8 @@ The document (``build_status``) is plain JSON types::
     {"role": "agent", "asn": 65000, "router_id": "...", "uptime": 12.3,
      "peers": [{"name", "address", "asn", "state", "uptime", "routes_sent", "updates_sent",
                 "last_error", "bfd": None or {"state", "tx_interval_ms", "detection_time_ms",
-                "local_diag", "remote_diag", "last_down_diag", "downs", ...}}],
+                "local_diag", "remote_diag", "last_down_diag", "downs", ...},
+                "held_back": [{"prefix", "reason"}]}],
      "services": [{"name", "healthy", "status", "drained", "vips": [{"vip", "phase"}],
                    "checks": [{"check", "state", "suppressed", "last_ok", "latency_ms",
                                "output", "probes"}]}]}
@@ -45,6 +46,11 @@ def build_status(daemon: AgentDaemon) -> dict[str, Any]:
                 "updates_sent": session.updates_sent,
                 "last_error": session.last_error,
                 "bfd": link.status() if (link := daemon.bfd_links.get(key)) else None,
+                # prefixes this session cannot carry (family not negotiated / no next hop)
+                "held_back": [
+                    {"prefix": str(prefix), "reason": why}
+                    for prefix, why in sorted(session.held_back.items(), key=lambda i: str(i[0]))
+                ],
             }
         )
     services = []
@@ -144,7 +150,10 @@ def render(status: dict[str, Any]) -> Group:
             _duration(p["uptime"]),
             str(p["routes_sent"]),
             bfd_text(p.get("bfd")),
-            p["last_error"] or "",
+            "\n".join(
+                [p["last_error"] or ""]
+                + [f"not announced: {h['prefix']}: {h['reason']}" for h in p.get("held_back", [])]
+            ).strip(),
         )
     services = Table(title="Services", title_justify="left")
     for column in ("service", "health", "announcement", "VIPs", "reason"):
