@@ -7,6 +7,7 @@ import sys
 
 from bgplb import __version__
 from bgplb.cli_agent import add_agent_commands
+from bgplb.cli_lab import add_lab_commands
 from bgplb.cli_router import add_router_commands
 
 
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="print the version and exit")
     add_agent_commands(sub)
     add_router_commands(sub)
+    add_lab_commands(sub)
     return parser
 
 
