@@ -1,0 +1,93 @@
+"""bgplb.io.bgp_bfd.BfdLink's RFC 5882 rules over real BFD services on loopback (no root):
+only Up -> Down tears BGP down; a session that never came Up, or that the neighbor took
+AdminDown, never does (§3.2, §3.3, §4.3)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections.abc import Callable
+
+from bgplb.bfd import Diag, State
+from bgplb.io.bfd import BfdService
+from bgplb.io.bgp_bfd import BfdLink
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _until(what: str, pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def _silence(service: BfdService) -> None:
+    """Make a service stop sending and receiving without AdminDown: a dead host."""
+    loop = asyncio.get_running_loop()
+    for ep in service._endpoints.values():
+        if ep.timer is not None:
+            ep.timer.cancel()
+            ep.timer = None
+        ep.timer_at = None
+    for sock in service._listeners.values():
+        loop.remove_reader(sock.fileno())
+
+
+def test_link_rules() -> None:
+    async def main() -> None:
+        port = _free_port()
+        a = BfdService(rng=random.Random(1), single_hop_port=port, listen_v4="127.0.0.1")
+        b = BfdService(rng=random.Random(2), single_hop_port=port, listen_v4="127.0.1.1")
+        downs: list[tuple[str, Diag]] = []
+        try:
+            # 1. Nobody answers at 127.0.2.1: the session never comes Up, BGP is never told.
+            lonely = BfdLink(
+                a,
+                "127.0.2.1",
+                local="127.0.0.1",
+                multihop=False,
+                interval_ms=50,
+                multiplier=3,
+                on_down=lambda d: downs.append(("lonely", d)),
+            )
+            # 2. Up, then the neighbor releases its request: AdminDown, not a failure.
+            link = BfdLink(
+                a,
+                "127.0.1.1",
+                local="127.0.0.1",
+                multihop=False,
+                interval_ms=50,
+                multiplier=3,
+                on_down=lambda d: downs.append(("link", d)),
+            )
+            peer = b.request("127.0.0.1", "127.0.1.1", False, 50, 3)
+            await _until("Up", lambda: link.state == State.UP)
+            assert link.status()["state"] == "up"
+            peer.release()
+            await _until("Down after AdminDown", lambda: link.state == State.DOWN)
+            assert downs == [] and link.downs == 0
+            # 3. Up again, then the neighbor dies silently: detection time expires -> on_down.
+            peer = b.request("127.0.0.1", "127.0.1.1", False, 50, 3)
+            await _until("Up again", lambda: link.state == State.UP)
+            _silence(b)
+            await _until("on_down", lambda: bool(downs))
+            assert downs == [("link", Diag.CONTROL_DETECTION_TIME_EXPIRED)]
+            st = link.status()
+            assert st["downs"] == 1 and st["last_down_diag"] == "control detection time expired"
+            assert lonely.state == State.DOWN and lonely.downs == 0
+            link.release()
+            lonely.release()
+            assert a.sessions() == []
+        finally:
+            a.close()
+            b.close()
+
+    asyncio.run(main())
