@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from bgplb.control.socket import ControlServer
+from bgplb.router import pinning_runtime as router_pinning
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -102,6 +103,7 @@ def build_status(router: Router, *, buckets: bool = True) -> dict[str, Any]:
         ],
         "peers": router.peer_rows(),
         "vips": vips,
+        "pinning": router_pinning.status(router),
         "counters": {
             "refused_connections": router.counters.refused_connections,
             "filtered_prefixes": router.counters.filtered_prefixes,
@@ -175,6 +177,11 @@ class _RouterMetrics:
         self.vip_nexthops = s.gauge("router_vip_nexthops", "Nexthops in the VIP's group", ("vip",))
         self.vip_draining = s.gauge("router_vip_draining_nexthops", "Draining nexthops", ("vip",))
         self.counters = s.gauge("router_events", "Router event counters", ("event",))
+        self.pinned = s.gauge(
+            "router_pinned_connections",
+            "Conntrack entries pinned to the server (connection pinning)",
+            ("server",),
+        )
 
     def update(self, status: dict[str, Any]) -> None:
         for gauge in (self.peer_up, self.peer_prefixes, self.vip_nexthops, self.vip_draining):
@@ -187,6 +194,9 @@ class _RouterMetrics:
             self.vip_draining.labels(v["vip"]).set(sum(n["draining"] for n in v["nexthops"]))
         for name, value in status["counters"].items():
             self.counters.labels(name).set(value)
+        self.pinned.clear()
+        for srv in status.get("pinning", {}).get("servers", []):
+            self.pinned.labels(srv["address"]).set(srv["connections"] or 0)
 
 
 def _duration(seconds: float | None) -> str:
@@ -243,3 +253,19 @@ def render_status(status: dict[str, Any], console: Console | None = None) -> Non
                 "-" if n["share"] is None else f"{100 * n['share']:.1f}%",
             )
     console.print(vips)
+    pinning = status.get("pinning") or {}
+    if pinning.get("enabled"):
+        pins = Table(title=f"Connection pinning (mark mask {pinning['mark_mask']})")
+        for col in ("server", "mark", "table", "VIPs", "connections"):
+            pins.add_column(col)
+        for srv in pinning["servers"]:
+            pins.add_row(
+                srv["address"],
+                srv["mark"],
+                str(srv["table"]),
+                ", ".join(f"{v} ({st})" for v, st in srv["vips"].items()),
+                "-" if srv["connections"] is None else str(srv["connections"]),
+            )
+        console.print(pins)
+        for reason in pinning.get("refused", []):
+            console.print(f"[yellow]not pinned:[/yellow] {reason}")

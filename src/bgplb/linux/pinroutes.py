@@ -15,15 +15,18 @@ proto 200`` (IPv4 and IPv6) and in TABLE one plain route per pinned VIP ``VIP vi
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bgplb.linux.nftables import Nft, PinMark, pin_ruleset
 
@@ -46,6 +49,25 @@ class PinSpec:
     vips: tuple[IPNetwork, ...]
 
 
+T = TypeVar("T")
+
+
+def _off_loop(fn: Callable[..., T]) -> Callable[..., T]:
+    """pyroute2's synchronous API cannot run in a thread whose asyncio loop is running: from
+    there, run the call in a short-lived worker thread (the daemon itself calls from threads)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args, **kwargs)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(fn, *args, **kwargs).result()
+
+    return wrapper
+
+
 RuleKey = tuple[int, int, int]  # (family, mark, table)
 RouteKey = tuple[int, IPNetwork, IPAddress, int]  # (table, dst, gateway, oif)
 
@@ -62,25 +84,35 @@ class KernelPins:
         netns: str | None = None,
         protocol: int = PROTOCOL,
     ) -> None:
-        from pyroute2 import IPRoute, NetNS
-
         self.mask = mask
         self.tables = tables
         self.priority = priority
         self.netns = netns
         self.protocol = protocol
         self.nft = Nft(nft_table, netns)
-        self._ipr: Any = NetNS(netns) if netns else IPRoute()
+        self._sock: Any = None
         self._installed_vips: tuple[IPNetwork, ...] | None = None
         self._installed_marks: tuple[PinMark, ...] | None = None
 
+    @property
+    def _ipr(self) -> Any:
+        if self._sock is None:
+            from pyroute2 import IPRoute, NetNS
+
+            self._sock = NetNS(self.netns) if self.netns else IPRoute()
+        return self._sock
+
+    @_off_loop
     def close(self) -> None:
-        self._ipr.close()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     # -- reading ------------------------------------------------------------------------------
     def _ours_table(self, table: int | None) -> bool:
         return table is not None and self.tables[0] <= table <= self.tables[1]
 
+    @_off_loop
     def rules(self) -> set[RuleKey]:
         out: set[RuleKey] = set()
         for family in (int(socket.AF_INET), int(socket.AF_INET6)):
@@ -94,6 +126,7 @@ class KernelPins:
                     out.add((family, r.get_attr("FRA_FWMARK") or 0, table))
         return out
 
+    @_off_loop
     def routes(self) -> set[RouteKey]:
         out: set[RouteKey] = set()
         for family in (int(socket.AF_INET), int(socket.AF_INET6)):
@@ -114,6 +147,7 @@ class KernelPins:
         return self.nft.read_marks()
 
     # -- changing -----------------------------------------------------------------------------
+    @_off_loop
     def apply(self, pins: Sequence[PinSpec]) -> int:
         """Make the kernel hold exactly `pins`. Returns the number of changes."""
         want_rules = {
@@ -178,6 +212,7 @@ class KernelPins:
                 changes += 1
         return changes
 
+    @_off_loop
     def cleanup(self) -> int:
         """Remove every rule, route and the nftables table of ours."""
         self._installed_marks = self._installed_vips = ()  # no need to write an empty table

@@ -45,6 +45,7 @@ from bgplb.bgp.session import (
 from bgplb.config import PeerRange, RouterConfig, load_router_config
 from bgplb.io.bgp import BgpListener, BgpPeer, IPAddress
 from bgplb.router import bfd as router_bfd
+from bgplb.router import pinning_runtime as router_pinning
 from bgplb.router.policy import IPNetwork, PrefixList, match_range
 from bgplb.router.rib import Connected, Rib
 
@@ -158,6 +159,7 @@ class Router:
         self._tasks: list[asyncio.Task[None]] = []
         self.reloads = 0
         self.bfd: Any = None  # bgplb.io.bfd.BfdService, made by router/bfd.py on first need
+        self.pinning: Any = None  # router/pinning_runtime.py when [fib] pinning
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -238,6 +240,7 @@ class Router:
                 log.info("fib: removed %d stale kernel object(s) of ours", len(ops))
         loop = asyncio.get_running_loop()
         loop.add_reader(self.fib.watch_fileno(), self._kernel_events)
+        router_pinning.open(self)
 
     def _kernel_events(self) -> None:
         try:
@@ -262,6 +265,7 @@ class Router:
         except Exception as exc:
             log.error("fib: cleanup failed: %s", exc)
         finally:
+            router_pinning.close(self)
             self.fib.close()
             self.fib = None
 
@@ -443,9 +447,10 @@ class Router:
 
     async def _sync_fib(self) -> None:
         dirty = self.rib.take_dirty()
-        if not dirty:
+        due = router_pinning.due(self)  # a drained server's pins reached drain_linger
+        if not dirty and not due:
             return
-        changed = False
+        changed = due
         for vip in dirty:
             entry = self.rib.fib_entry(vip)
             if entry:
@@ -461,7 +466,7 @@ class Router:
             for vip, entry in self.installed.items()
         }
         try:
-            ops = await asyncio.to_thread(self.fib.apply, desired)
+            ops = await router_pinning.sync(self, desired)
             self.counters.fib_applies += 1
             self.counters.last_apply_ops = len(ops)
             log.debug("fib: %d operation(s)", len(ops))

@@ -1,0 +1,201 @@
+"""The router daemon's connection pinning: the pure planner (:mod:`bgplb.router.pinning`) and
+the kernel (:mod:`bgplb.linux.pinroutes`, :mod:`bgplb.linux.nftables`) tied to the RIB task.
+
+Hooks called by :class:`bgplb.router.daemon.Router` (kept small on purpose):
+
+* :func:`open` after the FIB is opened — adopts the slots our nftables table still holds (a
+  restart after kill -9 or ``keep_on_exit``) so conntrack marks keep meaning the same server;
+* :func:`sync` instead of a bare ``fib.apply`` — pins for servers that join are installed before
+  the groups change, pins of servers that left are removed after; draining servers leave the
+  groups; a linger deadline wakes the RIB task through its queue;
+* :func:`close` after the FIB cleanup — rules, tables and the nftables table go (unless
+  ``keep_on_exit``);
+* :func:`status` for ``bgplb status`` — per server: slot, mark, table, VIPs, state, and the
+  number of conntrack entries carrying its mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from bgplb.router.pinning import Pin, PinPlan, Planner, Server
+
+if TYPE_CHECKING:
+    from bgplb.router.daemon import Router
+
+log = logging.getLogger("bgplb.router")
+
+
+class RouterPinning:
+    def __init__(self, fib: Any, netns: str | None = None) -> None:
+        from bgplb.linux.pinroutes import KernelPins
+
+        self.config = fib
+        self.planner = Planner(fib.mark_mask, tuple(fib.pin_tables), fib.drain_linger)
+        self.kernel = KernelPins(
+            fib.mark_mask, tuple(fib.pin_tables), fib.pin_rule_priority, fib.nft_table, netns
+        )
+        self.pins: tuple[Pin, ...] = ()
+        self.plan: PinPlan | None = None
+        self.refused: set[str] = set()
+        self.errors = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def adopt(self) -> None:
+        marks = self.kernel.installed_marks()
+        if marks:
+            self.planner.adopt({Server(m.gateway, m.oif): m.slot for m in marks})
+            log.info("pinning: adopted %d server slot(s) from the kernel", len(marks))
+
+    def sync(
+        self,
+        entries: Mapping[Any, Any],
+        established: set[str],
+        now: float,
+        apply_fib: Callable[[dict[Any, list[tuple[Any, int, int]]]], list[Any]],
+    ) -> list[Any]:
+        """Blocking (run it in a thread): plan, pins before, groups, pins after."""
+        from bgplb.linux.pinroutes import PinSpec
+
+        plan = self.planner.plan(
+            {vip.network: entry for vip, entry in entries.items()}, established, now
+        )
+        self.plan = plan
+        for reason in set(plan.refused) - self.refused:
+            log.warning("pinning: %s", reason)
+        self.refused = set(plan.refused)
+
+        def specs(pins: tuple[Pin, ...]) -> list[PinSpec]:
+            return [
+                PinSpec(p.server.address, p.server.ifindex, p.mark, p.slot, p.table, p.vips)
+                for p in pins
+            ]
+
+        self.kernel.ensure_src_valid_mark()
+        before = plan.before(self.pins)
+        self.kernel.apply(specs(before))
+        self.pins = before
+        ops = apply_fib(
+            {
+                vip: [(m.address, m.ifindex, m.weight) for m in members]
+                for vip, members in plan.groups.items()
+            }
+        )
+        self.kernel.apply(specs(plan.pins))
+        self.pins = plan.pins
+        return ops
+
+    def arm(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
+        """Wake the RIB task at the next linger deadline."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.planner.next_deadline()
+        if deadline is not None:
+            self._timer = loop.call_at(deadline + 0.01, wake)
+
+    def close(self, keep: bool) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        try:
+            if keep:
+                log.info("pinning: keeping rules, tables and nftables table (keep_on_exit)")
+            else:
+                self.kernel.cleanup()
+        finally:
+            self.kernel.close()
+
+    def status(self, counts: bool = True) -> dict[str, Any]:
+        conns: dict[int, int] = {}
+        if counts:
+            try:
+                conns = self.kernel.counts()
+            except Exception as exc:  # status must not break on conntrack trouble
+                log.debug("conntrack counts: %s", exc)
+        states = self.plan.states if self.plan is not None else {}
+        servers = []
+        for p in self.pins:
+            servers.append(
+                {
+                    "address": str(p.server.address),
+                    "ifindex": p.server.ifindex,
+                    "slot": p.slot,
+                    "mark": f"{p.mark:#x}",
+                    "table": p.table,
+                    "vips": {str(v): str(states.get((p.server, v), "pinned")) for v in p.vips},
+                    "connections": conns.get(p.mark, 0) if counts else None,
+                }
+            )
+        known = {p.mark for p in self.pins}
+        return {
+            "enabled": True,
+            "mark_mask": f"{self.config.mark_mask:#x}",
+            "tables": list(self.config.pin_tables),
+            "drain_linger": self.config.drain_linger,
+            "servers": servers,
+            "orphan_connections": sum(v for k, v in conns.items() if k not in known),
+            "refused": sorted(self.refused),
+            "errors": self.errors,
+        }
+
+
+# -- hooks for Router (bgplb.router.daemon) -------------------------------------------------------
+
+
+def open(router: Router) -> None:
+    """After the FIB is opened: make the pinning owner if ``[fib] pinning``."""
+    if not router.config.fib.pinning:
+        return
+    pinning = RouterPinning(router.config.fib)
+    try:
+        pinning.adopt()
+    except Exception as exc:
+        log.error("pinning: reading our nftables table failed: %s", exc)
+    router.pinning = pinning
+
+
+async def sync(router: Router, desired: dict[Any, Any]) -> list[Any]:
+    """Instead of ``fib.apply(desired)``: with pinning, plan and apply pins around it."""
+    pinning: RouterPinning | None = getattr(router, "pinning", None)
+    if pinning is None:
+        result: list[Any] = await asyncio.to_thread(router.fib.apply, desired)
+        return result
+    loop = asyncio.get_running_loop()
+    established = {k for k, s in router.rib.peers.items() if s.established}
+    try:
+        ops: list[Any] = await asyncio.to_thread(
+            pinning.sync, dict(router.installed), established, loop.time(), router.fib.apply
+        )
+    finally:
+        pinning.arm(loop, lambda: router.queue.put_nowait((None, "pinning")))
+    return ops
+
+
+def due(router: Router) -> bool:
+    """True when a linger deadline has passed (the RIB task must sync even if nothing changed)."""
+    pinning: RouterPinning | None = getattr(router, "pinning", None)
+    if pinning is None:
+        return False
+    deadline = pinning.planner.next_deadline()
+    return deadline is not None and deadline <= asyncio.get_running_loop().time()
+
+
+def close(router: Router) -> None:
+    pinning: RouterPinning | None = getattr(router, "pinning", None)
+    if pinning is None:
+        return
+    try:
+        pinning.close(keep=router.config.fib.keep_on_exit)
+    except Exception as exc:
+        log.error("pinning: cleanup failed: %s", exc)
+    router.pinning = None
+
+
+def status(router: Router, counts: bool = True) -> dict[str, Any]:
+    pinning: RouterPinning | None = getattr(router, "pinning", None)
+    if pinning is None:
+        return {"enabled": False}
+    return pinning.status(counts)
