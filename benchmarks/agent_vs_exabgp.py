@@ -1,0 +1,388 @@
+"""bgplb agent vs ExaBGP 4.2 + `python3 -m exabgp healthcheck`: failover time and idle cost,
+in network namespaces, with BIRD 2 as the router (kernel protocol, `merge paths on`).
+
+Failover (median of --runs per speaker setup): two servers announce 198.51.100.10/32; the
+checked HTTP server of s1 is SIGKILLed (t0) and we time
+
+* wire: the withdrawal UPDATE from s1 arriving on the router's interface (tcpdump frame time);
+* fib:  the router's kernel route losing s1's nexthop (`ip -ts monitor route` in the router).
+
+Each kill happens at a random phase of the check interval (uniform in one interval), so the
+figures include the wait for the next check, as a real failure would.
+
+Setups (all check the same local HTTP server; the ExaBGP ones run
+`curl -sf --max-time 1 http://127.0.0.1:8080/` as the healthcheck command, as its docs do):
+
+* bgplb:          http check, interval 100 ms, timeout 50 ms, fall 2, rise 2;
+* exabgp-fast:    --interval 0.1 --fast-interval 0.1 --fall 2 --rise 2 --timeout 1 (the same
+                  detection budget; its timeout is whole seconds);
+* exabgp-default: healthcheck defaults (interval 5 s, fast-interval 1 s, fall 3, rise 3,
+                  timeout 5 s).
+
+Both ExaBGP setups add --withdraw-on-down: by default the healthcheck never withdraws, it
+re-announces with MED 1000 (INTEROP-NOTES).
+
+Idle cost: s1 runs 10 services (10 VIPs, checks of the local HTTP server) with 2 BGP peers (the
+router's IPv4 and IPv6 addresses); after --idle-seconds we report RSS, PSS and CPU of the whole
+process tree (bgplb: one process; ExaBGP: exabgp + one healthcheck process per service + the
+curl processes they spawn, counted through cutime/cstime). Setups: bgplb checks at 1 s;
+ExaBGP healthcheck at 1 s (--interval 1 --fast-interval 1) and at its defaults (5 s).
+
+ExaBGP is Debian's /usr/sbin/exabgp run with a system-only PATH (a pip ExaBGP 5 may shadow it).
+
+Usage (root): .venv/bin/python benchmarks/agent_vs_exabgp.py [--runs 5] [--idle-seconds 30]
+       [--only bgplb,exabgp-fast,exabgp-default] [--skip-failover] [--skip-idle]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import random
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "interop"))
+
+from agent_lab import ROUTER_AS, SERVER_AS, VIP4, AgentLab, Server, build_lab  # noqa: E402
+
+from bgplb.lab.capture import Capture, _tshark  # noqa: E402
+from bgplb.lab.netns import Topology  # noqa: E402
+from bgplb.lab.peers import Bird  # noqa: E402
+
+EXABGP = "/usr/sbin/exabgp"
+SYSTEM_PYTHON = "/usr/bin/python3"
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+CURL = "curl -sf -o /dev/null --max-time 1 http://127.0.0.1:8080/"
+
+HEALTHCHECK_FAST = ["--interval", "0.1", "--fast-interval", "0.1", "--fall", "2", "--rise", "2",
+                    "--timeout", "1"]  # fmt: skip
+HEALTHCHECK_1S = ["--interval", "1", "--fast-interval", "1"]
+
+
+@dataclass
+class Setup:
+    name: str
+    describe: str
+    #: start the speaker on `server` (its process goes to `server.agent`) for `services`
+    #: [(name, vip)] towards `peers` [(router address, our address)]
+    start: Callable[[Server, list[tuple[str, str]], list[tuple[str, str]]], None]
+    wait: float  # seconds to wait for a failover
+    period: float  # check interval: the kill happens at a random phase within it
+
+
+# -- speakers ------------------------------------------------------------------------------------
+
+
+def start_bgplb(interval: str, fall: int = 2, rise: int = 2) -> Callable[..., None]:
+    def start(
+        server: Server, services: list[tuple[str, str]], peers: list[tuple[str, str]]
+    ) -> None:
+        timeout = "50ms" if interval == "100ms" else "500ms"
+        server.peer_extra = "".join(
+            f'\n[[peers]]\naddress = "{router}"\nasn = {ROUTER_AS}\n' for router, _ in peers[1:]
+        )
+        server.write_config(
+            "".join(
+                server.service(
+                    name, (vip,), interval=interval, timeout=timeout, fall=fall, rise=rise
+                )
+                for name, vip in services
+            )
+        )
+        server.start_agent()
+
+    return start
+
+
+def start_exabgp(hc_args: list[str]) -> Callable[..., None]:
+    def start(
+        server: Server, services: list[tuple[str, str]], peers: list[tuple[str, str]]
+    ) -> None:
+        conf = []
+        names = []
+        for name, vip in services:
+            script = server.workdir / f"hc-{name}.sh"
+            argv = [SYSTEM_PYTHON, "-m", "exabgp", "healthcheck", "--no-syslog", "--name", name,
+                    "--cmd", CURL, "--ip", vip, "--withdraw-on-down", *hc_args]  # fmt: skip
+            script.write_text(f"#!/bin/sh\nexec {shlex.join(argv)}\n")
+            script.chmod(0o755)
+            conf.append(f"process hc-{name} {{\n  run {script};\n  encoder text;\n}}\n")
+            names.append(f"hc-{name}")
+        for router, local in peers:
+            family = "ipv6 unicast;" if ":" in router else "ipv4 unicast;"
+            conf.append(
+                f"neighbor {router} {{\n  router-id {server.address};\n  local-address {local};\n"
+                f"  local-as {SERVER_AS};\n  peer-as {ROUTER_AS};\n  hold-time 9;\n"
+                f"  family {{ {family} }}\n  api {{ processes [ {' '.join(names)} ]; }}\n}}\n"
+            )
+        path = server.workdir / "exabgp.conf"
+        path.write_text("".join(conf))
+        env = {
+            "PATH": SYSTEM_PATH,
+            "exabgp.daemon.user": "root",
+            "exabgp.daemon.drop": "false",
+            "exabgp.daemon.daemonize": "false",
+            "exabgp.api.cli": "false",
+            "exabgp.log.destination": "stdout",
+            "exabgp.tcp.bind": "",
+        }
+        with server.log_path.open("ab") as log:
+            server.agent = server.ns.popen(
+                EXABGP, str(path), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env,
+            )  # fmt: skip
+        server.procs.append(server.agent)
+
+    return start
+
+
+SETUPS = {
+    "bgplb": Setup(
+        "bgplb", "bgplb agent, http check 100 ms, fall 2", start_bgplb("100ms"), 10, 0.1
+    ),
+    "exabgp-fast": Setup(
+        "exabgp-fast",
+        "ExaBGP healthcheck --interval 0.1 --fast-interval 0.1 --fall 2",
+        start_exabgp(HEALTHCHECK_FAST),
+        10,
+        0.1,
+    ),
+    "exabgp-default": Setup(
+        "exabgp-default",
+        "ExaBGP healthcheck defaults (interval 5 s, fast 1 s, fall 3)",
+        start_exabgp([]),
+        30,
+        5.0,
+    ),
+}
+IDLE_SETUPS = {
+    "bgplb": ("bgplb agent, 10 http checks at 1 s", start_bgplb("1s")),
+    "exabgp-1s": ("ExaBGP + 10 healthchecks at 1 s (curl)", start_exabgp(HEALTHCHECK_1S)),
+    "exabgp-default": ("ExaBGP + 10 healthchecks at defaults (5 s)", start_exabgp([])),
+}
+
+
+# -- lab -----------------------------------------------------------------------------------------
+
+
+def lab_factory(workdir: Path, made: list[Bird]) -> Callable[..., Any]:
+    def make(cls: type[Bird], ns: Any, asn: int, router_id: str, **kw: Any) -> Bird:
+        d = cls(ns, workdir / f"{cls.name}-{len(made)}", asn, router_id, **kw)
+        made.append(d)
+        return d
+
+    return make
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+
+def ts(line: str) -> float:
+    return datetime.datetime.fromisoformat(line[1 : line.index("]")]).timestamp()
+
+
+def summary(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return (
+        f"median {statistics.median(values):7.1f} ms  (min {min(values):.1f}, "
+        f"max {max(values):.1f}, n={len(values)})"
+    )
+
+
+def failover(setup: Setup, runs: int) -> tuple[list[float], list[float]]:
+    wire: list[float] = []
+    fib: list[float] = []
+    workdir = Path(tempfile.mkdtemp(prefix="bgplb-vs-exabgp-"))
+    made: list[Bird] = []
+    with Topology(prefix="bench") as topo:
+        lab: AgentLab = build_lab(topo, lab_factory(workdir, made))
+        try:
+            lab.bird.start()
+            for s in lab.servers:
+                s.start_http()
+                setup.start(s, [("web", VIP4)], [(s.router, s.address)])
+            s1, s2 = lab.servers
+            for run in range(runs):
+                lab.wait_nexthops([s1.address, s2.address], timeout=60)
+                # a random phase against the check loop (ExaBGP's loop would otherwise lock to
+                # our run cadence and give the same delay every run)
+                time.sleep(1.0 + random.uniform(0, setup.period))
+                pcap = workdir / f"{setup.name}-{run}.pcap"
+                monitor = lab.router.popen(
+                    "ip", "-ts", "monitor", "route", stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                )  # fmt: skip
+                time.sleep(0.2)
+                with Capture(lab.router, "eth-s1", pcap):
+                    assert s1.http is not None
+                    t0 = time.time()
+                    s1.http.send_signal(signal.SIGKILL)
+                    s1.http.wait(5)
+                    s1.http = None
+                    lab.wait_nexthops([s2.address], timeout=setup.wait)
+                    time.sleep(0.2)
+                monitor.terminate()
+                out = monitor.communicate(timeout=5)[0].decode()
+                frames = _tshark(
+                    pcap, (179,), "-Y", f"ip.src == {s1.address} && bgp.withdrawn_prefix",
+                    "-T", "fields", "-e", "frame.time_epoch",
+                ).split()  # fmt: skip
+                changes = [
+                    ts(x) for x in out.splitlines() if x.startswith("[") and "198.51.100.10" in x
+                ]
+                if frames:
+                    wire.append((float(frames[0]) - t0) * 1000)
+                if changes:
+                    fib.append((changes[0] - t0) * 1000)
+                print(
+                    f"  {setup.name} run {run}: wire "
+                    f"{wire[-1] if frames else float('nan'):.1f} ms, fib "
+                    f"{fib[-1] if changes else float('nan'):.1f} ms",
+                    flush=True,
+                )
+                s1.start_http()
+        finally:
+            lab.close()
+            for d in made:
+                d.stop()
+    return wire, fib
+
+
+# -- idle ----------------------------------------------------------------------------------------
+
+
+def tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime + cutime + cstime of `pids` (reaped children are in the parents' c*time)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in f[11:15])
+    return total / tick
+
+
+def memory_kib(pids: list[int]) -> tuple[int, int]:
+    """(sum of RSS, sum of PSS) in KiB."""
+    rss = pss = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+        except OSError:
+            continue
+    return rss, pss
+
+
+def idle(name: str, start: Callable[..., None], seconds: float) -> str:
+    workdir = Path(tempfile.mkdtemp(prefix="bgplb-vs-exabgp-"))
+    made: list[Bird] = []
+    with Topology(prefix="bench") as topo:
+        lab = build_lab(topo, lab_factory(workdir, made))
+        try:
+            s1 = lab.servers[0]
+            lab.bird.add_neighbor(s1.address6, SERVER_AS, passive=True)
+            lab.bird.start()
+            services = [(f"svc{i}", f"198.51.100.{100 + i}/32") for i in range(10)]
+            s1.start_http()
+            start(s1, services, [(s1.router, s1.address), (s1.router6, s1.address6)])
+            wait_until(
+                lambda: (
+                    lab.bird.neighbor_state(s1.address) == "established"
+                    and lab.bird.neighbor_state(s1.address6) == "established"
+                    and len({r.prefix for r in lab.bird.received_routes()}) >= 10
+                ),
+                60,
+                "2 sessions up and 10 VIPs received",
+            )
+            time.sleep(3.0)  # past start-up
+            assert s1.agent is not None
+            root = s1.agent.pid
+            c0, t0 = cpu_seconds(tree(root)), time.monotonic()
+            time.sleep(seconds)
+            pids = tree(root)
+            c1, t1 = cpu_seconds(pids), time.monotonic()
+            rss, pss = memory_kib(pids)
+            return (
+                f"  {name:15s} {len(pids):3d} processes  RSS {rss / 1024:6.1f} MiB  "
+                f"PSS {pss / 1024:6.1f} MiB  CPU {100 * (c1 - c0) / (t1 - t0):5.2f} % of a core"
+            )
+        finally:
+            lab.close()
+            for d in made:
+                d.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument("--only", default="", help="comma-separated setup names")
+    parser.add_argument("--skip-failover", action="store_true")
+    parser.add_argument("--skip-idle", action="store_true")
+    args = parser.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    print(f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {os.uname().release}")
+    results = []
+    if not args.skip_failover:
+        for setup in SETUPS.values():
+            if only and setup.name not in only:
+                continue
+            wire, fib = failover(setup, args.runs)
+            results.append((setup.describe, wire, fib))
+        print(
+            "check fails (HTTP server killed) -> withdrawal at router / router kernel nexthop gone"
+        )
+        for describe, wire, fib in results:
+            print(f"  {describe}\n    wire: {summary(wire)}\n    fib:  {summary(fib)}")
+    if not args.skip_idle:
+        print(f"idle, 2 peers, 10 services, {args.idle_seconds:g} s")
+        for name, (describe, start) in IDLE_SETUPS.items():
+            if only and name not in only:
+                continue
+            print(idle(name, start, args.idle_seconds) + f"   ({describe})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
