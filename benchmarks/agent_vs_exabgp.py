@@ -41,6 +41,7 @@ import datetime
 import os
 import random
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -264,6 +265,7 @@ def failover(setup: Setup, runs: int) -> tuple[list[float], list[float]]:
             lab.close()
             for d in made:
                 d.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
     return wire, fib
 
 
@@ -352,6 +354,7 @@ def idle(name: str, start: Callable[..., None], seconds: float) -> str:
             lab.close()
             for d in made:
                 d.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ BIRD 2 is the router; every wait is bounded.
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -36,9 +37,17 @@ def test_vip_of_a_family_the_session_cannot_carry_is_held_back(topo, daemons):
     topo.link(router, s1ns, ["192.0.2.1/30"], ["192.0.2.2/30"], "eth-s1", "eth-rt")
     topo.link(router, s2ns, ["2001:db8:2::1/64"], ["2001:db8:2::2/64"], "eth-s2", "eth-rt")
     # s2 has no IPv4 address at all: its `address` is only its router id
-    s1 = Server("s1", s1ns, "192.0.2.2", "", "192.0.2.1", "", Path(tempfile.mkdtemp()))
+    s1 = Server(
+        "s1",
+        s1ns,
+        "192.0.2.2",
+        "",
+        "192.0.2.1",
+        "",
+        Path(tempfile.mkdtemp(prefix="bgplb-families-")),
+    )
     s2 = Server("s2", s2ns, "198.18.0.2", "2001:db8:2::2", "2001:db8:2::1", "2001:db8:2::1",
-                Path(tempfile.mkdtemp()))  # fmt: skip
+                Path(tempfile.mkdtemp(prefix="bgplb-families-")))  # fmt: skip
     bird.add_neighbor("192.0.2.2", SERVER_AS, passive=True)
     bird.add_neighbor("2001:db8:2::2", SERVER_AS, passive=True)
     try:
@@ -85,3 +94,4 @@ def test_vip_of_a_family_the_session_cannot_carry_is_held_back(topo, daemons):
     finally:
         for s in (s1, s2):
             s.stop()
+            shutil.rmtree(s.workdir, ignore_errors=True)

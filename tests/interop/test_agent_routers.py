@@ -17,6 +17,7 @@ Every wait is bounded; no assertion on timing.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import tempfile
@@ -163,6 +164,8 @@ def make_lab(topo: Topology, daemons: Callable[..., Any]) -> Iterator[Callable[.
                 server.stop()
             for router in lab.routers:
                 router.daemon.stop()
+            for server in lab.servers:
+                shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 def start(lab: Lab, vips: tuple[str, ...] = (VIP4,)) -> None:
