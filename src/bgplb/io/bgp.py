@@ -157,6 +157,16 @@ class BgpPeer:
         self.session.connection_made(self.now(), self._next_hops(sock))
         self._process()
 
+    def stop_now(self, subcode: int, message: str = "") -> None:
+        """Send Cease (`subcode`) and drop the connection at once, without waiting for the
+        write buffer (the neighbor is presumed unreachable, e.g. BFD Down). Events still reach
+        `on_event`, and the session does not restart by itself."""
+        proto = self._proto
+        self.session.stop(self.now(), subcode, message)
+        self._process()  # hands the NOTIFICATION to the kernel and closes the transport
+        if proto is not None and proto.transport is not None:
+            proto.transport.abort()
+
     def write_buffer_size(self) -> int:
         """Bytes handed to this peer's transport but not yet to the kernel (0 if closed)."""
         proto = self._proto

@@ -148,11 +148,5 @@ def tear_down(peer: BgpPeer) -> bool:
     session = peer.session
     if session.state not in _CONNECTED:
         return False
-    # BgpPeer has no public "close without waiting" yet: hold the connection to abort it.
-    proto = getattr(peer, "_proto", None)
-    session.stop(peer.now(), CeaseSubcode.BFD_DOWN)
-    peer.kick()  # writes the NOTIFICATION (to the kernel) and closes the transport
-    transport = getattr(proto, "transport", None)
-    if transport is not None:
-        transport.abort()  # don't wait for the write buffer: the neighbor is unreachable
+    peer.stop_now(CeaseSubcode.BFD_DOWN)
     return True
