@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,12 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from bgplb.lab import labctl
 
     action = args.lab_command
-    if action in ("up", "down", "exec") or (action == "status" and not args.json):
-        reason = _prereq(getattr(args, "router", "bgplb"))
-        if reason:
-            print(f"bgplb lab {action}: {reason}", file=sys.stderr)
-            return 2
+    reason = _prereq(args.router) if action == "up" else None
+    if action != "up" and os.geteuid() != 0:
+        reason = "the lab needs root (run it with sudo)"
+    if reason:
+        print(f"bgplb lab {action}: {reason}", file=sys.stderr)
+        return 2
     result: int = getattr(labctl, f"cmd_{action}")(args)
     return result
 

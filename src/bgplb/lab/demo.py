@@ -31,10 +31,12 @@ from rich.console import Console
 from rich.table import Table
 
 from bgplb.control.socket import ControlError, request
+from bgplb.lab.labstate import leftovers
 from bgplb.lab.probes import Answer, LongLived, NsLoop, RouteWatcher, Stream, fresh_requests
-from bgplb.lab.topology import BGPLB, VIP4, VIP6, Lab, LabError, _python_env, leftovers
+from bgplb.lab.topology import BGPLB, VIP4, VIP6, Lab, LabError, _python_env
 
 HOST = VIP4.split("/")[0]
+_ROUTER_NAMES = {"bgplb": "bgplb router", "bird": "BIRD 2", "frr": "FRR"}
 GRACE = 0.3  # s after the route change during which a request may still fail (in flight)
 
 
@@ -127,7 +129,13 @@ def run_demo(opts: Options, console: Console | None = None) -> dict[str, Any]:
         done = True
         problems = lab.teardown()
         left = leftovers(lab.state)
-        r.figures["cleanup"] = {"left_behind": left + problems}
+        r.figures["cleanup"] = {
+            "left_behind": left + problems,
+            "namespaces": sorted(lab.state.namespaces.values()),
+            "pids": [p.pid for p in lab.state.procs],
+            "state_file": str(lab.state.path),
+            "workdir": lab.state.workdir,
+        }
 
     def interrupted(signum: int, frame: FrameType | None) -> None:
         raise _Interrupted(signal.Signals(signum).name)
@@ -138,7 +146,7 @@ def run_demo(opts: Options, console: Console | None = None) -> dict[str, Any]:
     watcher: RouteWatcher | None = None
     try:
         web = lab.state.web
-        router = {"bgplb": "bgplb router", "bird": "BIRD 2", "frr": "FRR"}[opts.router]
+        router = _ROUTER_NAMES[opts.router]
         console.print(
             f"[bold]bgplb demo[/]: client — router ({router}) — "
             f"{', '.join(lab.server_names)}; web servers: {web}; VIP {HOST}"
@@ -270,6 +278,17 @@ def _window(
     )
 
 
+def _client_text(figs: dict[str, Any], outside: list[Answer], after: str) -> str:
+    if outside:
+        return f"[red]client: {len(outside)} request(s) failed outside the window[/]"
+    if not figs["failed"]:
+        return f"client: all {figs['requests']} requests answered"
+    return (
+        f"client: {figs['failed']} of {figs['requests']} requests failed, all started within "
+        f"{figs['error_window_ms']} ms after {after}; every other request was answered"
+    )
+
+
 def _route(lab: Lab, hops: list[str]) -> list[str]:
     return [lab.server_of(h) for h in hops]
 
@@ -307,12 +326,7 @@ def _web_stops(r: Run, lab: Lab, loop: NsLoop, watcher: RouteWatcher) -> None:
     answers = stream.stop()
     r.answers += answers
     figs, outside = _window(answers, t_stop, t_drop)
-    r.say(
-        f"client: {figs['failed']} of {figs['requests']} requests failed, all within "
-        f"{figs['error_window_ms']} ms after the stop"
-        if not outside
-        else f"[red]client: {len(outside)} request(s) failed outside the window[/]"
-    )
+    r.say(_client_text(figs, outside, "the stop"))
     r.figures["web_stop"] = {
         **figs,
         "route_drop_ms": round((t_drop - t_stop) * 1000),
@@ -364,12 +378,7 @@ def _host_dies(r: Run, lab: Lab, loop: NsLoop, watcher: RouteWatcher) -> None:
     answers = stream.stop()
     r.answers += answers
     figs, outside = _window(answers, t_kill, t_drop)
-    r.say(
-        f"client: {figs['failed']} of {figs['requests']} requests failed (timeouts), all within "
-        f"{figs['error_window_ms']} ms after srv1 died"
-        if not outside
-        else f"[red]client: {len(outside)} request(s) failed outside the window[/]"
-    )
+    r.say(_client_text(figs, outside, "srv1 died"))
     r.figures["host_down"] = {
         **figs,
         "detection": "bfd" if bfd else "hold_timer",

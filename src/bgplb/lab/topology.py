@@ -26,11 +26,11 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import bgplb
+from bgplb.lab.labstate import LabState, Proc, _start_time, teardown_state
 from bgplb.lab.netns import Namespace, NetnsError, run
 from bgplb.lab.peers import Bird, Daemon, Frr, PeerError
 from bgplb.lab.webserver import welcome
@@ -39,7 +39,6 @@ VIP4 = "198.51.100.10/32"
 VIP6 = "2001:db8:100::10/128"
 ROUTER_AS = 65530
 SERVER_AS = 65000
-STATE_DIR = Path("/run/bgplb-lab")
 ROUTERS = ("bgplb", "bird", "frr")
 MAX_SERVERS = 16
 ROUTER_BINARIES = {
@@ -70,82 +69,6 @@ class LabNamespace(Namespace):
         if args and args[0] == "ip":
             return run(["ip", "-n", self.name, *args[1:]], check=check, timeout=timeout)
         return super().exec(*args, check=check, timeout=timeout)
-
-
-def _start_time(pid: int) -> str | None:
-    """The process' start time (field 22 of /proc/PID/stat), None if gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
-
-
-@dataclass
-class Proc:
-    """A process we started: killed only while its PID still has the recorded start time."""
-
-    node: str
-    role: str
-    pid: int
-    started: str | None
-    argv: list[str]
-    log: str = ""
-
-    def alive(self) -> bool:
-        return self.started is not None and _start_time(self.pid) == self.started
-
-    def signal(self, sig: int) -> bool:
-        if not self.alive():
-            return False
-        try:
-            os.kill(self.pid, sig)
-        except ProcessLookupError:
-            return False
-        return True
-
-
-@dataclass
-class LabState:
-    """What `bgplb lab status|exec|down` needs to find (and remove) a running lab."""
-
-    name: str
-    owner_pid: int
-    router: str
-    servers: int
-    web: str
-    bfd: bool
-    workdir: str
-    namespaces: dict[str, str] = field(default_factory=dict)
-    procs: list[Proc] = field(default_factory=list)
-    rundirs: list[str] = field(default_factory=list)
-    created: float = field(default_factory=time.time)
-
-    @property
-    def path(self) -> Path:
-        return STATE_DIR / f"{self.name}.json"
-
-    def save(self) -> None:
-        STATE_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(self.path)
-
-    @classmethod
-    def load(cls, path: Path) -> LabState:
-        data = json.loads(path.read_text())
-        data["procs"] = [Proc(**p) for p in data.get("procs", [])]
-        return cls(**data)
-
-    def agent_socket(self, i: int) -> Path:
-        return Path(self.workdir) / f"srv{i}" / "agent.sock"
-
-    @property
-    def router_socket(self) -> Path:
-        return Path(self.workdir) / "router" / "router.sock"
 
 
 def prerequisites(router: str = "bgplb") -> str | None:
@@ -622,47 +545,3 @@ def _tail(path: str, lines: int = 15) -> str:
     except OSError:
         return ""
     return f"\n--- {path} ---\n" + "\n".join(text)
-
-
-def teardown_state(state: LabState) -> list[str]:
-    """Stop every recorded process (SIGTERM, SIGKILL after 3 s), kill whatever still runs in
-    our namespaces, delete them, remove our directories and the state file. Idempotent; never
-    raises; returns what could not be removed."""
-    problems: list[str] = []
-    procs = [p for p in reversed(state.procs) if p.alive()]
-    for p in procs:
-        p.signal(signal.SIGTERM)
-    deadline = time.monotonic() + 3
-    while any(p.alive() for p in procs) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for p in procs:
-        p.signal(signal.SIGKILL)
-    for name in state.namespaces.values():
-        if not Path(f"/var/run/netns/{name}").exists():
-            continue
-        # Anything left inside our namespace (nginx workers, FRR helpers) is ours.
-        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
-        for pid in pids.stdout.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        proc = subprocess.run(["ip", "netns", "del", name], capture_output=True, text=True)
-        if proc.returncode != 0 and Path(f"/var/run/netns/{name}").exists():
-            problems.append(f"namespace {name}: {proc.stderr.strip()}")
-    for d in [*state.rundirs, state.workdir]:
-        shutil.rmtree(d, ignore_errors=True)
-    state.path.unlink(missing_ok=True)
-    return problems
-
-
-def leftovers(state: LabState) -> list[str]:
-    """What of this lab still exists: namespaces, live processes, directories, state file."""
-    found = [
-        f"namespace {n}" for n in state.namespaces.values() if Path(f"/var/run/netns/{n}").exists()
-    ]
-    found += [f"process {p.pid} ({p.role} on {p.node})" for p in state.procs if p.alive()]
-    found += [f"directory {d}" for d in [*state.rundirs, state.workdir] if Path(d).exists()]
-    if state.path.exists():
-        found.append(f"state file {state.path}")
-    return found

@@ -56,10 +56,15 @@ class _DualStackServer(ThreadingHTTPServer):
         super().server_bind()
 
 
+def make_server(index: int, port: int = 80) -> ThreadingHTTPServer:
+    """A bound server (IPv4 and IPv6 on `port`); call `serve_forever()` / `shutdown()`."""
+    handler = type("Handler", (_Handler,), {"body": welcome(index)})
+    return _DualStackServer(("::", port), handler)
+
+
 def serve(index: int, port: int = 80) -> None:
     """Serve until SIGTERM/SIGINT."""
-    handler = type("Handler", (_Handler,), {"body": welcome(index)})
-    server = _DualStackServer(("::", port), handler)
+    server = make_server(index, port)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
