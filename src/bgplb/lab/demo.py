@@ -443,19 +443,28 @@ def _drain(r: Run, lab: Lab, loop: NsLoop, watcher: RouteWatcher) -> None:
     )
     for c in broken:
         r.say(f"[red]broken: {c.broken}[/]")
-    r.say(
-        f"new connections during the drain (GRACEFUL_SHUTDOWN): {d_spread[name]} of "
-        f"{len(new_during)} to {name}"
-        + (
-            ""
-            if lab.state.router == "bgplb"
-            else f" ({lab.state.router} ignores GRACEFUL_SHUTDOWN)"
+    early = t_gone - t_drain < drain_time - 1.0
+    if early:
+        r.say(
+            f"the router took {name} out of the route {_ms(t_gone - t_drain)} after the drain "
+            "started: it acts on GRACEFUL_SHUTDOWN at once, without waiting for the withdrawal"
         )
-    )
-    r.say(
-        f"{name} withdrawn {_ms(t_gone - t_drain)} after the drain (drain_time {drain_time:g} s); "
-        f"new connections after that: {a_spread[name]} of {len(new_after)} to {name}"
-    )
+    else:
+        note = (
+            ""
+            if lab.state.router == "bgplb" or d_spread[name] == 0
+            else f" ({_ROUTER_NAMES[lab.state.router]} as configured here keeps {name}"
+            " at full weight until the withdrawal)"
+        )
+        r.say(
+            f"new connections during the drain (GRACEFUL_SHUTDOWN): {d_spread[name]} of "
+            f"{len(new_during)} to {name}{note}"
+        )
+        r.say(
+            f"{name} withdrawn {_ms(t_gone - t_drain)} after the drain "
+            f"(drain_time {drain_time:g} s)"
+        )
+    r.say(f"new connections after the withdrawal: {a_spread[name]} of {len(new_after)} to {name}")
     t_undrain = r.event(f"{name} undrained")
     out = _bgplb(lab, "undrain", "web", "--socket", str(sock))
     r.say(f"$ bgplb undrain web --socket {sock}\n   {out}")
@@ -511,13 +520,19 @@ def _summary(r: Run) -> None:
     table.add_row(
         f"3. {srv} drained", "long-lived connections broken", f"{d['broken']}/{d['connections']}"
     )
+    during = sum(d["new_during_drain"].values())
+    if during:
+        table.add_row(
+            "",
+            f"new connections to {srv} during the drain",
+            f"{d['new_during_drain'][srv]}/{during}",
+        )
     table.add_row(
         "",
-        f"new connections to {srv} during / after the drain",
-        f"{d['new_during_drain'][srv]}/{sum(d['new_during_drain'].values())}"
-        f" / {d['new_after_withdrawal'][srv]}/{sum(d['new_after_withdrawal'].values())}",
+        f"new connections to {srv} once out of the route",
+        f"{d['new_after_withdrawal'][srv]}/{sum(d['new_after_withdrawal'].values())}",
     )
-    table.add_row("", "drain → withdrawal", _ms(d["withdrawal_ms"] / 1000))
+    table.add_row("", f"drain → {srv} out of the route", _ms(d["withdrawal_ms"] / 1000))
     r.console.print(table)
     r.say(f"demo took {f['duration_s']:.0f} s")
 
