@@ -43,6 +43,18 @@ from bgplb.bgp.capabilities import (
     RouteRefreshCapability,
 )
 from bgplb.bgp.errors import BGPError, CeaseSubcode, ErrorCode, FsmSubcode, OpenSubcode
+from bgplb.bgp.events import (
+    CloseRequested,
+    ConnectRequested,
+    EndOfRibReceived,
+    Event,
+    RouteRefreshReceived,
+    RoutesHeldBack,
+    RoutesReceived,
+    SessionDown,
+    SessionEstablished,
+    StateChanged,
+)
 from bgplb.bgp.families import AFI, IPV4_UNICAST, IPV6_UNICAST, Family
 from bgplb.bgp.framing import MessageReader
 from bgplb.bgp.fsm import TRANSITIONS, Input, State
@@ -60,6 +72,22 @@ from bgplb.bgp.messages import (
 from bgplb.bgp.negotiated import Negotiated, negotiate
 from bgplb.bgp.packing import pack_updates
 from bgplb.bgp.prefix import Prefix
+
+__all__ = [
+    "OPEN_HOLD_TIME",
+    "CloseRequested",
+    "ConnectRequested",
+    "EndOfRibReceived",
+    "Event",
+    "RouteRefreshReceived",
+    "RoutesHeldBack",
+    "RoutesReceived",
+    "Session",
+    "SessionConfig",
+    "SessionDown",
+    "SessionEstablished",
+    "StateChanged",
+]
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -94,91 +122,6 @@ class SessionConfig:
         if not 1 <= self.local_asn <= 0xFFFFFFFF:
             raise ValueError(f"local AS {self.local_asn} out of range")
 
-
-# -- events (past tense) ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StateChanged:
-    old: State
-    new: State
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectRequested:
-    """The transport must open a TCP connection to the peer now (dropping any pending one)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CloseRequested:
-    """The transport must write what `data_to_send` still returns, then close the connection."""
-
-
-@dataclass(frozen=True, slots=True)
-class SessionEstablished:
-    negotiated: Negotiated
-
-
-@dataclass(frozen=True, slots=True)
-class SessionDown:
-    """The session left OpenSent/OpenConfirm/Established (or a start was cancelled).
-
-    `notification` is the NOTIFICATION sent (`local=True`) or received (`local=False`), if any.
-    `hold_expired` and `connection_lost` tell how the peer went away: a router acting as a
-    Graceful Restart helper keeps routes only when the transport closed (the peer's host is
-    alive), not on hold-timer expiry (RFC 4724 §4.2; see also RFC 8538).
-    """
-
-    reason: str
-    was_established: bool
-    notification: Notification | None = None
-    local: bool = True
-    hold_expired: bool = False
-    connection_lost: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RoutesReceived:
-    update: Update
-
-    @property
-    def announced(self) -> tuple[Prefix, ...]:
-        return self.update.announced
-
-    @property
-    def withdrawn(self) -> tuple[Prefix, ...]:
-        return self.update.all_withdrawn
-
-
-@dataclass(frozen=True, slots=True)
-class RoutesHeldBack:
-    """Prefixes that cannot be sent to this peer, with the reason (empty: none any more)."""
-
-    held: tuple[tuple[Prefix, str], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class EndOfRibReceived:
-    family: Family
-
-
-@dataclass(frozen=True, slots=True)
-class RouteRefreshReceived:
-    afi: int
-    safi: int
-
-
-Event = (
-    StateChanged
-    | ConnectRequested
-    | CloseRequested
-    | SessionEstablished
-    | SessionDown
-    | RoutesReceived
-    | EndOfRibReceived
-    | RouteRefreshReceived
-    | RoutesHeldBack
-)
 
 _MESSAGE_INPUT = {
     MessageType.OPEN: Input.BGP_OPEN,
