@@ -1,6 +1,7 @@
-"""The agent's interop lab: BIRD 2 as the router (kernel protocol, `merge paths on`) and two
-server namespaces each running `bgplb agent` (a subprocess inside `ip netns exec`) in front of
-a local HTTP server (python -m http.server) that the agent checks.
+"""The agent's interop lab: BIRD 2 as the router (kernel protocol, `merge paths on`; or another
+daemon class, e.g. FRR, with `build_lab(..., kind=Frr)`) and two server namespaces each running
+`bgplb agent` (a subprocess inside `ip netns exec`) in front of a local HTTP server
+(python -m http.server) that the agent checks.
 
     rt  eth-s1 192.0.2.1/30  2001:db8:1::1/64  <->  s1 eth-rt 192.0.2.2/30  2001:db8:1::2/64
     rt  eth-s2 192.0.2.5/30  2001:db8:2::1/64  <->  s2 eth-rt 192.0.2.6/30  2001:db8:2::2/64
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bgplb.lab.netns import Namespace, Topology
-from bgplb.lab.peers import Bird, kernel_routes
+from bgplb.lab.peers import Bird, Daemon, kernel_routes
 
 ROOT = Path(__file__).resolve().parents[2]
 BGPLB = [str(ROOT / ".venv" / "bin" / "python"), "-m", "bgplb.cli_agent"]
@@ -62,6 +63,12 @@ class Server:
     peer_extra: str = ""
     services: str = ""
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: 6: the agent's [[peers]] entry is the router's IPv6 address (`router6`), not `router`
+    peer_family: int = 4
+
+    @property
+    def peer_address(self) -> str:
+        return self.router6 if self.peer_family == 6 else self.router
 
     @property
     def config_path(self) -> Path:
@@ -119,7 +126,7 @@ graceful_restart_time = 5
 shutdown_drain_time = "2s"
 {self.extra_config}
 [[peers]]
-address = "{self.router}"
+address = "{self.peer_address}"
 asn = {ROUTER_AS}
 {self.peer_extra}
 {self.services}
@@ -237,8 +244,13 @@ metrics = "off"
 class AgentLab:
     topo: Topology
     router: Namespace
-    bird: Bird
+    daemon: Daemon  # the router's BGP daemon (BIRD unless build_lab got another `kind`)
     servers: list[Server]
+
+    @property
+    def bird(self) -> Bird:
+        assert isinstance(self.daemon, Bird), self.daemon
+        return self.daemon
 
     def nexthops(self, prefix: str = VIP4) -> list[str]:
         return kernel_routes(self.router, prefix)
@@ -255,7 +267,7 @@ class AgentLab:
     def close(self) -> None:
         for server in self.servers:
             server.stop()
-        self.bird.stop()
+        self.daemon.stop()
         for server in self.servers:
             shutil.rmtree(server.workdir, ignore_errors=True)
 
@@ -266,12 +278,14 @@ def build_lab(
     *,
     password: str | None = None,
     graceful_restart: bool = False,
+    kind: type[Daemon] = Bird,
 ) -> AgentLab:
-    """Router + 2 servers, BIRD configured (not started) with both agents as passive peers."""
+    """Router + 2 servers, the router's daemon (BIRD unless `kind`) configured (not started)
+    with both agents as passive peers."""
     router = topo.add("rt")
     router.sysctl("net.ipv4.ip_forward", 1)
     router.sysctl("net.ipv6.conf.all.forwarding", 1)
-    bird = daemons(Bird, router, ROUTER_AS, "192.0.2.1")
+    bird = daemons(kind, router, ROUTER_AS, "192.0.2.1")
     servers = []
     for i in (1, 2):
         ns = topo.add(f"s{i}")

@@ -133,6 +133,7 @@ class Frr(Daemon):
             cmds.append(
                 [
                     *self._common("bfdd"),
+                    *zserv,  # bgpd's BFD requests reach bfdd through this zebra
                     "--bfdctl",
                     str(self.rundir / "bfdd.sock"),
                     "-f",
