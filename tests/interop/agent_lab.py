@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bgplb.lab.netns import Namespace, Topology
+from bgplb.lab.netns import Namespace, NetnsError, Topology
 from bgplb.lab.peers import Bird, Daemon, kernel_routes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -255,13 +255,21 @@ class AgentLab:
     def nexthops(self, prefix: str = VIP4) -> list[str]:
         return kernel_routes(self.router, prefix)
 
+    def try_nexthops(self, prefix: str = VIP4) -> list[str] | None:
+        """nexthops(), or None when a nexthop object went away between two reads (FRR's zebra
+        replaces its groups): poll again."""
+        try:
+            return self.nexthops(prefix)
+        except NetnsError:
+            return None
+
     def wait_nexthops(self, expected: list[str], prefix: str = VIP4, timeout: float = 20) -> None:
         try:
-            wait_for(lambda: self.nexthops(prefix) == sorted(expected), timeout, "nexthops")
+            wait_for(lambda: self.try_nexthops(prefix) == sorted(expected), timeout, "nexthops")
         except AssertionError as exc:
             logs = "\n".join(s.log_tail() for s in self.servers)
             raise AssertionError(
-                f"{exc}: router has {self.nexthops(prefix)}, want {sorted(expected)}\n{logs}"
+                f"{exc}: router has {self.try_nexthops(prefix)}, want {sorted(expected)}\n{logs}"
             ) from None
 
     def close(self) -> None:
@@ -270,6 +278,36 @@ class AgentLab:
         self.daemon.stop()
         for server in self.servers:
             shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+def add_servers(topo: Topology, router: Namespace, count: int = 2) -> list[Server]:
+    """`count` server namespaces s1.. linked to `router` (layout in the module docstring);
+    nothing is started."""
+    servers = []
+    for i in range(1, count + 1):
+        ns = topo.add(f"s{i}")
+        base = 4 * (i - 1)
+        topo.link(
+            router,
+            ns,
+            [f"192.0.2.{base + 1}/30", f"2001:db8:{i}::1/64"],
+            [f"192.0.2.{base + 2}/30", f"2001:db8:{i}::2/64"],
+            f"eth-s{i}",
+            "eth-rt",
+        )
+        workdir = Path(tempfile.mkdtemp(prefix=f"bgplb-agent-s{i}-"))
+        servers.append(
+            Server(
+                f"s{i}",
+                ns,
+                f"192.0.2.{base + 2}",
+                f"2001:db8:{i}::2",
+                f"192.0.2.{base + 1}",
+                f"2001:db8:{i}::1",
+                workdir,
+            )
+        )
+    return servers
 
 
 def build_lab(
@@ -286,28 +324,8 @@ def build_lab(
     router.sysctl("net.ipv4.ip_forward", 1)
     router.sysctl("net.ipv6.conf.all.forwarding", 1)
     bird = daemons(kind, router, ROUTER_AS, "192.0.2.1")
-    servers = []
-    for i in (1, 2):
-        ns = topo.add(f"s{i}")
-        base = 4 * (i - 1)
-        topo.link(
-            router,
-            ns,
-            [f"192.0.2.{base + 1}/30", f"2001:db8:{i}::1/64"],
-            [f"192.0.2.{base + 2}/30", f"2001:db8:{i}::2/64"],
-            f"eth-s{i}",
-            "eth-rt",
-        )
-        workdir = Path(tempfile.mkdtemp(prefix=f"bgplb-agent-s{i}-"))
-        server = Server(
-            f"s{i}",
-            ns,
-            f"192.0.2.{base + 2}",
-            f"2001:db8:{i}::2",
-            f"192.0.2.{base + 1}",
-            f"2001:db8:{i}::1",
-            workdir,
-        )
+    servers = add_servers(topo, router)
+    for server in servers:
         if password:
             server.peer_extra = f'password = "{password}"'
         if not graceful_restart:
@@ -319,7 +337,6 @@ def build_lab(
             password=password,
             graceful_restart=graceful_restart,
         )
-        servers.append(server)
     return AgentLab(topo, router, bird, servers)
 
 

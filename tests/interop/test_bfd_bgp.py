@@ -24,9 +24,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from agent_lab import ROUTER_AS, SERVER_AS, VIP4, Server, build_lab, wait_for
-from test_router_interop import RouterProc
-
-from bgplb.lab.peers import kernel_routes
+from test_router_interop import RouterProc, hops
 
 pytestmark = pytest.mark.interop
 
@@ -158,8 +156,8 @@ def test_agent_bfd_against_bgplb_router(topo):
             s.start_agent()
         s1, s2 = servers
 
-        def nexthops() -> list[str]:
-            return kernel_routes(rt, VIP4)
+        def nexthops() -> list[str] | None:  # None: the kernel changed between two reads
+            return hops(rt, VIP4)
 
         for s in servers:
             router.wait_established(s.address, timeout=20)

@@ -11,7 +11,8 @@ It owns the inputs and carries out the state's steps:
   once every Established peer's transport buffer is empty (bounded wait);
 - BFD: a peer with ``bfd = {...}`` holds a :class:`~bgplb.io.bgp_bfd.BfdLink` from the moment it
   is configured; an Up -> Down transition stops its BGP session at once (Cease / BFD Down, RFC
-  9384) and starts it again after ``BFD_RESTART_DELAY`` (RFC 5882; see docs/bfd.md);
+  9384) and starts it again after ``BFD_RESTART_DELAY`` (RFC 5882; see docs/bfd.md); a reload
+  that changes only a peer's ``bfd`` re-requests BFD and leaves the BGP session alone;
 - signals: SIGTERM/SIGINT drain, withdraw, remove VIPs, Cease (Administrative Shutdown) and exit
   0; SIGHUP reloads the config applying only the difference; SIGUSR1 exits *keeping* the routes
   (no withdrawal, no NOTIFICATION, VIPs left on lo): with Graceful Restart (RFC 4724) the routers
@@ -575,6 +576,22 @@ class AgentDaemon:
         except (OSError, ValueError) as exc:  # e.g. port 3784 taken by another BFD daemon
             log.error("peer %s: BFD not started: %s (BGP runs without it)", key, exc)
 
+    def _rerequest_bfd(self, key: str, peer_cfg: PeerConfig) -> None:
+        """Reload changed only the peer's `bfd`: the new request is made before the old one is
+        released, so a shared BFD session is not interrupted (its timers change with a Poll
+        Sequence, RFC 5880 §6.5) and the BGP session is not touched. Without `bfd` any more, the
+        release sends AdminDown: the router does not take it as a failure (RFC 5882 §3.2)."""
+        old = self.bfd_links.pop(key, None)
+        self.peer_configs[key] = peer_cfg
+        log.info("peer %s: BFD settings changed to %s (BGP session kept)", key, peer_cfg.bfd)
+        if peer_cfg.bfd is not None:
+            self._request_bfd(key, peer_cfg)
+        if old is not None:
+            if (link := self.bfd_links.get(key)) is not None:  # keep the failure history
+                link.downs, link.last_down_diag = old.downs, old.last_down_diag
+                link.last_down_at = old.last_down_at
+            old.release()
+
     def _on_bfd_down(self, key: str, diag: int) -> None:
         peer = self.peers.get(key)
         if peer is None or not tear_down(peer):
@@ -639,6 +656,13 @@ class AgentDaemon:
             self.router_id = new.bgp.router_id
         wanted = {str(p.address): p for p in new.peers}
         for key in list(self.peers):
+            if (
+                key in wanted
+                and not bgp_changed
+                and _only_bfd_differs(wanted[key], self.peer_configs[key])
+            ):
+                self._rerequest_bfd(key, wanted[key])  # BGP session left alone
+                continue
             if key not in wanted or bgp_changed or wanted[key] != self.peer_configs[key]:
                 reason = (
                     "removed from the configuration"
@@ -666,6 +690,11 @@ class AgentDaemon:
         )
         sd_notify("READY=1")
         return True, ""
+
+
+def _only_bfd_differs(new: PeerConfig, old: PeerConfig) -> bool:
+    """True if the two peer configurations differ, and only in `bfd`."""
+    return new.bfd != old.bfd and new.model_dump(exclude={"bfd"}) == old.model_dump(exclude={"bfd"})
 
 
 async def run_agent(config_path: str | Path, state_path: str | Path) -> int:
