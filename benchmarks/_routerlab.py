@@ -38,6 +38,7 @@ __all__ = [
     "rss_kib",
     "server_addrs",
     "speaker",
+    "stop_all",
     "wait_for",
     "workdir",
 ]
@@ -136,6 +137,27 @@ def speaker(
 
 def established(sp: SpeakerProcess, timeout: float = 30.0) -> None:
     sp.wait_for(lambda e: e.get("event") == "established", timeout)
+
+
+def stop_all(sps: list[SpeakerProcess], timeout: float = 5.0) -> None:
+    """Stop speakers together: the stop command, then EOF on stdin (the speaker's stdin reader
+    thread would otherwise keep asyncio.run() from returning), then SIGKILL after `timeout`."""
+    for sp in sps:
+        if sp.proc.poll() is None:
+            try:
+                sp.send(stop="benchmark done")
+                assert sp.proc.stdin is not None
+                sp.proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+    deadline = time.monotonic() + timeout
+    for sp in sps:
+        while sp.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if sp.proc.poll() is None:
+            sp.proc.kill()
+        sp.proc.wait(5)
+        sp.stop(timeout=1)
 
 
 def rss_kib(pid: int) -> int:

@@ -48,6 +48,7 @@ from _routerlab import (
     router_toml,
     server_addrs,
     speaker,
+    stop_all,
     wait_for,
     workdir,
 )
@@ -265,8 +266,7 @@ def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
         finally:
             if client is not None:
                 client.close()
-            for sp in sps:
-                sp.stop()
+            stop_all(sps)
             for p in procs:
                 if p.poll() is None:
                     p.kill()

@@ -40,6 +40,7 @@ from _routerlab import (
     router_toml,
     server_addrs,
     speaker,
+    stop_all,
     wait_for,
     workdir,
 )
@@ -116,8 +117,7 @@ def run_one(kind: str, count: int, gap: float) -> list[float]:
             if monitor is not None and monitor.poll() is None:
                 monitor.kill()
                 monitor.wait(5)
-            for sp in sps:
-                sp.stop()
+            stop_all(sps)
             if router is not None and router.proc is not None:
                 router.stop()
             if bird is not None:
