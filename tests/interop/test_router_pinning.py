@@ -166,3 +166,72 @@ def test_pinning_ipv6_and_status(topo, tmp_path: Path) -> None:
         raise
     finally:
         lab.close()
+
+
+def test_pinning_slots_survive_router_kill9_restart(topo, tmp_path: Path) -> None:
+    """kill -9 leaves our nftables table behind; the new router reads the servers' slots from
+    it, so the conntrack marks of established connections keep naming the same servers: after
+    the restart a drained server's pinned connections still reach it (0 broken)."""
+    import os
+    import signal
+
+    require_binary("nft")
+    lab = PinLab(topo, tmp_path)
+    try:
+        lab.start_router("resilient", pinning=True)
+        lab.start_servers()
+        lab.wait_members([1, 2, 3])
+        lab.start_client()
+        spread = lab.open(90)
+        assert set(spread) == {"s1", "s2", "s3"}, spread
+        lab.announce(3, drain=True)
+        lab.wait_members([1, 2])
+        before = {a: (p["slot"], p["mark"]) for a, p in pins_by_server(lab).items()}
+        assert lab.router is not None
+        os.kill(lab.router.pid, signal.SIGKILL)
+        lab.router.wait(10)
+        assert "bgplb" in lab.rtr.exec("nft", "list", "tables")  # left behind by kill -9
+        lab.start_router("resilient", pinning=True)
+        assert "adopted 3 server slot(s)" in lab.router_log()
+        lab.wait_members([1, 2], timeout=40)
+        wait_for("3 pins again", lambda: len(pins_by_server(lab)) == 3, 20)
+        after = {a: (p["slot"], p["mark"]) for a, p in pins_by_server(lab).items()}
+        assert after == before
+        time.sleep(IDLE)
+        r = lab.probe()
+        assert r["broken"] == {} and r["ok"] == spread, r
+    except BaseException:
+        print(lab.router_log()[-5000:])
+        raise
+    finally:
+        lab.close()
+
+
+def test_pinning_conntrack_expiry_repins_to_the_current_group(topo, tmp_path: Path) -> None:
+    """Documented limit: a connection idle for longer than its conntrack timeout loses its pin.
+    With nf_conntrack_tcp_timeout_established = 3 s in the router's namespace: a drained
+    server's connections survive while their entries live, and break once the entries expired
+    (the next packet makes a new entry, pinned to the current group, i.e. to another server);
+    the other servers' connections are re-pinned to the same servers and keep working."""
+    require_binary("nft")
+    lab = PinLab(topo, tmp_path)
+    try:
+        lab.rtr.sysctl("net.netfilter.nf_conntrack_tcp_timeout_established", 3)
+        lab.start_router("resilient", pinning=True)
+        lab.start_servers()
+        lab.wait_members([1, 2, 3])
+        lab.start_client()
+        spread = lab.open(90)
+        assert set(spread) == {"s1", "s2", "s3"}, spread
+        lab.announce(3, drain=True)
+        lab.wait_members([1, 2])
+        r = lab.probe()
+        assert r["broken"] == {}, r  # entries alive (< 3 s idle): pins hold
+        time.sleep(5)  # entries expire
+        r = lab.probe()
+        assert r["broken"] == {"s3": spread["s3"]}, r
+    except BaseException:
+        print(lab.router_log()[-5000:])
+        raise
+    finally:
+        lab.close()

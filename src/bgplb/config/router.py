@@ -128,7 +128,7 @@ class FibConfig(Section):
     unbalanced_timer: Duration = 60.0  # 0: never force-migrate busy buckets
     keep_on_exit: bool = False  # leave our routes in the kernel on exit (graceful restart)
     # Connection pinning (docs/pinning.md): conntrack mark per server, ip rule + table per server.
-    pinning: bool = True
+    pinning: bool = False  # opt-in: turns conntrack on in the forwarding path (docs/pinning.md)
     mark_mask: Annotated[int, PlainValidator(_mark_mask)] = 0x00FF0000
     pin_tables: Annotated[tuple[int, int], PlainValidator(_table_range)] = (20000, 20254)
     pin_rule_priority: Annotated[int, int_in(1, 32765)] = 1000

@@ -257,6 +257,7 @@ class Router:
             return
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(self.fib.watch_fileno())
+        router_pinning.close(self)  # waits for a sync still running in its thread, then cleans up
         try:
             if self.config.fib.keep_on_exit:
                 log.info("fib: keeping our routes in the kernel (keep_on_exit)")
@@ -265,7 +266,6 @@ class Router:
         except Exception as exc:
             log.error("fib: cleanup failed: %s", exc)
         finally:
-            router_pinning.close(self)
             self.fib.close()
             self.fib = None
 

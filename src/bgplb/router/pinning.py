@@ -29,6 +29,9 @@ Rules (per server = (gateway address, ifindex), per VIP):
 * A server keeps its **slot** (mark + table) while it holds at least one pin. A freed slot is
   reused last (least recently freed first), so stale conntrack marks of a dead server's
   connections are unlikely to point at a new server.
+* **Adoption** (:meth:`Planner.adopt`): after a restart, the slots read back from the kernel
+  are reserved for their servers until a deadline, so a server that announces again gets its
+  old mark back and old conntrack marks keep naming it.
 * **Refusals**: a server whose next hop is of the other address family than the VIP (an IPv4
   VIP via an IPv6 next hop, RFC 8950) cannot be matched by ``rt ip nexthop``; it is not pinned
   (it stays in the group with its RIB weight) and :attr:`PinPlan.refused` says why. Same when
@@ -173,6 +176,7 @@ class Planner:
     _entries: dict[tuple[Server, IPNetwork], _Entry] = field(default_factory=dict)
     _slots: dict[Server, int] = field(default_factory=dict)
     _freed: dict[int, float] = field(default_factory=dict)
+    _reserved: dict[Server, float] = field(default_factory=dict)  # adopted, until
 
     def __post_init__(self) -> None:
         if not 0 < self.mask <= 0xFFFFFFFF:
@@ -201,12 +205,14 @@ class Planner:
     def slots(self) -> Mapping[Server, int]:
         return dict(self._slots)
 
-    def adopt(self, assignments: Mapping[Server, int]) -> None:
+    def adopt(self, assignments: Mapping[Server, int], until: float) -> None:
         """At start: keep the slots the kernel already holds (a restart after kill -9 or with
-        ``keep_on_exit``), so conntrack marks keep pointing at the same servers."""
+        ``keep_on_exit``), so conntrack marks keep pointing at the same servers. A server that
+        has not come back by `until` loses its slot; before, nobody else gets it."""
         for server, slot in assignments.items():
             if 1 <= slot <= self.capacity and slot not in self._slots.values():
                 self._slots.setdefault(server, slot)
+                self._reserved[server] = until
 
     def plan(
         self,
@@ -250,7 +256,10 @@ class Planner:
         # 2. slots: free those of servers without pins, then give slots to new servers
         wanted = {server for server, _ in self._entries}
         for server in list(self._slots):
-            if server not in wanted:
+            if server in wanted:
+                self._reserved.pop(server, None)
+            elif self._reserved.get(server, now) <= now:
+                self._reserved.pop(server, None)
                 self._freed[self._slots.pop(server)] = now
         for server in sorted(wanted, key=Server.sort_key):
             if server in self._slots:

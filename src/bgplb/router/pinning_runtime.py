@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from bgplb.router.daemon import Router
 
 log = logging.getLogger("bgplb.router")
+
+#: After a restart, adopted slots wait this long for their server to announce again.
+ADOPT_GRACE = 120.0
 
 
 class RouterPinning:
@@ -43,11 +47,16 @@ class RouterPinning:
         self.refused: set[str] = set()
         self.errors = 0
         self._timer: asyncio.TimerHandle | None = None
+        # sync() runs in a worker thread that task cancellation does not stop: close() waits
+        # for it, and a sync after close() does nothing (it would re-create what close removed)
+        self._lock = threading.Lock()
+        self.closed = False
 
     def adopt(self) -> None:
         marks = self.kernel.installed_marks()
         if marks:
-            self.planner.adopt({Server(m.gateway, m.oif): m.slot for m in marks})
+            until = asyncio.get_running_loop().time() + ADOPT_GRACE
+            self.planner.adopt({Server(m.gateway, m.oif): m.slot for m in marks}, until)
             log.info("pinning: adopted %d server slot(s) from the kernel", len(marks))
 
     def sync(
@@ -58,6 +67,18 @@ class RouterPinning:
         apply_fib: Callable[[dict[Any, list[tuple[Any, int, int]]]], list[Any]],
     ) -> list[Any]:
         """Blocking (run it in a thread): plan, pins before, groups, pins after."""
+        with self._lock:
+            if self.closed:
+                return []
+            return self._sync(entries, established, now, apply_fib)
+
+    def _sync(
+        self,
+        entries: Mapping[Any, Any],
+        established: set[str],
+        now: float,
+        apply_fib: Callable[[dict[Any, list[tuple[Any, int, int]]]], list[Any]],
+    ) -> list[Any]:
         from bgplb.linux.pinroutes import PinSpec
 
         plan = self.planner.plan(
@@ -100,6 +121,8 @@ class RouterPinning:
     def close(self, keep: bool) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        with self._lock:
+            self.closed = True
         try:
             if keep:
                 log.info("pinning: keeping rules, tables and nftables table (keep_on_exit)")

@@ -148,9 +148,26 @@ def test_one_server_two_vips_one_slot():
 
 def test_adopt_keeps_kernel_slots():
     p = Planner()
-    p.adopt({Server(S2, nh(S2).ifindex): 5})
+    p.adopt({Server(S2, nh(S2).ifindex): 5}, until=100.0)
     plan = p.plan({VIP: [nh(S1), nh(S2)]}, set(), 0.0)
     assert servers(plan)[S2].slot == 5 and servers(plan)[S1].slot == 1
+
+
+def test_adopted_slots_wait_for_their_server_until_the_grace_ends():
+    p = Planner(mask=0x3, tables=(100, 199))  # 3 slots
+    a, b = Server(S1, nh(S1).ifindex), Server(S2, nh(S2).ifindex)
+    p.adopt({a: 1, b: 2}, until=50.0)
+    plan = p.plan({VIP: [nh(S3)]}, set(), 1.0)  # S3 first: must not take 1 or 2
+    assert servers(plan)[S3].slot == 3
+    plan = p.plan({VIP: [nh(S3), nh(S2)]}, set(), 2.0)
+    assert servers(plan)[S2].slot == 2 and S1 not in servers(plan)
+    s4 = ip_address("192.0.2.50")
+    plan = p.plan({VIP: [nh(S3), nh(S2), nh(s4)]}, set(), 3.0)
+    assert s4 not in servers(plan)  # slot 1 still reserved for S1
+    plan = p.plan({VIP: [nh(S3), nh(S2), nh(s4)]}, set(), 50.0)
+    assert s4 not in servers(plan)  # freed at 50, never handed out in the same plan
+    plan = p.plan({VIP: [nh(S3), nh(S2), nh(s4)]}, set(), 51.0)
+    assert servers(plan)[s4].slot == 1
 
 
 def test_bad_settings():
