@@ -157,3 +157,78 @@ def test_router_with_bgplb_agents_and_frr(topo, daemons, tmp_path: Path) -> None
             shutil.rmtree(a.workdir, ignore_errors=True)
         if router.proc and router.proc.poll() is None:
             router.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="router bug: build_status -> KernelFib.buckets_share dumps the kernel once per VIP",
+)
+def test_router_status_reads_the_kernel_once_per_request_not_once_per_vip(
+    topo, tmp_path: Path
+) -> None:
+    """`bgplb status` runs `build_status` in the router's event loop. The bucket share of each
+    VIP must come from one kernel read per request: today every VIP's `buckets_share` dumps all
+    nexthops and routes again (`KernelFib.installed()`), so a status request costs
+    O(VIPs x (VIPs + nexthops)) netlink decoding with the event loop blocked — measured with
+    1000 VIPs x 10 peers: the request timed out, keepalives stopped and SIGTERM went unanswered
+    for minutes (docs/benchmarks.md, router_scale). Counted, not timed: the real KernelFib in a
+    namespace, its `installed` wrapped to count calls."""
+    import asyncio
+    import ipaddress
+
+    from bgplb.bgp.attributes import PathAttributes
+    from bgplb.bgp.prefix import Prefix
+    from bgplb.config import load_router_config
+    from bgplb.control.router_status import build_status
+    from bgplb.linux.fib import KernelFib
+    from bgplb.router.daemon import Router
+    from bgplb.router.rib import Connected
+
+    rtr = topo.add("rtr")
+    srv = topo.add("s1")
+    topo.link(rtr, srv, ["192.0.2.9/29"], ["192.0.2.10/29"], "srv1", "uplink")
+    conf = tmp_path / "router.toml"
+    conf.write_text(router_config(OPEN_RANGES).replace("@SOCK@", str(tmp_path / "router.sock")))
+    router = Router(load_router_config(conf), conf)
+    ifindex = json.loads(rtr.exec("ip", "-j", "link", "show", "srv1"))[0]["ifindex"]
+    router.rib.set_connected(
+        [
+            Connected(
+                ipaddress.ip_network("192.0.2.8/29"), ifindex, ipaddress.ip_address("192.0.2.9")
+            )
+        ]
+    )
+    vips = [Prefix.parse(f"198.51.100.{i}/32") for i in range(1, 41)]
+    for peer, gw in (("192.0.2.10", "192.0.2.10"), ("192.0.2.11", "192.0.2.11")):
+        router.rib.peer_up(peer, 0.0, asn=65001)
+        router.rib.update(peer, vips, PathAttributes(next_hop=ipaddress.IPv4Address(gw)), [], 0.0)
+    fib = KernelFib(netns=rtr.name, group="resilient", buckets=64, idle_timer=1, unbalanced_timer=0)
+    try:
+        desired = {
+            vip.network: [(n.address, n.ifindex, n.weight) for n in router.rib.fib_entry(vip)]
+            for vip in vips
+        }
+        fib.apply(desired)
+        router.fib = fib
+        calls = 0
+        real_installed = fib.installed
+
+        def counting_installed():  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            return real_installed()
+
+        fib.installed = counting_installed  # type: ignore[method-assign]
+
+        async def status() -> dict:
+            return build_status(router)
+
+        st = asyncio.run(status())
+        # the answer itself is right: 40 VIPs, 64 buckets each, split over the two gateways
+        assert len(st["vips"]) == 40
+        for row in st["vips"]:
+            assert sum(n["buckets"] for n in row["nexthops"]) == 64, row
+        assert calls <= 1, f"status read the kernel {calls} times for 40 VIPs"
+    finally:
+        fib.cleanup()
+        fib.close()
