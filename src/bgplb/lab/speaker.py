@@ -170,16 +170,23 @@ class Speaker:
         self.done.set()
 
     async def read_stdin(self) -> None:
+        # A pipe reader (not a thread blocked in readline) so that exit never waits on stdin.
         loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line:
+            raw = await reader.readline()
+            if not raw:
                 await self.stop("stdin closed")
                 return
-            line = line.strip()
+            line = raw.decode().strip()
             if line:
                 try:
-                    self.command(json.loads(line))
+                    cmd = json.loads(line)
+                    if "stop" in cmd:  # no more commands: stop with this message
+                        await self.stop(cmd["stop"] or "")
+                        return
+                    self.command(cmd)
                 except Exception as exc:  # report and keep going
                     self.emit(event="error", error=f"{type(exc).__name__}: {exc}")
 
@@ -336,6 +343,8 @@ class SpeakerProcess:
         if self.proc.poll() is None:
             try:
                 self.send(stop=message)
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()  # EOF also stops the speaker, should the command be lost
                 self.proc.wait(timeout)
             except (BrokenPipeError, subprocess.TimeoutExpired):
                 self.proc.kill()
