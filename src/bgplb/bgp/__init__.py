@@ -1,7 +1,8 @@
 """Sans-IO BGP-4: wire codec (RFC 4271, 4760, 5492, 6793, 7606, 8654, 9003), session FSM, RIB.
 
-The codec modules (errors, families, prefix, capabilities, attributes, messages, framing,
-negotiated, packing) import only the standard library; everything public is re-exported here.
+The codec modules (errors, families, prefix, capabilities, attributes, attrparse, messages,
+framing, negotiated, packing) import only the standard library; everything public is re-exported
+here.
 """
 
 from .attributes import (

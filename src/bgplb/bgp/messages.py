@@ -18,9 +18,9 @@ from .attributes import (
     AS_TRANS,
     MPUnreachNLRI,
     PathAttributes,
-    decode_attributes,
     encode_attributes,
 )
+from .attrparse import decode_attributes
 from .capabilities import (
     Capability,
     FourOctetAS,
