@@ -13,18 +13,20 @@ Structure (one owner per table):
   re-installed; on start our stale objects are removed (reconcile), on exit ours are removed
   (unless ``[fib] keep_on_exit``);
 * SIGTERM / SIGINT: clean exit (Cease/Administrative Shutdown to every peer); SIGHUP: reload.
+
+This module holds the start-up/shutdown and the RIB task; listening, accepting and reload are in
+:mod:`bgplb.router.ranges`, the FIB and connected subnets in :mod:`bgplb.router.kernel`, BFD in
+:mod:`bgplb.router.bfd`, connection pinning in :mod:`bgplb.router.pinning_runtime`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
 import struct
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,56 +39,38 @@ from bgplb.bgp.session import (
     EndOfRibReceived,
     Event,
     RoutesReceived,
-    Session,
-    SessionConfig,
     SessionDown,
     SessionEstablished,
 )
-from bgplb.config import PeerRange, RouterConfig, load_router_config
-from bgplb.io.bgp import BgpListener, BgpPeer, IPAddress
+from bgplb.config import RouterConfig
+from bgplb.io.bgp import BgpListener, IPAddress
 from bgplb.router import bfd as router_bfd
-from bgplb.router import pinning_runtime as router_pinning
-from bgplb.router.policy import IPNetwork, PrefixList, match_range
+from bgplb.router.kernel import CONNECTED_POLL, KernelSide, default_router_id, read_connected
+from bgplb.router.ranges import (
+    OUR_RESTART_TIME,
+    PeerEntry,
+    PeerRanges,
+    RangeState,
+    compile_ranges,
+)
 from bgplb.router.rib import Connected, Rib
 
+__all__ = [
+    "CONNECTED_POLL",
+    "FAMILIES",
+    "OUR_RESTART_TIME",
+    "Counters",
+    "PeerEntry",
+    "RangeState",
+    "Router",
+    "compile_ranges",
+    "default_router_id",
+    "read_connected",
+    "run_router",
+    "setup_logging",
+]
+
 log = logging.getLogger("bgplb.router")
-
-#: Restart time we advertise in our own Graceful Restart capability (we are a helper).
-OUR_RESTART_TIME = 120
-CONNECTED_POLL = 2.0
-
-
-@dataclass(slots=True)
-class RangeState:
-    """One ``[[peer_ranges]]`` entry, compiled."""
-
-    index: int
-    config: PeerRange
-    accept: PrefixList
-
-    @property
-    def network(self) -> IPNetwork:
-        return self.config.prefix
-
-    def key(self) -> tuple[Any, ...]:
-        c = self.config
-        return (str(c.prefix), c.asn, c.password, c.max_prefixes, str(self.accept), c.hold_time)
-
-
-@dataclass(slots=True)
-class PeerEntry:
-    """A dynamic neighbor: the connection's peer and the range it belongs to."""
-
-    address: IPAddress
-    peer: BgpPeer
-    range: RangeState
-    accepted_at: float
-    filtered: int = 0
-    over_limit: bool = False
-    updates: int = 0
-    last_error: str | None = None
-    bfd: Any = None  # bgplb.io.bgp_bfd.BfdLink when the range has `bfd` (router/bfd.py)
-    bfd_down: bool = False  # BFD tore the session down: no Graceful Restart for its paths
 
 
 @dataclass(slots=True)
@@ -101,45 +85,7 @@ class Counters:
     started_at: float = field(default_factory=time.time)
 
 
-def compile_ranges(config: RouterConfig) -> list[RangeState]:
-    return [
-        RangeState(i, r, PrefixList.from_filters(r.accept))
-        for i, r in enumerate(config.peer_ranges)
-    ]
-
-
-def read_connected(netns: str | None = None) -> list[Connected]:
-    """Directly connected subnets of this namespace: every interface address except loopback,
-    host routes (/32, /128) and IPv6 link-local ones."""
-    from pyroute2 import IPRoute, NetNS
-
-    out: list[Connected] = []
-    ipr = NetNS(netns) if netns else IPRoute()
-    try:
-        loopbacks = {link["index"] for link in ipr.get_links() if link["flags"] & 0x8}
-        for msg in ipr.get_addr():
-            if msg["index"] in loopbacks:
-                continue
-            address = msg.get_attr("IFA_ADDRESS")
-            if address is None:
-                continue
-            iface = ipaddress.ip_interface(f"{address}/{msg['prefixlen']}")
-            if iface.network.prefixlen == iface.max_prefixlen or iface.ip.is_link_local:
-                continue
-            out.append(Connected(iface.network, msg["index"], iface.ip))
-    finally:
-        ipr.close()
-    return out
-
-
-def default_router_id(connected: Iterable[Connected]) -> ipaddress.IPv4Address:
-    for c in connected:
-        if isinstance(c.local, ipaddress.IPv4Address):
-            return c.local
-    return ipaddress.IPv4Address("192.0.2.255")
-
-
-class Router:
+class Router(PeerRanges, KernelSide):
     """The router daemon. `run()` until `stop` is set (or a signal)."""
 
     def __init__(self, config: RouterConfig, config_path: str | Path | None = None) -> None:
@@ -221,116 +167,6 @@ class Router:
         await status.close()
         self._close_fib()
         return 0
-
-    def _open_fib(self) -> None:
-        from bgplb.linux.fib import KernelFib
-
-        f = self.config.fib
-        self.fib = KernelFib(
-            table=f.table,
-            group=f.group,
-            buckets=f.buckets,
-            idle_timer=f.idle_timer,
-            unbalanced_timer=f.unbalanced_timer,
-        )
-        self.fib.start_watching()
-        if not f.keep_on_exit:
-            ops = self.fib.reconcile()
-            if ops:
-                log.info("fib: removed %d stale kernel object(s) of ours", len(ops))
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self.fib.watch_fileno(), self._kernel_events)
-        router_pinning.open(self)
-
-    def _kernel_events(self) -> None:
-        try:
-            ops = self.fib.process_events()
-        except Exception as exc:
-            self.counters.fib_errors += 1
-            log.error("fib: re-install failed: %s", exc)
-            return
-        if ops:
-            log.warning("fib: re-installed %d object(s) someone else removed", len(ops))
-
-    def _close_fib(self) -> None:
-        if self.fib is None:
-            return
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(self.fib.watch_fileno())
-        router_pinning.close(self)  # waits for a sync still running in its thread, then cleans up
-        try:
-            if self.config.fib.keep_on_exit:
-                log.info("fib: keeping our routes in the kernel (keep_on_exit)")
-            else:
-                self.fib.cleanup()
-        except Exception as exc:
-            log.error("fib: cleanup failed: %s", exc)
-        finally:
-            self.fib.close()
-            self.fib = None
-
-    async def _start_listeners(self) -> None:
-        by_port: dict[int, list[str]] = {}
-        for hp in self.config.bgp.listen:
-            by_port.setdefault(hp.port, []).append(hp.host)
-        for port, hosts in by_port.items():
-            listener = BgpListener(hosts, port, self._on_accept)
-            await listener.start()
-            self.listeners.append(listener)
-        self._install_passwords(self.ranges, None)
-
-    def _install_passwords(self, new: list[RangeState], old: list[RangeState] | None) -> None:
-        for listener in self.listeners:
-            for r in old or []:
-                if r.config.password:
-                    listener.set_password(str(r.network), None)
-            for r in new:
-                if r.config.password:
-                    listener.set_password(str(r.network), r.config.password)
-
-    # -- accepting sessions ---------------------------------------------------------------------
-
-    def _on_accept(self, transport: Any, protocol: Any, remote: IPAddress) -> BgpPeer | None:
-        found = match_range([(r.network, r) for r in self.ranges], remote)
-        if found is None:
-            self.counters.refused_connections += 1
-            log.warning("refused BGP connection from %s: outside every peer range", remote)
-            return None
-        rng = found[1]
-        old = self.peers.get(remote)
-        if old is not None:
-            # A new connection from a known neighbor: it restarted. The old session is over
-            # (treated as a closed transport, so Graceful Restart applies).
-            log.info("%s: new connection replaces the existing session", remote)
-            old_peer = old.peer
-            old_peer.on_event = None
-            if old_peer.session.state is State.ESTABLISHED:
-                self.queue.put_nowait((old, "replaced"))
-            old_peer.abort()
-        c = self.config
-        session = Session(
-            SessionConfig(
-                local_asn=c.bgp.asn,
-                router_id=self.router_id or ipaddress.IPv4Address("192.0.2.255"),
-                peer_asn=None if rng.config.asn == "any" else rng.config.asn,
-                hold_time=rng.config.hold_time or c.bgp.hold_time,
-                passive=True,
-                automatic_restart=False,
-                graceful_restart_time=OUR_RESTART_TIME if c.bgp.graceful_restart else None,
-            )
-        )
-        entry: PeerEntry
-        peer = BgpPeer(session, _transport_for(remote), None, name=str(remote))
-        entry = PeerEntry(remote, peer, rng, time.time())
-        peer.on_event = lambda _p, event: self.queue.put_nowait((entry, event))
-        self.peers[remote] = entry
-        router_bfd.attach(self, entry, transport, replaces=old)
-        peer.start()
-        log.info("accepted BGP connection from %s (range %s)", remote, rng.network)
-        return peer
-
-    def _on_sighup(self) -> None:
-        self.queue.put_nowait((None, "reload"))
 
     # -- the RIB task ---------------------------------------------------------------------------
 
@@ -445,83 +281,6 @@ class Router:
             entry.peer.session.stop(now, CeaseSubcode.MAX_PREFIXES, data=data)
             entry.peer.kick()
 
-    async def _sync_fib(self) -> None:
-        dirty = self.rib.take_dirty()
-        due = router_pinning.due(self)  # a drained server's pins reached drain_linger
-        if not dirty and not due:
-            return
-        changed = due
-        for vip in dirty:
-            entry = self.rib.fib_entry(vip)
-            if entry:
-                if self.installed.get(vip) != entry:
-                    self.installed[vip] = entry
-                    changed = True
-            elif self.installed.pop(vip, None) is not None:
-                changed = True
-        if not changed or self.fib is None:
-            return
-        desired = {
-            vip.network: [(n.address, n.ifindex, n.weight) for n in entry]
-            for vip, entry in self.installed.items()
-        }
-        try:
-            ops = await router_pinning.sync(self, desired)
-            self.counters.fib_applies += 1
-            self.counters.last_apply_ops = len(ops)
-            log.debug("fib: %d operation(s)", len(ops))
-        except Exception as exc:
-            self.counters.fib_errors += 1
-            log.error("fib: apply failed: %s", exc)
-
-    async def _connected_task(self) -> None:
-        while True:
-            await asyncio.sleep(CONNECTED_POLL)
-            try:
-                connected = await asyncio.to_thread(read_connected)
-            except Exception as exc:  # netlink trouble: keep the last view
-                log.debug("reading interface addresses failed: %s", exc)
-                continue
-            if connected != self._connected:
-                self._connected = connected
-                self.rib.set_connected(connected)
-                self.queue.put_nowait((None, "connected"))
-
-    # -- reload ---------------------------------------------------------------------------------
-
-    def reload(self) -> None:
-        """SIGHUP: read the file again; sessions whose range settings changed (or whose source
-        left every range) are reset with Cease; the others are untouched."""
-        if self.config_path is None:
-            return
-        try:
-            config = load_router_config(self.config_path)
-        except Exception as exc:
-            log.error("reload failed, keeping the running configuration: %s", exc)
-            return
-        self.reloads += 1
-        old_ranges = self.ranges
-        new_ranges = compile_ranges(config)
-        self.config = config.model_copy(update={"fib": self.config.fib, "bgp": self.config.bgp})
-        self.ranges = new_ranges
-        self._install_passwords(new_ranges, old_ranges)
-        pairs = [(r.network, r) for r in new_ranges]
-        now = asyncio.get_running_loop().time()
-        for address, entry in list(self.peers.items()):
-            found = match_range(pairs, address)
-            if found is None:
-                log.warning("%s: no longer inside any peer range: closing", address)
-                entry.peer.session.stop(now, CeaseSubcode.PEER_DECONFIGURED)
-                entry.peer.kick()
-            elif found[1].key() != entry.range.key():
-                log.info("%s: its peer range changed: resetting the session", address)
-                entry.peer.session.stop(now, CeaseSubcode.OTHER_CONFIGURATION_CHANGE)
-                entry.peer.kick()
-            else:
-                entry.range = found[1]
-                router_bfd.reconfigure(self, entry)
-        log.info("configuration reloaded from %s", self.config_path)
-
     # -- visibility -----------------------------------------------------------------------------
 
     def peer_rows(self) -> list[dict[str, Any]]:
@@ -573,12 +332,6 @@ class Router:
                     }
                 )
         return rows
-
-
-def _transport_for(remote: IPAddress) -> Any:
-    from bgplb.io.bgp import Transport
-
-    return Transport(remote=remote)
 
 
 FAMILIES = (IPV4_UNICAST, IPV6_UNICAST)
