@@ -488,6 +488,13 @@ def _drain(r: Run, lab: Lab, loop: NsLoop, watcher: RouteWatcher) -> None:
     }
 
 
+def _errors_cell(figs: dict[str, Any]) -> str:
+    """``failed/requests within N ms``; just ``0/requests`` when nothing failed (no window)."""
+    if not figs["failed"]:
+        return f"0/{figs['requests']}"
+    return f"{figs['failed']}/{figs['requests']} within {figs['error_window_ms']} ms"
+
+
 def _summary(r: Run) -> None:
     f = r.figures
     r.title("Summary")
@@ -505,16 +512,12 @@ def _summary(r: Run) -> None:
     table.add_row(
         "1. web server on srv1 stops", "→ router drops srv1", _ms(w["route_drop_ms"] / 1000)
     )
-    table.add_row(
-        "", "client errors", f"{w['failed']}/{w['requests']} within {w['error_window_ms']} ms"
-    )
+    table.add_row("", "client errors", _errors_cell(w))
     table.add_row("", "web back → srv1 in the route", _ms(w["route_back_ms"] / 1000))
     h = f["host_down"]
     how = "BFD" if h["detection"] == "bfd" else f"hold timer {r.opts.hold_time} s"
     table.add_row(f"2. srv1 dies ({how})", "→ router drops srv1", _ms(h["route_drop_ms"] / 1000))
-    table.add_row(
-        "", "client errors", f"{h['failed']}/{h['requests']} within {h['error_window_ms']} ms"
-    )
+    table.add_row("", "client errors", _errors_cell(h))
     d = f["drain"]
     srv = d["server"]
     table.add_row(

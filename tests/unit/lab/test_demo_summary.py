@@ -1,0 +1,58 @@
+"""The demo's summary table, rendered from hand-made figures (no namespaces, no daemons)."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from bgplb.lab.demo import Options, Run, _summary
+
+
+def _figures(web_failed: int, host_failed: int) -> dict[str, object]:
+    def window(failed: int, ms: int) -> dict[str, object]:
+        return {
+            "requests": 66,
+            "failed": failed,
+            "error_window_ms": ms if failed else 0,
+            "errors_outside_window": 0,
+        }
+
+    return {
+        "fresh_requests": {"requests": 20, "answers": {"srv1": 10, "srv2": 10}, "failed": 0},
+        "web_stop": {**window(web_failed, 412), "route_drop_ms": 300, "route_back_ms": 250},
+        "host_down": {**window(host_failed, 987), "route_drop_ms": 900, "detection": "bfd"},
+        "drain": {
+            "server": "srv1",
+            "broken": 0,
+            "connections": 20,
+            "new_during_drain": {"srv1": 0, "srv2": 0},
+            "new_after_withdrawal": {"srv1": 0, "srv2": 12},
+            "withdrawal_ms": 6000,
+        },
+        "duration_s": 42.0,
+    }
+
+
+def _render(figures: dict[str, object]) -> str:
+    out = io.StringIO()
+    run = Run(Options(), Console(file=out, width=200, color_system=None))
+    run.figures = figures
+    _summary(run)
+    return out.getvalue()
+
+
+def test_no_client_errors_shows_no_window() -> None:
+    text = _render(_figures(web_failed=0, host_failed=0))
+    rows = [line for line in text.splitlines() if "client errors" in line]
+    assert len(rows) == 2
+    for row in rows:
+        assert row.rstrip(" │|").endswith("0/66"), row
+        assert "within" not in row
+
+
+def test_client_errors_show_their_window() -> None:
+    text = _render(_figures(web_failed=3, host_failed=0))
+    rows = [line for line in text.splitlines() if "client errors" in line]
+    assert "3/66 within 412 ms" in rows[0]
+    assert "within" not in rows[1] and "0/66" in rows[1]
