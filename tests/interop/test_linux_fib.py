@@ -262,6 +262,52 @@ def test_watcher_reinstalls_what_others_delete(lab):
         assert ours(r) == ([], [])
 
 
+def test_bucket_shares_in_one_read_and_from_another_thread(lab):
+    r = lab.router
+    vips = [f"198.51.100.{i}/32" for i in range(20, 40)]
+
+    def state(which):
+        return {v: [(lab.gw4[i], lab.ifs[i], 1) for i in which] for v in vips}
+
+    with KernelFib(r.name, buckets=64, idle_timer=1, unbalanced_timer=0) as fib:
+        fib.start_watching()
+        fib.apply(state([0, 1]))
+        got = fib.buckets_shares()
+        assert fib.dumps == 2  # the first apply, then one for every VIP's share
+        assert sorted(map(str, got.shares)) == sorted(vips) and got.omitted == ()
+        for share in got.shares.values():
+            assert set(map(str, share)) == {lab.gw4[0], lab.gw4[1]}
+            assert sum(share.values()) == 64
+        limited = fib.buckets_shares(limit=5 * 64)
+        assert len(limited.shares) == 5 and len(limited.omitted) == 15
+        assert fib.buckets_share(vips[0]) == got.shares[ipaddress.ip_network(vips[0])]
+
+        # reads in this thread while another applies: separate sockets, no mixed-up replies
+        errors: list[BaseException] = []
+
+        def flap():
+            try:
+                for n in range(30):
+                    fib.apply(state([0, 1, 2] if n % 2 == 0 else [0, 1]))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=flap, daemon=True)
+        thread.start()
+        reads = 0
+        while thread.is_alive() and reads < 200:
+            for share in fib.buckets_shares().shares.values():
+                # a nexthop created after the dump is not counted: a snapshot, not exact
+                assert 0 < sum(share.values()) <= 64
+                assert set(map(str, share)) <= set(lab.gw4)
+            reads += 1
+        thread.join(timeout=30)
+        assert not thread.is_alive() and not errors, errors
+        assert reads > 0
+        fib.cleanup()
+        assert ours(r) == ([], [])
+
+
 ECHO_SERVER = textwrap.dedent(
     """
     import asyncio, sys

@@ -159,10 +159,6 @@ def test_router_with_bgplb_agents_and_frr(topo, daemons, tmp_path: Path) -> None
             router.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="router bug: build_status -> KernelFib.buckets_share dumps the kernel once per VIP",
-)
 def test_router_status_reads_the_kernel_once_per_request_not_once_per_vip(
     topo, tmp_path: Path
 ) -> None:

@@ -14,7 +14,10 @@ The answer of ``{"command": "status"}`` is::
      "counters": {...}}
 
 ``share`` is the fraction of the resilient group's buckets the nexthop holds now (None for
-multipath groups or when not installed).
+multipath groups or when not installed). The shares come from one kernel read per request
+(`KernelFib.buckets_shares`), done in a worker thread by the control socket, and at most
+`KernelFib`'s bucket limit is read: ``fib.bucket_shares`` = ``{"shown", "omitted", "limit"}``
+says how many VIPs' shares were left out (their ``buckets``/``share`` are None).
 """
 
 from __future__ import annotations
@@ -36,18 +39,35 @@ if TYPE_CHECKING:
 log = logging.getLogger("bgplb.router")
 
 
-def build_status(router: Router, *, buckets: bool = True) -> dict[str, Any]:
-    """The status document (see the module docstring)."""
+def _wants_shares(router: Router) -> bool:
+    return router.fib is not None and router.config.fib.group == "resilient"
+
+
+def read_shares(router: Router) -> Any:
+    """The bucket shares of every installed VIP (a `KernelFib.BucketShares`) in one kernel
+    read, or None (no FIB, multipath, or kernel trouble: status must not break on it).
+    Blocking: call it with `asyncio.to_thread` from the event loop."""
+    fib = router.fib
+    if fib is None or not _wants_shares(router):
+        return None
+    try:
+        return fib.buckets_shares()
+    except Exception as exc:
+        log.debug("bucket shares: %s", exc)
+        return None
+
+
+def build_status(router: Router, *, buckets: bool = True, shares: Any = None) -> dict[str, Any]:
+    """The status document (see the module docstring). `shares`: the result of
+    `read_shares(router)`; None with `buckets` reads it here (blocking: one kernel dump)."""
     c = router.config
+    if buckets and shares is None:
+        shares = read_shares(router)
+    by_vip: dict[Any, dict[Any, int]] = shares.shares if shares is not None else {}
     vips = []
     for vip in sorted(router.rib.vips):
         entry = router.rib.fib_entry(vip)
-        share: dict[Any, int] = {}
-        if buckets and router.fib is not None and c.fib.group == "resilient" and entry:
-            try:
-                share = router.fib.buckets_share(vip.network)
-            except Exception as exc:  # kernel trouble must not break status
-                log.debug("bucket share of %s: %s", vip, exc)
+        share = by_vip.get(vip.network, {}) if entry else {}
         total = sum(share.values())
         nexthops = [
             {
@@ -89,6 +109,9 @@ def build_status(router: Router, *, buckets: bool = True) -> dict[str, Any]:
             "idle_timer": c.fib.idle_timer,
             "unbalanced_timer": c.fib.unbalanced_timer,
             "reinstalls": getattr(router.fib, "reinstalls", 0),
+            "bucket_shares": None
+            if shares is None
+            else {"shown": len(by_vip), "omitted": len(shares.omitted), "limit": shares.limit},
         },
         "peer_ranges": [
             {
@@ -127,7 +150,10 @@ class RouterStatusServer:
         self._task: asyncio.Task[None] | None = None
 
     async def _status(self, request: dict[str, Any]) -> dict[str, Any]:
-        return build_status(self.router)
+        # the kernel read (one dump, then one bucket dump per group) runs off the event loop;
+        # KernelFib reads through its own socket, so an apply in another thread is unaffected
+        shares = await asyncio.to_thread(read_shares, self.router)
+        return build_status(self.router, buckets=shares is not None, shares=shares)
 
     async def start(self) -> None:
         await self.control.start()
@@ -253,6 +279,12 @@ def render_status(status: dict[str, Any], console: Console | None = None) -> Non
                 "-" if n["share"] is None else f"{100 * n['share']:.1f}%",
             )
     console.print(vips)
+    counted = fib.get("bucket_shares") or {}
+    if counted.get("omitted"):
+        console.print(
+            f"[yellow]bucket shares of {counted['omitted']} VIP(s) not read[/yellow]: "
+            f"over {counted['limit']} buckets per status request"
+        )
     pinning = status.get("pinning") or {}
     if pinning.get("enabled"):
         pins = Table(title=f"Connection pinning (mark mask {pinning['mark_mask']})")

@@ -13,9 +13,13 @@ not in iproute2's reserved list, see /etc/iproute2/rt_protos; operators can name
 never modified or deleted; their nexthop ids are never reused.
 
 Threads: every method is blocking (netlink round trips of well under a millisecond each for a
-handful of VIPs) and guarded by one lock, so `watch()` may run in a thread while another thread
-calls `apply()`. From asyncio either run `watch(stop)` with `asyncio.to_thread`, or register
-`loop.add_reader(fib.watch_fileno(), fib.process_events)` after `start_watching()`.
+handful of VIPs). Changes go through one socket guarded by one lock, so `watch()` may run in a
+thread while another thread calls `apply()`. Reads of the kernel (`installed()`,
+`buckets_shares()`) use a second socket with its own lock: a status request in a thread
+neither races with nor waits for an apply in another. From asyncio either run `watch(stop)`
+with `asyncio.to_thread`, or register `loop.add_reader(fib.watch_fileno(), fib.process_events)`
+after `start_watching()`.
+
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from bgplb.linux import diff as d
@@ -51,6 +56,19 @@ _ODD = d.Gateway(IPv4Address(0), 0)  # identity given to our nexthops of an unex
 
 PathSpec = tuple[str | d.IPAddress, str | int, int]  # (gateway, oif name or index, weight)
 DesiredInput = Mapping[str | d.IPNetwork | d.IPAddress, Iterable[PathSpec]]
+
+
+STATUS_BUCKET_LIMIT = 262144
+"""Most buckets `buckets_shares()` reads per call by default (512 VIPs of 512 buckets)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BucketShares:
+    """Buckets per gateway of each VIP's resilient group, from one kernel dump."""
+
+    shares: dict[d.IPNetwork, dict[d.IPAddress, int]]
+    omitted: tuple[d.IPNetwork, ...] = ()  # resilient groups not read: over `limit`
+    limit: int = STATUS_BUCKET_LIMIT
 
 
 class FibError(RuntimeError):
@@ -83,8 +101,11 @@ class KernelFib:
         self.table = table
         self.id_base = id_base
         self.params = d.GroupParams(d.GroupKind(group), buckets, idle_timer, unbalanced_timer)
-        self._nl = NexthopSocket(netns)
+        self._nl = NexthopSocket(netns)  # changes, under _lock
+        self._reader = NexthopSocket(netns)  # dumps, under _read_lock (taken after _lock)
         self._lock = threading.RLock()
+        self._read_lock = threading.Lock()
+        self.dumps = 0  # full kernel reads (installed())
         self._desired: dict[d.IPNetwork, dict[d.Gateway, int]] | None = None  # None: no apply yet
         self._monitor: NexthopMonitor | None = None
         self.reinstalls = 0  # times process_events found something of ours missing or changed
@@ -96,6 +117,8 @@ class KernelFib:
                 self._monitor.close()
                 self._monitor = None
             self._nl.close()
+            with self._read_lock:
+                self._reader.close()
 
     def __enter__(self) -> KernelFib:
         return self
@@ -106,9 +129,10 @@ class KernelFib:
     # -- reading the kernel -------------------------------------------------------------------
     def installed(self) -> d.InstalledState:
         """Dump the kernel: our nexthops, groups and routes, and every id in use by others."""
-        with self._lock:
-            nexthops = self._nl.dump_nexthops()
-            routes = self._nl.dump_routes(protocol=self.protocol, table=self.table)
+        with self._read_lock:
+            self.dumps += 1
+            nexthops = self._reader.dump_nexthops()
+            routes = self._reader.dump_routes(protocol=self.protocol, table=self.table)
         singles: dict[int, d.Gateway] = {}
         groups: dict[int, d.InstalledGroup] = {}
         foreign: set[int] = set()
@@ -231,25 +255,46 @@ class KernelFib:
     def buckets_share(self, vip: str | d.IPNetwork | d.IPAddress) -> dict[d.IPAddress, int]:
         """Buckets per gateway of the VIP's resilient group ({} for none or multipath)."""
         net = ipaddress.ip_network(vip)
+        return self.buckets_shares([net], limit=0xFFFF).shares.get(net, {})
+
+    def buckets_shares(
+        self,
+        vips: Iterable[str | d.IPNetwork | d.IPAddress] | None = None,
+        limit: int = STATUS_BUCKET_LIMIT,
+    ) -> BucketShares:
+        """Buckets per gateway of every VIP's resilient group (`vips`, or all of ours), from
+        one dump of nexthops and routes plus one bucket dump per group. Groups are read in VIP
+        order while the bucket count stays within `limit`; the others are listed in `omitted`.
+        VIPs without a resilient group of ours are absent. Never takes the lock of `apply()`:
+        safe to call from another thread (e.g. `asyncio.to_thread`) while an apply runs."""
         state = self.installed()
-        group_id = state.routes.get(net)
-        if group_id is None or group_id not in state.groups:
-            return {}
-        if state.groups[group_id].params.kind is not d.GroupKind.RESILIENT:
-            return {}
-        with self._lock:
-            try:
-                share = self._nl.bucket_share(group_id)
-            except NexthopError as exc:
-                if exc.errno in (errno.ENOENT, errno.EINVAL):
-                    return {}
-                raise
-        out: dict[d.IPAddress, int] = {}
-        for nh_id, count in share.items():
-            gw = state.nexthops.get(nh_id)
-            if gw is not None:
-                out[gw.address] = out.get(gw.address, 0) + count
-        return out
+        nets = state.routes if vips is None else {ipaddress.ip_network(v) for v in vips}
+        shares: dict[d.IPNetwork, dict[d.IPAddress, int]] = {}
+        omitted: list[d.IPNetwork] = []
+        used = 0
+        for net in sorted(nets, key=lambda n: (n.version, int(n.network_address), n.prefixlen)):
+            group_id = state.routes.get(net)
+            group = state.groups.get(group_id) if group_id is not None else None
+            if group is None or group.params.kind is not d.GroupKind.RESILIENT:
+                continue
+            if used + group.params.buckets > limit:
+                omitted.append(net)
+                continue
+            with self._read_lock:
+                try:
+                    share = self._reader.bucket_share(group.id)
+                except NexthopError as exc:
+                    if exc.errno in (errno.ENOENT, errno.EINVAL):
+                        continue  # gone since the dump
+                    raise
+            used += group.params.buckets
+            out: dict[d.IPAddress, int] = {}
+            for nh_id, count in share.items():
+                gw = state.nexthops.get(nh_id)
+                if gw is not None:
+                    out[gw.address] = out.get(gw.address, 0) + count
+            shares[net] = out
+        return BucketShares(shares, tuple(omitted), limit)
 
     # -- watching -----------------------------------------------------------------------------
     def start_watching(self) -> None:

@@ -13,7 +13,8 @@ import errno
 import os
 import select
 import socket
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Iterator
 
 from pyroute2.netlink import (
     NETLINK_ADD_MEMBERSHIP,
@@ -112,9 +113,24 @@ class NexthopSocket:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def portid(self) -> int:
+        """The netlink port id the kernel gave this socket: notifications of the changes made
+        through it carry it as nlmsg_pid (see `NexthopMonitor.ignore_pids`)."""
+        pid: int = self._sock.getsockname()[0]
+        return pid
+
     # -- low level ------------------------------------------------------------------------
     def request(self, msg: nlmsg, msg_type: int, flags: int) -> list[nlmsg]:
         """Send one request and collect its replies (until DONE or the ACK); raise on error."""
+        replies: list[nlmsg] = []
+        for data, offset, length in self._exchange(msg, msg_type, flags):
+            replies.extend(parse_messages(data[offset : offset + length]))
+        return replies
+
+    def _exchange(self, msg: nlmsg, msg_type: int, flags: int) -> Iterator[tuple[bytes, int, int]]:
+        """Send one request; yield its replies undecoded as (datagram, offset, length), until
+        DONE or the ACK; raise NexthopError on an error."""
         self._seq = (self._seq % 0x7FFFFFFF) + 1
         seq = self._seq
         msg["header"]["type"] = msg_type
@@ -123,26 +139,27 @@ class NexthopSocket:
         msg["header"]["pid"] = 0
         msg.encode()
         self._sock.send(bytes(msg.data))
-        replies: list[nlmsg] = []
         dump = bool(flags & NLM_F_DUMP)
         while True:
             data = self._sock.recv(1 << 20)
-            for reply in parse_messages(data):
-                header = reply["header"]
-                if header["sequence_number"] != seq:
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind, _, rseq = _HEADER.unpack_from(data, offset)
+                if length < 16 or offset + length > len(data):
+                    break
+                here, offset = offset, offset + ((length + 3) & ~3)
+                if rseq != seq:
                     continue
-                if header["type"] == NLMSG_ERROR:
-                    code = -reply["error"]
-                    if code:
-                        text = reply.get("ext_ack")
-                        detail = f": {text}" if text else ""
-                        raise NexthopError(code, f"{os.strerror(code)}{detail}")
-                    return replies
-                if header["type"] == NLMSG_DONE:
-                    return replies
-                replies.append(reply)
+                if kind == NLMSG_ERROR:
+                    (err,) = struct.unpack_from("=i", data, here + 16)
+                    if err:
+                        raise _error(data[here : here + length], -err)
+                    return
+                if kind == NLMSG_DONE:
+                    return
+                yield data, here, length
                 if not dump and not flags & NLM_F_ACK:
-                    return replies
+                    return
 
     def _change(self, msg: nlmsg, msg_type: int, replace: bool) -> None:
         flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
@@ -234,10 +251,20 @@ class NexthopSocket:
         return [decode_bucket(m) for m in replies if m["header"]["type"] == RTM_NEWNEXTHOPBUCKET]
 
     def bucket_share(self, group_id: int) -> dict[int, int]:
-        """How many buckets of a resilient group each member nexthop id holds."""
+        """How many buckets of a resilient group each member nexthop id holds. The bucket
+        messages are counted without decoding them with pyroute2 (a 512-bucket group is 512
+        messages: ~1 ms here instead of ~50 ms)."""
+        msg = nhmsg()
+        msg["family"] = socket.AF_UNSPEC
+        msg["attrs"] = [["NHA_ID", group_id]]
         share: dict[int, int] = {}
-        for bucket in self.dump_buckets(group_id):
-            share[bucket.nh_id] = share.get(bucket.nh_id, 0) + 1
+        flags = NLM_F_REQUEST | NLM_F_DUMP
+        for data, offset, length in self._exchange(msg, RTM_GETNEXTHOPBUCKET, flags):
+            if _HEADER.unpack_from(data, offset)[1] != RTM_NEWNEXTHOPBUCKET:
+                continue
+            nh_id = _bucket_nh_id(data, offset, length)
+            if nh_id is not None:
+                share[nh_id] = share.get(nh_id, 0) + 1
         return share
 
     # -- routes ---------------------------------------------------------------------------
@@ -278,6 +305,49 @@ class NexthopSocket:
         return routes
 
 
+_HEADER = struct.Struct("=IHHI")  # nlmsghdr: length, type, flags, sequence (pid follows)
+_NOTIFY_HEADER = struct.Struct("=IHHII")  # nlmsghdr with nlmsg_pid
+_EVENT_TYPES = frozenset((RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_NEWROUTE, RTM_DELROUTE))
+_NLA = struct.Struct("=HH")
+_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+_NHMSG_LEN = 8  # struct nhmsg
+_NHA_RES_BUCKET = 13
+_NHA_RES_BUCKET_NH_ID = 3
+
+
+def _error(raw: bytes, code: int) -> NexthopError:
+    text = None
+    for reply in parse_messages(raw):
+        text = reply.get("ext_ack")
+    detail = f": {text}" if text else ""
+    return NexthopError(code, f"{os.strerror(code)}{detail}")
+
+
+def _bucket_nh_id(data: bytes, offset: int, length: int) -> int | None:
+    """NHA_RES_BUCKET / NHA_RES_BUCKET_NH_ID of an RTM_NEWNEXTHOPBUCKET message, by hand."""
+    pos, end = offset + 16 + _NHMSG_LEN, offset + length
+    while pos + 4 <= end:
+        nla_len, nla_type = _NLA.unpack_from(data, pos)
+        if nla_len < 4:
+            return None
+        if nla_type & _NLA_TYPE_MASK == _NHA_RES_BUCKET:
+            inner, inner_end = pos + 4, min(pos + nla_len, end)
+            while inner + 4 <= inner_end:
+                sub_len, sub_type = _NLA.unpack_from(data, inner)
+                if sub_len < 4:
+                    return None
+                if (
+                    sub_type & _NLA_TYPE_MASK == _NHA_RES_BUCKET_NH_ID
+                    and min(sub_len, inner_end - inner) >= 8
+                ):
+                    nh_id: int = struct.unpack_from("=I", data, inner + 4)[0]
+                    return nh_id
+                inner += (sub_len + 3) & ~3
+            return None
+        pos += (nla_len + 3) & ~3
+    return None
+
+
 class NexthopMonitor:
     """Multicast listener for nexthop and route notifications (blocking or non-blocking)."""
 
@@ -292,6 +362,8 @@ class NexthopMonitor:
             self._sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
         self._sock.setblocking(False)
         self.overruns = 0  # times the socket buffer overflowed (ENOBUFS): events were lost
+        self.ignore_pids: frozenset[int] = frozenset()  # nlmsg_pid of changes not to report
+        self.skipped = 0  # notifications dropped undecoded (ignored pid, or not an event type)
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -307,8 +379,14 @@ class NexthopMonitor:
 
     def read(self) -> list[KernelEvent]:
         """Everything pending, without blocking. After ENOBUFS (lost events) `overruns` grows:
-        the caller should then resynchronise by dumping."""
+        the caller should then resynchronise by dumping.
+
+        Notifications whose nlmsg_pid is in `ignore_pids` (the kernel puts the port id of the
+        socket whose request caused the change there) and those of other types than
+        RTM_NEW/DELNEXTHOP and RTM_NEW/DELROUTE (e.g. RTM_NEWNEXTHOPBUCKET) are counted in
+        `skipped` and dropped from their 20-byte header, without decoding them."""
         events: list[KernelEvent] = []
+        ignore = self.ignore_pids
         while True:
             try:
                 data = self._sock.recv(1 << 20)
@@ -319,10 +397,19 @@ class NexthopMonitor:
                     self.overruns += 1
                     continue
                 raise
-            for msg in parse_messages(data):
-                event = decode_event(msg)
-                if event is not None:
-                    events.append(event)
+            offset = 0
+            while offset + 20 <= len(data):
+                length, kind, _, _, pid = _NOTIFY_HEADER.unpack_from(data, offset)
+                if length < 16 or offset + length > len(data):
+                    break
+                here, offset = offset, offset + ((length + 3) & ~3)
+                if kind not in _EVENT_TYPES or pid in ignore:
+                    self.skipped += 1
+                    continue
+                for msg in parse_messages(data[here : here + length]):
+                    event = decode_event(msg)
+                    if event is not None:
+                        events.append(event)
 
     def wait(self, timeout: float | None) -> list[KernelEvent]:
         """Block up to `timeout` seconds for notifications, then return all pending ones."""
