@@ -262,6 +262,63 @@ def test_watcher_reinstalls_what_others_delete(lab):
         assert ours(r) == ([], [])
 
 
+def test_cached_state_reads_the_kernel_only_when_needed(lab):
+    """While watching, an apply diffs against the state our own operations left (no dump),
+    our own notifications are dropped undecoded, and anything someone else does makes the
+    next step read the kernel again."""
+    r = lab.router
+    with KernelFib(r.name, buckets=32) as fib:
+        fib.start_watching()
+        fib.apply(desired(lab, [0, 1]))
+        assert fib.dumps == 1
+        assert fib.apply(desired(lab, [0, 1])) == []  # idempotent, from the cache
+        fib.apply(desired(lab, [0, 1, 2], weights={0: 3}))
+        assert route_group(r, VIP4)[1] == {lab.gw4[0]: 3, lab.gw4[1]: 1, lab.gw4[2]: 1}
+        assert route_group(r, VIP6, v6=True)[1] == {lab.gw6[0]: 3, lab.gw6[1]: 1, lab.gw6[2]: 1}
+        time.sleep(0.2)
+        assert fib.process_events() == []  # our own changes: nothing to re-install
+        assert fib.dumps == 1 and fib.reinstalls == 0
+
+        # someone deletes our group, then we apply a change before reading the notification:
+        # the replace re-creates the group, the IPv4 route went silently with the old one
+        gid = route_group(r, VIP4)[0]["id"]
+        r.exec("ip", "nexthop", "del", "id", str(gid))
+        fib.apply(desired(lab, [0, 1]))
+        assert route_group(r, VIP4) is None  # the cache did not know
+        assert _wait(lambda: fib.process_events() is not None and route_group(r, VIP4))
+        assert route_group(r, VIP4)[1] == {lab.gw4[0]: 1, lab.gw4[1]: 1}
+        assert fib.reinstalls == 1 and fib.dumps == 2
+
+        # a foreign nexthop takes the id our next object would get: the add fails, we read
+        # the kernel again and take another id
+        before = {n["id"] for n in ours(r)[0]}
+        fib.apply(desired(lab, [0]))
+        freed = sorted(before - {n["id"] for n in ours(r)[0]})
+        assert freed
+        r.exec("ip", "nexthop", "add", "id", str(freed[0]), "via", lab.gw4[1], "dev",
+               lab.ifs[1], "proto", "zebra")  # fmt: skip
+        time.sleep(0.1)
+        assert fib.process_events() == []  # not ours
+        fib.apply(desired(lab, [0, 1, 2]))
+        assert fib.dumps == 3
+        assert route_group(r, VIP4)[1] == {lab.gw4[0]: 1, lab.gw4[1]: 1, lab.gw4[2]: 1}
+        assert freed[0] not in {n["id"] for n in ours(r)[0]}
+        fib.cleanup()
+        assert ours(r) == ([], [])
+    assert [n["id"] for n in _ip_json(r, "nexthop", "show")] == [freed[0]]
+
+
+def test_without_watcher_every_apply_reads_the_kernel(lab):
+    r = lab.router
+    with KernelFib(r.name, buckets=32) as fib:
+        fib.apply(desired(lab, [0, 1]))
+        r.exec("ip", "-6", "route", "del", "2001:db8:100::10/128")
+        fib.apply(desired(lab, [0, 1]))  # nothing watches: the apply itself must see it
+        assert route_group(r, VIP6, v6=True)[1] == {lab.gw6[0]: 1, lab.gw6[1]: 1}
+        assert fib.dumps == 2
+        fib.cleanup()
+
+
 def test_bucket_shares_in_one_read_and_from_another_thread(lab):
     r = lab.router
     vips = [f"198.51.100.{i}/32" for i in range(20, 40)]

@@ -20,6 +20,11 @@ neither races with nor waits for an apply in another. From asyncio either run `w
 with `asyncio.to_thread`, or register `loop.add_reader(fib.watch_fileno(), fib.process_events)`
 after `start_watching()`.
 
+Cost: while watching, the installed state is kept from our own successful operations, and the
+kernel is dumped again only at the first apply (reconcile), after a failed operation, or when
+the watcher sees a change it did not make (or lost notifications). The notifications of our own
+changes carry our socket's port id and are dropped undecoded. Without a watcher every apply
+dumps the kernel first (nothing would notice someone else's changes otherwise).
 """
 
 from __future__ import annotations
@@ -71,6 +76,44 @@ class BucketShares:
     limit: int = STATUS_BUCKET_LIMIT
 
 
+class _Installed:
+    """Our objects as the kernel holds them, kept up to date by our own operations (the
+    mutable twin of `diff.InstalledState`; `state()` shares its dicts, no copy)."""
+
+    __slots__ = ("foreign_ids", "groups", "nexthops", "routes")
+
+    def __init__(self, state: d.InstalledState) -> None:
+        self.nexthops = dict(state.nexthops)
+        self.groups = dict(state.groups)
+        self.routes = dict(state.routes)
+        self.foreign_ids = state.foreign_ids
+
+    def state(self) -> d.InstalledState:
+        return d.InstalledState(self.nexthops, self.groups, self.routes, self.foreign_ids)
+
+    def note(self, op: d.Op) -> None:
+        """Record a successful operation. The side effects the kernel adds (a deleted group
+        takes its routes, a deleted nexthop leaves its groups) never apply to the orders
+        `diff` gives: routes are re-pointed or deleted before their group, groups replaced
+        or deleted before their members."""
+        match op:
+            case d.AddNexthop(id=nh_id, gateway=gw):
+                self.nexthops[nh_id] = gw
+            case (
+                d.AddGroup(id=nh_id, members=members, params=p)
+                | d.ReplaceGroup(id=nh_id, members=members, params=p)
+            ):
+                self.groups[nh_id] = d.InstalledGroup(nh_id, members, p)
+            case d.AddRoute(dst=dst, nh_id=nh_id) | d.ReplaceRoute(dst=dst, nh_id=nh_id):
+                self.routes[dst] = nh_id
+            case d.DeleteRoute(dst=dst):
+                self.routes.pop(dst, None)
+            case d.DeleteGroup(id=nh_id):
+                self.groups.pop(nh_id, None)
+            case d.DeleteNexthop(id=nh_id):
+                self.nexthops.pop(nh_id, None)
+
+
 class FibError(RuntimeError):
     """An operation failed twice (also after re-reading the kernel); `op` and `errno` say which."""
 
@@ -105,6 +148,7 @@ class KernelFib:
         self._reader = NexthopSocket(netns)  # dumps, under _read_lock (taken after _lock)
         self._lock = threading.RLock()
         self._read_lock = threading.Lock()
+        self._cache: _Installed | None = None  # only while watching; None: dump first
         self.dumps = 0  # full kernel reads (installed())
         self._desired: dict[d.IPNetwork, dict[d.Gateway, int]] | None = None  # None: no apply yet
         self._monitor: NexthopMonitor | None = None
@@ -116,6 +160,7 @@ class KernelFib:
             if self._monitor is not None:
                 self._monitor.close()
                 self._monitor = None
+            self._cache = None
             self._nl.close()
             with self._read_lock:
                 self._reader.close()
@@ -185,28 +230,41 @@ class KernelFib:
     def reconcile(self, desired: DesiredInput | None = None) -> list[d.Op]:
         """At start: remove every stale object of ours (desired None), or adopt what matches
         `desired` and remove the rest (graceful restart: nothing that should stay is touched).
-        Objects of other protocols are never touched."""
-        return self.apply(desired or {})
+        Objects of other protocols are never touched. Always reads the kernel first."""
+        with self._lock:
+            self._cache = None
+            return self.apply(desired or {})
 
     def cleanup(self) -> list[d.Op]:
-        """Remove every route, group and nexthop of ours (and stop re-installing them)."""
-        return self.apply({})
+        """Remove every route, group and nexthop of ours (and stop re-installing them).
+        Reads the kernel first, like reconcile()."""
+        return self.reconcile()
 
     def _sync(self, state: Mapping[d.IPNetwork, Mapping[d.Gateway, int]]) -> list[d.Op]:
+        """Under self._lock. Diff against the cached state (while watching) or a dump, run the
+        operations, keep the result as the cache. A failed operation drops the cache."""
         done: list[d.Op] = []
         for attempt in (1, 2):
-            ops = d.diff(state, self.installed(), self.params, self.id_base)
+            model = self._cache if attempt == 1 else None
+            self._cache = None  # invalid until every operation succeeded
+            if model is None:
+                model = _Installed(self.installed())
+            ops = d.diff(state, model.state(), self.params, self.id_base)
             try:
                 for op in ops:
                     self._execute(op)
                     done.append(op)
-                return done
+                    model.note(op)
             except NexthopError as exc:
                 if attempt == 2:
                     raise FibError(op, exc) from exc
                 # someone changed the kernel under us (or a group vanished with its last
                 # member): read it again and redo the diff once
                 log.warning("fib: %s failed (%s); re-reading the kernel", op, exc)
+                continue
+            if self._monitor is not None:
+                self._cache = model
+            return done
         return done
 
     def _execute(self, op: d.Op) -> None:
@@ -302,6 +360,9 @@ class KernelFib:
         with self._lock:
             if self._monitor is None:
                 self._monitor = NexthopMonitor(self.netns)
+                # the kernel stamps the notifications of our own changes with our port id
+                self._monitor.ignore_pids = frozenset({self._nl.portid})
+                self._cache = None  # dumped before we listened: read again
 
     def watch_fileno(self) -> int:
         """The notification socket, for selectors / `loop.add_reader`."""
@@ -314,13 +375,18 @@ class KernelFib:
             case NexthopChanged(nexthop=nh) | NexthopDeleted(nexthop=nh):
                 return nh.protocol == self.protocol
             case RouteChanged(route=r) | RouteDeleted(route=r):
-                return r.protocol == self.protocol or r.dst in (self._desired or {})
+                # other tables (e.g. pinning's, protocol 200 too) are not the FIB's business
+                return r.table == self.table and (
+                    r.protocol == self.protocol or r.dst in (self._desired or {})
+                )
         return False
 
     def process_events(self) -> list[d.Op]:
         """Non-blocking: read pending notifications; if one concerns our objects (or events
-        were lost), re-install the last desired state. Returns the operations it took (our own
-        changes come back as notifications and then give no operation)."""
+        were lost), read the kernel again and re-install the last desired state. Returns the
+        operations it took. Notifications of our own changes are dropped undecoded (their
+        nlmsg_pid is our socket's); they take no lock, so this does not wait for an apply
+        running in another thread unless someone else changed our objects."""
         self.start_watching()
         assert self._monitor is not None
         overruns = self._monitor.overruns
@@ -330,6 +396,7 @@ class KernelFib:
         if not lost and not any(self._ours(e) for e in events):
             return []
         with self._lock:
+            self._cache = None  # someone else changed our objects: read the kernel again
             if self._desired is None:  # nothing applied yet: nothing to defend
                 return []
             ops = self._sync(self._desired)
