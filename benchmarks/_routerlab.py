@@ -25,6 +25,7 @@ from test_router_interop import BGPLB, RouterProc, build, hops, server_addrs  # 
 from bgplb.lab.netns import Namespace  # noqa: E402
 from bgplb.lab.peers import Bird  # noqa: E402
 from bgplb.lab.speaker import SpeakerProcess  # noqa: E402
+from bgplb.lab.wait import wait_until  # noqa: E402
 
 __all__ = [
     "ROUTER_AS",
@@ -48,14 +49,7 @@ ROUTER_AS = 65530
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = 20.0, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(step)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    return wait_until(probe, timeout, what, step=step)
 
 
 def workdir(name: str) -> Path:

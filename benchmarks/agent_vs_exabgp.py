@@ -61,6 +61,7 @@ from agent_lab import ROUTER_AS, SERVER_AS, VIP4, AgentLab, Server, build_lab  #
 from bgplb.lab.capture import Capture, _tshark  # noqa: E402
 from bgplb.lab.netns import Topology  # noqa: E402
 from bgplb.lab.peers import Bird  # noqa: E402
+from bgplb.lab.wait import wait_until  # noqa: E402
 
 EXABGP = "/usr/sbin/exabgp"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -185,15 +186,6 @@ def lab_factory(workdir: Path, made: list[Bird]) -> Callable[..., Any]:
         return d
 
     return make
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
 
 
 def ts(line: str) -> float:

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 from bgplb.lab.netns import Namespace, NetnsError, Topology
 from bgplb.lab.peers import Bird, Daemon, kernel_routes
+from bgplb.lab.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BGPLB = [str(ROOT / ".venv" / "bin" / "python"), "-m", "bgplb.cli_agent"]
@@ -37,14 +37,7 @@ SERVER_AS = 65000
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
     """Poll until `predicate()` is truthy (return it) or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    return wait_until(predicate, timeout, what, step=step)
 
 
 @dataclass

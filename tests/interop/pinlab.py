@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bgplb.lab.speaker import SpeakerProcess
+from bgplb.lab.wait import wait_until
 
 HERE = Path(__file__).resolve().parent
 VIP = "198.51.100.10/32"
@@ -47,14 +47,7 @@ asyncio.run(main())
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    return wait_until(probe, timeout, what, step=0.1)
 
 
 def server_addrs(i: int) -> tuple[str, str, str, str]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from bgplb.lab.netns import Namespace, Topology
+from bgplb.lab.wait import wait_until
 
 
 def _root_conftest_require_binary() -> Callable[[str], str]:
@@ -114,12 +115,7 @@ class Bgplb:
 
 
 def wait_for(what: str, pred: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for: {what}")
+    wait_until(pred, timeout, what, step=0.2)
 
 
 def block(ns: Namespace) -> None:

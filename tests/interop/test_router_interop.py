@@ -21,6 +21,7 @@ import pytest
 from bgplb.control.socket import ControlError, request
 from bgplb.lab.netns import NetnsError
 from bgplb.lab.peers import Bird, ExaBgp, GoBgp, kernel_routes
+from bgplb.lab.wait import wait_until
 
 pytestmark = [pytest.mark.interop]
 
@@ -33,14 +34,7 @@ PROTO = "200"
 
 
 def wait_for(what: str, probe: Callable[[], object], timeout: float = 20.0) -> object:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    return wait_until(probe, timeout, what, step=0.1)
 
 
 def hops(ns, prefix: str) -> list[str] | None:
