@@ -19,11 +19,8 @@ Usage (root): .venv/bin/python benchmarks/agent_failover.py [--runs 5] [--interv
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,22 +31,9 @@ sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
 from agent_lab import build_lab, wait_for  # noqa: E402
 
-from bgplb.lab.capture import Capture, _tshark  # noqa: E402
+from _agentbench import daemons_factory, time_http_kill  # noqa: E402
 from bgplb.lab.netns import Topology  # noqa: E402
 from bgplb.lab.peers import Bird  # noqa: E402
-
-
-def daemons_factory(workdir: Path, made: list[Bird]):
-    def make(cls, ns, asn, router_id, **kw):
-        d = cls(ns, workdir / f"{cls.name}-{len(made)}", asn, router_id, **kw)
-        made.append(d)
-        return d
-
-    return make
-
-
-def ts(line: str) -> float:
-    return datetime.datetime.fromisoformat(line[1 : line.index("]")]).timestamp()
 
 
 def failover(args: argparse.Namespace) -> None:
@@ -76,32 +60,11 @@ def failover(args: argparse.Namespace) -> None:
                 lab.wait_nexthops([s1.address, s2.address], timeout=30)
                 time.sleep(0.5)
                 pcap = workdir / f"run{run}.pcap"
-                monitor = lab.router.popen(
-                    "ip", "-ts", "monitor", "route", stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                )  # fmt: skip
-                time.sleep(0.2)
-                with Capture(lab.router, "eth-s1", pcap):
-                    assert s1.http is not None
-                    t0 = time.time()
-                    s1.http.send_signal(signal.SIGKILL)
-                    s1.http.wait(5)
-                    s1.http = None
-                    lab.wait_nexthops([s2.address], timeout=10)
-                    time.sleep(0.2)
-                monitor.terminate()
-                out = monitor.communicate(timeout=5)[0].decode()
-                frames = _tshark(
-                    pcap, (179,), "-Y", f"ip.src == {s1.address} && bgp.withdrawn_prefix",
-                    "-T", "fields", "-e", "frame.time_epoch",
-                ).split()  # fmt: skip
-                changes = [
-                    ts(x) for x in out.splitlines() if x.startswith("[") and "198.51.100.10" in x
-                ]
-                if frames:
-                    wire.append((float(frames[0]) - t0) * 1000)
-                if changes:
-                    fib.append((changes[0] - t0) * 1000)
+                w, f = time_http_kill(lab, s1, s2, pcap, wait=10)
+                if w is not None:
+                    wire.append(w)
+                if f is not None:
+                    fib.append(f)
                 s1.start_http()
         finally:
             lab.close()

@@ -42,7 +42,6 @@ import os
 import random
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -51,14 +50,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
 from agent_lab import ROUTER_AS, SERVER_AS, VIP4, AgentLab, Server, build_lab  # noqa: E402
 
-from bgplb.lab.capture import Capture, _tshark  # noqa: E402
+from _agentbench import daemons_factory, time_http_kill  # noqa: E402
 from bgplb.lab.netns import Topology  # noqa: E402
 from bgplb.lab.peers import Bird  # noqa: E402
 from bgplb.lab.wait import wait_until  # noqa: E402
@@ -179,19 +177,6 @@ IDLE_SETUPS = {
 # -- lab -----------------------------------------------------------------------------------------
 
 
-def lab_factory(workdir: Path, made: list[Bird]) -> Callable[..., Any]:
-    def make(cls: type[Bird], ns: Any, asn: int, router_id: str, **kw: Any) -> Bird:
-        d = cls(ns, workdir / f"{cls.name}-{len(made)}", asn, router_id, **kw)
-        made.append(d)
-        return d
-
-    return make
-
-
-def ts(line: str) -> float:
-    return datetime.datetime.fromisoformat(line[1 : line.index("]")]).timestamp()
-
-
 def summary(values: list[float]) -> str:
     if not values:
         return "n/a"
@@ -207,7 +192,7 @@ def failover(setup: Setup, runs: int) -> tuple[list[float], list[float]]:
     workdir = Path(tempfile.mkdtemp(prefix="bgplb-vs-exabgp-"))
     made: list[Bird] = []
     with Topology(prefix="bench") as topo:
-        lab: AgentLab = build_lab(topo, lab_factory(workdir, made))
+        lab: AgentLab = build_lab(topo, daemons_factory(workdir, made))
         try:
             lab.bird.start()
             for s in lab.servers:
@@ -220,36 +205,15 @@ def failover(setup: Setup, runs: int) -> tuple[list[float], list[float]]:
                 # our run cadence and give the same delay every run)
                 time.sleep(1.0 + random.uniform(0, setup.period))
                 pcap = workdir / f"{setup.name}-{run}.pcap"
-                monitor = lab.router.popen(
-                    "ip", "-ts", "monitor", "route", stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                )  # fmt: skip
-                time.sleep(0.2)
-                with Capture(lab.router, "eth-s1", pcap):
-                    assert s1.http is not None
-                    t0 = time.time()
-                    s1.http.send_signal(signal.SIGKILL)
-                    s1.http.wait(5)
-                    s1.http = None
-                    lab.wait_nexthops([s2.address], timeout=setup.wait)
-                    time.sleep(0.2)
-                monitor.terminate()
-                out = monitor.communicate(timeout=5)[0].decode()
-                frames = _tshark(
-                    pcap, (179,), "-Y", f"ip.src == {s1.address} && bgp.withdrawn_prefix",
-                    "-T", "fields", "-e", "frame.time_epoch",
-                ).split()  # fmt: skip
-                changes = [
-                    ts(x) for x in out.splitlines() if x.startswith("[") and "198.51.100.10" in x
-                ]
-                if frames:
-                    wire.append((float(frames[0]) - t0) * 1000)
-                if changes:
-                    fib.append((changes[0] - t0) * 1000)
+                w, f = time_http_kill(lab, s1, s2, pcap, wait=setup.wait)
+                if w is not None:
+                    wire.append(w)
+                if f is not None:
+                    fib.append(f)
                 print(
                     f"  {setup.name} run {run}: wire "
-                    f"{wire[-1] if frames else float('nan'):.1f} ms, fib "
-                    f"{fib[-1] if changes else float('nan'):.1f} ms",
+                    f"{w if w is not None else float('nan'):.1f} ms, fib "
+                    f"{f if f is not None else float('nan'):.1f} ms",
                     flush=True,
                 )
                 s1.start_http()
@@ -313,7 +277,7 @@ def idle(name: str, start: Callable[..., None], seconds: float) -> str:
     workdir = Path(tempfile.mkdtemp(prefix="bgplb-vs-exabgp-"))
     made: list[Bird] = []
     with Topology(prefix="bench") as topo:
-        lab = build_lab(topo, lab_factory(workdir, made))
+        lab = build_lab(topo, daemons_factory(workdir, made))
         try:
             s1 = lab.servers[0]
             lab.bird.add_neighbor(s1.address6, SERVER_AS, passive=True)
