@@ -6,27 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bfdlab import free_port, until
 
 from bgplb.bfd import Diag, State
 from bgplb.io.bfd import BfdService
 from bgplb.io.bgp_bfd import BfdLink
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _until(what: str, pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def _silence(service: BfdService) -> None:
@@ -43,7 +32,7 @@ def _silence(service: BfdService) -> None:
 
 def test_link_rules() -> None:
     async def main() -> None:
-        port = _free_port()
+        port = free_port()
         a = BfdService(rng=random.Random(1), single_hop_port=port, listen_v4="127.0.0.1")
         b = BfdService(rng=random.Random(2), single_hop_port=port, listen_v4="127.0.1.1")
         downs: list[tuple[str, Diag]] = []
@@ -69,16 +58,16 @@ def test_link_rules() -> None:
                 on_down=lambda d: downs.append(("link", d)),
             )
             peer = b.request("127.0.0.1", "127.0.1.1", False, 50, 3)
-            await _until("Up", lambda: link.state == State.UP)
+            await until("Up", lambda: link.state == State.UP)
             assert link.status()["state"] == "up"
             peer.release()
-            await _until("Down after AdminDown", lambda: link.state == State.DOWN)
+            await until("Down after AdminDown", lambda: link.state == State.DOWN)
             assert downs == [] and link.downs == 0
             # 3. Up again, then the neighbor dies silently: detection time expires -> on_down.
             peer = b.request("127.0.0.1", "127.0.1.1", False, 50, 3)
-            await _until("Up again", lambda: link.state == State.UP)
+            await until("Up again", lambda: link.state == State.UP)
             _silence(b)
-            await _until("on_down", lambda: bool(downs))
+            await until("on_down", lambda: bool(downs))
             assert downs == [("link", Diag.CONTROL_DETECTION_TIME_EXPIRED)]
             st = link.status()
             assert st["downs"] == 1 and st["last_down_diag"] == "control detection time expired"

@@ -9,32 +9,22 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bfdlab import free_port, until
 
 from bgplb.bfd import ControlPacket, Diag, State, decode_packet, encode_packet
 from bgplb.io.bfd import BfdService
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _until(what: str, pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def test_shared_session_release_and_admin_down() -> None:
     async def main() -> None:
-        port = _free_port()
+        port = free_port()
         a = BfdService(rng=random.Random(1), single_hop_port=port, listen_v4="127.0.0.1")
         b = BfdService(rng=random.Random(2), single_hop_port=port, listen_v4="127.0.1.1")
         seen_a1: list[tuple[State, Diag]] = []
@@ -47,23 +37,23 @@ def test_shared_session_release_and_admin_down() -> None:
             hb = b.request(
                 "127.0.0.1", "127.0.1.1", False, 50, 3, lambda s, d: seen_b.append((s, d))
             )
-            await _until("Up", lambda: h1.state == State.UP and hb.state == State.UP)
+            await until("Up", lambda: h1.state == State.UP and hb.state == State.UP)
             # A second requester shares the session, is told it is Up, and its faster timers
             # are applied with a Poll Sequence.
             h2 = a.request(
                 "127.0.1.1", "127.0.0.1", False, 50, 3, lambda s, d: seen_a2.append((s, d))
             )
             assert len(a.sessions()) == 1 and a.sessions()[0].requests == 2
-            await _until("h2 notified", lambda: seen_a2 == [(State.UP, Diag.NO_DIAGNOSTIC)])
-            await _until("fast timers", lambda: a.sessions()[0].tx_interval_ms == 50)
+            await until("h2 notified", lambda: seen_a2 == [(State.UP, Diag.NO_DIAGNOSTIC)])
+            await until("fast timers", lambda: a.sessions()[0].tx_interval_ms == 50)
             assert a.sessions()[0].detection_time_ms == 150
             # Releasing one keeps the session; releasing the last takes it AdminDown.
             h2.release()
-            await _until("slow again", lambda: a.sessions()[0].tx_interval_ms == 300)
+            await until("slow again", lambda: a.sessions()[0].tx_interval_ms == 300)
             assert h1.state == State.UP
             h1.release()
             assert a.sessions() == []
-            await _until("b Down", lambda: hb.state == State.DOWN)
+            await until("b Down", lambda: hb.state == State.DOWN)
             assert seen_b[-1] == (State.DOWN, Diag.NEIGHBOR_SIGNALED_SESSION_DOWN)
             info = hb.info
             assert info is not None and info.remote_state == State.ADMIN_DOWN
@@ -77,7 +67,7 @@ def test_shared_session_release_and_admin_down() -> None:
 
 def test_source_port_range_and_ttl_255_sent() -> None:
     async def main() -> None:
-        port = _free_port()
+        port = free_port()
         listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         listener.bind(("127.0.1.2", port))
         listener.setsockopt(socket.IPPROTO_IP, 12, 1)  # IP_RECVTTL
@@ -112,7 +102,7 @@ def _recvmsg_blocking(
 @pytest.mark.parametrize(("ttl", "accepted"), [(64, False), (254, False), (255, True)])
 def test_single_hop_drops_ttl_below_255(ttl: int, accepted: bool) -> None:
     async def main() -> None:
-        port = _free_port()
+        port = free_port()
         svc = BfdService(rng=random.Random(4), single_hop_port=port, listen_v4="127.0.0.1")
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -128,7 +118,7 @@ def test_single_hop_drops_ttl_below_255(ttl: int, accepted: bool) -> None:
             )
             sender.sendto(encode_packet(pkt), ("127.0.0.1", port))
             sender.sendto(b"garbage", ("127.0.0.1", port))
-            await _until("packets handled", lambda: sum(svc.dropped.values()) >= 1 + (not accepted))
+            await until("packets handled", lambda: sum(svc.dropped.values()) >= 1 + (not accepted))
             await asyncio.sleep(0.05)
             if accepted:
                 assert h.state == State.INIT and svc.dropped == {"malformed": 1}
