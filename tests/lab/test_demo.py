@@ -1,8 +1,9 @@
 """`bgplb demo` end to end, as a user runs it (the CLI in a subprocess, `--json` parsed), with
 the embedded router and with BIRD 2. Assertions on outcomes only, never on timings: both
 servers answered; the route shrinks and grows in every scenario; every request outside the
-measured windows was answered; no long-lived connection broke in the drain; nothing is left
-behind (namespace, process, veth, state file, work directory).
+measured windows was answered; no long-lived connection broke in the drain (nor, with the
+embedded router's connection pinning, in the 2 s they stay open after the drained server's
+withdrawal); nothing is left behind (namespace, process, veth, state file, work directory).
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ def assert_nothing_left(cleanup: dict[str, Any], servers: int) -> None:
     assert not Path(cleanup["workdir"]).exists()
 
 
-def check_outcomes(figures: dict[str, Any]) -> None:
+def check_outcomes(figures: dict[str, Any], pinning: bool) -> None:
+    """`pinning`: the router pins connections (bgplb router), so none breaks after the drained
+    server's withdrawal either; without it (BIRD) only the drain itself must break none."""
     fresh = figures["fresh_requests"]
     assert fresh["failed"] == 0
     assert fresh["answers"]["srv1"] > 0 and fresh["answers"]["srv2"] > 0, fresh
@@ -93,7 +96,15 @@ def check_outcomes(figures: dict[str, Any]) -> None:
 
     d = figures["drain"]
     assert d["server"] == "srv2"
-    assert d["broken"] == 0, d["broken_reasons"]
+    assert d["broken_before_withdrawal"] == 0, d["broken_reasons"]
+    # the connections were still open at the withdrawal: what comes after is measured
+    assert d["open_at_withdrawal"] == d["connections"], d
+    assert d["long_lived_closed_after_withdrawal_ms"] > 0, d
+    if pinning:
+        assert d["broken_after_withdrawal"] == 0, d["broken_reasons"]
+        assert d["broken"] == 0, d["broken_reasons"]
+        # srv2 kept serving its pinned connections after it was withdrawn
+        assert d["answered_by_drained_after_withdrawal"] > 0, d
     assert d["route_after_withdrawal"] == ["srv1"], d
     assert d["route_restored"] == ["srv1", "srv2"], d
     assert sum(d["new_after_withdrawal"].values()) > 0
@@ -105,7 +116,7 @@ def test_demo_embedded_router() -> None:
     proc = run_cli("demo", "--json")
     assert proc.returncode == 0, proc.stderr[-4000:]
     figures = json.loads(proc.stdout)
-    check_outcomes(figures)
+    check_outcomes(figures, pinning=True)
     # the progress output went to stderr and tells the story
     for text in ("Welcome to nginx 1 !", "Welcome to nginx 2 !", "Scenario 3", "Summary"):
         assert text in proc.stderr
@@ -120,7 +131,7 @@ def test_demo_bird_router_builtin_web() -> None:
     proc = run_cli("demo", "--json", "--router", "bird", "--web", "builtin")
     assert proc.returncode == 0, proc.stderr[-4000:]
     figures = json.loads(proc.stdout)
-    check_outcomes(figures)
+    check_outcomes(figures, pinning=False)
     assert_nothing_left(figures["cleanup"], 2)
 
 

@@ -7,8 +7,9 @@ keeps sending requests and the router's kernel route is polled:
 1. the web server on srv1 stops → srv1's check fails, its agent withdraws; it comes back;
 2. srv1 dies (all its traffic dropped with nftables, its agent SIGKILLed) → the router notices
    through BFD when both ends run it, otherwise through the hold timer; it comes back;
-3. srv2 is drained (`bgplb drain web`) while long-lived connections run → none breaks, new
-   connections avoid srv2; undrain.
+3. srv2 is drained (`bgplb drain web`) while long-lived connections run, kept open until 2 s
+   after its withdrawal → broken connections before and after the withdrawal, where new
+   connections went; undrain.
 
 Everything it made is removed at the end, on error and on Ctrl-C/SIGTERM (try/finally, signal
 handlers, atexit). Figures are returned as a dict (`--json` prints it).
@@ -38,6 +39,7 @@ from bgplb.lab.topology import BGPLB, VIP4, VIP6, Lab, LabError, _python_env
 HOST = VIP4.split("/")[0]
 _ROUTER_NAMES = {"bgplb": "bgplb router", "bird": "BIRD 2", "frr": "FRR"}
 GRACE = 0.3  # s after the route change during which a request may still fail (in flight)
+KEEP_AFTER = 2.0  # s the long-lived connections of scenario 3 stay open after the withdrawal
 
 
 @dataclass
@@ -398,11 +400,42 @@ def _bgplb(lab: Lab, *args: str) -> str:
     return proc.stdout.strip()
 
 
+def _vip_phase(lab: Lab, i: int) -> str | None:
+    """The agent of server `i`'s phase for VIP4 (`draining`, `withdrawing`, `idle`, …)."""
+    try:
+        status = request(lab.state.agent_socket(i), "status", timeout=2)
+    except ControlError:
+        return None
+    for service in status.get("services", []):
+        for v in service.get("vips", []):
+            if v.get("vip") == VIP4:
+                return str(v.get("phase"))
+    return None
+
+
+def _wait_withdrawal(lab: Lab, i: int, timeout: float) -> tuple[float, float] | None:
+    """Poll the agent every 20 ms until it has withdrawn the drained VIP: `(lo, hi)` where `lo`
+    is the start of the last poll that still saw it draining (the withdrawal came after) and
+    `hi` the end of the first that saw it withdrawn (it came before)."""
+    deadline = time.monotonic() + timeout
+    lo = time.monotonic()
+    while time.monotonic() < deadline:
+        t = time.monotonic()
+        phase = _vip_phase(lab, i)
+        if phase in ("withdrawing", "idle"):
+            return lo, time.monotonic()
+        if phase == "draining":
+            lo = t
+        time.sleep(0.02)
+    return None
+
+
 def _drain(r: Run, lab: Lab, loop: NsLoop, watcher: RouteWatcher) -> None:
     n = r.opts.long_lived
     i = 2 if lab.state.servers >= 2 else 1
     name, addr = f"srv{i}", lab.server_address(i)
     drain_time = r.opts.drain_time
+    router = _ROUTER_NAMES[lab.state.router]
     r.title(f"Scenario 3: {name} is drained while {n} long-lived connections run")
     conns = LongLived(loop, HOST, n=n, period=0.2)
     conns.wait_open()
@@ -417,54 +450,90 @@ def _drain(r: Run, lab: Lab, loop: NsLoop, watcher: RouteWatcher) -> None:
     t_drain = r.event(f"{name} drained")
     out = _bgplb(lab, "drain", "web", "--socket", str(sock))
     r.say(f"$ bgplb drain web --socket {sock}\n   {out}")
-    # The connections end by themselves before the drain time is over, as clients finishing
-    # their downloads would; a connection still open at the withdrawal would break.
-    close_at = t_drain + max(1.0, drain_time - 1.5)
-    time.sleep(max(0.0, close_at - time.monotonic()))
+    # The long-lived connections stay open through the withdrawal (drain_time later) and for
+    # KEEP_AFTER more: what happens to connections that have not finished by then is the point.
+    seen = _wait_withdrawal(lab, i, drain_time + 10)
+    if seen is None:
+        conns.stop()
+        stream.stop()
+        raise LabError(f"the agent of {name} never withdrew the VIP after the drain")
+    t_w_lo, t_w_hi = seen
+    r.event(f"{name} withdrawn")
+    time.sleep(max(0.0, t_w_hi + KEEP_AFTER - time.monotonic()))
     t_closed = r.event("long-lived closed")
     result = conns.stop()
-    broken = [c for c in result if c.broken]
-    t_gone = watcher.wait_for(lambda h: addr not in h, drain_time + 15, since=t_drain)
+    t_gone = watcher.wait_for(lambda h: addr not in h, 15, since=t_drain)
     if t_gone is None:
         stream.stop()
-        raise LabError(f"{name} was never withdrawn after the drain")
+        raise LabError(f"{name} was never taken out of the route after the drain")
+    if t_gone > t_w_hi - 1.0:  # left with the withdrawal: let new connections show it
+        time.sleep(max(0.0, t_gone + 1.0 - time.monotonic()))
     r.event(f"router drops {name}")
-    time.sleep(1.5)
     during = stream.stop()
     r.answers += during
+    broken = [c for c in result if c.broken]
+    before = [c for c in broken if c.broken_at is not None and c.broken_at < t_w_lo]
+    after = [c for c in broken if c not in before]
+    open_at_withdrawal = [c for c in result if c.requests and c not in before]
+    pinned_after = sum(
+        1 for c in result for t, s in c.answered if t >= t_w_hi and s == i and c.server == i
+    )
     new_during = [a for a in during if t_drain + 1.0 <= a.t < t_gone]
     new_after = [a for a in during if a.t >= t_gone + GRACE]
+    new_since = [a for a in during if a.t >= t_drain]
     d_spread = _spread(new_during, lab.state.servers)
     a_spread = _spread(new_after, lab.state.servers)
+    s_spread = _spread(new_since, lab.state.servers)
     r.say(
-        f"long-lived connections: {len(broken)} of {n} broken "
-        f"({sum(c.requests for c in result)} requests answered, closed by the client "
-        f"{_ms(t_closed - t_drain)} into the drain)"
+        f"{name} withdrawn by its agent {_ms(t_w_hi - t_drain)} after the drain "
+        f"(drain_time {drain_time:g} s); long-lived connections closed by the client "
+        f"{_ms(t_closed - t_w_hi)} after the withdrawal"
+    )
+    r.say(
+        f"long-lived connections: {len(before)} of {n} broken before the withdrawal, "
+        f"{len(after)} of the {len(open_at_withdrawal)} still open at the withdrawal broken after "
+        f"it ({sum(c.requests for c in result)} requests answered; {pinned_after} answered by "
+        f"{name} on its connections after the withdrawal)"
     )
     for c in broken:
-        r.say(f"[red]broken: {c.broken}[/]")
+        when = "before" if c in before else "after"
+        r.say(f"[red]broken ({when} the withdrawal): {c.broken}[/]")
+    if before and lab.state.router != "bgplb":
+        r.say(
+            f"{router} has no connection pinning: it moved {name}'s connections to the other "
+            "servers during the drain, which reset them"
+        )
+    if after and lab.state.router != "bgplb":
+        r.say(
+            f"{router} has no connection pinning: once {name} is withdrawn its connections are "
+            "routed to the other servers, which reset them"
+        )
     early = t_gone - t_drain < drain_time - 1.0
     if early:
         r.say(
             f"the router took {name} out of the route {_ms(t_gone - t_drain)} after the drain "
             "started: it acts on GRACEFUL_SHUTDOWN at once, without waiting for the withdrawal"
+            + (
+                f"; connection pinning keeps {name}'s open connections on it"
+                if lab.state.router == "bgplb"
+                else ""
+            )
         )
     else:
         note = (
             ""
             if lab.state.router == "bgplb" or d_spread[name] == 0
-            else f" ({_ROUTER_NAMES[lab.state.router]} as configured here keeps {name}"
-            " at full weight until the withdrawal)"
+            else f" ({router} as configured here keeps {name} at full weight until the withdrawal)"
         )
         r.say(
             f"new connections during the drain (GRACEFUL_SHUTDOWN): {d_spread[name]} of "
             f"{len(new_during)} to {name}{note}"
         )
-        r.say(
-            f"{name} withdrawn {_ms(t_gone - t_drain)} after the drain "
-            f"(drain_time {drain_time:g} s)"
-        )
-    r.say(f"new connections after the withdrawal: {a_spread[name]} of {len(new_after)} to {name}")
+        r.say(f"{name} out of the route {_ms(t_gone - t_drain)} after the drain")
+    r.say(
+        f"new connections since the drain started: {s_spread[name]} of {len(new_since)} to "
+        f"{name}; after it left the route: {a_spread[name]} of {len(new_after)}"
+    )
     t_undrain = r.event(f"{name} undrained")
     out = _bgplb(lab, "undrain", "web", "--socket", str(sock))
     r.say(f"$ bgplb undrain web --socket {sock}\n   {out}")
@@ -478,11 +547,18 @@ def _drain(r: Run, lab: Lab, loop: NsLoop, watcher: RouteWatcher) -> None:
         "connections": n,
         "broken": len(broken),
         "broken_reasons": [c.broken for c in broken],
+        "broken_before_withdrawal": len(before),
+        "broken_after_withdrawal": len(after),
+        "open_at_withdrawal": len(open_at_withdrawal),
+        "answered_by_drained_after_withdrawal": pinned_after,
         "long_lived_on": dict(on),
         "new_during_drain": d_spread,
+        "new_since_drain": s_spread,
         "new_after_withdrawal": a_spread,
         "withdrawal_ms": round((t_gone - t_drain) * 1000),
-        "route_after_withdrawal": _route(lab, _at(watcher, t_gone)),
+        "agent_withdrawal_ms": round((t_w_hi - t_drain) * 1000),
+        "long_lived_closed_after_withdrawal_ms": round((t_closed - t_w_hi) * 1000),
+        "route_after_withdrawal": _route(lab, _at(watcher, max(t_gone, t_w_hi))),
         "route_restored": _route(lab, _at(watcher, t_back)),
         "route_back_ms": round((t_back - t_undrain) * 1000),
     }
@@ -521,21 +597,27 @@ def _summary(r: Run) -> None:
     d = f["drain"]
     srv = d["server"]
     table.add_row(
-        f"3. {srv} drained", "long-lived connections broken", f"{d['broken']}/{d['connections']}"
+        f"3. {srv} drained",
+        "long-lived broken before the withdrawal",
+        f"{d['broken_before_withdrawal']}/{d['connections']}",
     )
-    during = sum(d["new_during_drain"].values())
-    if during:
-        table.add_row(
-            "",
-            f"new connections to {srv} during the drain",
-            f"{d['new_during_drain'][srv]}/{during}",
-        )
+    table.add_row(
+        "",
+        f"… after it (open then, kept {KEEP_AFTER:g} s more)",
+        f"{d['broken_after_withdrawal']}/{d['open_at_withdrawal']}",
+    )
+    table.add_row(
+        "",
+        f"new connections to {srv} since the drain began",
+        f"{d['new_since_drain'][srv]}/{sum(d['new_since_drain'].values())}",
+    )
     table.add_row(
         "",
         f"new connections to {srv} once out of the route",
         f"{d['new_after_withdrawal'][srv]}/{sum(d['new_after_withdrawal'].values())}",
     )
     table.add_row("", f"drain → {srv} out of the route", _ms(d["withdrawal_ms"] / 1000))
+    table.add_row("", f"drain → {srv} withdrawn by its agent", _ms(d["agent_withdrawal_ms"] / 1000))
     r.console.print(table)
     r.say(f"demo took {f['duration_s']:.0f} s")
 

@@ -4,8 +4,8 @@
   thread only), so every socket it opens is the client's, while the demo itself stays on the host.
 - `fetch`: one HTTP GET on a fresh connection → `Answer` (which server, source port, error).
 - `Stream`: fresh requests every `interval` (each its own task and timeout) until stopped.
-- `long_lived`: N keep-alive connections each sending a request every `period`; a connection
-  breaks if a request fails or a different server answers on it.
+- `LongLived`: N keep-alive connections each sending a request every `period`; a connection
+  breaks if a request fails or a different server answers on it (with the time it was seen).
 - `RouteWatcher`: polls the router's kernel route for the VIP and timestamps every change.
 
 All times are `time.monotonic()` (CLOCK_MONOTONIC, one clock for every thread). Every loop is
@@ -191,7 +191,12 @@ class Connection:
     server: int | None = None
     requests: int = 0
     broken: str | None = None
+    broken_at: float | None = None  # when the failure (or the other server's answer) was seen
     servers: set[int] = field(default_factory=set)
+    answered: list[tuple[float, int]] = field(default_factory=list)  # (request sent, server)
+
+    def fail(self, reason: str) -> None:
+        self.broken, self.broken_at = reason, time.monotonic()
 
 
 class LongLived:
@@ -219,23 +224,25 @@ class LongLived:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(host, 80)
         except (OSError, TimeoutError) as exc:
-            conn.broken = f"connect: {_describe(exc)}"
+            conn.fail(f"connect: {_describe(exc)}")
             return
         try:
             while not self._stop.is_set() and time.monotonic() < deadline:
+                sent = time.monotonic()
                 try:
                     async with asyncio.timeout(timeout):
                         writer.write(_request(host, keep_alive=True))
                         server = await _read_answer(reader)
                 except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
-                    conn.broken = _describe(exc)
+                    conn.fail(_describe(exc))
                     return
                 conn.requests += 1
                 conn.servers.add(server)
+                conn.answered.append((sent, server))
                 if conn.server is None:
                     conn.server = server
                 elif server != conn.server:
-                    conn.broken = f"answered by srv{server} instead of srv{conn.server}"
+                    conn.fail(f"answered by srv{server} instead of srv{conn.server}")
                     return
                 await asyncio.sleep(period)
         finally:

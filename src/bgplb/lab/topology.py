@@ -196,6 +196,10 @@ class Lab:
             self._link(rt, name, srv, r4, s4, f"2001:db8:{i}::", plen=29)
             srv.exec("ip", "route", "add", "default", "via", r4)
             srv.exec("ip", "-6", "route", "add", "default", "via", r6)
+            # The VIPs stay on lo (the agents run with manage_vip = false): a drained server's
+            # connections that outlive its withdrawal, pinned by the router, still reach it.
+            srv.exec("ip", "addr", "add", VIP4, "dev", "lo")
+            srv.exec("ip", "-6", "addr", "add", VIP6, "dev", "lo", "nodad")
         self.log(
             f"namespaces {', '.join(n.name for n in self.ns.values())}; router forwards with "
             "fib_multipath_hash_policy=1 (IPv4 and IPv6)"
@@ -376,6 +380,10 @@ group = "resilient"
 buckets = 512
 idle_timer = "1s"
 unbalanced_timer = "0s"
+# connection pinning (docs/pinning.md): a drained server's connections stay on it, and its pins
+# linger drain_linger after its withdrawal
+pinning = true
+drain_linger = "60s"
 
 [control]
 socket = "{self.state.router_socket}"
@@ -403,6 +411,7 @@ asn = {ROUTER_AS}
 [[services]]
 name = "web"
 vips = ["{VIP4}", "{VIP6}"]
+manage_vip = false  # on lo for good (Lab.build): connections outliving a withdrawal keep working
 drain_time = "{self.drain_time:g}s"
 
 [[services.checks]]

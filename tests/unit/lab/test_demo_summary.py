@@ -24,11 +24,16 @@ def _figures(web_failed: int, host_failed: int) -> dict[str, object]:
         "host_down": {**window(host_failed, 987), "route_drop_ms": 900, "detection": "bfd"},
         "drain": {
             "server": "srv1",
-            "broken": 0,
+            "broken": 3,
+            "broken_before_withdrawal": 1,
+            "broken_after_withdrawal": 2,
+            "open_at_withdrawal": 19,
             "connections": 20,
             "new_during_drain": {"srv1": 0, "srv2": 0},
+            "new_since_drain": {"srv1": 7, "srv2": 3},
             "new_after_withdrawal": {"srv1": 0, "srv2": 12},
             "withdrawal_ms": 6000,
+            "agent_withdrawal_ms": 6010,
         },
         "duration_s": 42.0,
     }
@@ -56,3 +61,19 @@ def test_client_errors_show_their_window() -> None:
     rows = [line for line in text.splitlines() if "client errors" in line]
     assert "3/66 within 412 ms" in rows[0]
     assert "within" not in rows[1] and "0/66" in rows[1]
+
+
+def test_drain_rows_split_at_the_withdrawal() -> None:
+    text = _render(_figures(web_failed=0, host_failed=0))
+    lines = text.splitlines()
+
+    def row(label: str) -> str:
+        found = [line for line in lines if label in line]
+        assert len(found) == 1, (label, text)
+        return found[0].rstrip(" │|")
+
+    assert row("broken before the withdrawal").endswith("1/20")
+    assert row("after it (open then").endswith("2/19")
+    assert row("srv1 since the drain began").endswith("7/10")  # the drained server's share
+    assert row("srv1 once out of the route").endswith("0/12")
+    assert row("withdrawn by its agent").endswith("6.01 s")
