@@ -20,7 +20,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
-from test_router_interop import BGPLB, RouterProc, build, hops, server_addrs  # noqa: E402
+from test_router_interop import BGPLB, RouterProc, build, hops, router_config, server_addrs  # noqa: E402
 
 from bgplb.lab.netns import Namespace  # noqa: E402
 from bgplb.lab.peers import Bird  # noqa: E402
@@ -83,25 +83,14 @@ def router_toml(
         '[[peer_ranges]]\nprefix = "192.0.2.0/24"\nasn = "any"\n'
         'accept = ["198.51.100.0/24 le 32"]\n'
     )
-    return f"""
-[bgp]
-asn = {ROUTER_AS}
-router_id = "192.0.2.1"
-listen = ["0.0.0.0"]
-hold_time = {hold_time}
-
-{ranges}
-
-[fib]
-group = "{group}"
-buckets = {buckets}
-idle_timer = "{idle_timer}"
-unbalanced_timer = "0s"
-
-[control]
-socket = "@SOCK@"
-metrics = "off"
-"""
+    return router_config(
+        ranges,
+        group=group,
+        buckets=buckets,
+        idle_timer=idle_timer,
+        hold_time=hold_time,
+        listen=("0.0.0.0",),
+    )
 
 
 class GshutBird(Bird):

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
 from agent_lab import ROUTER_AS, SERVER_AS, VIP4, Server, wait_for  # noqa: E402
-from test_router_interop import RouterProc  # noqa: E402
+from test_router_interop import RouterProc, router_config  # noqa: E402
 
 from bgplb.lab.netns import NetnsError, Topology  # noqa: E402
 from bgplb.lab.peers import Bird, kernel_routes  # noqa: E402
@@ -133,29 +133,11 @@ class Lab:
                 if case.bfd
                 else ""
             )
-            config = f"""
-[bgp]
-asn = {ROUTER_AS}
-router_id = "192.0.2.1"
-listen = ["0.0.0.0"]
-hold_time = {case.hold}
-
-[[peer_ranges]]
-prefix = "192.0.2.0/24"
-asn = {SERVER_AS}
-accept = ["198.51.100.0/24 le 32"]
-{bfd}
-
-[fib]
-group = "resilient"
-buckets = 64
-idle_timer = "1s"
-unbalanced_timer = "0s"
-
-[control]
-socket = "@SOCK@"
-metrics = "off"
-"""
+            ranges = (
+                f'[[peer_ranges]]\nprefix = "192.0.2.0/24"\nasn = {SERVER_AS}\n'
+                f'accept = ["198.51.100.0/24 le 32"]\n{bfd}\n'
+            )
+            config = router_config(ranges, hold_time=case.hold, listen=("0.0.0.0",))
             wd = self.workdir / "router"
             wd.mkdir(exist_ok=True)
             self.router = RouterProc(self.rt, wd, config)

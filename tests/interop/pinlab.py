@@ -13,17 +13,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from test_router_interop import (
+    OPEN_RANGES,
+    ROUTER_AS,
+    VIP,
+    VIP6,
+    router_config,
+    server_addrs,
+    wait_for,
+)
+
 from bgplb.lab.speaker import SpeakerProcess
-from bgplb.lab.wait import wait_until
 
 HERE = Path(__file__).resolve().parent
-VIP = "198.51.100.10/32"
-VIP6 = "2001:db8:100::10/128"
-ROUTER_AS = 65530
+__all__ = ["ROUTER_AS", "VIP", "VIP6", "PinLab", "server_addrs", "wait_for"]
 
 ECHO = """
 import asyncio, sys
@@ -46,44 +52,9 @@ asyncio.run(main())
 """
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 20.0) -> Any:
-    return wait_until(probe, timeout, what, step=0.1)
-
-
-def server_addrs(i: int) -> tuple[str, str, str, str]:
-    return (f"192.0.2.{8 * i + 1}", f"192.0.2.{8 * i + 2}", f"2001:db8:{i}::1", f"2001:db8:{i}::2")
-
-
 def router_toml(group: str, pinning: bool, sock: str, *, linger: str = "4s") -> str:
-    return f"""
-[bgp]
-asn = {ROUTER_AS}
-router_id = "192.0.2.1"
-listen = ["0.0.0.0", "::"]
-hold_time = 9
-
-[[peer_ranges]]
-prefix = "192.0.2.0/24"
-asn = "any"
-accept = ["198.51.100.0/24 le 32"]
-
-[[peer_ranges]]
-prefix = "2001:db8::/32"
-asn = "any"
-accept = ["2001:db8:100::/48 le 128"]
-
-[fib]
-group = "{group}"
-buckets = 64
-idle_timer = "1s"
-unbalanced_timer = "0s"
-pinning = {"true" if pinning else "false"}
-drain_linger = "{linger}"
-
-[control]
-socket = "{sock}"
-metrics = "off"
-"""
+    fib = f'pinning = {"true" if pinning else "false"}\ndrain_linger = "{linger}"'
+    return router_config(OPEN_RANGES, fib, group=group).replace("@SOCK@", sock)
 
 
 class PinLab:

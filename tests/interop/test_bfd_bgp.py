@@ -23,8 +23,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from agent_lab import ROUTER_AS, SERVER_AS, VIP4, Server, build_lab, wait_for
-from test_router_interop import RouterProc, hops
+from agent_lab import SERVER_AS, VIP4, Server, build_lab, wait_for
+from test_router_interop import RouterProc, hops, router_config
 
 pytestmark = pytest.mark.interop
 
@@ -87,13 +87,8 @@ def test_agent_bfd_against_bird(topo, daemons):
         lab.close()
 
 
-ROUTER_CONFIG = f"""
-[bgp]
-asn = {ROUTER_AS}
-router_id = "192.0.2.1"
-listen = ["0.0.0.0"]
-hold_time = {HOLD}
-
+ROUTER_CONFIG = router_config(
+    f"""
 [[peer_ranges]]
 prefix = "192.0.2.0/29"
 asn = {SERVER_AS}
@@ -104,17 +99,10 @@ bfd = {{ interval_ms = 100, multiplier = 3 }}
 prefix = "192.0.2.0/24"
 asn = {SERVER_AS}
 accept = ["198.51.100.0/24 le 32"]
-
-[fib]
-group = "resilient"
-buckets = 64
-idle_timer = "1s"
-unbalanced_timer = "0s"
-
-[control]
-socket = "@SOCK@"
-metrics = "off"
-"""
+""",
+    hold_time=HOLD,
+    listen=("0.0.0.0",),
+)
 
 
 def test_agent_bfd_against_bgplb_router(topo):

@@ -30,8 +30,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from agent_lab import ROUTER_AS, SERVER_AS, VIP6, Server, add_servers, wait_for
-from test_router_interop import RouterProc, hops
+from agent_lab import SERVER_AS, VIP6, Server, add_servers, wait_for
+from test_router_interop import RouterProc, hops, router_config
 
 from bgplb.lab.netns import Namespace, Topology
 
@@ -39,13 +39,8 @@ pytestmark = pytest.mark.interop
 
 HOLD = 30  # BGP hold time on every session: far longer than any wait below
 
-ROUTER_CONFIG = f"""
-[bgp]
-asn = {ROUTER_AS}
-router_id = "192.0.2.1"
-listen = ["0.0.0.0", "::"]
-hold_time = {HOLD}
-
+ROUTER_CONFIG = router_config(
+    f"""
 [[peer_ranges]]
 prefix = "192.0.2.0/30"
 asn = {SERVER_AS}
@@ -62,17 +57,9 @@ bfd = {{ interval_ms = 100, multiplier = 3 }}
 prefix = "2001:db8::/32"
 asn = {SERVER_AS}
 accept = ["2001:db8:100::/48 le 128"]
-
-[fib]
-group = "resilient"
-buckets = 64
-idle_timer = "1s"
-unbalanced_timer = "0s"
-
-[control]
-socket = "@SOCK@"
-metrics = "off"
-"""
+""",
+    hold_time=HOLD,
+)
 
 
 def bfd_peer(interval_ms: int | None) -> str:

@@ -123,20 +123,31 @@ class RouterProc:
         self.proc.wait(10)
 
 
-def router_config(ranges: str, fib: str = "") -> str:
+def router_config(
+    ranges: str,
+    fib: str = "",
+    *,
+    group: str = "resilient",
+    buckets: int = 64,
+    idle_timer: str = "1s",
+    hold_time: int = 9,
+    listen: tuple[str, ...] = ("0.0.0.0", "::"),
+) -> str:
+    """`bgplb router` config with `ranges` ([[peer_ranges]] tables) and `fib` (extra [fib]
+    keys); the control socket is left as @SOCK@ for RouterProc."""
     return f"""
 [bgp]
 asn = {ROUTER_AS}
 router_id = "192.0.2.1"
-listen = ["0.0.0.0", "::"]
-hold_time = 9
+listen = {json.dumps(list(listen))}
+hold_time = {hold_time}
 
 {ranges}
 
 [fib]
-group = "resilient"
-buckets = 64
-idle_timer = "1s"
+group = "{group}"
+buckets = {buckets}
+idle_timer = "{idle_timer}"
 unbalanced_timer = "0s"
 {fib}
 
