@@ -39,6 +39,7 @@ __all__ = [
     "rss_kib",
     "server_addrs",
     "speaker",
+    "start_bird_router",
     "stop_all",
     "wait_for",
     "workdir",
@@ -159,6 +160,20 @@ def child_pids(pid: int) -> list[int]:
         except OSError:
             pass
     return out
+
+
+def start_bird_router(rtr: Namespace, wd: Path, n: int = 3) -> GshutBird:
+    """BIRD 2 as the router (kernel ECMP, RFC 8326 import policy), passive towards the speakers
+    of servers 1..n (AS 65000 + i, hold time 9 s), started."""
+    bird = GshutBird(rtr, wd / "bird", ROUTER_AS, "192.0.2.1", kernel=True)
+    try:
+        for i in range(1, n + 1):
+            bird.add_neighbor(server_addrs(i)[1], 65000 + i, passive=True, hold_time=9)
+        bird.start()
+    except BaseException:
+        bird.stop()
+        raise
+    return bird
 
 
 _TS = re.compile(r"^\[([^\]]+)\]")

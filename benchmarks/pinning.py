@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "interop"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pinlab import ROUTER_AS, PinLab, server_addrs  # noqa: E402
+from pinlab import PinLab  # noqa: E402
 
 from bgplb.lab.netns import Topology  # noqa: E402
 
@@ -56,13 +56,9 @@ LABEL = {
 
 def start(lab: PinLab, kind: str, wd: Path) -> Any:
     if kind == "bird":
-        from _routerlab import GshutBird
+        from _routerlab import start_bird_router
 
-        bird = GshutBird(lab.rtr, wd / "bird", ROUTER_AS, "192.0.2.1", kernel=True)
-        for i in (1, 2, 3):
-            bird.add_neighbor(server_addrs(i)[1], 65000 + i, passive=True, hold_time=9)
-        bird.start()
-        return bird
+        return start_bird_router(lab.rtr, wd)
     group = kind.removeprefix("pin-")
     lab.start_router(group, pinning=kind.startswith("pin-"), linger="60s")
     return None

@@ -36,10 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from _routerlab import (
-    ROUTER_AS,
     VIP,
     BenchRouter,
-    GshutBird,
     build,
     established,
     hops,
@@ -48,6 +46,7 @@ from _routerlab import (
     router_toml,
     server_addrs,
     speaker,
+    start_bird_router,
     stop_all,
     wait_for,
     workdir,
@@ -213,10 +212,7 @@ def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
                 )
                 router.start()
             else:
-                bird = GshutBird(rtr, wd / "bird", ROUTER_AS, "192.0.2.1", kernel=True)
-                for i in (1, 2, 3):
-                    bird.add_neighbor(server_addrs(i)[1], 65000 + i, passive=True, hold_time=9)
-                bird.start()
+                bird = start_bird_router(rtr, wd)
             for i, s in enumerate(servers, start=1):
                 r4, s4, _, _ = server_addrs(i)
                 s.exec("ip", "addr", "add", "198.51.100.10/32", "dev", "lo")

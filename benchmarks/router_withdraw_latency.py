@@ -26,7 +26,6 @@ import sys
 import time
 
 from _routerlab import (
-    ROUTER_AS,
     VIP,
     BenchRouter,
     GshutBird,
@@ -40,6 +39,7 @@ from _routerlab import (
     router_toml,
     server_addrs,
     speaker,
+    start_bird_router,
     stop_all,
     wait_for,
     workdir,
@@ -61,10 +61,7 @@ def run_one(kind: str, count: int, gap: float) -> list[float]:
                 router = BenchRouter(rtr, wd, router_toml("resilient", buckets=512))
                 router.start()
             else:
-                bird = GshutBird(rtr, wd / "bird", ROUTER_AS, "192.0.2.1", kernel=True)
-                for i in (1, 2, 3):
-                    bird.add_neighbor(server_addrs(i)[1], 65000 + i, passive=True, hold_time=9)
-                bird.start()
+                bird = start_bird_router(rtr, wd)
             for i, ns in enumerate(servers, start=1):
                 r4, s4, _, _ = server_addrs(i)
                 sp = speaker(ns, 65000 + i, s4, r4, wd / f"s{i}.log")
