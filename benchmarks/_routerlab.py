@@ -20,7 +20,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
-from test_router_interop import BGPLB, RouterProc, build, hops, router_config, server_addrs  # noqa: E402
+from test_router_interop import (  # noqa: E402
+    BGPLB,
+    ECHO_SERVER,
+    RouterProc,
+    build,
+    hops,
+    router_config,
+    server_addrs,
+)
 
 from bgplb.lab.netns import Namespace  # noqa: E402
 from bgplb.lab.peers import Bird  # noqa: E402
@@ -30,6 +38,7 @@ from bgplb.lab.wait import wait_until  # noqa: E402
 __all__ = [
     "ROUTER_AS",
     "VIP",
+    "ECHO_SERVER",
     "GshutBird",
     "BenchRouter",
     "RouterProc",

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from _routerlab import (
+    ECHO_SERVER,
     VIP,
     BenchRouter,
     build,
@@ -53,25 +54,6 @@ from _routerlab import (
 )
 from bgplb.lab.netns import Topology
 from bgplb.lab.speaker import SpeakerProcess
-
-ECHO_SERVER = """
-import asyncio, sys
-name = sys.argv[1].encode()
-async def handle(reader, writer):
-    writer.write(name + b"\\n")
-    try:
-        while data := await reader.read(100):
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    writer.close()
-async def main():
-    server = await asyncio.start_server(handle, "198.51.100.10", 8080, backlog=1024)
-    print("ready", flush=True)
-    await asyncio.wait_for(server.serve_forever(), 900)
-asyncio.run(main())
-"""
 
 # Commands on stdin: "report" -> {"results": [...]}, "probe N" -> {"probe": {server: count}},
 # "stop" -> exit. Exits by itself after 120 s.

@@ -417,6 +417,7 @@ def test_router_graceful_restart_helper(topo, daemons, tmp_path: Path) -> None:
     assert router.stop() == 0
 
 
+# An echo server on the VIP that greets with its name (argv[1]); exits by itself after 900 s.
 ECHO_SERVER = """
 import asyncio, sys
 name = sys.argv[1].encode()
@@ -430,9 +431,9 @@ async def handle(reader, writer):
         pass
     writer.close()
 async def main():
-    server = await asyncio.start_server(handle, "198.51.100.10", 8080, backlog=512)
+    server = await asyncio.start_server(handle, "198.51.100.10", 8080, backlog=1024)
     print("ready", flush=True)
-    await server.serve_forever()
+    await asyncio.wait_for(server.serve_forever(), 900)
 asyncio.run(main())
 """
 
