@@ -23,7 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from agent_lab import SERVER_AS, VIP4, Server, build_lab, wait_for
+from agent_lab import SERVER_AS, VIP4, Server, add_servers, build_lab, wait_for
 from test_router_interop import RouterProc, hops, router_config
 
 pytestmark = pytest.mark.interop
@@ -90,7 +90,7 @@ def test_agent_bfd_against_bird(topo, daemons):
 ROUTER_CONFIG = router_config(
     f"""
 [[peer_ranges]]
-prefix = "192.0.2.0/29"
+prefix = "192.0.2.0/30"
 asn = {SERVER_AS}
 accept = ["198.51.100.0/24 le 32"]
 bfd = {{ interval_ms = 100, multiplier = 3 }}
@@ -112,31 +112,13 @@ def test_agent_bfd_against_bgplb_router(topo):
     workdir = Path(tempfile.mkdtemp(prefix="bgplb-bfd-router-"))
     router = RouterProc(rt, workdir, ROUTER_CONFIG)
     try:
-        for i in (1, 2):  # s1 192.0.2.2 (range with BFD), s2 192.0.2.10 (range without)
-            ns = topo.add(f"s{i}")
-            base = 8 * (i - 1)
-            topo.link(
-                rt,
-                ns,
-                [f"192.0.2.{base + 1}/29", f"2001:db8:{i}::1/64"],
-                [f"192.0.2.{base + 2}/29", f"2001:db8:{i}::2/64"],
-                f"eth-s{i}",
-                "eth-rt",
-            )
-            s = Server(
-                f"s{i}",
-                ns,
-                f"192.0.2.{base + 2}",
-                f"2001:db8:{i}::2",
-                f"192.0.2.{base + 1}",
-                f"2001:db8:{i}::1",
-                Path(tempfile.mkdtemp(prefix=f"bgplb-bfd-s{i}-")),
-                extra_config="graceful_restart = false",
-                # s2 asks for BFD too: its range has none, so BFD never comes Up; BGP must not
-                # care (RFC 5882 §3.3).
-                peer_extra=BFD_PEER,
-            )
-            servers.append(s)
+        # s1 192.0.2.2 (range with BFD), s2 192.0.2.6 (range without)
+        servers = add_servers(topo, rt)
+        for s in servers:
+            s.extra_config = "graceful_restart = false"
+            # s2 asks for BFD too: its range has none, so BFD never comes Up; BGP must not
+            # care (RFC 5882 §3.3).
+            s.peer_extra = BFD_PEER
         router.start()
         for s in servers:
             s.write_config(s.service())
