@@ -13,7 +13,6 @@ is removed -> both sides Up again. Waits are polls bounded in time; nothing asse
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -30,20 +29,7 @@ import pytest
 
 from bgplb.lab.netns import Namespace, Topology
 from bgplb.lab.wait import wait_until
-
-
-def _root_conftest_require_binary() -> Callable[[str], str]:
-    """tests/ is not a package: load tests/conftest.py by path for `require_binary`."""
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_bgplb_bfd_root_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    fn: Callable[[str], str] = module.require_binary
-    return fn
-
-
-require_binary = _root_conftest_require_binary()
+from conftest import require_binary
 
 pytestmark = pytest.mark.interop
 

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import functools
 import http.server
-import importlib.util
 import os
 import socket
 import ssl
@@ -28,22 +27,9 @@ from pydantic import TypeAdapter
 
 from bgplb.config import CheckConfig
 from bgplb.health import CheckEvent, CheckRunner, ExecProbe, ProbeResult, make_probe, run_probe
+from conftest import require_binary
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(CheckConfig)
-
-
-def _root_conftest_require_binary() -> Callable[[str], str]:
-    """tests/ is not a package: load tests/conftest.py by path for `require_binary`."""
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_bgplb_root_conftest_health", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    fn: Callable[[str], str] = module.require_binary
-    return fn
-
-
-require_binary = _root_conftest_require_binary()
 
 
 def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
