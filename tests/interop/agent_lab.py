@@ -245,6 +245,17 @@ class AgentLab:
         assert isinstance(self.daemon, Bird), self.daemon
         return self.daemon
 
+    def start(self, services: str | None = None) -> None:
+        """Start BIRD, then on every server its config (`services`, default one service), HTTP
+        server and agent; return when every server's BGP session is established."""
+        self.bird.start()
+        for s in self.servers:
+            s.write_config(services if services is not None else s.service())
+            s.start_http()
+            s.start_agent()
+        for s in self.servers:
+            self.bird.wait_established(s.address, timeout=20)
+
     def nexthops(self, prefix: str = VIP4) -> list[str]:
         return kernel_routes(self.router, prefix)
 

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from agent_lab import VIP4, VIP6, AgentLab, build_lab, wait_for
+from agent_lab import VIP4, VIP6, build_lab, wait_for
 
 pytestmark = pytest.mark.interop
 
@@ -25,18 +25,8 @@ def lab(topo, daemons):
         lab.close()
 
 
-def start(lab: AgentLab, services: str | None = None) -> None:
-    lab.bird.start()
-    for s in lab.servers:
-        s.write_config(services if services is not None else s.service())
-        s.start_http()
-        s.start_agent()
-    for s in lab.servers:
-        lab.bird.wait_established(s.address, timeout=20)
-
-
 def test_two_servers_ecmp_and_health_failover(lab):
-    start(lab)
+    lab.start()
     s1, s2 = lab.servers
     lab.wait_nexthops([s1.address, s2.address])
     assert s1.has_vip(VIP4) and s2.has_vip(VIP4)
@@ -59,7 +49,7 @@ def test_two_servers_ecmp_and_health_failover(lab):
 
 
 def test_drain_sends_graceful_shutdown_then_withdraws_and_undrain(lab):
-    start(lab)
+    lab.start()
     s1, s2 = lab.servers
     lab.wait_nexthops([s1.address, s2.address])
     out = s1.cli("drain", "web", "--socket", str(s1.socket)).stdout
@@ -81,7 +71,7 @@ def test_drain_sends_graceful_shutdown_then_withdraws_and_undrain(lab):
 
 
 def test_drain_survives_restart(lab):
-    start(lab)
+    lab.start()
     s1, s2 = lab.servers
     lab.wait_nexthops([s1.address, s2.address])
     s1.cli("drain", "web", "--socket", str(s1.socket))
@@ -98,7 +88,7 @@ def test_drain_survives_restart(lab):
 
 
 def test_sigterm_withdraws_everything_and_removes_vips(lab):
-    start(lab)
+    lab.start()
     s1, s2 = lab.servers
     lab.wait_nexthops([s1.address, s2.address])
     s1.signal(signal.SIGTERM)
@@ -119,7 +109,7 @@ def test_sigterm_withdraws_everything_and_removes_vips(lab):
 
 def test_sighup_adds_and_removes_a_service(lab):
     vip_b = "198.51.100.20/32"
-    start(lab)
+    lab.start()
     s1, s2 = lab.servers
     lab.wait_nexthops([s1.address, s2.address])
     s1.write_config(s1.service() + s1.service("api", (vip_b,)))
@@ -142,7 +132,7 @@ def test_sighup_adds_and_removes_a_service(lab):
 
 
 def test_ipv6_vip_over_mp_bgp(lab):
-    start(lab, services=None)
+    lab.start(services=None)
     s1, s2 = lab.servers
     for s in lab.servers:
         s.write_config(s.service(vips=(VIP4, VIP6)))

@@ -21,13 +21,7 @@ pytestmark = pytest.mark.interop
 
 
 def start(lab, services=None):
-    lab.bird.start()
-    for s in lab.servers:
-        s.write_config(services if services is not None else s.service())
-        s.start_http()
-        s.start_agent()
-    for s in lab.servers:
-        lab.bird.wait_established(s.address, timeout=20)
+    lab.start(services)
     lab.wait_nexthops([s.address for s in lab.servers])
 
 
