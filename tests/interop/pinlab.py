@@ -227,6 +227,17 @@ class PinLab:
     def probe(self) -> dict[str, Any]:
         return self.ask(probe=True)
 
+    def __enter__(self) -> PinLab:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        """close(); on an error, print the router's log tail first (pytest shows it)."""
+        try:
+            if exc_type is not None:
+                print(self.router_log()[-5000:])
+        finally:
+            self.close()
+
     def close(self) -> None:
         if self.client is not None and self.client.poll() is None:
             try:

@@ -39,8 +39,7 @@ def test_pinning_no_planned_change_breaks_a_connection(
     topo, tmp_path: Path, group: str, rp_filter: int
 ) -> None:
     require_binary("nft")
-    lab = PinLab(topo, tmp_path, rp_filter=rp_filter)
-    try:
+    with PinLab(topo, tmp_path, rp_filter=rp_filter) as lab:
         lab.start_router(group, pinning=True, linger="4s")
         lab.start_servers()
         lab.wait_members([1, 2, 3])
@@ -118,19 +117,13 @@ def test_pinning_no_planned_change_breaks_a_connection(
         assert "bgplb" not in lab.rtr.exec("nft", "list", "tables")
         assert "fwmark" not in lab.rtr.exec("ip", "rule", "show")
         assert lab.rtr.exec("ip", "route", "show", "table", "20000", check=False).strip() == ""
-    except BaseException:
-        print(lab.router_log()[-5000:])
-        raise
-    finally:
-        lab.close()
 
 
 def test_pinning_ipv6_and_status(topo, tmp_path: Path) -> None:
     """IPv6 VIP pinned the same way (rt ip6 nexthop): a drain breaks nothing; the status and
     its human rendering show the servers, marks and connection counts."""
     require_binary("nft")
-    lab = PinLab(topo, tmp_path)
-    try:
+    with PinLab(topo, tmp_path) as lab:
         lab.start_router("resilient", pinning=True)
         lab.start_servers(ipv6=True)
         for i in (1, 2, 3):
@@ -161,11 +154,6 @@ def test_pinning_ipv6_and_status(topo, tmp_path: Path) -> None:
                          "router")
         )  # fmt: skip
         assert st["pinning"]["enabled"] is True
-    except BaseException:
-        print(lab.router_log()[-5000:])
-        raise
-    finally:
-        lab.close()
 
 
 def test_pinning_slots_survive_router_kill9_restart(topo, tmp_path: Path) -> None:
@@ -176,8 +164,7 @@ def test_pinning_slots_survive_router_kill9_restart(topo, tmp_path: Path) -> Non
     import signal
 
     require_binary("nft")
-    lab = PinLab(topo, tmp_path)
-    try:
+    with PinLab(topo, tmp_path) as lab:
         lab.start_router("resilient", pinning=True)
         lab.start_servers()
         lab.wait_members([1, 2, 3])
@@ -200,11 +187,6 @@ def test_pinning_slots_survive_router_kill9_restart(topo, tmp_path: Path) -> Non
         time.sleep(IDLE)
         r = lab.probe()
         assert r["broken"] == {} and r["ok"] == spread, r
-    except BaseException:
-        print(lab.router_log()[-5000:])
-        raise
-    finally:
-        lab.close()
 
 
 def test_pinning_conntrack_expiry_repins_to_the_current_group(topo, tmp_path: Path) -> None:
@@ -214,8 +196,7 @@ def test_pinning_conntrack_expiry_repins_to_the_current_group(topo, tmp_path: Pa
     (the next packet makes a new entry, pinned to the current group, i.e. to another server);
     the other servers' connections are re-pinned to the same servers and keep working."""
     require_binary("nft")
-    lab = PinLab(topo, tmp_path)
-    try:
+    with PinLab(topo, tmp_path) as lab:
         lab.rtr.sysctl("net.netfilter.nf_conntrack_tcp_timeout_established", 3)
         lab.start_router("resilient", pinning=True)
         lab.start_servers()
@@ -230,8 +211,3 @@ def test_pinning_conntrack_expiry_repins_to_the_current_group(topo, tmp_path: Pa
         time.sleep(5)  # entries expire
         r = lab.probe()
         assert r["broken"] == {"s3": spread["s3"]}, r
-    except BaseException:
-        print(lab.router_log()[-5000:])
-        raise
-    finally:
-        lab.close()
