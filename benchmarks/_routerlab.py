@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
 from test_router_interop import (  # noqa: E402
     BGPLB,
+    ECHO_CONN,
     ECHO_SERVER,
     RouterProc,
     build,
@@ -38,6 +39,7 @@ from bgplb.lab.wait import wait_until  # noqa: E402
 __all__ = [
     "ROUTER_AS",
     "VIP",
+    "ECHO_CONN",
     "ECHO_SERVER",
     "GshutBird",
     "BenchRouter",

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from _routerlab import (
+    ECHO_CONN,
     ECHO_SERVER,
     VIP,
     BenchRouter,
@@ -57,33 +58,13 @@ from bgplb.lab.speaker import SpeakerProcess
 
 # Commands on stdin: "report" -> {"results": [...]}, "probe N" -> {"probe": {server: count}},
 # "stop" -> exit. Exits by itself after 120 s.
-CLIENT = """
+CLIENT = (
+    """
 import asyncio, json, sys, time
 N, PERIOD = int(sys.argv[1]), float(sys.argv[2])
-async def conn(i, results, stop):
-    try:
-        r, w = await asyncio.wait_for(asyncio.open_connection("198.51.100.10", 8080), 5)
-        server = (await asyncio.wait_for(r.readline(), 5)).decode().strip()
-    except (OSError, asyncio.TimeoutError) as e:
-        results[i] = {"server": None, "broken": "connect: " + repr(e)}
-        return
-    results[i] = {"server": server, "broken": None}
-    n = 0
-    while not stop.is_set():
-        n += 1
-        msg = f"{i:03d}:{n % 1000:03d}\\n".encode()
-        try:
-            w.write(msg)
-            await w.drain()
-            got = await asyncio.wait_for(r.readexactly(len(msg)), 3)
-            if got != msg:
-                raise ValueError(got)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
-            results[i]["broken"] = repr(e)
-            return
-        await asyncio.sleep(PERIOD)
-    w.close()
-async def probe(k):
+"""
+    + ECHO_CONN
+    + """async def probe(k):
     got = {}
     for _ in range(k):
         try:
@@ -120,6 +101,7 @@ async def main():
     await asyncio.wait(tasks, timeout=5)
 asyncio.run(main())
 """
+)
 
 
 class Client:

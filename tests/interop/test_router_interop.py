@@ -437,9 +437,10 @@ async def main():
 asyncio.run(main())
 """
 
-CLIENT = """
-import asyncio, json, sys
-N = int(sys.argv[1])
+# One long-lived connection of the clients here and in benchmarks/router_connections.py: it
+# learns its server from the greeting, then sends one 8-byte echo every PERIOD s until `stop`;
+# a failed write or an echo not back within 3 s marks it broken.
+ECHO_CONN = """
 async def conn(i, results, stop):
     try:
         r, w = await asyncio.wait_for(asyncio.open_connection("198.51.100.10", 8080), 5)
@@ -451,7 +452,7 @@ async def conn(i, results, stop):
     n = 0
     while not stop.is_set():
         n += 1
-        msg = f"{i}:{n}\\n".encode()
+        msg = f"{i:03d}:{n % 1000:03d}\\n".encode()
         try:
             w.write(msg)
             await w.drain()
@@ -461,9 +462,17 @@ async def conn(i, results, stop):
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
             results[i]["broken"] = repr(e)
             return
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(PERIOD)
     w.close()
-async def main():
+"""
+
+CLIENT = (
+    """
+import asyncio, json, sys
+N, PERIOD = int(sys.argv[1]), 0.2
+"""
+    + ECHO_CONN
+    + """async def main():
     stop = asyncio.Event()
     results = {}
     tasks = [asyncio.create_task(conn(i, results, stop)) for i in range(N)]
@@ -477,6 +486,7 @@ async def main():
     print(json.dumps({"phase": "done", "results": [results.get(i) for i in range(N)]}), flush=True)
 asyncio.run(main())
 """
+)
 
 
 @pytest.mark.parametrize("group", ["resilient", "multipath"])
