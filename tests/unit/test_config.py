@@ -121,6 +121,7 @@ def test_defaults(tmp_path):
     check = config.services[0].checks[0]
     assert (check.interval, check.timeout, check.rise, check.fall) == (1.0, 0.5, 2, 2)
     assert config.services[0].manage_vip is True
+    assert config.services[0].drain_vip_linger == 60.0  # bgplb router's drain_linger
     router = load_router_config(write(tmp_path, MINIMAL_ROUTER, "router.toml"))
     accept = router.peer_ranges[0].accept
     assert any(f.matches(ipaddress.ip_network("203.0.113.7/32")) for f in accept)
@@ -191,6 +192,7 @@ def test_hold_time_valid(tmp_path, hold):
         ('type = "tcp"', 'type = "ping"', "services[0].checks[0].type"),
         ('name = "web"', 'name = "web"\ncommunities = ["65536:1"]', "services[0].communities[0]"),
         ('name = "web"', 'name = "web"\nmanage_vip = "yes"', "services[0].manage_vip"),
+        ('name = "web"', 'name = "web"\ndrain_vip_linger = "-1s"', "services[0].drain_vip_linger"),
         (
             'name = "web"',
             'name = "web"\nlarge_communities = ["1:2"]',

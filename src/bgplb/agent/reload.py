@@ -32,6 +32,7 @@ def specs(config: AgentConfig) -> list[ServiceSpec]:
             as_path_prepend=s.as_path_prepend,
             manage_vip=s.manage_vip,
             drain_time=s.drain_time,
+            drain_vip_linger=s.drain_vip_linger,
         )
         for s in config.services
     ]

@@ -16,11 +16,23 @@ Each VIP has its own phase::
       |                                        +--(unhealthy)--------+--(unhealthy)--------+
       |                                                                                   v
       +--------------------RemoveVip <--withdrawn-- WITHDRAWING <--Withdraw---------------+
+      |                                                  |
+      +--RemoveVip <--(drain_vip_linger)-- IDLE, lingering <--withdrawn (operator drain)
+                                              |
+                 ANNOUNCED <--Announce <--(undrained and healthy: no AddVip, it is on lo)
 
 So the order the DESIGN asks for is explicit: the VIP is added to ``lo`` *before* the
 announcement (``Announce`` is emitted only after :meth:`vip_added`), and removed only *after* the
 withdrawal went out to every peer (``RemoveVip`` only after :meth:`withdrawn`). With
 ``manage_vip = false`` the VIP steps are skipped.
+
+*Lingering*: after the withdrawal that ends an operator drain (``bgplb drain``; not the drain of
+a shutdown, not a health failure), the VIP stays on ``lo`` for the service's
+``drain_vip_linger`` before ``RemoveVip``, because a router with connection pinning keeps the
+drained server's established connections flowing to it for a while after the withdrawal
+(``bgplb router``'s ``drain_linger``). The VIP is IDLE for BGP (not announced) while it
+lingers; an undrain during the linger announces it again at once, without ``AddVip``; a
+shutdown, or the VIP leaving the configuration, removes it at once.
 
 A VIP is *wanted* when its service is configured, healthy, not drained and the agent is not
 shutting down. A VIP that stops being wanted because its service is drained (or the agent stops)
@@ -43,7 +55,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Phase(Enum):
-    IDLE = "idle"  # not announced, not on lo (by us)
+    IDLE = "idle"  # not announced, not on lo (by us) -- unless lingering after a drain
     ADDING = "adding"  # AddVip emitted, waiting for vip_added()
     ANNOUNCED = "announced"
     DRAINING = "draining"  # announced with GRACEFUL_SHUTDOWN until the deadline
@@ -71,6 +83,7 @@ class ServiceSpec:
     as_path_prepend: int = 0
     manage_vip: bool = True
     drain_time: float = 10.0
+    drain_vip_linger: float = 60.0  # seconds the VIP stays on lo after a drain's withdrawal
 
     def same_route(self, other: ServiceSpec) -> bool:
         """True when the announced attributes are the same."""
@@ -139,6 +152,8 @@ class _Vip:
     deadline: float | None = None  # DRAINING: when to withdraw
     configured: bool = True
     manage: bool = True  # manage_vip of the service that added it
+    after_drain: bool = False  # the pending withdrawal ends an operator drain
+    linger_until: float | None = None  # IDLE but kept on lo (after a drain) until then
 
 
 @dataclass(slots=True)
@@ -193,7 +208,7 @@ class AgentState:
                 v.configured = False
             else:
                 v.configured, v.service = True, wanted[vip]
-                if v.phase is Phase.IDLE:
+                if v.phase is Phase.IDLE and v.linger_until is None:
                     v.manage = new[v.service].manage_vip
         for vip, name in wanted.items():
             if vip not in self.vips:
@@ -257,15 +272,21 @@ class AgentState:
                 self._emit(Announce(v.vip, self.services[v.service].spec))
             else:
                 v.phase = Phase.IDLE
-                if self._manages(v):
+                linger = self.services[v.service].spec.drain_vip_linger if v.configured else 0.0
+                if not self._manages(v):
+                    pass
+                elif v.after_drain and self._operator_drain(v) and linger > 0:
+                    v.linger_until = now + linger  # pinned connections may still arrive
+                else:
                     self._emit(RemoveVip(v.vip, v.service))
+            v.after_drain = False
         self._update(now, "")
 
     def handle_timer(self, now: float) -> None:
         for v in self.vips.values():
             if v.phase is Phase.DRAINING and v.deadline is not None and v.deadline <= now:
                 self._start_withdraw(v)
-        self._update(now, "drain time over")
+        self._update(now, "drain time over")  # also ends the lingers that are over
 
     # -- outputs ----------------------------------------------------------------------------
 
@@ -280,6 +301,7 @@ class AgentState:
             for v in self.vips.values()
             if v.phase is Phase.DRAINING and v.deadline is not None
         ]
+        deadlines += [v.linger_until for v in self.vips.values() if v.linger_until is not None]
         return min(deadlines) if deadlines else None
 
     def status(self, service: str) -> ServiceStatus:
@@ -288,13 +310,20 @@ class AgentState:
     def phases(self, service: str) -> dict[str, Phase]:
         return {str(v.vip): v.phase for v in self._vips_of(service)}
 
+    def lingering(self, service: str) -> dict[str, float]:
+        """VIPs withdrawn after a drain and still on lo: VIP -> when they are removed."""
+        return {
+            str(v.vip): v.linger_until for v in self._vips_of(service) if v.linger_until is not None
+        }
+
     def drained(self) -> list[str]:
         return sorted(n for n, s in self.services.items() if s.drained)
 
     @property
     def idle(self) -> bool:
-        """Nothing announced, nothing in flight (shutdown is complete when this is true)."""
-        return all(v.phase is Phase.IDLE for v in self.vips.values())
+        """Nothing announced, nothing in flight, nothing lingering on lo (shutdown is complete
+        when this is true)."""
+        return all(v.phase is Phase.IDLE and v.linger_until is None for v in self.vips.values())
 
     # -- the rules ----------------------------------------------------------------------------
 
@@ -324,6 +353,11 @@ class AgentState:
             v.configured and svc is not None and svc.healthy and (svc.drained or self.shutting_down)
         )
 
+    def _operator_drain(self, v: _Vip) -> bool:
+        """Not wanted only because the operator drained the service (``bgplb drain``)."""
+        svc = self.services.get(v.service)
+        return self._drains(v) and svc is not None and svc.drained and not self.shutting_down
+
     def _drain_deadline(self, v: _Vip, now: float) -> float:
         deadline = now + self.services[v.service].spec.drain_time
         if self.shutting_down and self._shutdown_deadline is not None:
@@ -332,12 +366,27 @@ class AgentState:
 
     def _start_withdraw(self, v: _Vip) -> None:
         v.phase, v.deadline = Phase.WITHDRAWING, None
+        v.after_drain = self._operator_drain(v)
         self._emit(Withdraw(v.vip, v.service))
 
     def _update(self, now: float, reason: str) -> None:
         for v in list(self.vips.values()):
             wanted = self._wanted(v)
-            if v.phase is Phase.IDLE:
+            if v.linger_until is not None:  # IDLE, still on lo after a drain
+                if wanted:  # undrained: announce again, the VIP is on lo
+                    v.phase, v.linger_until = Phase.ANNOUNCED, None
+                    self._emit(Announce(v.vip, self.services[v.service].spec))
+                    continue
+                if v.configured and not self.shutting_down:
+                    linger = self.services[v.service].spec.drain_vip_linger  # may be reloaded
+                    v.linger_until = min(v.linger_until, now + linger)
+                    if v.linger_until > now:
+                        continue
+                v.linger_until = None
+                self._emit(RemoveVip(v.vip, v.service))
+                if not v.configured:
+                    del self.vips[v.vip]
+            elif v.phase is Phase.IDLE:
                 if wanted:
                     if self._manages(v):
                         v.phase = Phase.ADDING

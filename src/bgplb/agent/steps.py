@@ -181,11 +181,16 @@ class StateSteps:
         self._pump()
 
     async def _forget_unconfigured_vips(self) -> None:
-        """VIPs a previous run added that are no longer configured: remove them now."""
+        """VIPs a previous run added that are no longer configured, or belong to a drained
+        service (the previous run exited while they lingered after the drain, or during the
+        drain): remove them now. The state starts with them IDLE, so it never would."""
+        drained = set(self.state.drained())
         configured = {str(v) for s in self.config.services for v in s.vips}
-        for text in sorted(self.saved.owned_vips - configured):
+        of_drained = {str(v) for s in self.config.services if s.name in drained for v in s.vips}
+        for text in sorted(self.saved.owned_vips - (configured - of_drained)):
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(addresses.remove_vip, text)
-            log.info("VIP %s (added by a previous run, no longer configured) removed from lo", text)
+            why = "its service is drained" if text in of_drained else "no longer configured"
+            log.info("VIP %s (added by a previous run, %s) removed from lo", text, why)
             self.saved.owned_vips.discard(text)
         statefile.save(self.state_path, self.saved)

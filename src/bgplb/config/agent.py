@@ -294,6 +294,9 @@ class ServiceConfig(Section):
     as_path_prepend: Annotated[int, int_in(0, 16, " (times our AS is prepended)")] = 0
     manage_vip: bool = True
     drain_time: Duration = 10.0
+    # after a `bgplb drain`'s withdrawal the VIP stays on lo this long (a router with connection
+    # pinning keeps sending the drained server's connections: bgplb router's drain_linger)
+    drain_vip_linger: Duration = 60.0
     checks: list[CheckConfig] = []
 
     @field_validator("name")

@@ -8,9 +8,14 @@ The document (``build_status``) is plain JSON types::
                 "last_error", "bfd": None or {"state", "tx_interval_ms", "detection_time_ms",
                 "local_diag", "remote_diag", "last_down_diag", "downs", ...},
                 "held_back": [{"prefix", "reason"}]}],
-     "services": [{"name", "healthy", "status", "drained", "vips": [{"vip", "phase"}],
+     "services": [{"name", "healthy", "status", "drained",
+                   "vips": [{"vip", "phase", "lingering"}],
                    "checks": [{"check", "state", "suppressed", "last_ok", "latency_ms",
                                "output", "probes"}]}]}
+
+A VIP's ``phase`` is its announcement phase (idle, adding, announced, draining, withdrawing);
+``lingering`` is None, or the seconds left before a VIP withdrawn after ``bgplb drain`` leaves
+``lo`` (``drain_vip_linger``; its phase is then idle).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ def build_status(daemon: AgentDaemon) -> dict[str, Any]:
                 ],
             }
         )
+    mono = time.monotonic()  # the event loop's clock, as the state's deadlines
     services = []
     for service in daemon.config.services:
         svc = daemon.state.services.get(service.name)
@@ -82,7 +88,14 @@ def build_status(daemon: AgentDaemon) -> dict[str, Any]:
                 "drained": bool(svc and svc.drained),
                 "reason": svc.reason if svc else None,
                 "vips": [
-                    {"vip": vip, "phase": phase.value}
+                    {
+                        "vip": vip,
+                        "phase": phase.value,
+                        "lingering": round(max(0.0, until - mono), 1)
+                        if (until := lingering.get(vip)) is not None
+                        else None,
+                    }
+                    for lingering in [daemon.state.lingering(service.name)]
                     for vip, phase in daemon.state.phases(service.name).items()
                 ],
                 "checks": checks,
@@ -133,6 +146,12 @@ _STATE_STYLE = {
 }
 
 
+def _vip_text(vip: dict[str, Any]) -> str:
+    if vip.get("lingering") is not None:
+        return f"{vip['vip']} (withdrawn, lingering on lo {_duration(vip['lingering'])} more)"
+    return f"{vip['vip']} ({vip['phase']})"
+
+
 def _styled(value: str) -> Text:
     return Text(value, style=_STATE_STYLE.get(value, ""))
 
@@ -166,7 +185,7 @@ def render(status: dict[str, Any]) -> Group:
             s["name"],
             _styled("up" if s["healthy"] else "down"),
             _styled(s["status"]),
-            "\n".join(f"{v['vip']} ({v['phase']})" for v in s["vips"]),
+            "\n".join(_vip_text(v) for v in s["vips"]),
             s.get("reason") or "",
         )
         for c in s["checks"]:

@@ -196,10 +196,6 @@ class Lab:
             self._link(rt, name, srv, r4, s4, f"2001:db8:{i}::", plen=29)
             srv.exec("ip", "route", "add", "default", "via", r4)
             srv.exec("ip", "-6", "route", "add", "default", "via", r6)
-            # The VIPs stay on lo (the agents run with manage_vip = false): a drained server's
-            # connections that outlive its withdrawal, pinned by the router, still reach it.
-            srv.exec("ip", "addr", "add", VIP4, "dev", "lo")
-            srv.exec("ip", "-6", "addr", "add", VIP6, "dev", "lo", "nodad")
         self.log(
             f"namespaces {', '.join(n.name for n in self.ns.values())}; router forwards with "
             "fib_multipath_hash_policy=1 (IPv4 and IPv6)"
@@ -411,7 +407,8 @@ asn = {ROUTER_AS}
 [[services]]
 name = "web"
 vips = ["{VIP4}", "{VIP6}"]
-manage_vip = false  # on lo for good (Lab.build): connections outliving a withdrawal keep working
+# the agent puts the VIPs on lo; after a drain they stay drain_vip_linger (default 60s, the
+# router's drain_linger) past the withdrawal, for the connections the router keeps pinned here
 drain_time = "{self.drain_time:g}s"
 
 [[services.checks]]

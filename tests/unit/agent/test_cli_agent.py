@@ -117,7 +117,10 @@ def test_status_tables_render():
                 "status": "draining",
                 "drained": True,
                 "reason": "drain requested",
-                "vips": [{"vip": "198.51.100.10/32", "phase": "draining"}],
+                "vips": [
+                    {"vip": "198.51.100.10/32", "phase": "draining", "lingering": None},
+                    {"vip": "198.51.100.11/32", "phase": "idle", "lingering": 42.3},
+                ],
                 "checks": [
                     {
                         "check": "tcp 127.0.0.1:80",
@@ -136,6 +139,7 @@ def test_status_tables_render():
     console.print(render(status))
     text = console.export_text()
     for expected in ("192.0.2.1", "Established", "198.51.100.10/32 (draining)", "(damped)",
+                     "198.51.100.11/32 (withdrawn, lingering on lo 42s more)",
                      "ConnectionRefusedError", "75s"):  # fmt: skip
         assert expected in text
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bgplb.agent.state import (
@@ -39,8 +39,8 @@ def up(state: AgentState, now: float = 0.0, spec: ServiceSpec | None = None) -> 
     state.configure([spec or web()], now)
     state.set_health("web", True, now)
     for a in steps(state):
-        assert isinstance(a, AddVip)
-        state.vip_added(a.vip, now)
+        if isinstance(a, AddVip):
+            state.vip_added(a.vip, now)
     state.actions()
 
 
@@ -97,10 +97,12 @@ def test_healthy_again_before_withdrawal_confirmed_keeps_vip() -> None:
 
 
 def test_drain_announces_graceful_shutdown_then_withdraws_after_drain_time() -> None:
+    """drain_vip_linger = 0: the VIP leaves lo right after the withdrawal (the old behaviour)."""
     s = AgentState()
-    up(s)
+    spec = web(drain_vip_linger=0.0)
+    up(s, spec=spec)
     s.drain("web", 10.0)
-    assert steps(s) == [Announce(V4, web(), True), Announce(V6, web(), True)]
+    assert steps(s) == [Announce(V4, spec, True), Announce(V6, spec, True)]
     assert s.status("web") is ServiceStatus.DRAINING
     assert s.get_timer() == 20.0
     s.handle_timer(19.9)
@@ -126,7 +128,7 @@ def test_undrain_during_drain_restores_plain_announcement() -> None:
 
 def test_undrain_after_drain_readds_and_announces() -> None:
     s = AgentState()
-    up(s)
+    up(s, spec=web(drain_vip_linger=0.0))
     s.drain("web", 0.0)
     s.handle_timer(10.0)
     s.withdrawn([V4, V6], 10.0)
@@ -142,6 +144,109 @@ def test_check_failing_during_drain_withdraws_at_once() -> None:
     s.actions()
     s.set_health("web", False, 1.0)
     assert steps(s) == [Withdraw(V4, "web"), Withdraw(V6, "web")]
+    s.withdrawn([V4, V6], 1.1)  # a health failure, not a drain: no linger
+    assert steps(s) == [RemoveVip(V4, "web"), RemoveVip(V6, "web")]
+    assert s.lingering("web") == {}
+
+
+# -- drain_vip_linger: the VIP stays on lo after a drain's withdrawal ---------------------------
+
+
+def drained_out(s: AgentState, spec: ServiceSpec | None = None) -> None:
+    """Up at 0, drained at 10, withdrawn at 20 (drain_time 10), withdrawal confirmed at 20.5."""
+    up(s, spec=spec)
+    s.drain("web", 10.0)
+    s.actions()
+    s.handle_timer(20.0)
+    assert steps(s) == [Withdraw(V4, "web"), Withdraw(V6, "web")]
+    s.withdrawn([V4, V6], 20.5)
+
+
+def test_drain_keeps_vip_on_lo_for_drain_vip_linger_then_removes_it() -> None:
+    s = AgentState()
+    drained_out(s, web(drain_vip_linger=60.0))
+    assert steps(s) == []  # withdrawn, but still on lo
+    assert s.status("web") is ServiceStatus.DRAINED
+    assert s.phases("web") == {str(V4): Phase.IDLE, str(V6): Phase.IDLE}
+    assert s.lingering("web") == {str(V4): 80.5, str(V6): 80.5}
+    assert s.get_timer() == 80.5
+    assert not s.idle
+    s.handle_timer(80.4)
+    assert steps(s) == []
+    s.handle_timer(80.5)
+    assert steps(s) == [RemoveVip(V4, "web"), RemoveVip(V6, "web")]
+    assert s.lingering("web") == {}
+    assert s.get_timer() is None
+    assert s.idle
+
+
+def test_undrain_during_linger_announces_without_adding() -> None:
+    s = AgentState()
+    drained_out(s)
+    s.actions()
+    s.undrain("web", 30.0)
+    assert steps(s) == [Announce(V4, web()), Announce(V6, web())]  # no AddVip
+    assert s.status("web") is ServiceStatus.ANNOUNCED
+    assert s.lingering("web") == {} and s.get_timer() is None
+    s.handle_timer(100.0)  # the old linger deadline: nothing
+    assert steps(s) == []
+
+
+def test_health_failure_during_linger_keeps_it_until_undrained_and_healthy() -> None:
+    s = AgentState()
+    drained_out(s)
+    s.set_health("web", False, 30.0)
+    s.undrain("web", 31.0)
+    assert steps(s) == []  # still lingering: the router may still send pinned connections
+    s.set_health("web", True, 32.0)
+    assert steps(s) == [Announce(V4, web()), Announce(V6, web())]
+
+
+def test_health_failure_before_withdrawal_confirmed_removes_at_once() -> None:
+    s = AgentState()
+    up(s)
+    s.drain("web", 10.0)
+    s.handle_timer(20.0)
+    s.actions()
+    s.set_health("web", False, 20.1)
+    s.withdrawn([V4, V6], 20.2)
+    assert steps(s) == [RemoveVip(V4, "web"), RemoveVip(V6, "web")]
+
+
+def test_shutdown_drain_does_not_linger() -> None:
+    s = AgentState()
+    up(s, spec=web(drain_vip_linger=60.0))
+    s.shutdown(0.0, drain_time=1.0)
+    s.handle_timer(1.0)
+    s.actions()
+    s.withdrawn([V4, V6], 1.0)
+    assert steps(s) == [RemoveVip(V4, "web"), RemoveVip(V6, "web")]
+    assert s.idle
+
+
+def test_shutdown_during_linger_removes_at_once() -> None:
+    s = AgentState()
+    drained_out(s)
+    s.shutdown(30.0)
+    assert steps(s) == [RemoveVip(V4, "web"), RemoveVip(V6, "web")]
+    assert s.idle and s.get_timer() is None
+
+
+def test_reload_removing_lingering_vip_removes_it_and_shorter_linger_applies() -> None:
+    s = AgentState()
+    drained_out(s)
+    s.configure([web(vips=(V4,), drain_vip_linger=5.0)], 21.0)
+    assert steps(s) == [RemoveVip(V6, "web")]
+    assert s.lingering("web") == {str(V4): 26.0}  # min(80.5, 21 + 5)
+    s.configure([web(vips=(V4,), drain_vip_linger=0.0)], 22.0)
+    assert steps(s) == [RemoveVip(V4, "web")]
+
+
+def test_manage_vip_false_never_lingers() -> None:
+    s = AgentState()
+    drained_out(s, web(manage_vip=False))
+    assert steps(s) == []
+    assert s.lingering("web") == {} and s.idle
 
 
 def test_drained_service_stays_withdrawn_when_healthy() -> None:
@@ -253,13 +358,33 @@ EVENTS = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
+DRAINED_OUT = [("up", 0.0), ("drain", 1.0), ("tick", 2.5), ("confirm", 0.0)]
+LINGER_THEN_END = [*DRAINED_OUT, ("tick", 1.0), ("tick", 1.0), ("tick", 1.0), ("tick", 1.0)]
+LINGER_THEN_UNDRAIN = [
+    *DRAINED_OUT,
+    ("undrain", 1.0),
+    ("down", 0.5),
+    ("drain", 0.5),
+    ("up", 0.5),
+    ("tick", 2.5),
+    ("confirm", 0.0),
+    ("down", 1.0),
+    ("tick", 3.0),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@example(LINGER_THEN_END)
+@example(LINGER_THEN_UNDRAIN)
 @given(EVENTS)
 def test_invariants_under_any_sequence(events: list[tuple[str, float]]) -> None:
     """Announce only what is on lo; RemoveVip only after a confirmed withdrawal; never announce
-    an unhealthy service; shutdown always ends idle."""
+    an unhealthy service; a VIP is on lo unannounced (and not being withdrawn) only while it
+    lingers after an operator drain, never longer than drain_vip_linger after the confirmed
+    withdrawal; shutdown always ends idle."""
     s = AgentState()
-    s.configure([web(drain_time=2.0)], 0.0)
+    spec = web(drain_time=2.0, drain_vip_linger=3.0)
+    s.configure([spec], 0.0)
     on_lo: set[object] = set()
     announced: set[object] = set()
     pending_withdraw: set[object] = set()
@@ -282,7 +407,19 @@ def test_invariants_under_any_sequence(events: list[tuple[str, float]]) -> None:
             elif isinstance(a, RemoveVip):
                 assert a.vip not in announced and a.vip not in pending_withdraw
                 on_lo.discard(a.vip)
+                confirmed.pop(a.vip, None)
 
+    def check_lo() -> None:
+        lingering = s.lingering("web")
+        for vip in on_lo - announced - pending_withdraw:
+            assert str(vip) in lingering, f"{vip} on lo, not announced, not lingering"
+            assert drained_at_confirm[vip], "lingering after a withdrawal that was not a drain"
+            assert lingering[str(vip)] <= confirmed[vip] + 3.0
+            if kind == "tick":  # the timer fired: every linger that is over has ended
+                assert lingering[str(vip)] > now
+
+    confirmed: dict[object, float] = {}
+    drained_at_confirm: dict[object, bool] = {}
     for kind, dt in events:
         now += dt
         if kind == "up":
@@ -298,13 +435,17 @@ def test_invariants_under_any_sequence(events: list[tuple[str, float]]) -> None:
         elif kind == "tick":
             s.handle_timer(now)
         elif kind == "reload":
-            s.configure([web(drain_time=2.0, med=int(now))], now)
+            s.configure([web(drain_time=2.0, drain_vip_linger=3.0, med=int(now))], now)
         run()
         if kind == "confirm" and pending_withdraw:
             done = set(pending_withdraw)
             pending_withdraw.clear()
+            for vip in done:
+                confirmed[vip] = now
+                drained_at_confirm[vip] = s.services["web"].drained
             s.withdrawn(done, now)  # type: ignore[arg-type]
             run()
+        check_lo()
     s.shutdown(now, drain_time=1.0)
     run()
     for _ in range(4):
