@@ -95,6 +95,7 @@ class Server:
 name = "{name}"
 vips = [{vip_list}]
 drain_time = "2s"
+drain_vip_linger = "3s"
 {extra}
 [[services.checks]]
 type = "http"

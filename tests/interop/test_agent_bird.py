@@ -63,7 +63,10 @@ def test_drain_sends_graceful_shutdown_then_withdraws_and_undrain(lab):
     assert s2_route and "65535:0" not in s2_route[0].communities
     assert s1.has_vip(VIP4)  # still serving while drained
     lab.wait_nexthops([s2.address], timeout=10)  # withdrawn after drain_time (2s)
-    wait_for(lambda: not s1.has_vip(VIP4), 10, "VIP removed after the drain")
+    # drain_vip_linger (3 s here): the VIP stays on lo after a drain's withdrawal, so
+    # connections a pinning router still sends to this server keep working; then it goes.
+    assert s1.has_vip(VIP4)
+    wait_for(lambda: not s1.has_vip(VIP4), 10, "VIP removed after the drain linger")
     assert s1.status()["services"][0]["drained"] is True
 
     s1.cli("undrain", "--socket", str(s1.socket))
