@@ -160,26 +160,10 @@ class KernelPins:
         changes = 0
         # additions first (rules, routes), then nftables, then removals
         for fam, mark, table in sorted(want_rules - have_rules):
-            self._ipr.rule(
-                "add",
-                family=fam,
-                priority=self.priority,
-                fwmark=mark,
-                fwmask=self.mask,
-                table=table,
-                protocol=self.protocol,
-            )
+            self._rule("add", fam, mark, table, protocol=self.protocol)
             changes += 1
-        for table, dst, gw, oif in sorted(want_routes - have_routes, key=_route_sort):
-            self._ipr.route(
-                "replace",
-                dst=str(dst),
-                gateway=str(gw),
-                oif=oif,
-                table=table,
-                proto=self.protocol,
-                family=socket.AF_INET if dst.version == 4 else socket.AF_INET6,
-            )
+        for route in sorted(want_routes - have_routes, key=_route_sort):
+            self._route("replace", *route)
             changes += 1
         marks = tuple(PinMark(p.gateway, p.oif, p.mark, p.slot) for p in pins)
         vips = tuple(sorted({v for p in pins for v in p.vips}, key=_net_sort))
@@ -187,30 +171,37 @@ class KernelPins:
             self.nft.replace(pin_ruleset(self.nft.table, self.mask, marks, vips))
             self._installed_marks, self._installed_vips = marks, vips
             changes += 1
-        for table, dst, gw, oif in sorted(have_routes - want_routes, key=_route_sort):
+        for route in sorted(have_routes - want_routes, key=_route_sort):
             with contextlib.suppress(Exception):
-                self._ipr.route(
-                    "del",
-                    dst=str(dst),
-                    gateway=str(gw),
-                    oif=oif,
-                    table=table,
-                    proto=self.protocol,
-                    family=socket.AF_INET if dst.version == 4 else socket.AF_INET6,
-                )
+                self._route("del", *route)
                 changes += 1
         for fam, mark, table in sorted(have_rules - want_rules):
             with contextlib.suppress(Exception):
-                self._ipr.rule(
-                    "del",
-                    family=fam,
-                    priority=self.priority,
-                    fwmark=mark,
-                    fwmask=self.mask,
-                    table=table,
-                )
+                self._rule("del", fam, mark, table)
                 changes += 1
         return changes
+
+    def _rule(self, op: str, fam: int, mark: int, table: int, **extra: Any) -> None:
+        self._ipr.rule(
+            op,
+            family=fam,
+            priority=self.priority,
+            fwmark=mark,
+            fwmask=self.mask,
+            table=table,
+            **extra,
+        )
+
+    def _route(self, op: str, table: int, dst: IPNetwork, gw: IPAddress, oif: int) -> None:
+        self._ipr.route(
+            op,
+            dst=str(dst),
+            gateway=str(gw),
+            oif=oif,
+            table=table,
+            proto=self.protocol,
+            family=socket.AF_INET if dst.version == 4 else socket.AF_INET6,
+        )
 
     @_off_loop
     def cleanup(self) -> int:
