@@ -28,7 +28,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv6Address
 
 from bgplb.bgp.adj_rib_out import AdjRibOut
@@ -142,24 +142,25 @@ _FSM_SUBCODE = {
 }
 
 
+#: Timer name -> the RFC 4271 §8.1 event its expiry fires, in the order they are checked.
+_TIMER_INPUTS = (
+    ("idle_hold", Input.AUTOMATIC_START),
+    ("connect_retry", Input.CONNECT_RETRY_TIMER_EXPIRES),
+    ("hold", Input.HOLD_TIMER_EXPIRES),
+    ("keepalive", Input.KEEPALIVE_TIMER_EXPIRES),
+)
+
+
 @dataclass(slots=True)
 class _Timers:
     connect_retry: float | None = None
     hold: float | None = None
     keepalive: float | None = None
     idle_hold: float | None = None
-    _inputs: tuple[tuple[str, Input], ...] = field(
-        default=(
-            ("idle_hold", Input.AUTOMATIC_START),
-            ("connect_retry", Input.CONNECT_RETRY_TIMER_EXPIRES),
-            ("hold", Input.HOLD_TIMER_EXPIRES),
-            ("keepalive", Input.KEEPALIVE_TIMER_EXPIRES),
-        )
-    )
 
     def earliest(self) -> float | None:
-        deadlines = [d for d in (self.connect_retry, self.hold, self.keepalive, self.idle_hold)]
-        present = [d for d in deadlines if d is not None]
+        timers = (self.connect_retry, self.hold, self.keepalive, self.idle_hold)
+        present = [d for d in timers if d is not None]
         return min(present) if present else None
 
     def clear(self) -> None:
@@ -295,7 +296,7 @@ class Session:
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer whose deadline is at or before `now`."""
-        for name, inp in self._timers._inputs:
+        for name, inp in _TIMER_INPUTS:
             deadline = getattr(self._timers, name)
             if deadline is not None and deadline <= now:
                 setattr(self._timers, name, None)
