@@ -23,7 +23,11 @@ import asyncio
 import ipaddress
 import json
 import logging
+import queue
+import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 from bgplb.bgp.attributes import (
@@ -263,9 +267,6 @@ class SpeakerProcess:
     """
 
     def __init__(self, ns: Any, *args: str, log_path: str | None = None) -> None:
-        import queue
-        import subprocess
-        import threading
 
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
         self.events: list[dict[str, Any]] = []
@@ -299,7 +300,6 @@ class SpeakerProcess:
         self.proc.stdin.flush()
 
     def _drain(self, timeout: float) -> None:
-        import queue
 
         try:
             self.events.append(self._queue.get(timeout=timeout))
@@ -310,7 +310,6 @@ class SpeakerProcess:
 
     def wait_for(self, pred: Any, timeout: float = 20.0, after: int = 0) -> dict[str, Any]:
         """First event at index >= `after` matching `pred`; raises TimeoutError after `timeout`."""
-        import time
 
         deadline = time.monotonic() + timeout
         while True:
@@ -338,7 +337,6 @@ class SpeakerProcess:
         return table
 
     def stop(self, message: str = "test done", timeout: float = 5.0) -> None:
-        import subprocess
 
         if self.proc.poll() is None:
             try:
