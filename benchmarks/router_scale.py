@@ -135,7 +135,7 @@ def run_case(kind: str, peers: int, count: int, a: argparse.Namespace) -> dict[s
             if kind == "bgplb":
                 ranges = (
                     '[[peer_ranges]]\nprefix = "192.0.2.0/24"\nasn = "any"\n'
-                    'accept = ["198.18.0.0/15 le 32"]\n'
+                    'accept = ["198.18.0.0/15 le 32"]\nmax_prefixes = 10000000\n'
                 )
                 router = BenchRouter(
                     rcv,

@@ -259,6 +259,7 @@ POLICY_RANGES = """
 [[peer_ranges]]
 prefix = "192.0.2.8/29"
 asn = 65001
+accept = ["198.51.100.0/24 le 32"]
 
 [[peer_ranges]]
 prefix = "192.0.2.16/29"
@@ -269,19 +270,23 @@ accept = ["198.51.100.0/24 le 32"]
 prefix = "192.0.2.24/29"
 asn = "any"
 max_prefixes = 2
+accept = ["198.51.100.0/24 le 32"]
 
 [[peer_ranges]]
 prefix = "192.0.2.32/29"
 asn = 65099
+accept = ["198.51.100.0/24 le 32"]
 
 [[peer_ranges]]
 prefix = "192.0.2.40/29"
 asn = "any"
 password = "secret"
+accept = ["198.51.100.0/24 le 32"]
 
 [[peer_ranges]]
 prefix = "2001:db8::/32"
 asn = "any"
+accept = ["2001:db8:100::/48 le 128"]
 """
 
 

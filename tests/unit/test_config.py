@@ -54,6 +54,7 @@ asn = 65530
 [[peer_ranges]]
 prefix = "192.0.2.0/24"
 asn = "any"
+accept = ["198.51.100.0/24 le 32"]
 """
 
 
@@ -123,9 +124,21 @@ def test_defaults(tmp_path):
     assert config.services[0].manage_vip is True
     assert config.services[0].drain_vip_linger == 60.0  # bgplb router's drain_linger
     router = load_router_config(write(tmp_path, MINIMAL_ROUTER, "router.toml"))
-    accept = router.peer_ranges[0].accept
-    assert any(f.matches(ipaddress.ip_network("203.0.113.7/32")) for f in accept)
-    assert not any(f.matches(ipaddress.ip_network("203.0.113.0/24")) for f in accept)
+    r = router.peer_ranges[0]
+    assert any(f.matches(ipaddress.ip_network("198.51.100.7/32")) for f in r.accept)
+    assert not any(f.matches(ipaddress.ip_network("203.0.113.7/32")) for f in r.accept)
+    assert (r.max_prefixes, r.max_sessions, r.ttl_security) == (1000, 1024, False)
+    assert (r.allow_third_party_next_hop, r.allow_default) == (False, False)
+    assert (router.bgp.max_stale_time, router.bgp.open_timeout) == (120.0, 5.0)
+    assert router.fib.startup_defer == 60.0
+
+
+def test_router_range_without_accept_is_refused(tmp_path):
+    text = MINIMAL_ROUTER.replace('accept = ["198.51.100.0/24 le 32"]\n', "")
+    path = write(tmp_path, text, "router.toml")
+    (line,) = errors_of(path, "router")
+    assert line.startswith(f"{path}: peer_ranges[0].accept: ")
+    assert "missing required key" in line
 
 
 def test_exec_command_string_runs_in_sh(tmp_path):
@@ -330,6 +343,7 @@ def test_router_bad_values(tmp_path):
         "peer_ranges[1].asn",
         "peer_ranges[1].max_prefixes",
         "peer_ranges[1].prefix",
+        "peer_ranges[2].accept",
         "peer_ranges[2].prefix",
     ]
     assert any("has host bits set (did you mean 192.0.2.0/24?)" in x for x in lines)

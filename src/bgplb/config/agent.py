@@ -47,6 +47,9 @@ class BfdConfig(Section):
 
     interval_ms: Annotated[int, int_in(10, 60_000, " milliseconds")] = 300
     multiplier: Annotated[int, int_in(1, 255)] = 3
+    # multihop sessions (RFC 5883) only: packets received with a lower TTL/hop limit are
+    # dropped, so an off-path sender cannot take the session down (GTSM-style, RFC 5082)
+    min_ttl: Annotated[int, int_in(1, 255)] = 254
 
 
 class LoggingConfig(Section):

@@ -1,5 +1,11 @@
 """The router's configuration (``bgplb router -c FILE``): ``[bgp]``, ``[[peer_ranges]]``,
-``[fib]``, ``[control]``, ``[logging]``. Key names are the contract of DESIGN.md.
+``[fib]``, ``[control]``, ``[logging]``. docs/config.md lists every key.
+
+Safe by default: a peer range must say which prefixes it may announce (``accept`` has no
+default: a range that could announce anything is a configuration mistake, and refusing to start
+says so at once, where "accept nothing" would only show up as missing routes), holds at most
+``max_prefixes`` (1000) prefixes, may not announce the default route (``allow_default``) and
+must use its own address as next hop (``allow_third_party_next_hop``).
 """
 
 from __future__ import annotations
@@ -19,11 +25,11 @@ from bgplb.config.types import (
     HostPort,
     ListenAddress,
     MetricsAddress,
+    PositiveDuration,
     Prefix,
     RouterId,
     int_in,
     parse_asn,
-    parse_prefix_filter,
 )
 
 
@@ -34,6 +40,12 @@ class RouterBgp(Section):
     hold_time: HoldTime = 9
     # Graceful Restart helper (RFC 4724): keep a restarting peer's routes for its restart time.
     graceful_restart: bool = True
+    # Local cap on how long a restarting peer's stale paths are kept, whatever restart time
+    # (up to 4095 s) it advertised.
+    max_stale_time: Duration = 120.0
+    # A connection that has not sent a valid OPEN within this time is closed (half-open
+    # connections and collisions, RFC 4271 §6.8, must not hold resources).
+    open_timeout: PositiveDuration = 5.0
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -52,8 +64,8 @@ def _asn_or_any(value: Any) -> int | Literal["any"]:
     return parse_asn(value)
 
 
-# By default a range may announce any host route (/32, /128) and nothing else: VIPs.
-DEFAULT_ACCEPT = (parse_prefix_filter("0.0.0.0/0 ge 32"), parse_prefix_filter("::/0 ge 128"))
+DEFAULT_MAX_PREFIXES = 1000
+DEFAULT_MAX_SESSIONS = 1024
 
 
 class PeerRange(Section):
@@ -62,10 +74,15 @@ class PeerRange(Section):
     prefix: Prefix
     asn: Annotated[int | Literal["any"], PlainValidator(_asn_or_any)]
     password: str | None = None
-    max_prefixes: Annotated[int, int_in(1, 10_000_000)] | None = None
-    accept: list[AcceptEntry] = list(DEFAULT_ACCEPT)
+    max_prefixes: Annotated[int, int_in(1, 10_000_000)] = DEFAULT_MAX_PREFIXES
+    # required: the prefixes (VIPs) this range may announce; everything else is filtered
+    accept: list[AcceptEntry] = Field(min_length=1)
     bfd: BfdConfig | None = None
     hold_time: HoldTime | None = None
+    ttl_security: bool = False  # GTSM (RFC 5082): only directly connected peers (TTL 255)
+    max_sessions: Annotated[int, int_in(1, 1_000_000)] = DEFAULT_MAX_SESSIONS
+    allow_third_party_next_hop: bool = False  # next hop must be the session's source otherwise
+    allow_default: bool = False  # accept 0.0.0.0/0 and ::/0 if `accept` matches them
 
     @field_validator("password")
     @classmethod
@@ -134,6 +151,9 @@ class FibConfig(Section):
     pin_rule_priority: Annotated[int, int_in(1, 32765)] = 1000
     drain_linger: Duration = 60.0  # pins of a drained, then withdrawn server stay this long
     nft_table: Annotated[str, PlainValidator(_nft_name)] = "bgplb"
+    # With objects of a previous run in the kernel (keep_on_exit, kill -9): keep them until
+    # every peer of that run has sent End-of-RIB, at most this long (RFC 4724 §4.1 deferral).
+    startup_defer: Duration = 60.0
 
     @field_validator("idle_timer", "unbalanced_timer")
     @classmethod
