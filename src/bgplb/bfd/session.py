@@ -32,6 +32,13 @@ do not wait for a 1 s slow interval.
 Demand mode and the Echo function are not implemented: we never set D, and we advertise a
 Required Min Echo RX of 0. If the peer sets D while both are Up we stop periodic transmission
 (§6.8.7). Authentication is not implemented: packets with the A bit set are discarded.
+
+Demultiplexing (§6.3, §6.8.6): a packet whose Your Discriminator is neither zero nor ours is
+discarded. Your Discriminator zero is accepted only while we are Down (or AdminDown): in Init
+and Up the peer knows our discriminator, so such a packet is discarded (as FRR does) and a
+forged Down from the peer's address cannot take the session down. A change of the peer's My
+Discriminator in a packet that carries ours is accepted (§6.3 allows it) and counted in
+`remote_discriminator_changes`.
 """
 
 from __future__ import annotations
@@ -161,6 +168,7 @@ class Session:
         self._events: deque[SessionEvent] = deque()
         self.packets_received = 0
         self.packets_sent = 0
+        self.remote_discriminator_changes = 0
 
     @staticmethod
     def _check_params(tx: int, rx: int, mult: int) -> None:
@@ -250,9 +258,24 @@ class Session:
         """Process one decoded Control packet (§6.8.6); raise BfdError if it is discarded."""
         if pkt.your_discriminator not in (0, self.local_discriminator):
             raise BfdError(f"Your Discriminator {pkt.your_discriminator} is not ours")
+        if pkt.your_discriminator == 0 and self.state in (State.INIT, State.UP):
+            # §6.3: "Once the remote end echoes back the local discriminator, all further
+            # received packets are demultiplexed based on the Your Discriminator field only";
+            # selecting a session for Your Discriminator zero is application specific and an
+            # unmatched packet "MAY be discarded" (§6.8.6). In Init or Up the peer has our
+            # discriminator, so such a packet cannot belong to this session: anyone who can
+            # spoof the peer's address could otherwise take it down with one Down packet.
+            # FRR's bfdd does the same ("'remote discriminator' is zero, not overridden").
+            # A peer that really restarted is noticed when the Detection Time expires.
+            raise BfdError(f"Your Discriminator is zero while {self.state.name}: not ours")
         if pkt.auth is not None:
             raise BfdError("A bit set but authentication is not in use on this session")
         self.packets_received += 1
+        if self.remote_discriminator not in (0, pkt.my_discriminator):
+            # §6.3: a system may change its discriminator during a session "without affecting
+            # the session state"; §6.8.6: bfd.RemoteDiscr takes My Discriminator of every
+            # accepted packet (one that carries our discriminator).
+            self.remote_discriminator_changes += 1
         self.remote_discriminator = pkt.my_discriminator
         self.remote_state = pkt.state
         self.remote_diag = pkt.diag

@@ -7,18 +7,23 @@ Transport (RFC 5881 single hop, RFC 5883 multihop):
   its own sending socket, bound to the requested local address and a random free port.
 * Packets are sent with TTL / Hop Limit 255 and IP precedence 6 (TOS 0xC0, as BIRD and FRR).
   On receipt the TTL comes from ancillary data (IP_RECVTTL / IPV6_RECVHOPLIMIT, `recvmsg`):
-  single hop drops anything whose TTL is not 255 (RFC 5881 §5); multihop drops packets below
-  the configured minimum (RFC 5883 §2, default 1: no check).
+  single hop drops anything whose TTL is not 255 (RFC 5881 §5); multihop drops packets whose
+  TTL is below the session's minimum (RFC 5883 §2 allows it, GTSM as in RFC 5082; default 254:
+  at most one router between the peers), so an off-path sender cannot reach the session.
+  Every drop is counted in `BfdService.dropped` by reason.
 * One listening socket per (address family, port), created on first need, demultiplexes by
   Your Discriminator, or by (source, destination) address when it is zero (RFC 5880 §6.3).
-  The destination comes from IP_PKTINFO / IPV6_RECVPKTINFO.
+  The destination comes from IP_PKTINFO / IPV6_RECVPKTINFO. The session's core discards a
+  zero Your Discriminator once the peer knows ours (Init, Up), so a forged Down from the peer's
+  address cannot take the session down (see bgplb.bfd.session).
 * Each session has one `loop.call_at` timer, re-armed from `Session.get_timer()` after every
   input; `now` is `loop.time()`.
 
 Service (as BIRD's `bfd_request_session`): `BfdService.request(peer, local, multihop, ...)`
 returns a `BfdHandle`. There is one session per (peer address, local address, multihop) shared
 by every requester; it runs with the most demanding request's timers (smallest
-interval x multiplier), and is taken AdminDown and removed when the last handle is released.
+interval x multiplier) and the highest `min_ttl`, and is taken AdminDown and removed when the
+last handle is released.
 `notify(state, diag)` is called on every state change of the session. See docs/bfd.md.
 """
 
@@ -86,6 +91,7 @@ class BfdSessionInfo:
     packets_sent: int
     packets_received: int
     last_change: float
+    min_ttl: int = 255  # lowest TTL / hop limit accepted
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +105,20 @@ class BfdHandle:
     """One requester's hold on a shared BFD session; `release()` when no longer needed."""
 
     def __init__(
-        self, service: BfdService, key: _Key, interval_ms: int, multiplier: int, notify: Notify
+        self,
+        service: BfdService,
+        key: _Key,
+        interval_ms: int,
+        multiplier: int,
+        notify: Notify,
+        min_ttl: int = TTL_MAX,
     ) -> None:
         self._service = service
         self.key = key
         self.interval_ms = interval_ms
         self.multiplier = multiplier
         self.notify = notify
+        self.min_ttl = min_ttl
         self.released = False
 
     @property
@@ -134,6 +147,7 @@ class _Endpoint:
     timer: asyncio.TimerHandle | None = None
     timer_at: float | None = None
     last_change: float = 0.0
+    min_ttl: int = TTL_MAX
 
     def info(self) -> BfdSessionInfo:
         s = self.session
@@ -157,6 +171,7 @@ class _Endpoint:
             packets_sent=s.packets_sent,
             packets_received=s.packets_received,
             last_change=self.last_change,
+            min_ttl=self.min_ttl,
         )
 
 
@@ -165,7 +180,8 @@ class BfdService:
 
     Must be created and used on the loop's thread. `rng` drives jitter, discriminators and
     source ports. `single_hop_port` / `multihop_port` / `listen_v4` / `listen_v6` exist for
-    tests and benchmarks; `multihop_min_ttl` is the lowest TTL accepted on multihop sessions.
+    tests and benchmarks; `multihop_min_ttl` is the lowest TTL accepted on a multihop session
+    whose request names none (single hop always requires 255).
     """
 
     def __init__(
@@ -177,8 +193,10 @@ class BfdService:
         multihop_port: int = MULTIHOP_PORT,
         listen_v4: str = "0.0.0.0",
         listen_v6: str = "::",
-        multihop_min_ttl: int = 1,
+        multihop_min_ttl: int = 254,
     ) -> None:
+        if not 1 <= multihop_min_ttl <= TTL_MAX:
+            raise ValueError(f"multihop_min_ttl must be in 1..255: {multihop_min_ttl}")
         self._loop = loop or asyncio.get_running_loop()
         self._rng = rng or random.Random()
         self._ports = {False: single_hop_port, True: multihop_port}
@@ -201,12 +219,17 @@ class BfdService:
         interval_ms: int = 300,
         multiplier: int = 3,
         notify: Notify | None = None,
+        min_ttl: int | None = None,
     ) -> BfdHandle:
         """Request a BFD session to `peer` (from `local`, or any source address if None).
 
+        `min_ttl` (multihop only; None: the service's `multihop_min_ttl`) is the lowest
+        received TTL / hop limit accepted; a shared session uses the highest of its requests'.
+        Single hop always requires 255 (RFC 5881 §5).
+
         Returns a handle; `notify(state, diag)` is called on each state change, and once soon
         after the request if the shared session is already past Down. Raises ValueError for a
-        bad address or timer, OSError if a socket cannot be opened.
+        bad address, timer or min_ttl, OSError if a socket cannot be opened.
         """
         if self.closed:
             raise RuntimeError("BfdService is closed")
@@ -216,8 +239,16 @@ class BfdService:
             raise ValueError(f"local {local} and peer {peer} are of different families")
         if not 1 <= interval_ms <= 4_294_967 or not 1 <= multiplier <= 255:
             raise ValueError(f"bad BFD timers: interval_ms={interval_ms} multiplier={multiplier}")
+        if not multihop:
+            min_ttl = TTL_MAX
+        elif min_ttl is None:
+            min_ttl = self._multihop_min_ttl
+        elif not isinstance(min_ttl, int) or not 1 <= min_ttl <= TTL_MAX:
+            raise ValueError(f"bad BFD min_ttl {min_ttl!r}: must be in 1..255")
         key = _Key(peer_ip, local_ip, bool(multihop))
-        handle = BfdHandle(self, key, interval_ms, multiplier, notify or (lambda st, dg: None))
+        handle = BfdHandle(
+            self, key, interval_ms, multiplier, notify or (lambda st, dg: None), min_ttl
+        )
         ep = self._endpoints.get(key)
         if ep is None:
             ep = self._create(key, interval_ms, multiplier)
@@ -273,6 +304,7 @@ class BfdService:
         live = [h for h in ep.handles if not h.released]
         if not live:
             return
+        ep.min_ttl = max(h.min_ttl for h in live)
         best = min(live, key=lambda h: (h.interval_ms * h.multiplier, h.interval_ms))
         us = best.interval_ms * 1000
         s = ep.session
@@ -420,8 +452,8 @@ class BfdService:
         if ttl is None:
             self.dropped["no_ttl"] += 1
             return
-        if (ttl != TTL_MAX) if not multihop else (ttl < self._multihop_min_ttl):
-            self.dropped["ttl"] += 1  # RFC 5881 §5 (GTSM), RFC 5883 §2
+        if not multihop and ttl != TTL_MAX:
+            self.dropped["ttl"] += 1  # RFC 5881 §5 (GTSM)
             return
         try:
             pkt = decode_packet(data)
@@ -433,12 +465,20 @@ class BfdService:
         if ep is None:
             self.dropped["no_session"] += 1
             return
+        if ttl < ep.min_ttl:  # multihop: RFC 5883 §2, the session's own minimum
+            self.dropped["ttl"] += 1
+            log.debug("BFD %s: dropped a packet with TTL %d < %d", src, ttl, ep.min_ttl)
+            return
         now = self._loop.time()
+        changes = ep.session.remote_discriminator_changes
         try:
             ep.session.handle_packet(pkt, now)
-        except BfdError:
+        except BfdError as exc:
             self.dropped["session_discard"] += 1
+            log.debug("BFD %s: packet discarded: %s", src, exc)
             return
+        if ep.session.remote_discriminator_changes != changes:
+            log.info("BFD %s: peer changed its discriminator to %d", src, pkt.my_discriminator)
         self._service(ep, now)
 
     def _demux(

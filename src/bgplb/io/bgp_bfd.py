@@ -58,7 +58,9 @@ class BfdLink:
     """One BGP neighbor's hold on a BFD session, with the RFC 5882 decision rules.
 
     ``on_down(diag)`` is called only for an Up -> Down transition that the neighbor did not
-    signal as AdminDown. ``release()`` when the BGP neighbor goes away (idempotent).
+    signal as AdminDown. ``min_ttl`` (multihop only, the config's ``bfd.min_ttl``; None: the
+    service default, 254) is the lowest TTL accepted from the neighbor. ``release()`` when the
+    BGP neighbor goes away (idempotent).
     """
 
     def __init__(
@@ -71,17 +73,19 @@ class BfdLink:
         interval_ms: int,
         multiplier: int,
         on_down: Callable[[Diag], None],
+        min_ttl: int | None = None,
     ) -> None:
         self.peer = peer
         self.interval_ms = interval_ms
         self.multiplier = multiplier
+        self.min_ttl = min_ttl
         self.on_down = on_down
         self.was_up = False
         self.downs = 0  # Up -> Down transitions that tore BGP down
         self.last_down_diag: Diag | None = None
         self.last_down_at: float | None = None  # time.time()
         self.handle: BfdHandle = service.request(
-            peer, local, multihop, interval_ms, multiplier, self._notify
+            peer, local, multihop, interval_ms, multiplier, self._notify, min_ttl
         )
 
     @property
@@ -138,6 +142,7 @@ class BfdLink:
                 remote_diag=diag_text(info.remote_diag),
                 packets_sent=info.packets_sent,
                 packets_received=info.packets_received,
+                min_ttl=info.min_ttl,
             )
         return out
 

@@ -58,6 +58,7 @@ class Pair:
     link_up: bool = True
     drop_from: set[str] = field(default_factory=set)
     events: dict[str, list[SessionEvent]] = field(default_factory=lambda: {"a": [], "b": []})
+    discarded: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
     sent: dict[str, list[tuple[float, ControlPacket]]] = field(
         default_factory=lambda: {"a": [], "b": []}
     )
@@ -70,7 +71,10 @@ class Pair:
             for raw in src.packets_to_send(self.now):
                 self.sent[name].append((self.now, decode_packet(raw)))
                 if self.link_up and name not in self.drop_from:
-                    dst.receive_packet(raw, self.now)
+                    try:
+                        dst.receive_packet(raw, self.now)
+                    except BfdError:
+                        self.discarded[name] += 1  # as the transport does: drop, go on
         self.events["a"] += drain(self.a)
         self.events["b"] += drain(self.b)
 
@@ -176,14 +180,77 @@ def test_admin_down_signals_neighbor_and_recovers() -> None:
     assert p.a.local_diag == Diag.NO_DIAGNOSTIC
 
 
-def test_peer_restart_with_zero_your_discriminator_takes_us_down() -> None:
+def test_peer_restart_is_noticed_by_detection_time_then_comes_up_again() -> None:
+    """A restarted peer sends Your Discriminator 0: ignored while Up (§6.3), so the session goes
+    Down only when the Detection Time expires, then comes Up with the new discriminator."""
     p = Pair()
     p.run_until(1.0)
-    fresh = make(0x33, seed=9)
-    [raw] = fresh.packets_to_send(p.now)
-    p.a.receive_packet(raw, p.now)
-    assert p.a.state == State.DOWN and p.a.local_diag == Diag.NEIGHBOR_SIGNALED_SESSION_DOWN
-    assert p.a.remote_discriminator == 0x33
+    p.b = make(0x33, seed=9)  # b restarts with a new discriminator
+    p.events["a"].clear()
+    p.run_until(p.now + 5.0)
+    downs = [e for e in p.events["a"] if isinstance(e, SessionDown)]
+    assert downs == [SessionDown(Diag.CONTROL_DETECTION_TIME_EXPIRED)]
+    assert p.a.state == p.b.state == State.UP
+    assert p.a.remote_discriminator == 0x33 and p.discarded["b"] >= 1
+
+
+def _forged(state: State, your: int, my: int = 0x22) -> bytes:
+    return encode_packet(
+        ControlPacket(
+            state=state,
+            my_discriminator=my,
+            your_discriminator=your,
+            detect_mult=3,
+            desired_min_tx_interval=MS,
+            required_min_rx_interval=MS,
+        )
+    )
+
+
+@pytest.mark.parametrize("state", [State.DOWN, State.ADMIN_DOWN])
+def test_zero_your_discriminator_cannot_take_an_up_session_down(state: State) -> None:
+    p = Pair()
+    p.run_until(1.0)
+    assert p.a.state == State.UP
+    received = p.a.packets_received
+    drain(p.a)
+    with pytest.raises(BfdError, match="Your Discriminator is zero while UP"):
+        p.a.receive_packet(_forged(state, 0), p.now)
+    assert p.a.state == State.UP and drain(p.a) == []
+    assert p.a.packets_received == received and p.a.remote_state == State.UP
+    p.run_until(p.now + 2.0)  # the real peer keeps it Up
+    assert p.a.state == State.UP and not any(isinstance(e, SessionDown) for e in p.events["a"])
+
+
+def test_zero_your_discriminator_discarded_in_init_accepted_in_down() -> None:
+    s = make(5)
+    s.receive_packet(_forged(State.DOWN, 0), 0.0)  # Down: selected by address, accepted
+    assert s.state == State.INIT and s.remote_discriminator == 0x22
+    with pytest.raises(BfdError, match="zero while INIT"):
+        s.receive_packet(_forged(State.DOWN, 0, my=0x99), 0.0)
+    assert s.state == State.INIT and s.remote_discriminator == 0x22
+
+
+def test_wrong_your_discriminator_is_discarded_while_up() -> None:
+    p = Pair()
+    p.run_until(1.0)
+    with pytest.raises(BfdError, match="not ours"):
+        p.a.receive_packet(_forged(State.DOWN, 0x12), p.now)
+    assert p.a.state == State.UP
+
+
+def test_my_discriminator_change_while_up_is_followed() -> None:
+    """§6.3: the peer may change its discriminator without affecting the session state; we
+    echo the new value (§6.8.6 sets bfd.RemoteDiscr from every accepted packet)."""
+    p = Pair()
+    p.run_until(1.0)
+    drain(p.a)
+    p.a.receive_packet(_forged(State.UP, 0x11, my=0x44), p.now)
+    assert p.a.state == State.UP and drain(p.a) == []
+    assert p.a.remote_discriminator == 0x44 and p.a.remote_discriminator_changes == 1
+    p.a._send_now = True
+    [raw] = p.a.packets_to_send(p.now)
+    assert decode_packet(raw).your_discriminator == 0x44
 
 
 def test_set_intervals_poll_final_and_deferred_tx_increase() -> None:
