@@ -5,6 +5,9 @@
 `NexthopMonitor` is a second socket subscribed to RTNLGRP_NEXTHOP (32), RTNLGRP_IPV4_ROUTE (7)
 and RTNLGRP_IPV6_ROUTE (11); it has a `fileno()` for selectors / asyncio `add_reader` and a
 non-blocking `read()`. The messages themselves are in `bgplb.linux.nexthop_msg` (re-exported).
+
+For many changes at once, `NexthopSocket.transact` sends hand-encoded requests
+(`bgplb.linux.nlbatch.encode_*`, re-exported here) in batches and returns one result per request.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import select
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from pyroute2.netlink import (
     NETLINK_ADD_MEMBERSHIP,
@@ -33,6 +36,7 @@ from pyroute2.netlink import (
 )
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
+from bgplb.linux import nlbatch
 from bgplb.linux.nexthop_msg import *  # noqa: F403  (re-export the codec)
 from bgplb.linux.nexthop_msg import (
     NETLINK_CAP_ACK,
@@ -68,6 +72,24 @@ from bgplb.linux.nexthop_msg import (
     route_request,
     rtmsg_nh,
 )
+from bgplb.linux.nlbatch import (  # re-exported
+    NetlinkOverrun as NetlinkOverrun,
+)
+from bgplb.linux.nlbatch import (
+    encode_del_nexthop as encode_del_nexthop,
+)
+from bgplb.linux.nlbatch import (
+    encode_del_route as encode_del_route,
+)
+from bgplb.linux.nlbatch import (
+    encode_group as encode_group,
+)
+from bgplb.linux.nlbatch import (
+    encode_nexthop as encode_nexthop,
+)
+from bgplb.linux.nlbatch import (
+    encode_route as encode_route,
+)
 
 
 def _open_socket(netns: str | None) -> socket.socket:
@@ -98,7 +120,7 @@ class NexthopSocket:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._sock = _open_socket(netns)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        _set_buffers(self._sock, BUFFER_SIZE)
         self._sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         self._sock.bind((0, 0))
@@ -119,6 +141,31 @@ class NexthopSocket:
         through it carry it as nlmsg_pid (see `NexthopMonitor.ignore_pids`)."""
         pid: int = self._sock.getsockname()[0]
         return pid
+
+    # -- batches (hand-encoded messages, see bgplb.linux.nlbatch) -----------------------------
+    def transact(
+        self,
+        messages: Sequence[bytes],
+        *,
+        ack_each: bool = False,
+        window: int = nlbatch.DEFAULT_WINDOW,
+    ) -> list[NexthopError | None]:
+        """Apply many change requests (from the `encode_*` functions of bgplb.linux.nlbatch;
+        their sequence numbers are overwritten) in as few round trips as fit. Returns, in
+        request order, None for each applied request and the NexthopError of each refused one;
+        one failure does not stop the others. Raises NetlinkOverrun (an OSError, ENOBUFS) if
+        answers were lost: re-read the kernel then."""
+        first = self._seq % 0x7FFFFFFF + 1
+        if first + len(messages) > 0x7FFFFFFF:
+            first = 1
+        self._seq = first + len(messages) - 1 if messages else self._seq
+        return nlbatch.transact(self._sock, messages, first, ack_each=ack_each, window=window)
+
+    def request_raw(self, message: bytes) -> None:
+        """Apply one hand-encoded change request in its own round trip; raise NexthopError."""
+        (result,) = self.transact([message])
+        if result is not None:
+            raise result
 
     # -- low level ------------------------------------------------------------------------
     def request(self, msg: nlmsg, msg_type: int, flags: int) -> list[nlmsg]:
@@ -313,6 +360,19 @@ _NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 _NHMSG_LEN = 8  # struct nhmsg
 _NHA_RES_BUCKET = 13
 _NHA_RES_BUCKET_NH_ID = 3
+
+
+BUFFER_SIZE = 4 << 20  # SO_SNDBUF / SO_RCVBUF of a NexthopSocket (answers of big batches)
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # asm-generic/socket.h: above wmem/rmem_max
+
+
+def _set_buffers(sock: socket.socket, size: int) -> None:
+    """Send and receive buffers of `size`; beyond net.core.[rw]mem_max if allowed (root)."""
+    for force, plain in ((_SO_SNDBUFFORCE, socket.SO_SNDBUF), (_SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
 def _error(raw: bytes, code: int) -> NexthopError:
