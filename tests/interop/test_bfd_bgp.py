@@ -1,4 +1,4 @@
-"""BFD wired into BGP (issue 6): `bgplb agent` with `bfd = {...}` against BIRD 2 as the router
+"""BFD wired into BGP: `bgplb agent` with `bfd = {...}` against BIRD 2 as the router
 and against `bgplb router` (peer range with `bfd`), in network namespaces.
 
 Two servers announce the same VIP; s1 runs BFD at 100 ms x 3, the BGP hold time is 30 s on every

@@ -1,4 +1,4 @@
-"""BFD wired into BGP (issue 6): `bgplb agent` with `bfd = {...}` against FRR 8.4 as the router
+"""BFD wired into BGP: `bgplb agent` with `bfd = {...}` against FRR 8.4 as the router
 (zebra + bgpd + bfdd in the router namespace, `neighbor X bfd` for s1 only), two servers
 announcing the same VIP, BGP hold time 30 s on every session. The lab is tests/interop/agent_lab.py
 with `kind=Frr`.

@@ -1,4 +1,4 @@
-"""BFD wired into BGP (issue 6), `bgplb agent` against `bgplb router`, in network namespaces
+"""BFD wired into BGP, `bgplb agent` against `bgplb router`, in network namespaces
 (the servers of tests/interop/agent_lab.py, the router process of test_router_interop.py):
 
 * IPv6: both agents peer with the router over IPv6 (single hop, RFC 5881 over IPv6) and

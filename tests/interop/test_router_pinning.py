@@ -1,4 +1,4 @@
-"""Connection pinning end to end (issue 7): `bgplb router` with `[fib] pinning`, 3 servers with
+"""Connection pinning end to end: `bgplb router` with `[fib] pinning`, 3 servers with
 bgplb speakers, a client holding >= 300 long-lived connections that stay idle for longer than
 `idle_timer` (1 s) between probes.
 

@@ -1,4 +1,4 @@
-"""Config loading: valid examples, every bad-config case of issue 3 named by file and key path."""
+"""Config loading: valid examples, every bad-config case named by file and key path."""
 
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def test_exec_command_string_runs_in_sh(tmp_path):
     assert check.command == ["/bin/sh", "-c", "exit 0"]
 
 
-# -- every bad config of issue 3 ---------------------------------------------------------------
+# -- every kind of bad config ---------------------------------------------------------------
 
 
 def test_unknown_keys_at_every_level(tmp_path):

@@ -1,7 +1,7 @@
 """The agent's configuration (``bgplb agent -c FILE``): ``[bgp]``, ``[[peers]]``,
 ``[[services]]`` with ``[[services.checks]]``, ``[control]``, ``[logging]``.
 
-Key names are the contract of DESIGN.md; docs/config.md documents every key and default.
+docs/config.md documents every key and default.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Each daemon runs in the foreground as a child process of ours (so `stop()` signa
 PID), writes its log into `workdir`, and is queried through its own control channel: `birdc -s`,
 `vtysh --vty_socket`, `gobgp --target unix://…`, and for ExaBGP the JSON lines of an API process.
 Every failure raises `PeerError` naming what failed, with the tail of the daemon's log.
-Facts about running these daemons here are in /work/shared/INTEROP-NOTES.md.
+docs/dev/interop.md lists what these daemons need to run in a namespace.
 """
 
 from bgplb.lab.peers.base import (
