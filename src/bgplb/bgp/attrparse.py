@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .negotiated import Negotiated
 
 __all__ = [
+    "MAX_RECORDED_ERRORS",
     "DecodedAttributes",
     "decode_as_path",
     "decode_attributes",
@@ -71,15 +72,27 @@ _SPEC: dict[int, tuple[int, ErrorAction]] = {
     AttrCode.LARGE_COMMUNITIES: (0xC0, _TAW),
 }
 _DECODABLE_FAMILIES = {(AFI.IPV4, SAFI.UNICAST), (AFI.IPV6, SAFI.UNICAST)}
+
+#: Recoverable errors kept per UPDATE; the rest are only counted. An UPDATE of 65535 octets can
+#: hold over 20000 (duplicate) attributes: keeping an error object for each would cost a
+#: hundred times the message in memory.
+MAX_RECORDED_ERRORS = 8
 _IPV4_ONLY = frozenset({IPV4_UNICAST})
 
 
 class _Malformed(Exception):
-    def __init__(self, subcode: int, reason: str, action: ErrorAction | None = None) -> None:
+    def __init__(
+        self,
+        subcode: int,
+        reason: str,
+        action: ErrorAction | None = None,
+        family: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__(reason)
         self.subcode = subcode
         self.reason = reason
         self.action = action
+        self.family = family  # set when the attribute is for a family we do not exchange
 
 
 def _len_is(value: bytes, n: int, what: str) -> None:
@@ -165,13 +178,29 @@ def _decode_next_hops(afi: int, hop: bytes) -> tuple[IPAddress, ...]:
     raise _Malformed(_S.OPTIONAL_ATTRIBUTE_ERROR, f"MP_REACH_NLRI next hop length {n}")
 
 
-def _mp_family(value: bytes, minimum: int, what: str) -> tuple[AFI, SAFI]:
+def _mp_family(
+    value: bytes, minimum: int, what: str, families: frozenset[tuple[AFI, SAFI]] | None = None
+) -> tuple[AFI, SAFI]:
+    """The AFI/SAFI of an MP attribute. One for a family that was not negotiated (or that we
+    cannot decode) is discarded: RFC 4760 §8 exchanges a family only when both sides advertised
+    it, and RFC 7606 §3 asks for the least disruptive action; the routes of the negotiated
+    families in the same session are unaffected (as BIRD and FRR do: log, ignore)."""
     if len(value) < minimum:
         raise _Malformed(_S.OPTIONAL_ATTRIBUTE_ERROR, f"{what} too short ({len(value)} octets)")
     afi, safi = struct.unpack_from("!HB", value)
     if (afi, safi) not in _DECODABLE_FAMILIES:
         raise _Malformed(
-            _S.OPTIONAL_ATTRIBUTE_ERROR, f"{what} for unsupported AFI {afi} SAFI {safi}", _DISCARD
+            _S.OPTIONAL_ATTRIBUTE_ERROR,
+            f"{what} for unsupported AFI {afi} SAFI {safi} ignored",
+            _DISCARD,
+            (afi, safi),
+        )
+    if families is not None and (afi, safi) not in families:
+        raise _Malformed(
+            _S.OPTIONAL_ATTRIBUTE_ERROR,
+            f"{what} for AFI {afi} SAFI {safi}, which was not negotiated, ignored (RFC 4760 §8)",
+            _DISCARD,
+            (afi, safi),
         )
     return AFI(afi), SAFI(safi)
 
@@ -183,9 +212,12 @@ def _nlri(value: bytes, afi: AFI, what: str) -> tuple[Prefix, ...]:
         raise _Malformed(_S.OPTIONAL_ATTRIBUTE_ERROR, f"{what}: {exc.reason}") from None
 
 
-def decode_mp_reach(value: bytes) -> MPReachNLRI:
-    """MP_REACH_NLRI value (RFC 4760 §3); malformed per RFC 7606 §7.11 -> session reset."""
-    afi, safi = _mp_family(value, 5, "MP_REACH_NLRI")
+def decode_mp_reach(
+    value: bytes, families: frozenset[tuple[AFI, SAFI]] | None = None
+) -> MPReachNLRI:
+    """MP_REACH_NLRI value (RFC 4760 §3); malformed per RFC 7606 §7.11 -> session reset.
+    With `families`, one for another family is discarded (see `_mp_family`)."""
+    afi, safi = _mp_family(value, 5, "MP_REACH_NLRI", families)
     nh_len = value[3]
     if 5 + nh_len > len(value):
         raise _Malformed(_S.OPTIONAL_ATTRIBUTE_ERROR, "MP_REACH_NLRI next hop overruns it")
@@ -193,9 +225,11 @@ def decode_mp_reach(value: bytes) -> MPReachNLRI:
     return MPReachNLRI(afi, safi, hops, _nlri(value[5 + nh_len :], afi, "MP_REACH_NLRI"))
 
 
-def decode_mp_unreach(value: bytes) -> MPUnreachNLRI:
-    """MP_UNREACH_NLRI value (RFC 4760 §4)."""
-    afi, safi = _mp_family(value, 3, "MP_UNREACH_NLRI")
+def decode_mp_unreach(
+    value: bytes, families: frozenset[tuple[AFI, SAFI]] | None = None
+) -> MPUnreachNLRI:
+    """MP_UNREACH_NLRI value (RFC 4760 §4); `families` as for `decode_mp_reach`."""
+    afi, safi = _mp_family(value, 3, "MP_UNREACH_NLRI", families)
     return MPUnreachNLRI(afi, safi, _nlri(value[3:], afi, "MP_UNREACH_NLRI"))
 
 
@@ -208,7 +242,9 @@ def _multiple(value: bytes, size: int, what: str) -> int:
     return len(value) // size
 
 
-def _decode_value(code: int, value: bytes, four_octet: bool) -> Any:
+def _decode_value(
+    code: int, value: bytes, four_octet: bool, families: frozenset[tuple[AFI, SAFI]] | None = None
+) -> Any:
     """Decode one recognized attribute value; raise _Malformed per RFC 7606 §7."""
     if code == AttrCode.ORIGIN:
         _len_is(value, 1, "ORIGIN")
@@ -254,8 +290,8 @@ def _decode_value(code: int, value: bytes, four_octet: bool) -> Any:
             raise _Malformed(_S.MALFORMED_AS_PATH, "AS4_PATH with confederation segments")
         return segments
     if code == AttrCode.MP_REACH_NLRI:
-        return decode_mp_reach(value)
-    return decode_mp_unreach(value)
+        return decode_mp_reach(value, families)
+    return decode_mp_unreach(value, families)
 
 
 _FIELD: dict[int, str] = {
@@ -283,6 +319,9 @@ class DecodedAttributes:
     attributes: PathAttributes
     errors: list[BGPError]
     treat_as_withdraw: bool
+    errors_not_recorded: int = 0  # recoverable errors beyond MAX_RECORDED_ERRORS
+    #: (AFI, SAFI) of MP attributes discarded because the family was not negotiated
+    ignored_families: tuple[tuple[int, int], ...] = ()
 
 
 def decode_attributes(
@@ -295,11 +334,22 @@ def decode_attributes(
     the UPDATE's NLRI field is non-empty (NEXT_HOP is then mandatory, RFC 7606 §3.d).
     """
     four = neg.four_octet_as
+    families = frozenset(neg.families)
     fields: dict[str, Any] = {}
     unknown: list[UnknownAttribute] = []
     errors: list[BGPError] = []
+    not_recorded = 0
+    ignored: list[tuple[int, int]] = []
     seen: set[int] = set()
     taw = False
+
+    def record(err: BGPError) -> None:
+        nonlocal not_recorded
+        if len(errors) < MAX_RECORDED_ERRORS:
+            errors.append(err)
+        else:
+            not_recorded += 1
+
     i, n = 0, len(data)
     while i < n:
         flags = data[i]
@@ -308,7 +358,7 @@ def decode_attributes(
             # RFC 7606 §4: treat-as-withdraw, unless an MP attribute may be lost in the rest
             err = BGPError(_UPDATE, _S.MALFORMED_ATTRIBUTE_LIST, b"", _TAW, "attribute overrun")
             if "mp_reach" in fields or neg.families <= _IPV4_ONLY:
-                errors.append(err)
+                record(err)
                 taw = True
                 break
             err.action = _RESET
@@ -324,7 +374,7 @@ def decode_attributes(
                     _UPDATE, _S.MALFORMED_ATTRIBUTE_LIST, b"", reason=f"duplicate {code}"
                 )
             reason = f"duplicate attribute {code} discarded (RFC 7606 §3.g)"
-            errors.append(BGPError(_UPDATE, _S.MALFORMED_ATTRIBUTE_LIST, raw, _DISCARD, reason))
+            record(BGPError(_UPDATE, _S.MALFORMED_ATTRIBUTE_LIST, raw, _DISCARD, reason))
             continue
         seen.add(code)
         spec = _SPEC.get(code)
@@ -346,17 +396,19 @@ def decode_attributes(
         if flags & 0xC0 != expected:  # RFC 7606 §3.c
             flag_action = _TAW if action is _RESET else action
             reason = f"attribute {code} flags {flags:#04x}"
-            errors.append(BGPError(_UPDATE, _S.ATTRIBUTE_FLAGS_ERROR, raw, flag_action, reason))
+            record(BGPError(_UPDATE, _S.ATTRIBUTE_FLAGS_ERROR, raw, flag_action, reason))
             taw = taw or flag_action is _TAW
             if action is not _RESET:
                 continue  # MP attributes are still parsed so their NLRI can be withdrawn
         try:
-            fields[_FIELD[code]] = _decode_value(code, value, four)
+            fields[_FIELD[code]] = _decode_value(code, value, four, families)
         except _Malformed as m:
             act = m.action or action
             if act is _RESET:
                 raise BGPError(_UPDATE, m.subcode, raw, _RESET, m.reason) from None
-            errors.append(BGPError(_UPDATE, m.subcode, raw, act, m.reason))
+            if m.family is not None and m.family not in ignored:
+                ignored.append(m.family)
+            record(BGPError(_UPDATE, m.subcode, raw, act, m.reason))
             taw = taw or act is _TAW
     _apply_as4(fields, four)
     mp_reach = fields.get("mp_reach")
@@ -370,9 +422,10 @@ def decode_attributes(
                 err = BGPError(
                     _UPDATE, _S.MISSING_WELL_KNOWN_ATTRIBUTE, bytes((code,)), _TAW, reason
                 )
-                errors.append(err)
+                record(err)
                 taw = True
-    return DecodedAttributes(PathAttributes(**fields, unknown=tuple(unknown)), errors, taw)
+    attributes = PathAttributes(**fields, unknown=tuple(unknown))
+    return DecodedAttributes(attributes, errors, taw, not_recorded, tuple(ignored))
 
 
 def _apply_as4(fields: dict[str, Any], four: bool) -> None:

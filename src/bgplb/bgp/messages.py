@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
 from .attributes import (
@@ -178,6 +178,10 @@ class Update:
     attributes: PathAttributes = field(default_factory=PathAttributes)
     nlri: tuple[Prefix, ...] = ()
     errors: tuple[BGPError, ...] = ()
+    #: recoverable errors beyond the first ``MAX_RECORDED_ERRORS`` (counted, not kept)
+    errors_not_recorded: int = 0
+    #: (AFI, SAFI) of MP_REACH/MP_UNREACH_NLRI discarded: family not negotiated (RFC 4760 §8)
+    ignored_families: tuple[tuple[int, int], ...] = ()
 
     @property
     def announced(self) -> tuple[Prefix, ...]:
@@ -194,7 +198,7 @@ class Update:
     @property
     def is_end_of_rib(self) -> Family | None:
         """The family this End-of-RIB marker is for (RFC 4724 §2), else None."""
-        if self.withdrawn or self.nlri or self.errors:
+        if self.withdrawn or self.nlri or self.errors or self.errors_not_recorded:
             return None
         attrs = self.attributes
         if attrs == _EMPTY_ATTRIBUTES:
@@ -247,12 +251,20 @@ def _decode_update(b: bytes, neg: Negotiated) -> Update:
     nlri = tuple(decode_prefixes(b[4 + wlen + alen :], AFI.IPV4))
     if not alen:
         if nlri:
-            return _treat_as_withdraw(withdrawn, nlri, PathAttributes(), [_missing_origin()])
+            return _treat_as_withdraw(withdrawn, nlri, PathAttributes(), [_missing_origin()], 0)
         return Update(withdrawn, _EMPTY_ATTRIBUTES, nlri)
     decoded = decode_attributes(b[4 + wlen : 4 + wlen + alen], neg, bool(nlri))
     if decoded.treat_as_withdraw:
-        return _treat_as_withdraw(withdrawn, nlri, decoded.attributes, decoded.errors)
-    return Update(withdrawn, decoded.attributes, nlri, tuple(decoded.errors))
+        update = _treat_as_withdraw(
+            withdrawn, nlri, decoded.attributes, decoded.errors, decoded.errors_not_recorded
+        )
+    else:
+        update = Update(
+            withdrawn, decoded.attributes, nlri, tuple(decoded.errors), decoded.errors_not_recorded
+        )
+    if decoded.ignored_families:
+        update = replace(update, ignored_families=decoded.ignored_families)
+    return update
 
 
 def _missing_origin() -> BGPError:
@@ -270,6 +282,7 @@ def _treat_as_withdraw(
     nlri: tuple[Prefix, ...],
     attrs: PathAttributes,
     errors: list[BGPError],
+    errors_not_recorded: int,
 ) -> Update:
     """RFC 7606 §2 treat-as-withdraw: every announced prefix becomes a withdrawal."""
     classic = withdrawn + nlri
@@ -284,7 +297,9 @@ def _treat_as_withdraw(
         else:  # unreach is IPv4 unicast: fold it into the classic field
             classic += unreach.withdrawn
             unreach = MPUnreachNLRI(reach.afi, reach.safi, reach.nlri)
-    return Update(classic, PathAttributes(mp_unreach=unreach), (), tuple(errors))
+    return Update(
+        classic, PathAttributes(mp_unreach=unreach), (), tuple(errors), errors_not_recorded
+    )
 
 
 # --- NOTIFICATION, KEEPALIVE, ROUTE-REFRESH -----------------------------------------------------
@@ -363,7 +378,11 @@ def encode(msg: Message, neg: Negotiated = _DEFAULT_NEG) -> bytes:
     elif isinstance(msg, Keepalive):
         body = b""
     elif isinstance(msg, Notification):
-        body = struct.pack("!BB", msg.code, msg.subcode) + msg.data
+        # RFC 4271 §4.5: the Data field is variable and only diagnostic. When it would not fit
+        # (e.g. it echoes a maximum-size message, RFC 7313 §5), it is truncated, as deployed
+        # speakers do, rather than not sending the NOTIFICATION at all.
+        room = neg.max_message_size - 21
+        body = struct.pack("!BB", msg.code & 0xFF, msg.subcode & 0xFF) + msg.data[:room]
     elif isinstance(msg, Open):
         body = _encode_open(msg)
     else:

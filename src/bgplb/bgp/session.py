@@ -21,15 +21,28 @@ DampPeerOscillations option of §8.1.1). All are jittered to 75-100% as §10 ask
 
 Routes to advertise are kept in an `AdjRibOut`; updates are built when the transport pulls bytes,
 so many `announce()` calls in a row become as few UPDATE messages as possible.
+
+Robustness. No input ever raises out of the session (`start`, `stop`, `connection_made`,
+`connection_lost`, `receive_data`, `handle_timer`, `data_to_send`): protocol errors become the
+NOTIFICATION RFC 4271 §6 names, and an unexpected exception inside the session (a bug) becomes
+Cease with subcode 0 (RFC 4271 §6.7: a speaker closes a connection "in the absence of any fatal
+errors" detected in the peer's messages with Cease; an FSM Error, 5, would blame the peer's state
+machine, and RFC 4486 has no subcode for an internal failure). The session then goes Idle with
+`InternalSessionError`, a `SessionDown` that carries the traceback for the owner to log and that
+is not a transport loss (so a Graceful Restart helper purges the peer's routes).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import random
+import traceback
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv6Address
+from typing import Concatenate, ParamSpec
 
 from bgplb.bgp.adj_rib_out import AdjRibOut
 from bgplb.bgp.attributes import AsPathSegment, AsPathSegmentType, Origin, PathAttributes
@@ -56,7 +69,7 @@ from bgplb.bgp.events import (
     StateChanged,
 )
 from bgplb.bgp.families import AFI, IPV4_UNICAST, IPV6_UNICAST, Family
-from bgplb.bgp.framing import MessageReader
+from bgplb.bgp.framing import HEADER_SIZE, MessageReader
 from bgplb.bgp.fsm import TRANSITIONS, Input, State
 from bgplb.bgp.messages import (
     Keepalive,
@@ -79,6 +92,7 @@ __all__ = [
     "ConnectRequested",
     "EndOfRibReceived",
     "Event",
+    "InternalSessionError",
     "RouteRefreshReceived",
     "RoutesHeldBack",
     "RoutesReceived",
@@ -90,9 +104,22 @@ __all__ = [
 ]
 
 IPAddress = IPv4Address | IPv6Address
+_P = ParamSpec("_P")
 
 #: RFC 4271 §8.2.2: "a large value" for the HoldTimer while waiting for OPEN (4 minutes).
 OPEN_HOLD_TIME = 240.0
+
+
+@dataclass(frozen=True, slots=True)
+class InternalSessionError(SessionDown):
+    """The session failed on an unexpected exception (a bug, not the peer's fault).
+
+    Cease/0 was sent if a connection existed; `reason` starts with "internal error";
+    `traceback` is the formatted exception for the owner's log. `connection_lost` is False:
+    the peer's routes must not be kept as Graceful Restart stale routes.
+    """
+
+    traceback: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +142,34 @@ class SessionConfig:
     idle_hold_max: float = 60.0
     automatic_restart: bool = True
     send_end_of_rib: bool = True
+    # HoldTimer while waiting for the peer's OPEN (§8.2.2 "a large value"); a listener that
+    # must not keep half-open connections uses a few seconds.
+    open_hold_time: float = OPEN_HOLD_TIME
 
     def __post_init__(self) -> None:
         if self.hold_time in (1, 2) or not 0 <= self.hold_time <= 65535:
             raise ValueError(f"hold time must be 0 or 3..65535 seconds, not {self.hold_time}")
         if not 1 <= self.local_asn <= 0xFFFFFFFF:
             raise ValueError(f"local AS {self.local_asn} out of range")
+        if not self.open_hold_time > 0:
+            raise ValueError(f"open hold time must be positive, not {self.open_hold_time}")
+
+
+def _guarded(
+    method: Callable[Concatenate[Session, _P], None],
+) -> Callable[Concatenate[Session, _P], None]:
+    """Run an input method; an unexpected exception ends the session (see the module doc)."""
+    index = list(inspect.signature(method).parameters).index("now") - 1  # after self
+
+    @functools.wraps(method)
+    def wrapper(self: Session, /, *args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except Exception as exc:  # every bug must end in a clean Idle
+            now = args[index] if len(args) > index else kwargs.get("now", 0.0)
+            self._internal_error(float(now) if isinstance(now, int | float) else 0.0, exc)
+
+    return wrapper
 
 
 _MESSAGE_INPUT = {
@@ -191,6 +240,12 @@ class Session:
         self.updates_sent = 0
         self.updates_received = 0
         self.held_back: dict[Prefix, str] = {}
+        self.last_traceback: str | None = None
+        self._hold_paused = False
+        #: (AFI, SAFI) -> UPDATEs on this connection whose MP_REACH/MP_UNREACH_NLRI for that
+        #: family was discarded because it was not negotiated (RFC 4760 §8); the transport
+        #: logs the first one of each family.
+        self.ignored_families: dict[tuple[int, int], int] = {}
 
     # -- read-only state ----------------------------------------------------------------------
 
@@ -233,11 +288,13 @@ class Session:
 
     # -- API inputs ---------------------------------------------------------------------------
 
+    @_guarded
     def start(self, now: float) -> None:
         """ManualStart (Event 1): begin connecting (or listening, when passive)."""
         self._stopped = False
         self._fire(Input.MANUAL_START, now)
 
+    @_guarded
     def stop(
         self,
         now: float,
@@ -262,6 +319,7 @@ class Session:
             notification = Notification(ErrorCode.CEASE, subcode)
         self._fire(Input.MANUAL_STOP, now, notification)
 
+    @_guarded
     def connection_made(
         self, now: float, next_hops: Mapping[AFI, tuple[IPAddress, ...]] | None = None
     ) -> None:
@@ -269,10 +327,12 @@ class Session:
         self._next_hops = dict(next_hops or {})
         self._fire(Input.TCP_CONNECTION_CONFIRMED, now)
 
+    @_guarded
     def connection_lost(self, now: float, reason: str = "connection closed by peer") -> None:
         """The transport failed or was closed by the peer (Event 18)."""
         self._fire(Input.TCP_CONNECTION_FAILS, now, reason)
 
+    @_guarded
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes read from the transport; complete messages are processed at once."""
         if self._state not in _CONNECTED:
@@ -294,6 +354,7 @@ class Session:
                 return
             self._fire(_MESSAGE_INPUT[MessageType(msg_type)], now, message)
 
+    @_guarded
     def handle_timer(self, now: float) -> None:
         """Fire every timer whose deadline is at or before `now`."""
         for name, inp in _TIMER_INPUTS:
@@ -319,7 +380,10 @@ class Session:
     def data_to_send(self, now: float) -> bytes:
         """Bytes to write to the transport now (builds pending UPDATEs first)."""
         if self._state is State.ESTABLISHED:
-            self._flush_updates(now)
+            try:
+                self._flush_updates(now)
+            except Exception as exc:  # a bug: see the module docstring
+                self._internal_error(now, exc)
         data = bytes(self._out)
         self._out.clear()
         return data
@@ -336,6 +400,57 @@ class Session:
     def get_timer(self) -> float | None:
         """The earliest deadline at which `handle_timer` must be called, or None."""
         return self._timers.earliest()
+
+    @property
+    def hold_timer_paused(self) -> bool:
+        return self._hold_paused
+
+    def pause_hold_timer(self) -> None:
+        """The owner stopped reading the socket (backpressure): suspend our HoldTimer.
+
+        Unread KEEPALIVEs wait in the socket buffer, so the peer is not silent, we just do not
+        look; our KeepaliveTimer keeps running, so the peer's HoldTimer is fed as usual."""
+        self._hold_paused = True
+        self._timers.hold = None
+
+    def resume_hold_timer(self, now: float) -> None:
+        """Reading again: the HoldTimer restarts from `now` with its full value."""
+        if not self._hold_paused:
+            return
+        self._hold_paused = False
+        if self._state is State.OPEN_SENT:
+            self._timers.hold = now + self.config.open_hold_time
+        elif self._state in (State.OPEN_CONFIRM, State.ESTABLISHED):
+            self._arm_hold(now)
+
+    def _internal_error(self, now: float, exc: BaseException) -> None:
+        """An unexpected exception: Cease/0 if connected, Idle, and an InternalSessionError."""
+        text = "".join(traceback.format_exception(exc))
+        reason = f"internal error: {type(exc).__name__}: {exc}"
+        self.last_traceback = text
+        was_established = self._state is State.ESTABLISHED
+        notification: Notification | None = None
+        if self._state in _CONNECTED:
+            notification = Notification(ErrorCode.CEASE, CeaseSubcode.UNSPECIFIC)
+            self._out += b"\xff" * 16 + b"\x00\x15\x03\x06\x00"  # cannot fail to encode
+        self._events.append(
+            InternalSessionError(reason, was_established, notification, traceback=text)
+        )
+        try:
+            self._reset_connection()
+        except Exception:  # the state is rebuilt below anyway
+            self._events.append(CloseRequested())
+        self._neg = None
+        self._reader = MessageReader()
+        self._timers.clear()
+        self.last_error = reason
+        self.established_at = None
+        if self._state is not State.IDLE:
+            self._events.append(StateChanged(self._state, State.IDLE))
+            self._state = State.IDLE
+        if self.config.automatic_restart and not self._stopped:
+            self._timers.idle_hold = now + self._idle_hold
+            self._idle_hold = min(self._idle_hold * 2, self.config.idle_hold_max)
 
     # -- dispatch -----------------------------------------------------------------------------
 
@@ -399,8 +514,9 @@ class Session:
         self._timers.connect_retry = None
         self._reader = MessageReader()
         self._neg = None
+        self.ignored_families = {}
         self._send(self.local_open())
-        self._timers.hold = now + OPEN_HOLD_TIME
+        self._timers.hold = None if self._hold_paused else now + self.config.open_hold_time
         self._set_state(State.OPEN_SENT)
 
     def _on_open_received(self, now: float, arg: object) -> None:
@@ -431,7 +547,7 @@ class Session:
 
     def _arm_hold(self, now: float) -> None:
         hold = self._neg.hold_time if self._neg else 0
-        self._timers.hold = now + hold if hold else None
+        self._timers.hold = now + hold if hold and not self._hold_paused else None
 
     def _arm_keepalive(self, now: float) -> None:
         keepalive = self._neg.keepalive_time if self._neg else 0
@@ -456,6 +572,8 @@ class Session:
         assert isinstance(arg, Update)
         self._arm_hold(now)
         self.updates_received += 1
+        for afi, safi in arg.ignored_families:
+            self.ignored_families[afi, safi] = self.ignored_families.get((afi, safi), 0) + 1
         family = arg.is_end_of_rib
         if family is not None:
             self._events.append(EndOfRibReceived(family))
@@ -515,7 +633,10 @@ class Session:
         self._go_idle(now, f"stopped: {arg}", arg, local=True)
 
     def _error(self, now: float, err: BGPError) -> None:
-        notification = Notification(err.code, err.subcode, err.data)
+        # The Data field is cut to what fits (see messages.encode), here too so that the
+        # NOTIFICATION reported in SessionDown is the one sent.
+        room = (self._neg or Negotiated()).max_message_size - HEADER_SIZE - 2
+        notification = Notification(err.code, err.subcode, err.data[:room])
         self._send(notification)
         self._go_idle(now, str(err), notification, local=True)
 
