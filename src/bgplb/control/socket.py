@@ -170,7 +170,7 @@ def request(path: str | os.PathLike[str], command: str, timeout: float = 10.0, *
             sock.sendall(payload)
         except OSError:  # the daemon closed early (e.g. request too large): read its answer
             pass
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             try:
                 chunk = sock.recv(65536)
