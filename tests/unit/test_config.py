@@ -513,3 +513,50 @@ def test_arbitrary_input_gives_only_config_errors(data, role):
         assert e.issues
         for line in str(e).splitlines():
             assert line.startswith("fuzz.toml: ")
+
+
+# -- secrets never appear in error messages ----------------------------------------------------
+
+_SECRET_VALUES = [
+    ("123456789", "123456789"),
+    ("12345.678", "12345.678"),
+    ('["hunter2-list"]', "hunter2-list"),
+    ('{ pw = "hunter2-table" }', "hunter2-table"),
+    ('"' + "hunter2-long" * 10 + '"', "hunter2-long"),
+    ("true", "True"),
+]
+
+
+@pytest.mark.parametrize(("toml_value", "secret"), _SECRET_VALUES)
+def test_agent_password_value_never_in_error(tmp_path, toml_value, secret):
+    text = MINIMAL_AGENT.replace("asn = 65530", f"asn = 65530\npassword = {toml_value}")
+    with pytest.raises(ConfigError) as info:
+        load_agent_config(write(tmp_path, text))
+    message = str(info.value)
+    assert "peers[0].password" in message
+    assert secret not in message and secret.lower() not in message.lower()
+    ok, report = config_check(write(tmp_path, text))
+    assert not ok and secret not in report
+
+
+@pytest.mark.parametrize(("toml_value", "secret"), _SECRET_VALUES)
+def test_router_password_value_never_in_error(tmp_path, toml_value, secret):
+    text = MINIMAL_ROUTER.replace('asn = "any"', f'asn = "any"\npassword = {toml_value}')
+    path = write(tmp_path, text, "router.toml")
+    with pytest.raises(ConfigError) as info:
+        load_router_config(path)
+    message = str(info.value)
+    assert "peer_ranges[0].password" in message
+    assert secret not in message and secret.lower() not in message.lower()
+
+
+def test_password_type_error_says_what_was_given(tmp_path):
+    text = MINIMAL_AGENT.replace("asn = 65530", "asn = 65530\npassword = 123456789")
+    with pytest.raises(ConfigError, match=r"expected a string, got an integer"):
+        load_agent_config(write(tmp_path, text))
+
+
+def test_non_secret_values_still_shown(tmp_path):
+    text = MINIMAL_AGENT.replace("port = 80", 'port = "eighty"')
+    with pytest.raises(ConfigError, match="eighty"):
+        load_agent_config(write(tmp_path, text))

@@ -119,7 +119,63 @@ def _clean_loc(loc: Loc) -> Loc:
     return tuple(out)
 
 
+# Keys whose values are secrets (TCP-MD5 ``password``...): no message may contain their value,
+# whatever its type or the check that failed (config errors end up in logs and terminals).
+_SECRET_WORDS = ("password", "secret", "token")
+HIDDEN = "<hidden>"
+
+
+def is_secret_key(loc: Iterable[str | int]) -> bool:
+    """True if any key on the path names a secret (``peers[0].password``...)."""
+    return any(isinstance(p, str) and any(w in p.lower() for w in _SECRET_WORDS) for p in loc)
+
+
+def describe_type(value: Any) -> str:
+    """What a value is, without showing it: ``an integer``, ``a string``..."""
+    if isinstance(value, bool):
+        return "a boolean"
+    for kind, name in ((int, "an integer"), (float, "a number"), (str, "a string")):
+        if isinstance(value, kind):
+            return name
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a table"
+    return "a value of another type"
+
+
+def _redact(message: str, value: Any) -> str:
+    """Remove every rendering of ``value`` (and of the strings inside it) from ``message``."""
+    pieces: list[str] = []
+
+    def collect(v: Any) -> None:
+        if isinstance(v, Mapping):
+            for k, item in v.items():
+                collect(k)
+                collect(item)
+        elif isinstance(v, (list, tuple)):
+            for item in v:
+                collect(item)
+        elif v is not None and not isinstance(v, bool):
+            pieces.extend({repr(v), str(v)})
+
+    collect(value)
+    for piece in sorted((p for p in pieces if p), key=len, reverse=True):
+        message = message.replace(piece, HIDDEN)
+    return message
+
+
 def _message(error: Mapping[str, Any], root: type[BaseModel]) -> tuple[Loc, str]:
+    loc, message = _plain_message(error, root)
+    if is_secret_key(error["loc"]):
+        value = error.get("input")
+        if error["type"] in _TYPE_NAMES:
+            message = f"expected {_TYPE_NAMES[error['type']]}, got {describe_type(value)}"
+        message = _redact(message, value)
+    return loc, message
+
+
+def _plain_message(error: Mapping[str, Any], root: type[BaseModel]) -> tuple[Loc, str]:
     kind, loc, value = error["type"], tuple(error["loc"]), error.get("input")
     ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
