@@ -34,6 +34,9 @@ log = logging.getLogger("bgplb.health")
 
 BODY_LIMIT = 64 * 1024  # bytes of an HTTP body searched for expect_body
 OUTPUT_LIMIT = 4096  # bytes of an exec check's output kept (its tail)
+# The whole environment of an exec check, plus the check's own `env` table: nothing of the
+# agent's environment (credentials, proxies, LD_PRELOAD...) leaks into a check command.
+EXEC_BASE_ENV: dict[str, str] = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,11 +147,14 @@ class ExecProbe:
     """Up when the command exits 0. It runs in its own session (process group); when it exits
     or is cancelled (timeout), the whole group is killed with SIGKILL, so no child it started
     survives (a background child does not keep the check waiting). ``detail`` is the exit
-    status and the last line of its output (stdout and stderr)."""
+    status and the last line of its output (stdout and stderr). Its environment is
+    ``EXEC_BASE_ENV`` plus the check's ``env`` table (which may override PATH and LANG), never
+    the agent's own."""
 
     def __init__(self, check: ExecCheck) -> None:
         self.check = check
-        self._env = {**os.environ, **check.env} if check.env else None
+        extra: dict[str, str] | None = getattr(check, "env", None)
+        self._env = {**EXEC_BASE_ENV, **(extra or {})}
         self.last_pid: int | None = None  # for tests and status
 
     async def __call__(self) -> ProbeResult:
