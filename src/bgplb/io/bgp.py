@@ -7,6 +7,12 @@ aioquic's asyncio layer does. Peers never wait on each other: each has its own t
 timer, and writes are buffered by asyncio (while a peer's socket is full, no new UPDATEs are built
 for it). `BgpListener` accepts connections (passive side) and hands them to a callback that
 decides which peer, if any, gets the connection.
+
+Backpressure on the receiving side: `BgpPeer.pause_reading()` stops reading the socket (the
+kernel's receive window then closes and the peer's TCP stops sending). Our KEEPALIVEs keep
+going out, so the peer's HoldTimer is fed; our own HoldTimer is suspended while paused, because
+the peer's KEEPALIVEs are waiting unread in our socket buffer: dropping the session for a
+silence we caused would be wrong. `resume_reading()` restarts it with its full value.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from bgplb.bgp.session import (
     CloseRequested,
     ConnectRequested,
     Event,
+    InternalSessionError,
     RoutesHeldBack,
+    RoutesReceived,
     Session,
     SessionDown,
     SessionEstablished,
@@ -119,6 +127,11 @@ class BgpPeer:
         self._closed = asyncio.Event()
         self._closed.set()
         self.local_address: IPAddress | None = None
+        self._reading_paused = False
+        self._families_logged: set[tuple[int, int]] = set()
+        #: events handed to `on_event` so far (an owner that queues them can subtract the
+        #: number it handled to know how many are pending for this peer)
+        self.events_delivered = 0
 
     # -- control ------------------------------------------------------------------------------
 
@@ -147,11 +160,47 @@ class BgpPeer:
             self._timer.cancel()
             self._timer = None
 
+    @property
+    def reading_paused(self) -> bool:
+        return self._reading_paused
+
+    def pause_reading(self) -> None:
+        """Stop reading from the socket (backpressure: the owner's queue is long).
+
+        KEEPALIVEs are still sent; the session's HoldTimer is suspended until
+        `resume_reading` (see the module docstring). Idempotent."""
+        if self._reading_paused:
+            return
+        self._reading_paused = True
+        self.session.pause_hold_timer()
+        self._apply_reading(self._proto)
+        self._arm_timer()
+
+    def resume_reading(self) -> None:
+        """Read from the socket again; the HoldTimer restarts with its full value."""
+        if not self._reading_paused:
+            return
+        self._reading_paused = False
+        self.session.resume_hold_timer(self.now())
+        self._apply_reading(self._proto)
+        self._process()
+
+    def _apply_reading(self, proto: _Protocol | None) -> None:
+        transport = proto.transport if proto is not None else None
+        if transport is None or transport.is_closing():
+            return
+        if self._reading_paused and transport.is_reading():
+            transport.pause_reading()
+        elif not self._reading_paused and not transport.is_reading():
+            transport.resume_reading()
+
     def attach(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
         """Give an accepted connection to this (passive) peer."""
         self._proto = protocol
         protocol.peer = self
         self._closed.clear()
+        self._families_logged.clear()
+        self._apply_reading(protocol)
         sock = transport.get_extra_info("socket")
         self.local_address = ipaddress.ip_address(sock.getsockname()[0].split("%")[0])
         self.session.connection_made(self.now(), self._next_hops(sock))
@@ -231,9 +280,14 @@ class BgpPeer:
             elif isinstance(event, RoutesHeldBack):
                 for prefix, why in event.held:
                     log.warning("%s: not announcing %s: %s", self.name, prefix, why)
+            elif isinstance(event, InternalSessionError):
+                log.error("%s: session reset by an internal error:\n%s", self.name, event.traceback)
             elif isinstance(event, SessionDown):
                 level = logging.INFO if not event.was_established else logging.WARNING
                 log.log(level, "%s: session down: %s", self.name, event.reason)
+            elif isinstance(event, RoutesReceived) and event.update.ignored_families:
+                self._log_ignored(event)
+            self.events_delivered += 1
             if self.on_event is not None:
                 try:
                     self.on_event(self, event)
@@ -250,6 +304,19 @@ class BgpPeer:
             proto.transport.close()
             self._proto = None
         self._arm_timer()
+
+    def _log_ignored(self, event: RoutesReceived) -> None:
+        """Log once per family and connection that the peer sent a family not negotiated."""
+        for afi, safi in event.update.ignored_families:
+            if (afi, safi) not in self._families_logged:
+                self._families_logged.add((afi, safi))
+                log.warning(
+                    "%s: ignoring MP_REACH/MP_UNREACH_NLRI for AFI %d SAFI %d: not negotiated "
+                    "on this session (RFC 4760 §8); further ones are only counted",
+                    self.name,
+                    afi,
+                    safi,
+                )
 
     def _arm_timer(self) -> None:
         deadline = self.session.get_timer()
@@ -322,6 +389,8 @@ class BgpPeer:
         assert isinstance(proto, _Protocol) and isinstance(transport, asyncio.Transport)
         self._proto = proto
         self._closed.clear()
+        self._families_logged.clear()
+        self._apply_reading(proto)
         self.local_address = ipaddress.ip_address(sock.getsockname()[0].split("%")[0])
         log.debug("%s: connected from %s", self.name, self.local_address)
         self.session.connection_made(self.now(), self._next_hops(sock))
@@ -353,6 +422,9 @@ class BgpListener:
     `on_accept(transport, protocol, remote_address)` returns the `BgpPeer` that takes the
     connection (it is then attached) or None to refuse it (the connection is closed at once).
     TCP-MD5 keys for peer prefixes are installed on every listening socket with `set_password`.
+    With `save_syn`, `protocol.syn_ttl` holds the TTL / hop limit of the connection's SYN when
+    `on_accept` runs (for GTSM decided per source, RFC 5082 §3); `set_gtsm` makes the kernel
+    drop low-TTL segments on the listening sockets of one address family.
     """
 
     def __init__(
@@ -362,11 +434,13 @@ class BgpListener:
         on_accept: AcceptHandler,
         *,
         gtsm_hops: int | None = None,
+        save_syn: bool = False,
     ) -> None:
         self.addresses = list(addresses)
         self.port = port
         self.on_accept = on_accept
         self.gtsm_hops = gtsm_hops
+        self.save_syn = save_syn
         self._servers: list[asyncio.Server] = []
         self._sockets: list[socket.socket] = []
 
@@ -381,6 +455,8 @@ class BgpListener:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if self.gtsm_hops is not None:
                 sockopt.set_gtsm(sock, family, self.gtsm_hops)
+            if self.save_syn:
+                sockopt.save_syn(sock)
             sock.bind((address, self.port))
             sock.listen(128)
             sock.setblocking(False)
@@ -401,6 +477,14 @@ class BgpListener:
             if (sock.family == socket.AF_INET6) == (net.version == 6):
                 sockopt.set_md5(sock, net, password)
 
+    def set_gtsm(self, version: int, hops: int | None) -> None:
+        """Kernel-side GTSM on the listening sockets of IP `version` (4 or 6): SYNs with a TTL
+        below 256 - hops are dropped (None: accept any TTL). Accepted sockets inherit it."""
+        for sock in self._sockets:
+            if (sock.family == socket.AF_INET6) == (version == 6):
+                minimum = 0 if hops is None else 256 - max(1, hops)
+                sockopt.set_min_ttl(sock, sock.family, minimum)
+
     def _factory(self) -> _Protocol:
         return _AcceptingProtocol(self)
 
@@ -418,11 +502,13 @@ class _AcceptingProtocol(_Protocol):
         self.listener = listener
         self.transport = None
         self.paused = False
-        self._buffer: list[bytes] = []
+        self.syn_ttl: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.listener.save_syn:
+            self.syn_ttl = sockopt.syn_ttl(transport.get_extra_info("socket"))
         host = transport.get_extra_info("peername")[0]
         remote = ipaddress.ip_address(host.split("%")[0])
         if isinstance(remote, ipaddress.IPv6Address) and remote.ipv4_mapped:

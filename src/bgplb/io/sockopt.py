@@ -1,4 +1,4 @@
-"""Socket options for BGP transports: TCP-MD5 (RFC 2385), GTSM (RFC 5082), TTL.
+"""Socket options for BGP transports: TCP-MD5 (RFC 2385), GTSM (RFC 5082), TTL, saved SYN.
 
 Python's socket module has no constants for these; the numbers are the Linux UAPI ones
 (include/uapi/linux/tcp.h, in.h, in6.h). A wrong or missing MD5 key makes the kernel drop the
@@ -17,6 +17,8 @@ TCP_MD5SIG_FLAG_PREFIX = 0x1
 TCP_MD5SIG_MAXKEYLEN = 80
 IP_MINTTL = 21
 IPV6_MINHOPCOUNT = 73
+TCP_SAVE_SYN = 27  # Linux >= 4.2: keep the headers of the SYN of each accepted connection
+TCP_SAVED_SYN = 28
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -69,3 +71,31 @@ def set_gtsm(sock: socket.socket, family: int, hops: int = 1) -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MINHOPCOUNT, minimum)
     else:
         sock.setsockopt(socket.IPPROTO_IP, IP_MINTTL, minimum)
+
+
+def set_min_ttl(sock: socket.socket, family: int, minimum: int) -> None:
+    """Drop every received segment with a lower TTL / hop limit (0 disables the check)."""
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MINHOPCOUNT, minimum)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_MINTTL, minimum)
+
+
+def save_syn(sock: socket.socket) -> None:
+    """On a listening socket: keep the SYN of every accepted connection (`syn_ttl`)."""
+    sock.setsockopt(socket.IPPROTO_TCP, TCP_SAVE_SYN, 1)
+
+
+def syn_ttl(sock: socket.socket) -> int | None:
+    """TTL (IPv4) or hop limit (IPv6) of the SYN that opened this accepted connection, read
+    from the IP header saved with `save_syn` on its listener; None when not available. The
+    kernel hands the saved SYN out once."""
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, TCP_SAVED_SYN, 512)
+    except OSError:
+        return None
+    if len(raw) >= 20 and raw[0] >> 4 == 4:
+        return int(raw[8])
+    if len(raw) >= 40 and raw[0] >> 4 == 6:
+        return int(raw[7])
+    return None
