@@ -87,3 +87,42 @@ def test_conntrack_counts_reads_marks(topo) -> None:
     ns.exec("ping", "-c", "1", "-W", "1", "127.0.0.1")
     out = conntrack_counts(0xFF0000, ns.name)
     assert out == {0x30000: 1}, out
+
+
+def test_src_valid_mark_is_restored_at_cleanup_even_after_kill(topo, tmp_path) -> None:
+    """The value found is saved before src_valid_mark is set; a later instance (a restart after
+    kill -9: the first one never cleans up) restores it; a value someone else set is kept."""
+    rtr = topo.add("rtr")
+
+    def svm() -> str:
+        return rtr.exec("sysctl", "-n", "net.ipv4.conf.all.src_valid_mark").strip()
+
+    rtr.sysctl("net.ipv4.conf.all.src_valid_mark", 0)
+    first = KernelPins(0xFF0000, (20000, 20254), 1000, "bgplb", netns=rtr.name, state_dir=tmp_path)
+    assert first.ensure_src_valid_mark() is False  # rp_filter off: nothing to do
+    assert svm() == "0" and list(tmp_path.iterdir()) == []
+    rtr.sysctl("net.ipv4.conf.all.rp_filter", 1)
+    assert first.ensure_src_valid_mark() is True
+    assert svm() == "1"
+    state = first.src_valid_mark_state
+    assert json.loads(state.read_text())["src_valid_mark"] == "0"
+    assert first.ensure_src_valid_mark() is False  # idempotent, the saved value is kept
+    # "kill -9": `first` never cleans up; the next run finds src_valid_mark already 1
+    again = KernelPins(0xFF0000, (20000, 20254), 1000, "bgplb", netns=rtr.name, state_dir=tmp_path)
+    assert again.ensure_src_valid_mark() is False
+    assert json.loads(state.read_text())["src_valid_mark"] == "0"
+    again.cleanup()
+    assert svm() == "0" and not state.exists()
+    # someone else's src_valid_mark=1 (no saved value): never changed by our cleanup
+    rtr.sysctl("net.ipv4.conf.all.src_valid_mark", 1)
+    assert again.ensure_src_valid_mark() is False
+    again.cleanup()
+    assert svm() == "1"
+    # changed by someone after we set it: their value wins
+    rtr.sysctl("net.ipv4.conf.all.src_valid_mark", 0)
+    assert again.ensure_src_valid_mark() is True
+    rtr.sysctl("net.ipv4.conf.all.src_valid_mark", 2)
+    again.cleanup()
+    assert svm() == "2" and not state.exists()
+    first.close()
+    again.close()

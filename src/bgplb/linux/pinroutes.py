@@ -5,12 +5,20 @@ table, ``src_valid_mark``, and conntrack counts.
     pins.reconcile()        # start: what is installed (to adopt slots), stale objects removed
     pins.apply([PinSpec(gateway, oif, mark, slot, table, vips)])   # idempotent
     pins.counts()           # {mark: conntrack entries carrying it}
-    pins.cleanup()          # exit: rules, routes, nftables table removed
+    pins.cleanup()          # exit: rules, routes, nftables table removed, src_valid_mark
+                            # restored
 
 Ownership: rules with our priority, protocol 200 and a table inside our range; routes with
 protocol 200 in tables of our range; the nftables table ``inet <name>``. Nothing else is read
 for changing or changed. Per server: ``ip rule add fwmark MARK/MASK lookup TABLE pref PRIO
 proto 200`` (IPv4 and IPv6) and in TABLE one plain route per pinned VIP ``VIP via GW dev IF``.
+
+``net.ipv4.conf.all.src_valid_mark`` is set to 1 when rp_filter is on; the value found before is
+remembered in a small file under ``/run/bgplb/`` named after the network namespace's inode
+(``src_valid_mark.net<INODE>.json``: /run is emptied at boot, as the sysctl is reset), written
+*before* the sysctl is changed, so a run killed with SIGKILL leaves it for the next run, which
+keeps it and restores that value at its cleanup. It is restored only if the sysctl still holds
+the 1 we wrote (someone who changed it since wins).
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ import concurrent.futures
 import contextlib
 import functools
 import ipaddress
+import json
 import logging
+import os
 import socket
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
@@ -35,6 +45,8 @@ log = logging.getLogger(__name__)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 PROTOCOL = 200
+STATE_DIR = Path("/run/bgplb")
+SRC_VALID_MARK = "net.ipv4.conf.all.src_valid_mark"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +95,10 @@ class KernelPins:
         nft_table: str = "bgplb",
         netns: str | None = None,
         protocol: int = PROTOCOL,
+        state_dir: Path = STATE_DIR,
     ) -> None:
         self.mask = mask
+        self.state_dir = state_dir
         self.tables = tables
         self.priority = priority
         self.netns = netns
@@ -205,34 +219,115 @@ class KernelPins:
 
     @_off_loop
     def cleanup(self) -> int:
-        """Remove every rule, route and the nftables table of ours."""
+        """Remove every rule, route and the nftables table of ours; restore src_valid_mark."""
         self._installed_marks = self._installed_vips = ()  # no need to write an empty table
         changes = self.apply([])
         if self.nft.delete():
             changes += 1
         self._installed_marks = self._installed_vips = None
+        if self.restore_src_valid_mark():
+            changes += 1
         return changes
 
     # -- rp_filter ----------------------------------------------------------------------------
-    @staticmethod
-    def ensure_src_valid_mark(proc: Path = Path("/proc/sys/net/ipv4/conf")) -> bool:
+    def _sysctls(self) -> tuple[bool, str]:
+        """(rp_filter on for `all` or any interface, current src_valid_mark) of our namespace."""
+        if self.netns is None:
+            conf = Path("/proc/sys/net/ipv4/conf")
+            rp = [
+                (p / "rp_filter").read_text().strip()
+                for p in conf.iterdir()
+                if (p / "rp_filter").exists()
+            ]
+            return any(v not in ("0", "") for v in rp), (
+                (conf / "all" / "src_valid_mark").read_text().strip()
+            )
+        out = self._in_netns("sysctl", "-a", "--pattern", r"^net\.ipv4\.conf\..*\.rp_filter$")
+        rp = [line.rpartition("=")[2].strip() for line in out.splitlines() if "=" in line]
+        current = self._in_netns("sysctl", "-n", SRC_VALID_MARK).strip()
+        return any(v not in ("0", "") for v in rp), current
+
+    def _set_src_valid_mark(self, value: str) -> None:
+        if self.netns is None:
+            Path("/proc/sys/net/ipv4/conf/all/src_valid_mark").write_text(value + "\n")
+        else:
+            self._in_netns("sysctl", "-qw", f"{SRC_VALID_MARK}={value}")
+
+    def _in_netns(self, *args: str) -> str:
+        assert self.netns is not None
+        try:
+            proc = subprocess.run(
+                ["ip", "netns", "exec", self.netns, *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise OSError(f"{args[0]} timed out") from exc
+        if proc.returncode != 0:
+            raise OSError(f"{' '.join(args)}: {proc.stderr.strip() or proc.returncode}")
+        return proc.stdout
+
+    def _netns_id(self) -> int:
+        target = f"/var/run/netns/{self.netns}" if self.netns else "/proc/self/ns/net"
+        return os.stat(target).st_ino
+
+    @property
+    def src_valid_mark_state(self) -> Path:
+        """Where the value found before we set src_valid_mark is kept (one per namespace)."""
+        return self.state_dir / f"src_valid_mark.net{self._netns_id()}.json"
+
+    def ensure_src_valid_mark(self) -> bool:
         """With rp_filter on (any interface, or `all`), the reverse-path check of a drained
         server's replies must see the packet mark, or they are dropped: set
-        ``net.ipv4.conf.all.src_valid_mark = 1``. Returns True if it was changed."""
+        ``net.ipv4.conf.all.src_valid_mark = 1``, after saving the value found (restored by
+        :meth:`restore_src_valid_mark`). Returns True if it was changed."""
         try:
-            strict = any(
-                (p / "rp_filter").read_text().strip() not in ("0", "")
-                for p in proc.iterdir()
-                if (p / "rp_filter").exists()
+            strict, current = self._sysctls()
+            if not strict or current == "1":
+                return False
+            state = self.src_valid_mark_state
+            # The value found is the original one, even if a stale file (an earlier namespace
+            # with the same inode) says otherwise: it is (re)written before the change.
+            state.parent.mkdir(parents=True, exist_ok=True)
+            tmp = state.with_name(state.name + ".tmp")
+            tmp.write_text(json.dumps({"src_valid_mark": current, "set_by": "bgplb router"}))
+            os.replace(tmp, state)
+            self._set_src_valid_mark("1")
+            log.info(
+                "pinning: rp_filter is on: set %s=1 (was %s; restored at exit)",
+                SRC_VALID_MARK,
+                current,
             )
-            target = proc / "all" / "src_valid_mark"
-            if strict and target.read_text().strip() != "1":
-                target.write_text("1\n")
-                log.info("pinning: rp_filter is on: set net.ipv4.conf.all.src_valid_mark=1")
-                return True
+            return True
         except OSError as exc:
             log.warning("pinning: cannot check/set src_valid_mark: %s", exc)
         return False
+
+    def restore_src_valid_mark(self) -> bool:
+        """Put back the src_valid_mark found before :meth:`ensure_src_valid_mark` set it (also
+        by an earlier run that was killed). Returns True if the sysctl was changed."""
+        try:
+            state = self.src_valid_mark_state
+            try:
+                saved = json.loads(state.read_text()).get("src_valid_mark")
+            except FileNotFoundError:
+                return False
+            except (ValueError, AttributeError):
+                saved = None
+            changed = False
+            if isinstance(saved, str) and saved.isdigit():
+                if self._sysctls()[1] == "1" and saved != "1":
+                    self._set_src_valid_mark(saved)
+                    log.info("pinning: restored %s=%s", SRC_VALID_MARK, saved)
+                    changed = True
+            else:
+                log.warning("pinning: %s unreadable: src_valid_mark left as it is", state)
+            state.unlink()
+            return changed
+        except OSError as exc:
+            log.warning("pinning: cannot restore src_valid_mark: %s", exc)
+            return False
 
     # -- conntrack ----------------------------------------------------------------------------
     def counts(self) -> dict[int, int]:
