@@ -111,16 +111,30 @@ def _open_socket(netns: str | None) -> socket.socket:
     return sock
 
 
+BUFFER_SIZE = 4 << 20  # SO_SNDBUF / SO_RCVBUF of a NexthopSocket (answers of big batches)
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # asm-generic/socket.h: above wmem/rmem_max
+
+
+def _set_buffers(sock: socket.socket, size: int) -> None:
+    """Send and receive buffers of `size`; beyond net.core.[rw]mem_max if allowed (root)."""
+    for force, plain in ((_SO_SNDBUFFORCE, socket.SO_SNDBUF), (_SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
 class NexthopSocket:
     """Blocking request/response rtnetlink socket for nexthops and nexthop routes.
 
-    `netns` is a name under /var/run/netns (or None for the caller's namespace).
+    `netns` is a name under /var/run/netns (or None for the caller's namespace);
+    `buffer_size` is its SO_SNDBUF and SO_RCVBUF (forced above the sysctl maximum for root).
     """
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, *, buffer_size: int = BUFFER_SIZE) -> None:
         self.netns = netns
         self._sock = _open_socket(netns)
-        _set_buffers(self._sock, BUFFER_SIZE)
+        _set_buffers(self._sock, buffer_size)
         self._sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         self._sock.bind((0, 0))
@@ -360,19 +374,6 @@ _NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 _NHMSG_LEN = 8  # struct nhmsg
 _NHA_RES_BUCKET = 13
 _NHA_RES_BUCKET_NH_ID = 3
-
-
-BUFFER_SIZE = 4 << 20  # SO_SNDBUF / SO_RCVBUF of a NexthopSocket (answers of big batches)
-_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # asm-generic/socket.h: above wmem/rmem_max
-
-
-def _set_buffers(sock: socket.socket, size: int) -> None:
-    """Send and receive buffers of `size`; beyond net.core.[rw]mem_max if allowed (root)."""
-    for force, plain in ((_SO_SNDBUFFORCE, socket.SO_SNDBUF), (_SO_RCVBUFFORCE, socket.SO_RCVBUF)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, size)
-        except PermissionError:
-            sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
 def _error(raw: bytes, code: int) -> NexthopError:

@@ -287,6 +287,8 @@ def transact(
     if window < 1:
         raise ValueError("window must be >= 1")
     results: list[NexthopError | None] = [None] * len(messages)
+    # netlink_sendmsg refuses (EMSGSIZE) a datagram longer than the send buffer - 32
+    chunk_bytes = min(chunk_bytes, sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) - 32)
     start = 0
     while start < len(messages):
         end, size = start, 0
@@ -328,6 +330,7 @@ def _collect(
             continue
         except OSError as exc:
             if exc.errno == errno.ENOBUFS:
+                _drain(sock)
                 raise NetlinkOverrun(
                     errno.ENOBUFS, "netlink answers were lost (ENOBUFS): re-read the kernel"
                 ) from None
@@ -346,3 +349,16 @@ def _collect(
                 if seq == last:
                     return
             pos += (length + 3) & ~3
+
+
+def _drain(sock: socket.socket) -> None:
+    """Throw away every queued answer. After an overrun the kernel drops everything sent to
+    the socket, without another ENOBUFS, until its receive queue has been emptied."""
+    while True:
+        try:
+            sock.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
