@@ -17,7 +17,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 log = logging.getLogger("bgplb.control")
 
-__all__ = ["BfdCollector", "Counter", "Gauge", "Histogram", "MetricsServer"]
+__all__ = [
+    "BfdCollector",
+    "Counter",
+    "Family",
+    "Gauge",
+    "Histogram",
+    "MetricsServer",
+    "SnapshotCollector",
+]
 
 
 class MetricsServer:
@@ -117,3 +125,39 @@ class BfdCollector:
                 detect.add_metric([peer], st["detection_time_ms"] / 1000)
                 diag.add_metric([peer], st["local_diag_code"])
         yield from (state, tx, detect, diag, downs)
+
+
+#: One metric family: kind ("gauge" or "counter"), name (without the namespace; a counter gets
+#: ``_total``), help text, label names, samples as (label values, value).
+Family = tuple[str, str, str, tuple[str, ...], list[tuple[tuple[str, ...], float]]]
+
+
+class SnapshotCollector:
+    """Metric families the daemon computes on its own thread (its event loop) and hands over
+    with `set`; a scrape (in the HTTP server's thread) only reads the last list handed over, so
+    it never walks the daemon's tables while they change."""
+
+    def __init__(self, server: MetricsServer) -> None:
+        self.namespace = server.namespace
+        self._families: list[Family] = []
+        server.registry.register(self)
+
+    def set(self, families: list[Family]) -> None:
+        self._families = families  # one reference swap: atomic for the reading thread
+
+    def describe(self) -> list[Any]:
+        return []  # unchecked collector: the families are whatever was last set
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        for kind, name, doc, labels, samples in self._families:
+            full = f"{self.namespace}_{name}"
+            family: Any = (
+                CounterMetricFamily(full, doc, labels=list(labels))
+                if kind == "counter"
+                else GaugeMetricFamily(full, doc, labels=list(labels))
+            )
+            for values, value in samples:
+                family.add_metric(list(values), value)
+            yield family

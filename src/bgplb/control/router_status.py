@@ -28,7 +28,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from bgplb.control.socket import ControlServer
+from bgplb.bgp.fsm import State
+from bgplb.bgp.prefix import Prefix
+from bgplb.control.metrics import BfdCollector, Family, MetricsServer, SnapshotCollector
+from bgplb.control.socket import ControlError, ControlServer
 from bgplb.router import pinning_runtime as router_pinning
 
 if TYPE_CHECKING:
@@ -57,19 +60,96 @@ def read_shares(router: Router) -> Any:
         return None
 
 
-def build_status(router: Router, *, buckets: bool = True, shares: Any = None) -> dict[str, Any]:
-    """The status document (see the module docstring). `shares`: the result of
-    `read_shares(router)`; None with `buckets` reads it here (blocking: one kernel dump)."""
-    c = router.config
-    if buckets and shares is None:
-        shares = read_shares(router)
-    by_vip: dict[Any, dict[Any, int]] = shares.shares if shares is not None else {}
-    vips = []
-    for vip in sorted(router.rib.vips):
-        entry = router.rib.fib_entry(vip)
-        share = by_vip.get(vip.network, {}) if entry else {}
-        total = sum(share.values())
-        nexthops = [
+#: VIPs listed in one status answer unless the request asks otherwise (``vips_limit``), and the
+#: most it may ask; the rest is counted in ``vips_omitted``.
+VIPS_LIMIT = 1000
+VIPS_MAX = 10_000
+#: VIP rows built between two yields to the event loop.
+CHUNK = 200
+
+
+def peer_rows(router: Router) -> list[dict[str, Any]]:
+    """One row per peer (and per peer gone but holding stale routes): O(peers)."""
+    now = asyncio.get_running_loop().time()
+    rows = []
+    for address, entry in sorted(router.peers.items(), key=lambda kv: (kv[0].version, kv[0])):
+        s = entry.peer.session
+        neg = s.negotiated
+        state = router.rib.peers.get(str(address))
+        flow = router.flows.get(id(entry))
+        if flow is not None and flow.entry is not entry:
+            flow = None
+        rows.append(
+            {
+                "address": str(address),
+                "asn": neg.peer_asn if neg is not None else None,
+                "state": s.state.value,
+                "established": s.state is State.ESTABLISHED,
+                "prefixes": state.prefix_count if state else 0,
+                "stale": _stale(state),
+                "filtered": entry.filtered,
+                "refused": flow.refused if flow else 0,
+                "bad_bandwidth": flow.bad_bandwidth if flow else 0,
+                "pending_events": flow.pending if flow else 0,
+                "paused": flow.paused if flow else False,
+                "uptime": round(now - s.established_at, 1) if s.established_at else None,
+                "range": str(entry.range.network),
+                "graceful_restart": (
+                    neg.peer_graceful_restart.restart_time
+                    if neg is not None and neg.peer_graceful_restart is not None
+                    else None
+                ),
+                "last_error": s.last_error or entry.last_error,
+                "bfd": entry.bfd.status() if entry.bfd is not None else None,
+            }
+        )
+    # peers gone but still holding stale routes (graceful restart)
+    for key, state in router.rib.peers.items():
+        if not state.established and state.stale_deadline is not None:
+            rows.append(
+                {
+                    "address": key,
+                    "asn": state.asn,
+                    "state": "restarting",
+                    "established": False,
+                    "prefixes": state.prefix_count,
+                    "stale": _stale(state),
+                    "filtered": 0,
+                    "refused": 0,
+                    "uptime": None,
+                    "range": None,
+                    "graceful_restart": state.restart_time,
+                    "stale_until": round(state.stale_deadline - now, 1),
+                    "last_error": None,
+                }
+            )
+    return rows
+
+
+def _stale(state: Any) -> int:
+    # stale paths exist only while a deadline is armed: skip the O(paths) count otherwise
+    return int(state.stale_count) if state is not None and state.stale_deadline is not None else 0
+
+
+def vip_row(router: Router, vip: Any, by_vip: dict[Any, dict[Any, int]]) -> dict[str, Any] | None:
+    """The status row of one VIP (None if it is gone): O(its paths)."""
+    paths = router.rib.vips.get(vip)
+    if paths is None:
+        return None
+    entry = router.rib.fib_entry(vip)
+    share = by_vip.get(vip.network, {}) if entry else {}
+    total = sum(share.values())
+    unusable = getattr(router.rib, "unusable", None)
+    return {
+        "vip": str(vip),
+        "installed": bool(entry) and router.config.fib.install,
+        "paths": len(paths),
+        "unusable": sorted(
+            str(p.next_hop) for p in paths.values() if router.rib.resolve(p.next_hop) is None
+        )
+        if unusable is None
+        else unusable(vip),
+        "nexthops": [
             {
                 "address": str(n.address),
                 "ifindex": n.ifindex,
@@ -81,26 +161,21 @@ def build_status(router: Router, *, buckets: bool = True, shares: Any = None) ->
                 "share": round(share.get(n.address, 0) / total, 4) if total else None,
             }
             for n in entry
-        ]
-        paths = router.rib.paths(vip)
-        vips.append(
-            {
-                "vip": str(vip),
-                "installed": bool(entry) and c.fib.install,
-                "paths": len(paths),
-                "unusable": sorted(
-                    str(p.next_hop)
-                    for p in paths.values()
-                    if router.rib.resolve(p.next_hop) is None
-                ),
-                "nexthops": nexthops,
-            }
-        )
+        ],
+    }
+
+
+def summary(router: Router, shares: Any = None) -> dict[str, Any]:
+    """The status document without its VIP rows: O(peers + ranges), never O(VIPs)."""
+    c = router.config
+    fib_status = getattr(router, "fib_status", None)
+    by_vip = shares.shares if shares is not None else {}
+    counters = router.counters
     return {
         "role": "router",
         "asn": c.bgp.asn,
         "router_id": str(router.router_id),
-        "uptime": round(time.time() - router.counters.started_at, 1),
+        "uptime": round(time.time() - counters.started_at, 1),
         "fib": {
             "install": c.fib.install,
             "group": c.fib.group,
@@ -109,34 +184,105 @@ def build_status(router: Router, *, buckets: bool = True, shares: Any = None) ->
             "idle_timer": c.fib.idle_timer,
             "unbalanced_timer": c.fib.unbalanced_timer,
             "reinstalls": getattr(router.fib, "reinstalls", 0),
+            "installed_vips": len(router.installed),
             "bucket_shares": None
             if shares is None
             else {"shown": len(by_vip), "omitted": len(shares.omitted), "limit": shares.limit},
+            "status": fib_status() if fib_status is not None else None,
         },
         "peer_ranges": [
             {
                 "prefix": str(r.network),
                 "asn": r.config.asn,
                 "max_prefixes": r.config.max_prefixes,
+                "max_sessions": r.config.max_sessions,
+                "ttl_security": r.config.ttl_security,
+                "allow_default": r.config.allow_default,
+                "allow_third_party_next_hop": r.config.allow_third_party_next_hop,
                 "accept": str(r.accept),
                 "password": bool(r.config.password),
                 "bfd": r.config.bfd.model_dump() if r.config.bfd is not None else None,
             }
             for r in router.ranges
         ],
-        "peers": router.peer_rows(),
-        "vips": vips,
+        "peers": peer_rows(router),
         "pinning": router_pinning.status(router),
+        "queue": router.queue_stats(),
+        "loop": router.loop_watch.read() if router.loop_watch is not None else None,
         "counters": {
-            "refused_connections": router.counters.refused_connections,
-            "filtered_prefixes": router.counters.filtered_prefixes,
-            "max_prefix_resets": router.counters.max_prefix_resets,
-            "updates_received": router.counters.updates_received,
-            "fib_applies": router.counters.fib_applies,
-            "fib_errors": router.counters.fib_errors,
+            "refused_connections": counters.refused_connections,
+            "filtered_prefixes": counters.filtered_prefixes,
+            "refused_prefixes": counters.refused_prefixes,
+            "bad_bandwidth": counters.bad_bandwidth,
+            "max_prefix_resets": counters.max_prefix_resets,
+            "updates_received": counters.updates_received,
+            "fib_applies": counters.fib_applies,
+            "fib_errors": counters.fib_errors,
             "reloads": router.reloads,
+            "internal_resets": counters.internal_resets,
+            "internal_errors": dict(counters.internal_errors),
         },
     }
+
+
+def build_status(router: Router, *, buckets: bool = True, shares: Any = None) -> dict[str, Any]:
+    """The whole status document, every VIP included, in one go (blocking: for tools and tests;
+    the control socket answers with :func:`status_answer`). `shares`: the result of
+    `read_shares(router)`; None with `buckets` reads it here (one kernel dump)."""
+    if buckets and shares is None:
+        shares = read_shares(router)
+    doc = summary(router, shares)
+    by_vip = shares.shares if shares is not None else {}
+    rows = [vip_row(router, vip, by_vip) for vip in sorted(router.rib.vips)]
+    doc["vips"] = [r for r in rows if r is not None]
+    doc.update(vips_total=len(doc["vips"]), vips_offset=0, vips_omitted=0)
+    return doc
+
+
+def _page(request: dict[str, Any]) -> tuple[int, int, Any]:
+    offset = request.get("vips_offset", 0)
+    limit = request.get("vips_limit", VIPS_LIMIT)
+    for name, value in (("vips_offset", offset), ("vips_limit", limit)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ControlError(f"{name} must be a non-negative integer, not {value!r}")
+    if limit > VIPS_MAX:
+        raise ControlError(f"vips_limit is at most {VIPS_MAX} (page with vips_offset)")
+    only = request.get("vip")
+    if only is not None:
+        try:
+            only = Prefix.parse(str(only))
+        except ValueError as exc:
+            raise ControlError(f"vip: {exc}") from None
+    return offset, limit, only
+
+
+async def status_answer(router: Router, request: dict[str, Any]) -> dict[str, Any]:
+    """The answer of the control socket's ``status``: the summary and one page of VIPs (sorted;
+    ``vips_offset``/``vips_limit``, or ``vip`` for one), built without stalling the event loop:
+    the kernel read and the sort run in threads, the rows are built CHUNK at a time."""
+    offset, limit, only = _page(request)
+    shares = None
+    if limit and _wants_shares(router):
+        shares = await asyncio.to_thread(read_shares, router)
+    doc = summary(router, shares)
+    by_vip = shares.shares if shares is not None else {}
+    if only is not None:
+        keys = [only] if only in router.rib.vips else []
+    else:
+        keys = list(router.rib.vips)  # a copy of the keys: ~1 ms per 100k
+        if limit and len(keys) > 1:
+            keys = await asyncio.to_thread(sorted, keys)
+    page = keys[offset : offset + limit]
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(page), CHUNK):
+        for vip in page[start : start + CHUNK]:
+            row = vip_row(router, vip, by_vip)
+            if row is not None:
+                rows.append(row)
+        await asyncio.sleep(0)
+    doc["vips"] = rows
+    doc.update(vips_total=len(keys), vips_offset=offset, vips_omitted=len(keys) - len(rows))
+    return doc
 
 
 class RouterStatusServer:
@@ -147,13 +293,11 @@ class RouterStatusServer:
         self.control = ControlServer(router.config.control.socket)
         self.control.register("status", self._status)
         self.metrics: Any = None
+        self.collector: SnapshotCollector | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def _status(self, request: dict[str, Any]) -> dict[str, Any]:
-        # the kernel read (one dump, then one bucket dump per group) runs off the event loop;
-        # KernelFib reads through its own socket, so an apply in another thread is unaffected
-        shares = await asyncio.to_thread(read_shares, self.router)
-        return build_status(self.router, buckets=shares is not None, shares=shares)
+        return await status_answer(self.router, request)
 
     async def start(self) -> None:
         await self.control.start()
@@ -161,25 +305,28 @@ class RouterStatusServer:
         if address is None:
             return
         try:
-            from bgplb.control.metrics import BfdCollector, MetricsServer
-
-            self.metrics = _RouterMetrics(MetricsServer())
-            BfdCollector(self.metrics.server, "router", self._bfd_rows)
-            self.metrics.server.start(address.host, address.port)
+            self.metrics = MetricsServer()
+            BfdCollector(self.metrics, "router", self._bfd_rows)
+            self.collector = SnapshotCollector(self.metrics)
+            self.collector.set(metric_families(self.router))
+            self.metrics.start(address.host, address.port)
         except Exception as exc:  # metrics are optional: a busy port must not stop routing
             log.error("metrics on %s not started: %s", address, exc)
             self.metrics = None
             return
-        self._task = asyncio.get_running_loop().create_task(self._refresh())
+        self._task = asyncio.get_running_loop().create_task(
+            self.router._supervise("metrics", self._refresh)
+        )
 
     def _bfd_rows(self) -> list[tuple[str, dict[str, Any]]]:
         entries = list(self.router.peers.items())
         return [(str(a), e.bfd.status()) for a, e in entries if e.bfd is not None]
 
     async def _refresh(self) -> None:
+        # O(peers) on the loop once a second; the scrape (another thread) reads the result
+        assert self.collector is not None
         while True:
-            with contextlib.suppress(Exception):
-                self.metrics.update(build_status(self.router, buckets=False))
+            self.collector.set(metric_families(self.router))
             await asyncio.sleep(1.0)
 
     async def close(self) -> None:
@@ -188,41 +335,172 @@ class RouterStatusServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self.metrics is not None:
-            self.metrics.server.close()
+            self.metrics.close()
         await self.control.close()
 
 
-class _RouterMetrics:
-    def __init__(self, server: Any) -> None:
-        self.server = server
-        s = server
-        self.peer_up = s.gauge(
-            "router_peer_established", "1 if the session is Established", ("peer",)
-        )
-        self.peer_prefixes = s.gauge("router_peer_prefixes", "Prefixes in the RIB", ("peer",))
-        self.vip_nexthops = s.gauge("router_vip_nexthops", "Nexthops in the VIP's group", ("vip",))
-        self.vip_draining = s.gauge("router_vip_draining_nexthops", "Draining nexthops", ("vip",))
-        self.counters = s.gauge("router_events", "Router event counters", ("event",))
-        self.pinned = s.gauge(
+def metric_families(router: Router) -> list[Family]:
+    """The router's metrics (``bgplb_router_*``) from counters it maintains: O(peers), no VIP is
+    visited."""
+    c = router.counters
+    rib = router.rib
+    by_state: dict[str, int] = {}
+    Samples = list[tuple[tuple[str, ...], float]]
+    established: Samples = []
+    prefixes: Samples = []
+    filtered: Samples = []
+    refused: Samples = []
+    for address, entry in list(router.peers.items()):
+        peer: tuple[str, ...] = (str(address),)
+        state = entry.peer.session.state
+        by_state[state.value] = by_state.get(state.value, 0) + 1
+        established.append((peer, 1.0 if state is State.ESTABLISHED else 0.0))
+        rib_state = rib.peers.get(peer[0])
+        prefixes.append((peer, float(rib_state.prefix_count if rib_state else 0)))
+        filtered.append((peer, float(entry.filtered)))
+        flow = router.flows.get(id(entry))
+        refused.append((peer, float(flow.refused if flow and flow.entry is entry else 0)))
+    restarting = sum(
+        1 for s in rib.peers.values() if not s.established and s.stale_deadline is not None
+    )
+    if restarting:
+        by_state["restarting"] = restarting
+    queue = router.queue_stats()
+    loop = router.loop_watch.read() if router.loop_watch is not None else None
+    pins = router_pinning.status(router)
+    families: list[Family] = [
+        (
+            "gauge",
+            "router_peers",
+            "Peers by BGP state",
+            ("state",),
+            [((k,), float(v)) for k, v in sorted(by_state.items())],
+        ),
+        (
+            "gauge",
+            "router_peer_established",
+            "1 if the session is Established",
+            ("peer",),
+            established,
+        ),
+        ("gauge", "router_peer_prefixes", "Prefixes of the peer in the RIB", ("peer",), prefixes),
+        (
+            "counter",
+            "router_peer_filtered_prefixes",
+            "Prefixes filtered by accept",
+            ("peer",),
+            filtered,
+        ),
+        (
+            "counter",
+            "router_peer_refused_prefixes",
+            "Prefixes refused by the RIB",
+            ("peer",),
+            refused,
+        ),
+        ("gauge", "router_vips", "VIPs in the RIB", (), [((), float(len(rib.vips)))]),
+        (
+            "gauge",
+            "router_vips_installed",
+            "VIPs with a usable nexthop (desired FIB)",
+            (),
+            [((), float(len(router.installed)))],
+        ),
+        (
+            "gauge",
+            "router_paths",
+            "Paths in the RIB",
+            (),
+            [((), float(sum(s.prefix_count for s in rib.peers.values())))],
+        ),
+        ("counter", "router_fib_applies", "FIB applies", (), [((), float(c.fib_applies))]),
+        ("counter", "router_fib_errors", "FIB errors", (), [((), float(c.fib_errors))]),
+        (
+            "counter",
+            "router_internal_errors",
+            "Unexpected exceptions, by task (logged with their traceback)",
+            ("task",),
+            [((k,), float(v)) for k, v in sorted(c.internal_errors.items())],
+        ),
+        (
+            "counter",
+            "router_internal_resets",
+            "Peers reset after an internal error",
+            (),
+            [((), float(c.internal_resets))],
+        ),
+        (
+            "gauge",
+            "router_queue_events",
+            "Session events waiting for the RIB task",
+            (),
+            [((), float(queue["depth"]))],
+        ),
+        (
+            "gauge",
+            "router_queue_peak_events",
+            "Most session events ever waiting",
+            (),
+            [((), float(queue["peak"]))],
+        ),
+        (
+            "gauge",
+            "router_paused_peers",
+            "Peers not read (too many pending events)",
+            (),
+            [((), float(queue["paused_peers"]))],
+        ),
+        (
+            "counter",
+            "router_pauses",
+            "Times a peer's reading was paused",
+            (),
+            [((), float(queue["pauses"]))],
+        ),
+        (
+            "gauge",
+            "router_events",
+            "Router event counters",
+            ("event",),
+            [((k,), float(v)) for k, v in _event_counters(router).items()],
+        ),
+        (
+            "gauge",
             "router_pinned_connections",
             "Conntrack entries pinned to the server (connection pinning)",
             ("server",),
+            [
+                ((srv["address"],), float(srv["connections"] or 0))
+                for srv in pins.get("servers", [])
+            ],
+        ),
+    ]
+    if loop is not None:
+        families.append(
+            (
+                "gauge",
+                "router_loop_lateness_seconds",
+                "How late the event loop wakes a timer",
+                ("stat",),
+                [(("max",), loop["max_ms"] / 1000), (("p99",), loop["p99_ms"] / 1000)],
+            )
         )
+    return families
 
-    def update(self, status: dict[str, Any]) -> None:
-        for gauge in (self.peer_up, self.peer_prefixes, self.vip_nexthops, self.vip_draining):
-            gauge.clear()
-        for p in status["peers"]:
-            self.peer_up.labels(p["address"]).set(1 if p["established"] else 0)
-            self.peer_prefixes.labels(p["address"]).set(p["prefixes"])
-        for v in status["vips"]:
-            self.vip_nexthops.labels(v["vip"]).set(len(v["nexthops"]))
-            self.vip_draining.labels(v["vip"]).set(sum(n["draining"] for n in v["nexthops"]))
-        for name, value in status["counters"].items():
-            self.counters.labels(name).set(value)
-        self.pinned.clear()
-        for srv in status.get("pinning", {}).get("servers", []):
-            self.pinned.labels(srv["address"]).set(srv["connections"] or 0)
+
+def _event_counters(router: Router) -> dict[str, int]:
+    c = router.counters
+    return {
+        "refused_connections": c.refused_connections,
+        "filtered_prefixes": c.filtered_prefixes,
+        "refused_prefixes": c.refused_prefixes,
+        "bad_bandwidth": c.bad_bandwidth,
+        "max_prefix_resets": c.max_prefix_resets,
+        "updates_received": c.updates_received,
+        "fib_applies": c.fib_applies,
+        "fib_errors": c.fib_errors,
+        "reloads": router.reloads,
+    }
 
 
 def _duration(seconds: float | None) -> str:

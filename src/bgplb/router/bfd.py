@@ -2,15 +2,20 @@
 
 A ``[[peer_ranges]]`` entry with ``bfd = {interval_ms, multiplier}`` makes every neighbor
 accepted from that range request a BFD session to its address (from our address on the
-connection) as soon as the connection is accepted; the request is released when that BGP
-session ends. Single hop (RFC 5881) when the neighbor is inside one of our connected subnets,
-multihop (RFC 5883) otherwise.
+connection) **once its BGP session is Established** (:func:`established`), not when the
+connection is accepted: BFD protects an Established session (RFC 5882 §4.3), and a BFD session
+started while BGP is still in OpenSent/OpenConfirm races the neighbor's own BFD set-up (FRR
+only creates its BFD session when its BGP session comes up, and flaps it once when ours is
+already talking to it). The request is released when that BGP session ends. Single hop
+(RFC 5881) when the neighbor is inside one of our connected subnets, multihop (RFC 5883)
+otherwise.
 
 BFD Up -> Down (not AdminDown from the neighbor): the session is stopped with Cease / BFD Down
 and the connection aborted (:func:`bgplb.io.bgp_bfd.tear_down`); the RIB then drops the
 neighbor's paths at once, like on hold-timer expiry — never kept stale for Graceful Restart
 (the host is presumed dead; RFC 4724 §4.2 keeps routes only when the TCP session merely
-closed). The nexthop leaves every group in the next FIB apply.
+closed). The nexthop leaves every group in the next FIB apply. An exception in that callback is
+an internal error of the router (logged, counted, and the peer reset all the same).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from bgplb.bfd import Diag
+from bgplb.bgp.fsm import State as BgpState
 from bgplb.io.bfd import BfdService
 from bgplb.io.bgp_bfd import BfdLink, diag_text, tear_down
 
@@ -43,16 +49,23 @@ def _local_of(transport: Any) -> str | None:
 def attach(
     router: Router, entry: PeerEntry, transport: Any, replaces: PeerEntry | None = None
 ) -> None:
-    """Request BFD for a just-accepted neighbor if its range asks for it; then release the
-    request of the connection it ``replaces`` (so a shared session is not interrupted)."""
-    try:
-        _attach(router, entry, transport)
-    finally:
-        if replaces is not None:
-            detach(replaces)
+    """A connection was just accepted: no BFD yet (see :func:`established`). The BFD request of
+    the connection it ``replaces`` is released: that session is over, and the new one asks again
+    when it is Established (the neighbor sees AdminDown in between, not a failure: RFC 5882
+    §3.2)."""
+    if replaces is not None:
+        detach(replaces)
 
 
-def _attach(router: Router, entry: PeerEntry, transport: Any) -> None:
+def established(router: Router, entry: PeerEntry) -> None:
+    """`entry`'s BGP session is Established: request BFD if its range asks for it."""
+    if entry.bfd is not None or router.peers.get(entry.address) is not entry:
+        return
+    local = entry.peer.local_address
+    _attach(router, entry, None if local is None else str(local))
+
+
+def _attach(router: Router, entry: PeerEntry, local: str | None) -> None:
     cfg = entry.range.config.bfd
     if cfg is None:
         return
@@ -64,11 +77,12 @@ def _attach(router: Router, entry: PeerEntry, transport: Any) -> None:
         entry.bfd = BfdLink(
             router.bfd,
             str(address),
-            local=_local_of(transport),
+            local=local,
             multihop=not single_hop,
             interval_ms=cfg.interval_ms,
             multiplier=cfg.multiplier,
             on_down=lambda diag: _on_down(router, entry, diag),
+            min_ttl=None if single_hop else cfg.min_ttl,
         )
     except (OSError, ValueError) as exc:  # e.g. port 3784 taken by another BFD daemon
         log.error("%s: BFD not started: %s (BGP runs without it)", address, exc)
@@ -82,7 +96,10 @@ def detach(entry: PeerEntry) -> None:
 
 def reconfigure(router: Router, entry: PeerEntry, transport: Any = None) -> None:
     """After a reload: follow the range's new ``bfd`` setting without touching BGP. The new
-    request is made before the old one is released, so a shared session is not interrupted."""
+    request is made before the old one is released, so a shared session is not interrupted.
+    A session not Established yet gets the new setting when it is."""
+    if entry.peer.session.state is not BgpState.ESTABLISHED:
+        return
     cfg = entry.range.config.bfd
     link = entry.bfd
     if (link is None and cfg is None) or (
@@ -94,21 +111,23 @@ def reconfigure(router: Router, entry: PeerEntry, transport: Any = None) -> None
     old = link
     entry.bfd = None
     if cfg is not None:
-        local = old.handle.key.local if old is not None else None
-        _attach(router, entry, _FixedLocal(local) if transport is None else transport)
+        if old is not None:
+            local = old.handle.key.local
+        else:
+            local = entry.peer.local_address if transport is None else _local_of(transport)
+        _attach(router, entry, None if local is None else str(local))
     if old is not None:
         old.release()
 
 
-class _FixedLocal:
-    def __init__(self, local: object) -> None:
-        self.local = local
-
-    def get_extra_info(self, name: str) -> Any:
-        return (str(self.local),) if self.local is not None else None
-
-
 def _on_down(router: Router, entry: PeerEntry, diag: Diag) -> None:
+    try:
+        _tear_down(router, entry, diag)
+    except Exception as exc:
+        router._internal_error("bfd", exc, entry)
+
+
+def _tear_down(router: Router, entry: PeerEntry, diag: Diag) -> None:
     if router.peers.get(entry.address) is not entry:
         return  # an older connection of a neighbor that reconnected
     entry.bfd_down = True

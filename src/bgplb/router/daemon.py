@@ -6,17 +6,20 @@ Structure (one owner per table):
   ``[[peer_ranges]]`` prefix (most specific range wins) gets a passive
   :class:`~bgplb.bgp.session.Session` of its own (dynamic neighbor); a source outside every range
   is refused with a log line and nothing else happens;
-* every session event goes into one :class:`asyncio.Queue`; a single task (:meth:`Router._rib_task`)
-  owns the pure :class:`~bgplb.router.rib.Rib`, applies policy (``accept``, ``max_prefixes``),
-  and after each batch of events pushes the desired state to :class:`~bgplb.linux.fib.KernelFib`;
+* every session event goes into one queue; a single task (:meth:`Router._rib_task`) owns the pure
+  :class:`~bgplb.router.rib.Rib`, applies policy (``accept``, ``max_prefixes``), and after each
+  batch of events pushes the desired state to :class:`~bgplb.linux.fib.KernelFib`;
 * the kernel's nexthop/route notifications are watched: whatever of ours someone deletes is
   re-installed; on start our stale objects are removed (reconcile), on exit ours are removed
   (unless ``[fib] keep_on_exit``);
 * SIGTERM / SIGINT: clean exit (Cease/Administrative Shutdown to every peer); SIGHUP: reload.
 
-This module holds the start-up/shutdown and the RIB task; listening, accepting and reload are in
-:mod:`bgplb.router.ranges`, the FIB and connected subnets in :mod:`bgplb.router.kernel`, BFD in
-:mod:`bgplb.router.bfd`, connection pinning in :mod:`bgplb.router.pinning_runtime`.
+Supervision (nothing dies silently) and per-peer bounds: :mod:`bgplb.router.supervisor`.
+
+This module holds the start-up/shutdown, the supervision and the RIB task; listening, accepting
+and reload are in :mod:`bgplb.router.ranges`, the FIB and connected subnets in
+:mod:`bgplb.router.kernel`, BFD in :mod:`bgplb.router.bfd`, connection pinning in
+:mod:`bgplb.router.pinning_runtime`, status and metrics in :mod:`bgplb.control.router_status`.
 """
 
 from __future__ import annotations
@@ -27,17 +30,19 @@ import logging
 import signal
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bgplb.bgp.attributes import PathAttributes
 from bgplb.bgp.errors import CeaseSubcode
 from bgplb.bgp.families import AFI, IPV4_UNICAST, IPV6_UNICAST, SAFI
-from bgplb.bgp.fsm import State
 from bgplb.bgp.prefix import Prefix
 from bgplb.bgp.session import (
     EndOfRibReceived,
     Event,
+    InternalSessionError,
     RoutesReceived,
     SessionDown,
     SessionEstablished,
@@ -54,15 +59,30 @@ from bgplb.router.ranges import (
     compile_ranges,
 )
 from bgplb.router.rib import Connected, Rib
+from bgplb.router.supervisor import (
+    BATCH,
+    MAX_PENDING,
+    YIELD_EVERY,
+    Flow,
+    Item,
+    LogLimiter,
+    RibQueue,
+    Supervised,
+    Supervision,
+)
 
 __all__ = [
     "CONNECTED_POLL",
     "FAMILIES",
+    "MAX_PENDING",
     "OUR_RESTART_TIME",
     "Counters",
+    "Flow",
+    "LogLimiter",
     "PeerEntry",
     "RangeState",
     "Router",
+    "Supervision",
     "compile_ranges",
     "default_router_id",
     "read_connected",
@@ -77,25 +97,36 @@ log = logging.getLogger("bgplb.router")
 class Counters:
     refused_connections: int = 0
     filtered_prefixes: int = 0
+    refused_prefixes: int = 0
+    bad_bandwidth: int = 0
     max_prefix_resets: int = 0
     fib_applies: int = 0
     fib_errors: int = 0
     updates_received: int = 0
     last_apply_ops: int = 0
+    internal_errors: dict[str, int] = field(default_factory=dict)
+    internal_resets: int = 0  # peers reset after an internal error
+    pauses: int = 0  # times a peer's reading was paused (too many events pending)
+    queue_peak: int = 0  # the most events ever waiting for the RIB task
     started_at: float = field(default_factory=time.time)
 
 
-class Router(PeerRanges, KernelSide):
-    """The router daemon. `run()` until `stop` is set (or a signal)."""
+class Router(Supervised, PeerRanges, KernelSide):
+    """The router daemon. `run()` until `stop` is set (or a signal); returns the exit status."""
 
     def __init__(self, config: RouterConfig, config_path: str | Path | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.ranges = compile_ranges(config)
         self.peers: dict[IPAddress, PeerEntry] = {}
-        self.rib = Rib()
+        self.rib = self._new_rib()
+        self._probe_rib = self._new_rib()
         self.counters = Counters()
-        self.queue: asyncio.Queue[tuple[PeerEntry | None, Event | str]] = asyncio.Queue()
+        self.queue: asyncio.Queue[Item] = RibQueue(self._on_enqueue)
+        self.flows: dict[int, Flow] = {}  # id(entry) -> its flow (the entry keeps the id unique)
+        self.supervision = Supervision()
+        self.limiter = LogLimiter()
+        self.fatal: str | None = None  # why the daemon gave up (exit status 1)
         self.fib: Any = None  # KernelFib when [fib] install
         self.listeners: list[BgpListener] = []
         self.stop_event = asyncio.Event()
@@ -106,19 +137,28 @@ class Router(PeerRanges, KernelSide):
         self.reloads = 0
         self.bfd: Any = None  # bgplb.io.bfd.BfdService, made by router/bfd.py on first need
         self.pinning: Any = None  # router/pinning_runtime.py when [fib] pinning
+        self.loop_watch: Any = None  # bgplb.io.loopwatch.LoopWatch while running
+
+    def _new_rib(self) -> Rib:
+        return Rib()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_exception)
         self._connected = await asyncio.to_thread(read_connected)
         self.rib.set_connected(self._connected)
+        self._probe_rib.set_connected(self._connected)
         if self.router_id is None:
             self.router_id = default_router_id(self._connected)
         if self.config.fib.install:
             self._open_fib()
         from bgplb.control.router_status import RouterStatusServer
+        from bgplb.io.loopwatch import LoopWatch
 
+        self.loop_watch = LoopWatch(period=0.05)
+        self.loop_watch.start()
         status = RouterStatusServer(self)
         await status.start()
         try:
@@ -126,6 +166,7 @@ class Router(PeerRanges, KernelSide):
         except OSError as exc:
             log.error("cannot listen: %s", exc)
             await status.close()
+            await self.loop_watch.stop()
             self._close_fib()
             return 1
         for sig, handler in (
@@ -136,8 +177,8 @@ class Router(PeerRanges, KernelSide):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, handler)
         self._tasks = [
-            loop.create_task(self._rib_task(), name="rib"),
-            loop.create_task(self._connected_task(), name="connected"),
+            loop.create_task(self._supervise("rib", self._rib_task, restartable=False)),
+            loop.create_task(self._supervise("connected", self._connected_task)),
         ]
         log.info(
             "router AS %s id %s: %d peer range(s), fib %s",
@@ -149,14 +190,21 @@ class Router(PeerRanges, KernelSide):
             else "not installed",
         )
         await self.stop_event.wait()
-        log.info("shutting down")
+        log.info("shutting down" + (" after an unrecoverable internal error" if self.fatal else ""))
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
         for listener in self.listeners:
             await listener.close()
+        subcode = CeaseSubcode.ADMINISTRATIVE_RESET if self.fatal else None
+        message = "router restarting after an internal error" if self.fatal else ""
         await asyncio.gather(
-            *(e.peer.stop("router shutting down") for e in list(self.peers.values())),
+            *(
+                e.peer.stop(message or "router shutting down", subcode)
+                if subcode is not None
+                else e.peer.stop("router shutting down")
+                for e in list(self.peers.values())
+            ),
             return_exceptions=True,
         )
         if self.bfd is not None:
@@ -165,39 +213,66 @@ class Router(PeerRanges, KernelSide):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await status.close()
+        await self.loop_watch.stop()
         self._close_fib()
-        return 0
+        return 1 if self.fatal else 0
+
+    def _kernel_events(self) -> None:
+        try:
+            super()._kernel_events()
+        except Exception as exc:
+            self._internal_error("kernel-watch", exc)
 
     # -- the RIB task ---------------------------------------------------------------------------
+
+    def _wait_timeout(self, now: float) -> float | None:
+        deadlines = [self.rib.next_deadline()]
+        fib_deadline = getattr(self, "_fib_next_deadline", None)
+        if fib_deadline is not None:
+            deadlines.append(fib_deadline())
+        present = [d for d in deadlines if d is not None]
+        return max(0.0, min(present) - now) if present else None
 
     async def _rib_task(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            deadline = self.rib.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            item: Item | None
             try:
-                item = await asyncio.wait_for(self.queue.get(), timeout)
-                batch = [item]
-                while not self.queue.empty() and len(batch) < 10_000:
-                    batch.append(self.queue.get_nowait())
+                item = await asyncio.wait_for(self.queue.get(), self._wait_timeout(loop.time()))
             except TimeoutError:
-                batch = []
-            for entry, event in batch:
-                try:
-                    self._handle(entry, event, loop.time())
-                except Exception:
-                    log.exception("router: handling %r failed", event)
+                item = None
+            handled = 0
+            while item is not None:
+                self._handle_item(item[0], item[1], loop.time())
+                handled += 1
+                if handled >= BATCH:
+                    break
+                if handled % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # sessions, timers and status run between chunks
+                item = None if self.queue.empty() else self.queue.get_nowait()
             expired = self.rib.expire(loop.time())
             for peer in expired:
                 log.warning("%s: graceful restart time ran out: stale routes purged", peer)
             await self._sync_fib()
+
+    def _handle_item(self, entry: PeerEntry | None, event: Event | str, now: float) -> None:
+        if entry is None:
+            self._handle(None, event, now)  # an error here is the task's own: not recoverable
+            return
+        try:
+            if not self._flow(entry).failed or isinstance(event, SessionDown):
+                self._handle(entry, event, now)
+        except Exception as exc:
+            self._internal_error("rib", exc, entry)
+        finally:
+            self._handled(entry)
 
     def _handle(self, entry: PeerEntry | None, event: Event | str, now: float) -> None:
         if entry is None:
             if event == "reload":
                 self.reload()
             elif event == "connected":
-                pass
+                self._probe_rib.set_connected(self._connected)
             return
         key = str(entry.address)
         current = self.peers.get(entry.address) is entry
@@ -206,33 +281,29 @@ class Router(PeerRanges, KernelSide):
             self.rib.peer_down(key, now, graceful=True)
             return
         if isinstance(event, SessionEstablished):
-            neg = event.negotiated
-            gr = neg.peer_graceful_restart
-            self.rib.peer_up(
-                key,
-                now,
-                asn=neg.peer_asn,
-                max_prefixes=entry.range.config.max_prefixes,
-                restart_time=gr.restart_time if gr is not None else None,
-                gr_families=[
-                    (AFI(f.afi), SAFI(f.safi))
-                    for f in gr.families
-                    if f.afi in (1, 2) and f.safi == 1
-                ]
-                if gr is not None
-                else (),
-            )
+            self._peer_up(self.rib, key, entry, event, now)
         elif isinstance(event, RoutesReceived):
             self._routes(entry, key, event, now)
         elif isinstance(event, EndOfRibReceived):
             purged = self.rib.end_of_rib(key, event.family, now)
             if purged:
                 log.info("%s: End-of-RIB: %d stale route(s) purged", key, purged)
+            fib_eor = getattr(self, "_fib_end_of_rib", None)
+            if fib_eor is not None:
+                fib_eor(entry.address, event.family)
         elif isinstance(event, SessionDown):
             entry.last_error = event.reason
-            graceful = event.connection_lost and not event.hold_expired and not entry.bfd_down
+            if isinstance(event, InternalSessionError):
+                # the session recovered by itself (Cease sent, Idle); its routes are purged below
+                errors = self.counters.internal_errors
+                errors["session"] = errors.get("session", 0) + 1
+                log.error("%s: %s\n%s", key, event.reason, event.traceback.rstrip())
+            failed = self._flow(entry).failed
+            graceful = (
+                event.connection_lost and not event.hold_expired and not entry.bfd_down
+            ) and not failed
             router_bfd.detach(entry)
-            if event.was_established:
+            if event.was_established and (current or not failed):
                 kept = self.rib.peer_down(key, now, graceful=graceful)
                 if kept:
                     log.info(
@@ -240,10 +311,48 @@ class Router(PeerRanges, KernelSide):
                         key,
                         kept,
                     )
-            else:
+            elif not event.was_established:
                 log.warning("%s: session failed: %s", key, event.reason)
             if current:
                 del self.peers[entry.address]
+
+    def _peer_up(
+        self, rib: Rib, key: str, entry: PeerEntry, event: SessionEstablished, now: float
+    ) -> None:
+        neg = event.negotiated
+        gr = neg.peer_graceful_restart
+        rib.peer_up(
+            key,
+            now,
+            asn=neg.peer_asn,
+            max_prefixes=entry.range.config.max_prefixes,
+            restart_time=gr.restart_time if gr is not None else None,
+            gr_families=[
+                (AFI(f.afi), SAFI(f.safi)) for f in gr.families if f.afi in (1, 2) and f.safi == 1
+            ]
+            if gr is not None
+            else (),
+        )
+
+    def _probe(self, entry: PeerEntry, prefixes: Sequence[Prefix], attrs: PathAttributes) -> None:
+        """Compute the FIB entry of this UPDATE's path alone (one prefix per family) in a
+        scratch RIB: an error its attributes cause is raised now, blamed on this peer."""
+        one: dict[AFI, Prefix] = {}
+        for prefix in prefixes:
+            one.setdefault(prefix.afi, prefix)
+            if len(one) == 2:
+                break
+        if not one:
+            return
+        rib, key = self._probe_rib, "probe"
+        try:
+            rib.peer_up(key, 0.0, max_prefixes=None)
+            rib.update(key, list(one.values()), attrs, (), 0.0)
+            for prefix in one.values():
+                rib.fib_entry(prefix)
+        finally:
+            rib.forget_peer(key)
+            rib.take_dirty()
 
     def _routes(self, entry: PeerEntry, key: str, event: RoutesReceived, now: float) -> None:
         update = event.update
@@ -253,17 +362,19 @@ class Router(PeerRanges, KernelSide):
         if rejected:
             entry.filtered += len(rejected)
             self.counters.filtered_prefixes += len(rejected)
-            shown = ", ".join(str(p) for p in rejected[:5])
-            more = f" (+{len(rejected) - 5} more)" if len(rejected) > 5 else ""
-            log.warning(
-                "%s: filtered %d prefix(es) outside accept [%s]: %s%s",
+            self.warn_limited(
+                key,
+                "filtered",
+                "%s: filtered %d prefix(es) outside accept [%s]: %s",
                 key,
                 len(rejected),
                 entry.range.accept,
-                shown,
-                more,
+                _some(rejected),
             )
+        if accepted and update.attributes is not None:
+            self._probe(entry, accepted, update.attributes)
         result = self.rib.update(key, accepted, update.attributes, update.all_withdrawn, now)
+        self._refusals(entry, key, result)
         if result.exceeded:
             limit = entry.range.config.max_prefixes or 0
             first = next(p for p in accepted if p not in self.rib.peers[key].paths)
@@ -281,69 +392,53 @@ class Router(PeerRanges, KernelSide):
             entry.peer.session.stop(now, CeaseSubcode.MAX_PREFIXES, data=data)
             entry.peer.kick()
 
-    # -- visibility -----------------------------------------------------------------------------
+    def _refusals(self, entry: PeerEntry, key: str, result: Any) -> None:
+        """Count and log (rate-limited) what the RIB refused in an update."""
+        flow = self._flow(entry)
+        refused = list(getattr(result, "refused", ()) or ())
+        if refused:
+            flow.refused += len(refused)
+            self.counters.refused_prefixes += len(refused)
+            self.warn_limited(
+                key,
+                "refused",
+                "%s: refused %d prefix(es): %s",
+                key,
+                len(refused),
+                _some([f"{p} ({why})" for p, why in refused]),
+            )
+        bad = getattr(result, "bad_bandwidth", None)
+        count = len(bad) if isinstance(bad, list | tuple | set | frozenset) else int(bad or 0)
+        if count:
+            flow.bad_bandwidth += count
+            self.counters.bad_bandwidth += count
+            self.warn_limited(
+                key,
+                "bad_bandwidth",
+                "%s: link bandwidth not usable on %d path(s): equal weight instead",
+                key,
+                count,
+            )
 
     def peer_rows(self) -> list[dict[str, Any]]:
-        now = asyncio.get_running_loop().time()
-        rows = []
-        for address, entry in sorted(self.peers.items(), key=lambda kv: (kv[0].version, kv[0])):
-            s = entry.peer.session
-            neg = s.negotiated
-            state = self.rib.peers.get(str(address))
-            rows.append(
-                {
-                    "address": str(address),
-                    "asn": neg.peer_asn if neg is not None else None,
-                    "state": s.state.value,
-                    "established": s.state is State.ESTABLISHED,
-                    "prefixes": state.prefix_count if state else 0,
-                    "stale": state.stale_count if state else 0,
-                    "filtered": entry.filtered,
-                    "uptime": round(now - s.established_at, 1) if s.established_at else None,
-                    "range": str(entry.range.network),
-                    "graceful_restart": (
-                        neg.peer_graceful_restart.restart_time
-                        if neg is not None and neg.peer_graceful_restart is not None
-                        else None
-                    ),
-                    "last_error": s.last_error or entry.last_error,
-                    "bfd": entry.bfd.status() if entry.bfd is not None else None,
-                }
-            )
-        # peers gone but still holding stale routes (graceful restart)
-        for key, state in self.rib.peers.items():
-            if not state.established and state.stale_count:
-                rows.append(
-                    {
-                        "address": key,
-                        "asn": state.asn,
-                        "state": "restarting",
-                        "established": False,
-                        "prefixes": state.prefix_count,
-                        "stale": state.stale_count,
-                        "filtered": 0,
-                        "uptime": None,
-                        "range": None,
-                        "graceful_restart": state.restart_time,
-                        "stale_until": (
-                            round(state.stale_deadline - now, 1) if state.stale_deadline else None
-                        ),
-                        "last_error": None,
-                    }
-                )
-        return rows
+        from bgplb.control.router_status import peer_rows
+
+        return peer_rows(self)
+
+
+def _some(items: Sequence[object], n: int = 5) -> str:
+    shown = ", ".join(str(p) for p in items[:n])
+    return shown + (f" (+{len(items) - n} more)" if len(items) > n else "")
 
 
 FAMILIES = (IPV4_UNICAST, IPV6_UNICAST)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("pyroute2", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def setup_logging(level: str, json_output: bool = False) -> None:
+    """Plain lines or one JSON object per line (``[logging] json``), as the agent does."""
+    from bgplb.agent.logs import setup
+
+    setup(level, json_output)
 
 
 async def run_router(config: RouterConfig, config_path: str | Path | None = None) -> int:
