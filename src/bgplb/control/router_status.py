@@ -132,23 +132,36 @@ def _stale(state: Any) -> int:
 
 
 def vip_row(router: Router, vip: Any, by_vip: dict[Any, dict[Any, int]]) -> dict[str, Any] | None:
-    """The status row of one VIP (None if it is gone): O(its paths)."""
-    paths = router.rib.vips.get(vip)
-    if paths is None:
+    """The status row of one VIP (None if it is gone): O(its paths). ``unusable``: the paths
+    not in its FIB entry, as ``{"peer", "next_hop", "reason"}``."""
+    rib = router.rib
+    if vip not in rib.vips:
         return None
-    entry = router.rib.fib_entry(vip)
+    paths = rib.paths(vip)
+    entry = rib.fib_entry(vip)
     share = by_vip.get(vip.network, {}) if entry else {}
     total = sum(share.values())
-    unusable = getattr(router.rib, "unusable", None)
+    reasons = getattr(rib, "unusable", None)
+    if reasons is not None:
+        why = dict(reasons(vip))
+    else:  # a RIB without reasons: the next hop is not in a connected subnet
+        why = {
+            k: "next hop not in a connected subnet"
+            for k, p in paths.items()
+            if rib.resolve(p.next_hop) is None
+        }
     return {
         "vip": str(vip),
         "installed": bool(entry) and router.config.fib.install,
         "paths": len(paths),
-        "unusable": sorted(
-            str(p.next_hop) for p in paths.values() if router.rib.resolve(p.next_hop) is None
-        )
-        if unusable is None
-        else unusable(vip),
+        "unusable": [
+            {
+                "peer": peer,
+                "next_hop": str(paths[peer].next_hop) if peer in paths else None,
+                "reason": reason,
+            }
+            for peer, reason in sorted(why.items())
+        ],
         "nexthops": [
             {
                 "address": str(n.address),
