@@ -485,6 +485,14 @@ class BgpListener:
                 minimum = 0 if hops is None else 256 - max(1, hops)
                 sockopt.set_min_ttl(sock, sock.family, minimum)
 
+    def set_ttl(self, version: int, ttl: int | None) -> None:
+        """TTL / hop limit of what the listening sockets of IP `version` send (their SYN-ACKs,
+        inherited by accepted sockets); None restores the system default. A GTSM peer drops
+        a SYN-ACK below 255 (RFC 5082 §3), so a listener serving any GTSM range sends 255."""
+        for sock in self._sockets:
+            if (sock.family == socket.AF_INET6) == (version == 6):
+                sockopt.set_ttl(sock, sock.family, -1 if ttl is None else ttl)
+
     def _factory(self) -> _Protocol:
         return _AcceptingProtocol(self)
 

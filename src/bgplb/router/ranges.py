@@ -236,11 +236,14 @@ class PeerRanges:
                     listener.set_password(str(r.network), r.config.password)
 
     def _install_gtsm(self) -> None:
-        """Kernel-side GTSM on the listeners of a family whose ranges all ask for it."""
+        """GTSM on the listeners: SYN-ACKs with TTL 255 when a range of the family asks for it
+        (a GTSM peer drops anything lower), the kernel's minimum TTL when all of them do."""
         for version in (4, 6):
             ranges = [r for r in self.ranges if r.network.version == version]
+            anyone = any(r.config.ttl_security for r in ranges)
             everyone = bool(ranges) and all(r.config.ttl_security for r in ranges)
             for listener in self.listeners:
+                listener.set_ttl(version, GTSM_TTL if anyone else None)
                 listener.set_gtsm(version, 1 if everyone else None)
 
     def _refuse(self, remote: IPAddress, kind: str, why: str) -> None:
