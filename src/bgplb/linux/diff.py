@@ -1,24 +1,40 @@
-"""Desired versus installed kernel FIB state: a pure diff into ordered nexthop/route operations.
+"""Desired versus installed kernel FIB state: pure planning into ordered nexthop/route operations.
 
-No I/O here (no pyroute2, sockets, clock): `bgplb.linux.fib` dumps the kernel into an
-`InstalledState`, calls `diff()`, and executes the returned operations in order.
+No I/O here (no pyroute2, sockets, clock). `FibModel` is our objects as the kernel holds them,
+with the indexes planning needs; `plan()` turns the changes of some VIPs into `Step`s (an
+operation, the VIPs that fail with it, the objects of the same plan it needs); `garbage()` names
+what no VIP uses any more; `diff()` is the whole-table version (reconcile, tests).
 
 Model (one owner: the objects carrying bgplb's route protocol number):
-- one single nexthop object per distinct (gateway, oif), shared by every VIP that uses it;
-- one nexthop *group* per VIP (even with one member), so a server joining or leaving is an
-  in-place replace of the group's membership and the VIP's route never changes;
+- one single nexthop object per distinct (gateway, oif), shared by every group that uses it;
+- one nexthop *group* per path set: VIPs whose usable paths (gateways, weights) and group
+  parameters are the same share one group, counted by the routes pointing at it;
 - one route per VIP: `VIP nhid <group>`.
+
+Changing a group (see docs/kernel.md for what it means for flows):
+- all VIPs of a group change the same way (a server dies, drains, returns): the group is
+  replaced in place, one operation for all of them, resilient buckets of the members that stay
+  do not move;
+- the VIPs of a group diverge: the most common new set keeps the group (VIPs that did not
+  change count for the current set, which wins ties); the others move (route replace) to a
+  group that has (or gets in this very plan) their set, else to a new group;
+- a group no VIP uses is deleted; so is a single nexthop no group uses.
+Two groups may end with the same set (both replaced into it): they are never merged, since
+moving the VIPs of one into the other would move their flows.
 
 Kernel rules the order respects (see linux/net/ipv4/nexthop.c):
 - a group's members must exist before the group, a route's group before the route;
 - deleting a group deletes the routes using it; deleting a group's last member deletes the group:
   so routes are re-pointed or deleted before groups, groups replaced before members go;
 - a replace that changes a group's type or a resilient group's bucket count is refused (EINVAL):
-  such a change is make-before-break — a new group, the route re-pointed, the old group deleted.
+  such a change is make-before-break — a new group, the routes re-pointed, the old group deleted.
+Phases: new nexthops, new groups, routes (moves off a group first), in-place group replaces,
+routes to a replaced group, then (garbage) group and nexthop deletions.
 
-Ids: an object we already have keeps its id. A new one gets the smallest id >= `id_base` that
-no nexthop object in the namespace (ours or anyone's) uses, so an id is never reused while in
-use, and the same inputs always give the same ids.
+Ids: an object we already have keeps its id (a group member keeps its nexthop id across a
+replace: swapping it would move its buckets). A new one gets the smallest id >= `id_base` that no
+nexthop object in the namespace (ours or anyone's) uses, so a foreign id is never taken, and the
+same inputs always give the same ids.
 """
 
 from __future__ import annotations
@@ -197,21 +213,362 @@ def desired_state(
     return out
 
 
-# --- the diff -----------------------------------------------------------------------------------
-class _Ids:
-    def __init__(self, used: Iterable[int], base: int) -> None:
-        self.used = set(used)
-        self.next = base
+# --- the model ----------------------------------------------------------------------------------
+PathSet = tuple[tuple[Gateway, int], ...]
+"""A VIP's usable paths: (gateway, weight 1..256) sorted by gateway; () means no route."""
 
+ParamsKey = tuple[object, ...]
+GroupKey = tuple[PathSet, ParamsKey]
+"""What makes two groups interchangeable: the same path set and the same kernel parameters."""
+
+_ODD = Gateway(IPv4Address(0), 0)  # a member id that is not one of our single nexthops
+
+
+def path_set(gateways: Mapping[Gateway, int]) -> PathSet:
+    return tuple(sorted(gateways.items(), key=lambda kv: kv[0].sort_key()))
+
+
+def params_key(params: GroupParams) -> ParamsKey:
+    """Parameters as the kernel shows them (timers in 1/100 s)."""
+    if params.kind is GroupKind.MULTIPATH:
+        return (GroupKind.MULTIPATH.value,)
+    return (
+        GroupKind.RESILIENT.value,
+        params.buckets,
+        round(params.idle_timer * 100),
+        round(params.unbalanced_timer * 100),
+    )
+
+
+def _key_order(key: GroupKey) -> tuple[object, ...]:
+    return (tuple((gw.sort_key(), w) for gw, w in key[0]), key[1])
+
+
+class FibModel:
+    """Our objects as the kernel holds them (the mutable twin of `InstalledState`, whose dicts
+    `state()` shares), kept up to date by `note()`-ing each successful operation, with indexes:
+    the VIPs of each group, the groups of each nexthop, the groups of each key, one preferred
+    nexthop id per gateway, and the id allocator. Every `note` costs O(members)."""
+
+    __slots__ = (
+        "_next",
+        "by_key",
+        "foreign_ids",
+        "groups",
+        "gw_id",
+        "id_base",
+        "key_of",
+        "nexthops",
+        "routes",
+        "used_ids",
+        "users",
+        "vips_of",
+    )
+
+    def __init__(self, state: InstalledState | None = None, id_base: int = DEFAULT_ID_BASE):
+        state = state or InstalledState()
+        self.nexthops: dict[int, Gateway] = dict(state.nexthops)
+        self.groups: dict[int, InstalledGroup] = {}
+        self.routes: dict[IPNetwork, int | None] = {}
+        self.foreign_ids: set[int] = set(state.foreign_ids)
+        self.id_base = id_base
+        self._next = id_base
+        self.used_ids: set[int] = {*self.nexthops, *state.groups, *self.foreign_ids}
+        self.vips_of: dict[int, set[IPNetwork]] = {}
+        self.users: dict[int, int] = {}
+        self.key_of: dict[int, GroupKey] = {}
+        self.by_key: dict[GroupKey, set[int]] = {}
+        self.gw_id: dict[Gateway, int] = {}
+        for group in state.groups.values():
+            self._set_group(group)
+        for net, nh_id in state.routes.items():
+            self._set_route(net, nh_id)
+        # one nexthop per gateway; with duplicates (debris of a crash) prefer one a routed group
+        # uses, then one any group uses, then the lowest id: never swap a live member
+        rank: dict[int, int] = {}
+        for g in self.groups.values():
+            for m, _ in g.members:
+                rank[m] = min(rank.get(m, 2), 0 if self.vips_of.get(g.id) else 1)
+        for nh_id in sorted(self.nexthops, key=lambda i: (rank.get(i, 2), i)):
+            self.gw_id.setdefault(self.nexthops[nh_id], nh_id)
+
+    def state(self) -> InstalledState:
+        return InstalledState(self.nexthops, self.groups, self.routes, frozenset(self.foreign_ids))
+
+    # -- ids ----------------------------------------------------------------------------------
     def alloc(self) -> int:
-        while self.next in self.used:
-            self.next += 1
-        if self.next > 0xFFFFFFFF:
+        """The smallest id >= id_base nobody uses (reserved until noted or `release`d)."""
+        while self._next in self.used_ids:
+            self._next += 1
+        if self._next > 0xFFFFFFFF:
             raise ValueError("nexthop ids exhausted")
-        self.used.add(self.next)
-        return self.next
+        self.used_ids.add(self._next)
+        return self._next
+
+    def release(self, nh_id: int) -> None:
+        """An allocated id whose object was never created goes back to the pool."""
+        known = nh_id in self.nexthops or nh_id in self.groups or nh_id in self.foreign_ids
+        if not known:
+            self.used_ids.discard(nh_id)
+            self._next = max(self.id_base, min(self._next, nh_id))
+
+    def _free(self, nh_id: int) -> None:
+        self.used_ids.discard(nh_id)
+        if nh_id >= self.id_base:
+            self._next = min(self._next, nh_id)
+
+    # -- keys ---------------------------------------------------------------------------------
+    def group_key(self, group: InstalledGroup) -> GroupKey:
+        gws: dict[Gateway, int] = {}
+        for m, w in group.members:
+            gw = self.nexthops.get(m, _ODD)
+            gws[gw] = gws.get(gw, 0) + w
+        return (path_set(gws), params_key(group.params))
+
+    def members_for(
+        self, pset: PathSet, keep: InstalledGroup | None, new: Mapping[Gateway, int]
+    ) -> Members:
+        """Member ids for `pset`: the ids `keep` already uses for these gateways, else the
+        preferred id of each gateway, else its id in `new` (allocated by the plan)."""
+        mine = {self.nexthops.get(m): m for m, _ in keep.members} if keep is not None else {}
+        return tuple(sorted((mine.get(gw) or self.gw_id.get(gw) or new[gw], w) for gw, w in pset))
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    def _set_group(self, group: InstalledGroup) -> None:
+        old = self.groups.get(group.id)
+        if old is not None:
+            self._unset_group(old, keep_vips=True)
+        self.groups[group.id] = group
+        self.used_ids.add(group.id)
+        key = self.group_key(group)
+        self.key_of[group.id] = key
+        self.by_key.setdefault(key, set()).add(group.id)
+        for m, _ in group.members:
+            self.users[m] = self.users.get(m, 0) + 1
+
+    def _unset_group(self, group: InstalledGroup, keep_vips: bool = False) -> None:
+        key = self.key_of.pop(group.id)
+        ids = self.by_key[key]
+        ids.discard(group.id)
+        if not ids:
+            del self.by_key[key]
+        for m, _ in group.members:
+            left = self.users[m] - 1
+            if left:
+                self.users[m] = left
+            else:
+                del self.users[m]
+        if not keep_vips:
+            del self.groups[group.id]
+            self._free(group.id)
+            for net in self.vips_of.pop(group.id, set()):
+                del self.routes[net]  # the kernel deletes the routes of a deleted group
+
+    def _set_route(self, net: IPNetwork, nh_id: int | None) -> None:
+        self._unset_route(net)
+        self.routes[net] = nh_id
+        if nh_id is not None and nh_id in self.groups:
+            self.vips_of.setdefault(nh_id, set()).add(net)
+
+    def _unset_route(self, net: IPNetwork) -> None:
+        old = self.routes.pop(net, None)
+        if old is not None and old in self.vips_of:
+            vips = self.vips_of[old]
+            vips.discard(net)
+            if not vips:
+                del self.vips_of[old]
+
+    def note(self, op: Op) -> None:
+        """Record a successful operation."""
+        match op:
+            case AddNexthop(id=nh_id, gateway=gw):
+                self.nexthops[nh_id] = gw
+                self.used_ids.add(nh_id)
+                self.gw_id.setdefault(gw, nh_id)
+            case (
+                AddGroup(id=nh_id, members=members, params=p)
+                | ReplaceGroup(id=nh_id, members=members, params=p)
+            ):
+                self._set_group(InstalledGroup(nh_id, members, p))
+            case AddRoute(dst=dst, nh_id=nh_id) | ReplaceRoute(dst=dst, nh_id=nh_id):
+                self._set_route(dst, nh_id)
+            case DeleteRoute(dst=dst):
+                self._unset_route(dst)
+            case DeleteGroup(id=nh_id):
+                group = self.groups.get(nh_id)
+                if group is not None:
+                    self._unset_group(group)
+            case DeleteNexthop(id=nh_id):
+                if nh_id in self.nexthops:
+                    gw = self.nexthops.pop(nh_id)
+                    self._free(nh_id)
+                    if self.gw_id.get(gw) == nh_id:
+                        del self.gw_id[gw]
+                        others = [i for i, g in self.nexthops.items() if g == gw]
+                        if others:  # debris of a crash only
+                            self.gw_id[gw] = min(others)
 
 
+# --- planning -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One operation of a plan: `vips` fail with it; it is skipped if an object of `needs`
+    (created or replaced earlier in the same plan) failed. `phase`: steps of one phase are
+    independent of each other (they may go to the kernel in one batch)."""
+
+    op: Op
+    phase: int
+    vips: tuple[IPNetwork, ...] = ()
+    needs: tuple[int, ...] = ()
+
+
+PHASE_NEXTHOPS, PHASE_GROUPS, PHASE_ROUTES, PHASE_REPLACE, PHASE_ROUTES_AFTER = range(5)
+PHASE_DELETE_GROUPS, PHASE_DELETE_NEXTHOPS = 5, 6
+
+
+def plan(model: FibModel, changes: Mapping[IPNetwork, PathSet], params: GroupParams) -> list[Step]:
+    """Steps that give each VIP of `changes` its path set (() = no route), leaving every other
+    VIP's forwarding as it is, in an order the kernel accepts. Costs O(changed VIPs + members),
+    plus O(VIPs of a group) only for a group whose unchanged VIPs must move off it (fewer than
+    the changed ones, since the most common set keeps the group). Ids are allocated from
+    `model` (call `model.release` for those whose object was never created). Deletions of
+    what is left unused come from `garbage()` once the steps ran."""
+    for net, pset in changes.items():
+        for gw, weight in pset:
+            if not 1 <= weight <= MAX_WEIGHT:
+                raise ValueError(f"{net}: weight {weight} of {gw.address} outside 1..256")
+    pk = params_key(params)
+    # 1. who changes, grouped by current group and new key; who goes
+    moving: dict[int | None, dict[GroupKey, list[IPNetwork]]] = {}
+    deletes: list[IPNetwork] = []
+    leaving: dict[int, int] = {}  # group -> its VIPs that leave it (deleted or changed)
+    for net in sorted(changes, key=_net_key):
+        pset = changes[net]
+        current = model.routes.get(net)
+        group: int | None = current if current in model.groups else None
+        if not pset:
+            if net in model.routes:
+                deletes.append(net)
+                if group is not None:
+                    leaving[group] = leaving.get(group, 0) + 1
+            continue
+        key = (pset, pk)
+        if group is not None and model.key_of[group] == key:
+            continue
+        moving.setdefault(group, {}).setdefault(key, []).append(net)
+        if group is not None:
+            leaving[group] = leaving.get(group, 0) + 1
+
+    # 2. per group: the most common new key keeps it (replace in place), the others move
+    replace: dict[int, GroupKey] = {}
+    replace_vips: dict[int, list[IPNetwork]] = {}
+    movers: dict[GroupKey, list[IPNetwork]] = {}
+    for g in sorted(k for k in moving if k is not None):
+        by_key = moving[g]
+        installed = model.groups[g]
+        current_key = model.key_of[g]
+        staying = len(model.vips_of.get(g, ())) - leaving.get(g, 0)
+        candidates: list[tuple[int, int, tuple[object, ...], GroupKey]] = []
+        if staying > 0:
+            candidates.append((staying, 1, (), current_key))
+        if params.same_shape(installed.params):
+            for key, changed in by_key.items():
+                # ties: the current key first (nothing to do), then a fixed order of keys
+                candidates.append((len(changed), 0, tuple(-x for x in _flat(key)), key))
+        winner = max(candidates)[3] if candidates else None
+        if winner is not None and winner != current_key:
+            replace[g] = winner
+            replace_vips[g] = by_key[winner]
+            if staying > 0:  # the unchanged VIPs keep their set: they move off the group
+                stay = model.vips_of[g].difference(changes)
+                movers.setdefault(current_key, []).extend(stay)
+        for key, changed in by_key.items():
+            if key != winner:
+                movers.setdefault(key, []).extend(changed)
+    for key, changed in moving.get(None, {}).items():
+        movers.setdefault(key, []).extend(changed)
+
+    # 3. nexthops for every gateway a new or replaced group needs
+    steps: list[Step] = []
+    new_gw: dict[Gateway, int] = {}
+    wanted_gws = {gw for key in (*replace.values(), *movers) for gw, _ in key[0]}
+    for gw in sorted(wanted_gws - model.gw_id.keys(), key=Gateway.sort_key):
+        new_gw[gw] = model.alloc()
+        steps.append(Step(AddNexthop(new_gw[gw], gw), PHASE_NEXTHOPS))
+    new_ids = set(new_gw.values())
+
+    def needs_of(members: Members) -> tuple[int, ...]:
+        return tuple(m for m, _ in members if m in new_ids)
+
+    # 4. in-place replaces (run after the moves off these groups)
+    for g, key in sorted(replace.items()):
+        members = model.members_for(key[0], model.groups[g], new_gw)
+        rvips = tuple(sorted(replace_vips[g], key=_net_key))
+        steps.append(
+            Step(ReplaceGroup(g, members, params), PHASE_REPLACE, rvips, needs_of(members))
+        )
+
+    # 5. a group for each key VIPs move to: one that keeps (or gets) the key, else a new one
+    for key in sorted(movers, key=_key_order):
+        vips = tuple(sorted(movers[key], key=_net_key))
+        static = [g for g in model.by_key.get(key, ()) if g not in replace]
+        after = False
+        needs: tuple[int, ...] = ()
+        if static:
+            target = min(static)
+        else:
+            replaced = [g for g, k in replace.items() if k == key]
+            if replaced:
+                target, after, needs = min(replaced), True, (min(replaced),)
+            else:
+                target = model.alloc()
+                members = model.members_for(key[0], None, new_gw)
+                steps.append(
+                    Step(AddGroup(target, members, params), PHASE_GROUPS, vips, needs_of(members))
+                )
+                needs = (target,)
+        phase = PHASE_ROUTES_AFTER if after else PHASE_ROUTES
+        for net in vips:
+            op: Op = ReplaceRoute(net, target) if net in model.routes else AddRoute(net, target)
+            steps.append(Step(op, phase, (net,), needs))
+    for net in deletes:
+        steps.append(Step(DeleteRoute(net), PHASE_ROUTES, (net,)))
+    steps.sort(key=lambda s: s.phase)  # stable: the order within a phase stays
+    return steps
+
+
+def _flat(key: GroupKey) -> tuple[int, ...]:
+    out: list[int] = []
+    for gw, w in key[0]:
+        out.extend((*gw.sort_key(), w))
+    return tuple(out)
+
+
+def garbage(
+    model: FibModel, groups: Iterable[int] | None = None, nexthops: Iterable[int] | None = None
+) -> list[Step]:
+    """Deletions of our groups no route uses and of our single nexthops no group uses, among
+    the candidates given (None: all of ours). Groups first: their members may go after."""
+    steps: list[Step] = []
+    gone: list[InstalledGroup] = []
+    for g in sorted(model.groups if groups is None else set(groups)):
+        group = model.groups.get(g)
+        if group is not None and not model.vips_of.get(g):
+            gone.append(group)
+            steps.append(Step(DeleteGroup(g), PHASE_DELETE_GROUPS))
+    users = dict(model.users)
+    candidates = set(model.nexthops) if nexthops is None else set(nexthops)
+    for group in gone:
+        for m, _ in group.members:
+            users[m] -= 1
+            candidates.add(m)
+    for nh_id in sorted(candidates):
+        if nh_id in model.nexthops and users.get(nh_id, 0) <= 0:
+            steps.append(Step(DeleteNexthop(nh_id), PHASE_DELETE_NEXTHOPS))
+    return steps
+
+
+# --- the whole-table diff -----------------------------------------------------------------------
 def diff(
     desired: DesiredState,
     installed: InstalledState,
@@ -221,72 +578,14 @@ def diff(
     """Operations that turn `installed` into `desired`, in an order the kernel accepts.
 
     Applying them and diffing again gives []. Objects not in `installed` (foreign) are never
-    named by an operation; ids in `foreign_ids` are never allocated.
-    """
-    wanted = {net: dict(gws) for net, gws in desired.items() if gws}
-    for net, gws in wanted.items():
-        for gw, weight in gws.items():
-            if not 1 <= weight <= MAX_WEIGHT:
-                raise ValueError(f"{net}: weight {weight} of {gw.address} outside 1..256")
-    ids = _Ids(
-        [*installed.nexthops, *installed.groups, *installed.foreign_ids],
-        id_base,
-    )
-    adds: list[Op] = []
-    groups: list[Op] = []
-    routes: list[Op] = []
-    removals: list[Op] = []
-
-    # 1. single nexthops: reuse ours, create the missing ones. With duplicates for a gateway
-    # (debris of a crash) keep the one a VIP's live group uses, else one any group uses:
-    # swapping a member id in a resilient group would move its buckets, i.e. its flows.
-    # Ties: lowest id.
-    live = {installed.routes.get(net) for net in wanted}
-    rank: dict[int, int] = {}
-    for g in installed.groups.values():
-        for m, _ in g.members:
-            rank[m] = min(rank.get(m, 2), 0 if g.id in live else 1)
-    by_gateway: dict[Gateway, int] = {}
-    for nh_id in sorted(installed.nexthops, key=lambda i: (rank.get(i, 2), i)):
-        by_gateway.setdefault(installed.nexthops[nh_id], nh_id)
-    needed = {gw for gws in wanted.values() for gw in gws}
-    for gw in sorted(needed, key=Gateway.sort_key):
-        if gw not in by_gateway:
-            by_gateway[gw] = ids.alloc()
-            adds.append(AddNexthop(by_gateway[gw], gw))
-
-    # 2. one group per VIP: keep the route's group if the kernel can replace it into shape
-    claimed: set[int] = set()
-    target: dict[IPNetwork, int] = {}
-    for net in sorted(wanted, key=_net_key):
-        members: Members = tuple(sorted((by_gateway[gw], w) for gw, w in wanted[net].items()))
-        current = installed.routes.get(net)
-        group = installed.groups.get(current) if current is not None else None
-        if group is None or group.id in claimed or not params.same_shape(group.params):
-            target[net] = ids.alloc()
-            groups.append(AddGroup(target[net], members, params))
-        else:
-            target[net] = group.id
-            if tuple(sorted(group.members)) != members or not params.same(group.params):
-                groups.append(ReplaceGroup(group.id, members, params))
-        claimed.add(target[net])
-
-    # 3. routes point at their group
-    for net in sorted(wanted, key=_net_key):
-        if net not in installed.routes:
-            routes.append(AddRoute(net, target[net]))
-        elif installed.routes[net] != target[net]:
-            routes.append(ReplaceRoute(net, target[net]))
-
-    # 4. removals, reverse order: routes, then groups, then single nexthops
-    for net in sorted(installed.routes, key=_net_key):
-        if net not in wanted:
-            removals.append(DeleteRoute(net))
-    for group_id in sorted(installed.groups):
-        if group_id not in claimed:
-            removals.append(DeleteGroup(group_id))
-    keep = {by_gateway[gw] for gw in needed}
-    for nh_id in sorted(installed.nexthops):
-        if nh_id not in keep:
-            removals.append(DeleteNexthop(nh_id))
-    return [*adds, *groups, *routes, *removals]
+    named by an operation; ids in `foreign_ids` are never allocated. Everything of ours that
+    `desired` does not use is deleted."""
+    model = FibModel(installed, id_base)
+    changes = {net: path_set(gws) for net, gws in desired.items()}
+    for net in installed.routes:
+        changes.setdefault(net, ())
+    ops = [s.op for s in plan(model, changes, params)]
+    for op in ops:
+        model.note(op)
+    rest = [s.op for s in garbage(model)]
+    return [*ops, *rest]

@@ -1,30 +1,38 @@
-"""The router's kernel FIB: one route per VIP pointing to one nexthop group (resilient by
-default), owned by bgplb's route protocol number and kept in sync with a desired state.
+"""The router's kernel FIB: one route per VIP pointing to the nexthop group (resilient by
+default) of its path set, owned by bgplb's route protocol number and kept in sync with the
+desired state, VIP by VIP.
 
     fib = KernelFib(netns=None, protocol=200, group="resilient", buckets=512)
-    fib.reconcile()                       # start: remove stale objects of ours, nobody else's
-    fib.apply({"198.51.100.10/32": [("192.0.2.2", "eth1", 1), ("192.0.2.6", "eth2", 1)]})
+    fib.adopt()                           # start: keep what a previous run left (deferral)
+    fib.update({"198.51.100.10/32": [("192.0.2.2", "eth1", 64), ("192.0.2.6", "eth2", 64)]})
+    fib.finish_deferral()                 # every peer re-sent its routes: drop the rest
+    fib.failures()                        # VIPs the kernel refused, retried with backoff
     fib.buckets_share("198.51.100.10/32") # {IPv4Address('192.0.2.2'): 256, ...}
     fib.cleanup()                         # exit: remove everything of ours
+
+Planning, fault isolation and retries are `bgplb.linux.fibapi.FibEngine` (shared with the
+in-memory `bgplb.linux.memfib.MemoryFib`); this module runs its operations over netlink and
+reads and watches the kernel.
 
 Ownership: every nexthop and route bgplb creates carries `protocol` (default 200, "bgplb";
 not in iproute2's reserved list, see /etc/iproute2/rt_protos; operators can name it with
 `echo "200 bgplb" > /etc/iproute2/rt_protos.d/bgplb.conf`). Objects with any other protocol are
 never modified or deleted; their nexthop ids are never reused.
 
-Threads: every method is blocking (netlink round trips of well under a millisecond each for a
-handful of VIPs). Changes go through one socket guarded by one lock, so `watch()` may run in a
-thread while another thread calls `apply()`. Reads of the kernel (`installed()`,
-`buckets_shares()`) use a second socket with its own lock: a status request in a thread
-neither races with nor waits for an apply in another. From asyncio either run `watch(stop)`
-with `asyncio.to_thread`, or register `loop.add_reader(fib.watch_fileno(), fib.process_events)`
-after `start_watching()`.
+Threads: every method is blocking. Changes go through one socket guarded by one lock, so
+`watch()` may run in a thread while another thread calls `update()`. Reads of the kernel
+(`installed()`, `buckets_shares()`) use a second socket with its own lock: a status request in
+a thread neither races with nor waits for an apply in another. From asyncio either run
+`watch(stop)` with `asyncio.to_thread`, or register
+`loop.add_reader(fib.watch_fileno(), fib.process_events)` after `start_watching()`.
 
 Cost: while watching, the installed state is kept from our own successful operations, and the
-kernel is dumped again only at the first apply (reconcile), after a failed operation, or when
-the watcher sees a change it did not make (or lost notifications). The notifications of our own
-changes carry our socket's port id and are dropped undecoded. Without a watcher every apply
-dumps the kernel first (nothing would notice someone else's changes otherwise).
+kernel is dumped again only at adoption/reconcile, after a refusal that hints at a stale model,
+or when the watcher sees a change it did not make (or lost notifications). The notifications of
+our own changes carry our socket's port id and are dropped undecoded. Without a watcher every
+apply dumps the kernel first (nothing would notice someone else's changes otherwise). The
+operations of one phase of a plan go to the kernel in batches (`NexthopSocket.transact`: many
+requests per sendmsg, each answer mapped back to its request).
 """
 
 from __future__ import annotations
@@ -33,11 +41,22 @@ import errno
 import ipaddress
 import logging
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from ipaddress import IPv4Address
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from bgplb.linux import diff as d
+from bgplb.linux.fibapi import (
+    STATUS_BUCKET_LIMIT,
+    Adopted,
+    BucketShares,
+    ChangesInput,
+    FibEngine,
+    FibResult,
+    OpError,
+    VipError,
+    resolve_changes,
+)
 from bgplb.linux.nexthop import (
     GroupType,
     KernelEvent,
@@ -51,71 +70,34 @@ from bgplb.linux.nexthop import (
     RouteDeleted,
 )
 
+__all__ = [
+    "DEFAULT_PROTOCOL",
+    "STATUS_BUCKET_LIMIT",
+    "BucketShares",
+    "DesiredInput",
+    "FibError",
+    "KernelFib",
+    "PathSpec",
+]
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PROTOCOL = 200
 """Route/nexthop protocol number of bgplb (RTPROT_*; 200 is unassigned in linux/rtnetlink.h
 and iproute2's rt_protos)."""
 
-_ODD = d.Gateway(IPv4Address(0), 0)  # identity given to our nexthops of an unexpected shape
+BATCHED = False
+"""Run each phase of a plan as one `NexthopSocket.transact` (False: one round trip per op)."""
+
+_ODD = d.Gateway(ipaddress.IPv4Address(0), 0)  # identity given to our nexthops of an odd shape
 
 PathSpec = tuple[str | d.IPAddress, str | int, int]  # (gateway, oif name or index, weight)
-DesiredInput = Mapping[str | d.IPNetwork | d.IPAddress, Iterable[PathSpec]]
-
-
-STATUS_BUCKET_LIMIT = 262144
-"""Most buckets `buckets_shares()` reads per call by default (512 VIPs of 512 buckets)."""
-
-
-@dataclass(frozen=True, slots=True)
-class BucketShares:
-    """Buckets per gateway of each VIP's resilient group, from one kernel dump."""
-
-    shares: dict[d.IPNetwork, dict[d.IPAddress, int]]
-    omitted: tuple[d.IPNetwork, ...] = ()  # resilient groups not read: over `limit`
-    limit: int = STATUS_BUCKET_LIMIT
-
-
-class _Installed:
-    """Our objects as the kernel holds them, kept up to date by our own operations (the
-    mutable twin of `diff.InstalledState`; `state()` shares its dicts, no copy)."""
-
-    __slots__ = ("foreign_ids", "groups", "nexthops", "routes")
-
-    def __init__(self, state: d.InstalledState) -> None:
-        self.nexthops = dict(state.nexthops)
-        self.groups = dict(state.groups)
-        self.routes = dict(state.routes)
-        self.foreign_ids = state.foreign_ids
-
-    def state(self) -> d.InstalledState:
-        return d.InstalledState(self.nexthops, self.groups, self.routes, self.foreign_ids)
-
-    def note(self, op: d.Op) -> None:
-        """Record a successful operation. The side effects the kernel adds (a deleted group
-        takes its routes, a deleted nexthop leaves its groups) never apply to the orders
-        `diff` gives: routes are re-pointed or deleted before their group, groups replaced
-        or deleted before their members."""
-        match op:
-            case d.AddNexthop(id=nh_id, gateway=gw):
-                self.nexthops[nh_id] = gw
-            case (
-                d.AddGroup(id=nh_id, members=members, params=p)
-                | d.ReplaceGroup(id=nh_id, members=members, params=p)
-            ):
-                self.groups[nh_id] = d.InstalledGroup(nh_id, members, p)
-            case d.AddRoute(dst=dst, nh_id=nh_id) | d.ReplaceRoute(dst=dst, nh_id=nh_id):
-                self.routes[dst] = nh_id
-            case d.DeleteRoute(dst=dst):
-                self.routes.pop(dst, None)
-            case d.DeleteGroup(id=nh_id):
-                self.groups.pop(nh_id, None)
-            case d.DeleteNexthop(id=nh_id):
-                self.nexthops.pop(nh_id, None)
+DesiredInput = ChangesInput
 
 
 class FibError(RuntimeError):
-    """An operation failed twice (also after re-reading the kernel); `op` and `errno` say which."""
+    """An operation failed; `op` and `errno` say which (kept for callers of older versions:
+    the FIB itself reports per-VIP errors, see `KernelFib.failures()`)."""
 
     def __init__(self, op: d.Op, cause: NexthopError) -> None:
         super().__init__(f"{op}: {cause}")
@@ -148,11 +130,18 @@ class KernelFib:
         self._reader = NexthopSocket(netns)  # dumps, under _read_lock (taken after _lock)
         self._lock = threading.RLock()
         self._read_lock = threading.Lock()
-        self._cache: _Installed | None = None  # only while watching; None: dump first
-        self.dumps = 0  # full kernel reads (installed())
-        self._desired: dict[d.IPNetwork, dict[d.Gateway, int]] | None = None  # None: no apply yet
+        self.engine = FibEngine(self.params, self._run, self.installed, id_base)
         self._monitor: NexthopMonitor | None = None
         self.reinstalls = 0  # times process_events found something of ours missing or changed
+        self.batches = 0  # netlink transactions (batched mode)
+        self.dumps = 0  # full kernel reads (installed())
+
+    def _fresh(self) -> FibEngine:
+        """The engine, made to read the kernel first when nothing watches it (nothing would
+        notice someone else's changes otherwise). Under self._lock."""
+        if self._monitor is None:
+            self.engine.invalidate()
+        return self.engine
 
     def close(self) -> None:
         """Close the sockets (leaves the kernel objects as they are: see cleanup())."""
@@ -160,7 +149,7 @@ class KernelFib:
             if self._monitor is not None:
                 self._monitor.close()
                 self._monitor = None
-            self._cache = None
+            self.engine.invalidate()
             self._nl.close()
             with self._read_lock:
                 self._reader.close()
@@ -207,65 +196,138 @@ class KernelFib:
         return d.GroupParams(d.GroupKind.MULTIPATH)
 
     # -- changing the kernel ------------------------------------------------------------------
-    def resolve(self, desired: DesiredInput) -> dict[d.IPNetwork, dict[d.Gateway, int]]:
+    def _link(self, name: str) -> int:
+        with self._lock:
+            return self._nl.link_index(name)
+
+    def resolve(self, desired: ChangesInput) -> dict[d.IPNetwork, dict[d.Gateway, int]]:
         """Interface names -> indexes in our namespace, then `diff.desired_state`."""
-        with self._lock:
-            entries = {
-                vip: [
-                    (gw, oif if isinstance(oif, int) else self._nl.link_index(oif), weight)
-                    for gw, oif, weight in paths
-                ]
-                for vip, paths in desired.items()
-            }
-        return d.desired_state(entries)
+        return {net: dict(p) for net, p in resolve_changes(desired, self._link).items()}
 
-    def apply(self, desired: DesiredInput) -> list[d.Op]:
-        """Make the kernel hold exactly `desired` (for our protocol); idempotent. Returns the
-        operations executed. Raises FibError if one fails twice, ValueError for bad input."""
-        state = self.resolve(desired)
+    def update(self, changes: ChangesInput, now: float | None = None) -> FibResult:
+        """Incremental: give each VIP of `changes` its paths (none: remove it); no other VIP is
+        looked at except those that must move off a group they share with a changed one.
+        A refused operation fails only its VIPs (`FibResult.failed`, `failures()`), retried by
+        `retry_due()`. Raises ValueError for bad input."""
+        resolved = resolve_changes(changes, self._link)
         with self._lock:
-            self._desired = state
-            return self._sync(state)
+            return self._fresh().update(resolved, _now(now))
 
-    def reconcile(self, desired: DesiredInput | None = None) -> list[d.Op]:
+    def apply(self, desired: ChangesInput) -> list[d.Op]:
+        """Whole table: make the kernel hold exactly `desired` (for our protocol); idempotent.
+        Returns the operations executed; refused VIPs are in `failures()`."""
+        resolved = resolve_changes(desired, self._link)
+        with self._lock:
+            return self._fresh().replace_all(resolved, time.monotonic()).ops
+
+    def retry_due(self, now: float | None = None) -> FibResult:
+        """Plan again the failed VIPs whose retry time has come."""
+        with self._lock:
+            return self._fresh().retry_due(_now(now))
+
+    def next_retry(self) -> float | None:
+        return self.engine.next_retry()
+
+    def failures(self) -> dict[d.IPNetwork, VipError]:
+        with self._lock:
+            return dict(self.engine.failed)
+
+    def adopt(self) -> Adopted:
+        """At start: read the kernel and keep every object of ours. Until finish_deferral(),
+        the adopted VIPs keep their adopted paths united with what update() gives them
+        (nothing adopted is deleted or shrunk: RFC 4724 §4.1 selection deferral)."""
+        with self._lock:
+            return self.engine.adopt()
+
+    @property
+    def deferring(self) -> bool:
+        return self.engine.adopted is not None
+
+    def finish_deferral(self, now: float | None = None) -> FibResult:
+        """End of the deferral: read the kernel, remove whatever is no longer wanted."""
+        with self._lock:
+            return self.engine.finish_deferral(_now(now))
+
+    def reconcile(self, desired: ChangesInput | None = None) -> list[d.Op]:
         """At start: remove every stale object of ours (desired None), or adopt what matches
-        `desired` and remove the rest (graceful restart: nothing that should stay is touched).
-        Objects of other protocols are never touched. Always reads the kernel first."""
+        `desired` and remove the rest. Objects of other protocols are never touched. Always
+        reads the kernel first."""
+        resolved = resolve_changes(desired or {}, self._link)
         with self._lock:
-            self._cache = None
-            return self.apply(desired or {})
+            return self.engine.reset(resolved, time.monotonic()).ops
 
     def cleanup(self) -> list[d.Op]:
         """Remove every route, group and nexthop of ours (and stop re-installing them).
         Reads the kernel first, like reconcile()."""
-        return self.reconcile()
+        with self._lock:
+            ops = self.engine.reset({}, time.monotonic()).ops
+            self.engine.applied = False
+            return ops
 
-    def _sync(self, state: Mapping[d.IPNetwork, Mapping[d.Gateway, int]]) -> list[d.Op]:
-        """Under self._lock. Diff against the cached state (while watching) or a dump, run the
-        operations, keep the result as the cache. A failed operation drops the cache."""
-        done: list[d.Op] = []
-        for attempt in (1, 2):
-            model = self._cache if attempt == 1 else None
-            self._cache = None  # invalid until every operation succeeded
-            if model is None:
-                model = _Installed(self.installed())
-            ops = d.diff(state, model.state(), self.params, self.id_base)
+    def _run(self, ops: Sequence[d.Op]) -> list[OpError | None]:
+        """Runner of the engine (under self._lock): one phase's operations."""
+        if BATCHED and len(ops) > 1:
+            return self._run_batch(ops)
+        out: list[OpError | None] = []
+        for op in ops:
             try:
-                for op in ops:
-                    self._execute(op)
-                    done.append(op)
-                    model.note(op)
+                self._execute(op)
+                out.append(None)
             except NexthopError as exc:
-                if attempt == 2:
-                    raise FibError(op, exc) from exc
-                # someone changed the kernel under us (or a group vanished with its last
-                # member): read it again and redo the diff once
-                log.warning("fib: %s failed (%s); re-reading the kernel", op, exc)
-                continue
-            if self._monitor is not None:
-                self._cache = model
-            return done
-        return done
+                out.append(OpError(exc.errno or errno.EIO, str(exc)))
+        return out
+
+    def _run_batch(self, ops: Sequence[d.Op]) -> list[OpError | None]:
+        from bgplb.linux import nlbatch
+
+        proto, table = self.protocol, self.table
+        messages: list[bytes] = []
+        for op in ops:
+            match op:
+                case d.AddNexthop(id=nh_id, gateway=gw):
+                    messages.append(
+                        nlbatch.encode_nexthop(
+                            nh_id, gateway=gw.address, oif=gw.oif, protocol=proto
+                        )
+                    )
+                case (
+                    d.AddGroup(id=nh_id, members=members, params=p)
+                    | d.ReplaceGroup(id=nh_id, members=members, params=p)
+                ):
+                    messages.append(
+                        nlbatch.encode_group(
+                            nh_id,
+                            members=members,
+                            protocol=proto,
+                            group_type=_group_type(p),
+                            buckets=p.buckets,
+                            idle_timer=p.idle_timer,
+                            unbalanced_timer=p.unbalanced_timer,
+                            replace=isinstance(op, d.ReplaceGroup),
+                        )
+                    )
+                case d.AddRoute(dst=dst, nh_id=nh_id) | d.ReplaceRoute(dst=dst, nh_id=nh_id):
+                    messages.append(
+                        nlbatch.encode_route(
+                            dst,
+                            nh_id=nh_id,
+                            protocol=proto,
+                            table=table,
+                            replace=isinstance(op, d.ReplaceRoute),
+                        )
+                    )
+                case d.DeleteRoute(dst=dst):
+                    messages.append(nlbatch.encode_del_route(dst, protocol=proto, table=table))
+                case d.DeleteGroup(id=nh_id) | d.DeleteNexthop(id=nh_id):
+                    messages.append(nlbatch.encode_del_nexthop(nh_id))
+        self.batches += 1
+        try:
+            results = self._nl.transact(messages)
+        except nlbatch.NetlinkOverrun as exc:
+            # answers lost: which requests were applied is unknown; read the kernel next time
+            self.engine.invalidate()
+            return [OpError(errno.ENOBUFS, str(exc)) for _ in ops]
+        return [None if r is None else OpError(r.errno or errno.EIO, str(r)) for r in results]
 
     def _execute(self, op: d.Op) -> None:
         nl, proto = self._nl, self.protocol
@@ -280,9 +342,7 @@ class KernelFib:
                     nh_id,
                     members=members,
                     protocol=proto,
-                    group_type=GroupType.RES
-                    if p.kind is d.GroupKind.RESILIENT
-                    else GroupType.MPATH,
+                    group_type=_group_type(p),
                     buckets=p.buckets,
                     idle_timer=p.idle_timer,
                     unbalanced_timer=p.unbalanced_timer,
@@ -297,17 +357,9 @@ class KernelFib:
                     replace=isinstance(op, d.ReplaceRoute),
                 )
             case d.DeleteRoute(dst=dst):
-                try:
-                    nl.del_route(dst, protocol=proto, table=self.table)
-                except NexthopError as exc:
-                    if exc.errno != errno.ESRCH:
-                        raise
+                nl.del_route(dst, protocol=proto, table=self.table)
             case d.DeleteGroup(id=nh_id) | d.DeleteNexthop(id=nh_id):
-                try:
-                    nl.del_nexthop(nh_id)
-                except NexthopError as exc:
-                    if exc.errno != errno.ENOENT:
-                        raise
+                nl.del_nexthop(nh_id)
 
     # -- visibility ---------------------------------------------------------------------------
     def buckets_share(self, vip: str | d.IPNetwork | d.IPAddress) -> dict[d.IPAddress, int]:
@@ -354,6 +406,14 @@ class KernelFib:
             shares[net] = out
         return BucketShares(shares, tuple(omitted), limit)
 
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        """Counters (no kernel read, no walk over VIPs): see FibEngine.status."""
+        return {
+            **self.engine.status(_now(now)),
+            "reinstalls": self.reinstalls,
+            "batches": self.batches,
+        }
+
     # -- watching -----------------------------------------------------------------------------
     def start_watching(self) -> None:
         """Subscribe to nexthop and route notifications (before the first apply is best)."""
@@ -362,7 +422,7 @@ class KernelFib:
                 self._monitor = NexthopMonitor(self.netns)
                 # the kernel stamps the notifications of our own changes with our port id
                 self._monitor.ignore_pids = frozenset({self._nl.portid})
-                self._cache = None  # dumped before we listened: read again
+                self.engine.invalidate()  # read before we listened: read again
 
     def watch_fileno(self) -> int:
         """The notification socket, for selectors / `loop.add_reader`."""
@@ -377,7 +437,7 @@ class KernelFib:
             case RouteChanged(route=r) | RouteDeleted(route=r):
                 # other tables (e.g. pinning's, protocol 200 too) are not the FIB's business
                 return r.table == self.table and (
-                    r.protocol == self.protocol or r.dst in (self._desired or {})
+                    r.protocol == self.protocol or r.dst in self.engine.wanted
                 )
         return False
 
@@ -396,10 +456,11 @@ class KernelFib:
         if not lost and not any(self._ours(e) for e in events):
             return []
         with self._lock:
-            self._cache = None  # someone else changed our objects: read the kernel again
-            if self._desired is None:  # nothing applied yet: nothing to defend
+            engine = self.engine
+            if not engine.applied and engine.adopted is None:  # nothing to defend yet
+                engine.invalidate()
                 return []
-            ops = self._sync(self._desired)
+            ops = engine.resync(time.monotonic()).ops  # reads the kernel again
         if ops:
             self.reinstalls += 1
             log.warning(
@@ -417,5 +478,13 @@ class KernelFib:
             events = self._monitor.wait(poll)
             try:
                 self._handle(events, self._monitor.overruns != overruns)
-            except (FibError, NexthopError) as exc:
+            except (OSError, ValueError) as exc:
                 log.error("fib: re-install failed: %s", exc)
+
+
+def _now(now: float | None) -> float:
+    return time.monotonic() if now is None else now
+
+
+def _group_type(p: d.GroupParams) -> GroupType:
+    return GroupType.RES if p.kind is d.GroupKind.RESILIENT else GroupType.MPATH

@@ -1,6 +1,6 @@
 """KernelFib's cached installed state and the raw bucket counter, no kernel needed.
 
-The cache (`bgplb.linux.fib._Installed`) replaces a full kernel dump before every apply: it must
+The cache (`bgplb.linux.diff.FibModel`) replaces a full kernel dump before every apply: it must
 end up equal to what a dump would show after the operations `diff` gives. Checked against the
 strict kernel model of test_fib_diff.py (it refuses every operation on which Linux would delete
 something silently, so a cache that ignores those side effects is exact).
@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from test_fib_diff import KernelModel, desired_states, foreign_ids, params_st
 from test_nexthop_codec import BUCKET_REPLY, GROUP_REPLY
 
-from bgplb.linux.diff import diff
-from bgplb.linux.fib import _Installed
+from bgplb.linux.diff import FibModel, diff
 from bgplb.linux.nexthop import _bucket_nh_id
 
 
@@ -29,7 +28,7 @@ def test_cache_tracks_the_kernel_through_our_own_operations(debris, debris_param
     kernel = KernelModel(foreign=foreign)
     for op in diff(debris, kernel.installed(), debris_params):  # state left by an earlier run
         kernel.apply(op)
-    cache = _Installed(kernel.installed())  # the one dump, at reconcile
+    cache = FibModel(kernel.installed())  # the one dump, at reconcile
     for desired, params in steps:
         ops = diff(desired, cache.state(), params)
         for op in ops:
@@ -42,7 +41,7 @@ def test_cache_tracks_the_kernel_through_our_own_operations(debris, debris_param
 def test_cache_state_shares_its_dicts():
     """No copy per apply: the InstalledState handed to diff is a view of the cache."""
     kernel = KernelModel()
-    cache = _Installed(kernel.installed())
+    cache = FibModel(kernel.installed())
     state = cache.state()
     assert state.routes is cache.routes and state.groups is cache.groups
 

@@ -1,0 +1,447 @@
+"""The FIB interface of the router, its shared types, and the engine both FIBs run on.
+
+`Fib` (a Protocol) is what the router needs from a FIB: incremental changes per VIP, per-VIP
+errors with retries, reading and watching the kernel, restart adoption with deferral (RFC 4724
+§4.1), cleanup, bucket shares and counters. Two implementations: `bgplb.linux.fib.KernelFib`
+(netlink, the real kernel) and `bgplb.linux.memfib.MemoryFib` (an in-memory kernel that enforces
+the kernel's rules, with fault injection, for tests without root).
+
+`FibEngine` is the part they share, sans-IO: it keeps the desired path set of every VIP, the
+model of what is installed (`bgplb.linux.diff.FibModel`), plans the changed VIPs
+(`diff.plan`), runs the steps phase by phase through a `Runner` (the kernel, real or modelled),
+and isolates faults:
+
+* a refused operation fails only the VIPs it serves; steps that need an object a failed step
+  should have made are skipped (their VIPs fail too); every other VIP's change goes on;
+* removals (routes of withdrawn VIPs, then unused groups and nexthops) always run, and objects
+  a failed step left unused are deleted in the same apply (no orphan groups or nexthops);
+* a failed VIP is retried with exponential backoff (`backoff`: 1 s doubling to 60 s), and
+  reported (`VipError`: errno, message, attempts, next retry);
+* the first failure of a VIP that hints at a stale model (an id taken, an object gone) reads
+  the kernel again and plans that VIP once more in the same apply.
+
+Nothing here imports sockets or reads a clock: `now` (seconds, monotonic) is a parameter.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import itertools
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bgplb.linux import diff as d
+
+STATUS_BUCKET_LIMIT = 262144
+"""Most buckets `buckets_shares()` reads per call by default (512 VIPs of 512 buckets)."""
+
+RETRY_FIRST = 1.0
+RETRY_MAX = 60.0
+STATUS_FAILED_LIMIT = 100
+
+PathSpec = tuple[Any, Any, int]  # (gateway, oif name or index, weight)
+ChangesInput = Mapping[Any, Iterable[PathSpec]]  # VIP -> paths; no path: withdraw the VIP
+
+
+def backoff(attempts: int, first: float = RETRY_FIRST, cap: float = RETRY_MAX) -> float:
+    """Seconds to wait after the `attempts`-th failure in a row: 1, 2, 4, ... capped at 60."""
+    if attempts < 1:
+        return 0.0
+    return float(min(cap, first * 2.0 ** min(attempts - 1, 32)))
+
+
+@dataclass(frozen=True, slots=True)
+class OpError:
+    """The kernel refused one operation."""
+
+    errno: int
+    message: str
+
+
+Runner = Callable[[Sequence[d.Op]], list[OpError | None]]
+"""Runs operations in order (they are independent of each other: one phase of a plan) and
+returns None for each applied one, the OpError of each refused one."""
+
+
+@dataclass(frozen=True, slots=True)
+class VipError:
+    """Why a VIP is not as desired in the kernel, and when it is tried again."""
+
+    errno: int
+    message: str
+    op: str
+    attempts: int
+    next_retry: float
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "errno": self.errno,
+            "error": _errno.errorcode.get(self.errno, str(self.errno)),
+            "message": self.message,
+            "op": self.op,
+            "attempts": self.attempts,
+            "retry_in": round(max(0.0, self.next_retry - now), 3),
+        }
+
+
+@dataclass(slots=True)
+class FibResult:
+    """What one apply did: the operations the kernel took, and the VIPs that failed in it."""
+
+    ops: list[d.Op] = field(default_factory=list)
+    failed: dict[d.IPNetwork, VipError] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    """Objects of a previous run found at start: VIPs with a route of ours, and the gateways of
+    their groups with the address family (4 or 6) of the VIPs each serves."""
+
+    vips: int = 0
+    groups: int = 0
+    gateways: frozenset[tuple[d.IPAddress, int]] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class BucketShares:
+    """Buckets per gateway of each VIP's resilient group, from one kernel read."""
+
+    shares: dict[d.IPNetwork, dict[d.IPAddress, int]]
+    omitted: tuple[d.IPNetwork, ...] = ()  # resilient groups not read: over `limit`
+    limit: int = STATUS_BUCKET_LIMIT
+
+
+class Fib(Protocol):
+    """What the router needs from a FIB (KernelFib, MemoryFib). Methods block; `now` defaults
+    to the monotonic clock."""
+
+    params: d.GroupParams
+    dumps: int
+    reinstalls: int
+
+    def update(self, changes: ChangesInput, now: float | None = None) -> FibResult:
+        """Incremental: give each VIP of `changes` its paths (none: remove it). Only these
+        VIPs are planned (plus VIPs of a shared group that must move off it)."""
+        ...
+
+    def apply(self, desired: ChangesInput) -> list[d.Op]:
+        """Whole table: make the kernel hold exactly `desired` (tests, simple users)."""
+        ...
+
+    def retry_due(self, now: float | None = None) -> FibResult: ...
+    def next_retry(self) -> float | None: ...
+    def failures(self) -> dict[d.IPNetwork, VipError]: ...
+    def installed(self) -> d.InstalledState: ...
+    def adopt(self) -> Adopted:
+        """At start: read the kernel, keep every object of ours; until `finish_deferral`,
+        changes are additive for the adopted VIPs (nothing adopted is deleted or shrunk)."""
+        ...
+
+    @property
+    def deferring(self) -> bool: ...
+    def finish_deferral(self, now: float | None = None) -> FibResult: ...
+    def reconcile(self, desired: ChangesInput | None = None) -> list[d.Op]: ...
+    def cleanup(self) -> list[d.Op]: ...
+    def start_watching(self) -> None: ...
+    def watch_fileno(self) -> int: ...
+    def process_events(self) -> list[d.Op]: ...
+    def buckets_shares(
+        self, vips: Iterable[Any] | None = None, limit: int = STATUS_BUCKET_LIMIT
+    ) -> BucketShares: ...
+    def buckets_share(self, vip: Any) -> dict[d.IPAddress, int]: ...
+    def status(self, now: float) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+def resolve_changes(
+    changes: ChangesInput, link_index: Callable[[str], int]
+) -> dict[d.IPNetwork, d.PathSet]:
+    """{vip: [(gateway, oif name or index, weight)]} -> {network: path set}; interface names
+    through `link_index`. Raises ValueError for bad input (see `diff.desired_state`)."""
+    entries = {
+        vip: [(gw, oif if isinstance(oif, int) else link_index(oif), w) for gw, oif, w in paths]
+        for vip, paths in changes.items()
+    }
+    return {net: d.path_set(gws) for net, gws in d.desired_state(entries).items()}
+
+
+# --- the engine ---------------------------------------------------------------------------------
+_CREATES = (d.AddNexthop, d.AddGroup, d.ReplaceGroup)
+_DELETES = (d.DeleteRoute, d.DeleteGroup, d.DeleteNexthop)
+
+
+def _stale_hint(op: d.Op, err: OpError) -> bool:
+    """True if the refusal suggests that our model of the kernel is out of date."""
+    if err.errno in (_errno.ENOENT, _errno.ESRCH):
+        return True
+    if isinstance(op, (d.AddNexthop, d.AddGroup)) and err.errno == _errno.EEXIST:
+        return True  # someone took the id
+    return isinstance(op, (d.AddGroup, d.ReplaceGroup)) and err.errno == _errno.EINVAL
+
+
+class FibEngine:
+    """Desired path sets per VIP -> kernel operations with fault isolation (module docstring).
+    Not thread-safe by itself: the FIB serialises calls; `status()` may run concurrently."""
+
+    def __init__(
+        self,
+        params: d.GroupParams,
+        run: Runner,
+        read: Callable[[], d.InstalledState],
+        id_base: int = d.DEFAULT_ID_BASE,
+    ) -> None:
+        self.params = params
+        self.id_base = id_base
+        self._run = run
+        self._read = read
+        self.model: d.FibModel | None = None  # None: read the kernel first
+        self.wanted: dict[d.IPNetwork, d.PathSet] = {}
+        self.failed: dict[d.IPNetwork, VipError] = {}
+        self.adopted: dict[d.IPNetwork, d.PathSet] | None = None
+        self.applied = False  # something to defend against others' changes
+        self.dumps = 0
+        self.applies = 0
+        self.ops = 0
+        self.errors = 0  # operations the kernel refused
+        self.retries = 0
+        self._status_lock = threading.Lock()
+
+    # -- state ---------------------------------------------------------------------------------
+    def load(self) -> d.FibModel:
+        if self.model is None:
+            state = self._read()
+            self.dumps += 1
+            self.model = d.FibModel(state, self.id_base)
+        return self.model
+
+    def invalidate(self) -> None:
+        self.model = None
+
+    def effective(self, net: d.IPNetwork) -> d.PathSet:
+        """What VIP `net` gets: its desired paths, united while deferring with the paths it
+        had when adopted (the desired weight wins for a gateway in both)."""
+        want = self.wanted.get(net, ())
+        if self.adopted is None:
+            return want
+        old = self.adopted.get(net)
+        if not old:
+            return want
+        merged = dict(old)
+        merged.update(want)
+        return d.path_set(merged)
+
+    # -- entry points --------------------------------------------------------------------------
+    def update(self, changes: Mapping[d.IPNetwork, d.PathSet], now: float) -> FibResult:
+        for net, pset in changes.items():
+            if pset:
+                self.wanted[net] = pset
+            else:
+                self.wanted.pop(net, None)
+        self.applied = True
+        return self._execute({net: self.effective(net) for net in changes}, now, full=False)
+
+    def replace_all(self, desired: Mapping[d.IPNetwork, d.PathSet], now: float) -> FibResult:
+        """Whole table: `desired` becomes the wanted state, everything else of ours goes."""
+        self.wanted = {net: pset for net, pset in desired.items() if pset}
+        self.applied = True
+        return self._execute({}, now, full=True)
+
+    def retry_due(self, now: float) -> FibResult:
+        due = [net for net, e in list(self.failed.items()) if e.next_retry <= now]
+        if not due:
+            return FibResult()
+        self.retries += len(due)
+        return self._execute({net: self.effective(net) for net in due}, now, full=False)
+
+    def next_retry(self) -> float | None:
+        with self._status_lock:
+            return min((e.next_retry for e in self.failed.values()), default=None)
+
+    def resync(self, now: float) -> FibResult:
+        """Read the kernel and plan every VIP (someone else changed our objects)."""
+        self.model = None
+        return self._execute({}, now, full=True)
+
+    def adopt(self) -> Adopted:
+        self.model = None
+        model = self.load()
+        adopted: dict[d.IPNetwork, d.PathSet] = {}
+        gateways: set[tuple[d.IPAddress, int]] = set()
+        for g, vips in model.vips_of.items():
+            pset = model.key_of[g][0]
+            versions = {net.version for net in vips}
+            gateways.update((gw.address, v) for gw, _ in pset for v in versions)
+            for net in vips:
+                adopted[net] = pset
+        self.adopted = adopted or None
+        return Adopted(len(adopted), len(model.vips_of), frozenset(gateways))
+
+    def finish_deferral(self, now: float) -> FibResult:
+        self.adopted = None
+        return self.resync(now)
+
+    def reset(self, desired: Mapping[d.IPNetwork, d.PathSet], now: float) -> FibResult:
+        """reconcile()/cleanup(): forget adoption and failures, read the kernel, install
+        exactly `desired`."""
+        self.adopted = None
+        with self._status_lock:
+            self.failed.clear()
+        self.wanted = {net: pset for net, pset in desired.items() if pset}
+        self.model = None
+        return self._execute({}, now, full=True)
+
+    # -- execution -----------------------------------------------------------------------------
+    def _all(self, model: d.FibModel) -> dict[d.IPNetwork, d.PathSet]:
+        nets = set(self.wanted) | set(model.routes) | set(self.adopted or ())
+        return {net: self.effective(net) for net in nets}
+
+    def _execute(
+        self, changes: Mapping[d.IPNetwork, d.PathSet], now: float, full: bool
+    ) -> FibResult:
+        model = self.load()
+        if full:
+            changes = self._all(model)
+        done: list[d.Op] = []
+        errors = self._attempt(model, changes, full, done)
+        stale = [
+            net
+            for net, (op, err) in errors.items()
+            if _stale_hint(op, err) and net not in self.failed
+        ]
+        if stale:
+            # our model may be out of date (someone changed the kernel): read it, try again once
+            self.model = None
+            model = self.load()
+            again = self._all(model) if full else {net: self.effective(net) for net in stale}
+            retried = self._attempt(model, again, full, done)
+            for net in stale:
+                errors.pop(net, None)
+            errors.update(retried)
+        self.applies += 1
+        self.ops += len(done)
+        with self._status_lock:
+            for net in changes:
+                if net not in errors:
+                    self.failed.pop(net, None)
+            for net, (op, err) in errors.items():
+                previous = self.failed.get(net)
+                attempts = (previous.attempts if previous else 0) + 1
+                self.failed[net] = VipError(
+                    err.errno, err.message, _op_text(op), attempts, now + backoff(attempts)
+                )
+        return FibResult(done, {net: self.failed[net] for net in errors})
+
+    def _attempt(
+        self,
+        model: d.FibModel,
+        changes: Mapping[d.IPNetwork, d.PathSet],
+        full: bool,
+        done: list[d.Op],
+    ) -> dict[d.IPNetwork, tuple[d.Op, OpError]]:
+        steps = d.plan(model, changes, self.params)
+        groups: set[int] = set()
+        nexthops: set[int] = set()
+        allocated: list[int] = []
+        for net in changes:
+            current = model.routes.get(net)
+            if current is not None:
+                groups.add(current)
+        for step in steps:
+            op = step.op
+            if isinstance(op, d.AddNexthop):
+                nexthops.add(op.id)
+                allocated.append(op.id)
+            elif isinstance(op, d.AddGroup):
+                groups.add(op.id)
+                allocated.append(op.id)
+            elif isinstance(op, d.ReplaceGroup):
+                nexthops.update(m for m, _ in model.groups[op.id].members)
+        errors: dict[d.IPNetwork, tuple[d.Op, OpError]] = {}
+        failed_ids: dict[int, tuple[d.Op, OpError]] = {}
+        try:
+            for _, batch in itertools.groupby(steps, key=lambda s: s.phase):
+                runnable: list[d.Step] = []
+                for step in batch:
+                    cause = next((failed_ids[i] for i in step.needs if i in failed_ids), None)
+                    if cause is None:
+                        runnable.append(step)
+                        continue
+                    self._failed(step, cause[0], cause[1], failed_ids, errors)
+                for step, result in zip(runnable, self._run_ops(runnable), strict=True):
+                    if result is None:
+                        model.note(step.op)
+                        done.append(step.op)
+                    else:
+                        self.errors += 1
+                        self._failed(step, step.op, result, failed_ids, errors)
+        finally:
+            for nh_id in allocated:
+                model.release(nh_id)
+        # removals always run, and take whatever the failed steps left unused
+        gc = d.garbage(model, None if full else groups, None if full else nexthops)
+        for _, batch in itertools.groupby(gc, key=lambda s: s.phase):
+            runnable = list(batch)
+            for step, result in zip(runnable, self._run_ops(runnable), strict=True):
+                if result is None:
+                    model.note(step.op)
+                    done.append(step.op)
+                else:
+                    self.errors += 1
+        return errors
+
+    def _run_ops(self, steps: Sequence[d.Step]) -> list[OpError | None]:
+        if not steps:
+            return []
+        results = self._run([s.op for s in steps])
+        out: list[OpError | None] = []
+        for step, result in zip(steps, results, strict=True):
+            gone = result is not None and result.errno in (_errno.ENOENT, _errno.ESRCH)
+            out.append(None if gone and isinstance(step.op, _DELETES) else result)
+        return out
+
+    @staticmethod
+    def _failed(
+        step: d.Step,
+        op: d.Op,
+        cause: OpError,
+        failed_ids: dict[int, tuple[d.Op, OpError]],
+        errors: dict[d.IPNetwork, tuple[d.Op, OpError]],
+    ) -> None:
+        """`step` failed or was skipped because `op` (itself or one it needs) was refused."""
+        if isinstance(step.op, _CREATES):
+            failed_ids[step.op.id] = (op, cause)
+        for net in step.vips:
+            errors.setdefault(net, (op, cause))
+
+    # -- visibility ----------------------------------------------------------------------------
+    def status(self, now: float) -> dict[str, Any]:
+        """Counters only (no walk over VIPs); at most STATUS_FAILED_LIMIT failed VIPs listed."""
+        model = self.model
+        with self._status_lock:
+            failed = {
+                str(net): e.as_dict(now)
+                for net, e in itertools.islice(self.failed.items(), STATUS_FAILED_LIMIT)
+            }
+            n_failed = len(self.failed)
+        return {
+            "vips": len(model.routes) if model is not None else None,
+            "wanted": len(self.wanted),
+            "groups": len(model.groups) if model is not None else None,
+            "nexthops": len(model.nexthops) if model is not None else None,
+            "failed_count": n_failed,
+            "failed": failed,
+            "adopted": len(self.adopted) if self.adopted is not None else 0,
+            "applies": self.applies,
+            "ops": self.ops,
+            "errors": self.errors,
+            "retries": self.retries,
+            "dumps": self.dumps,
+        }
+
+
+def _op_text(op: d.Op) -> str:
+    name = type(op).__name__
+    target = getattr(op, "dst", None) or getattr(op, "id", "")
+    return f"{name} {target}"
