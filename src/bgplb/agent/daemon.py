@@ -98,7 +98,10 @@ class AgentDaemon(Lifecycle, Reload, ControlCommands, HealthChecks, StateSteps, 
                 "no router_id configured and no IPv4 address on this host: set [bgp].router_id"
             )
             return 1
-        self.saved = statefile.load(self.state_path)
+        try:
+            self.saved = statefile.load(self.state_path)
+        except statefile.StateFileError:
+            return 1  # logged at CRITICAL with what to do: a drained service must not come back
         self.restarting = cfg.bgp.graceful_restart and self.saved.keeps_routes(
             cfg.bgp.graceful_restart_time
         )

@@ -75,6 +75,7 @@ class PeerSessions:
                 multihop=(peer_cfg.multihop or 1) > 1,
                 interval_ms=peer_cfg.bfd.interval_ms,
                 multiplier=peer_cfg.bfd.multiplier,
+                min_ttl=peer_cfg.bfd.min_ttl,
                 on_down=lambda diag: self._on_bfd_down(key, diag),
             )
         except (OSError, ValueError) as exc:  # e.g. port 3784 taken by another BFD daemon

@@ -247,7 +247,7 @@ class ExecCheck(CheckBase):
 
     type: Literal["exec"]
     command: list[str]
-    env: dict[str, str] | None = None  # added to the agent's environment
+    env: dict[str, str] | None = None  # added to the minimal environment (PATH, LANG) of the check
 
     @field_validator("command", mode="before")
     @classmethod

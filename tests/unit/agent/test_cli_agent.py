@@ -169,7 +169,8 @@ def test_state_file_round_trip_and_junk(tmp_path):
     assert statefile.load(path) == saved
     assert saved.keeps_routes(15, now=1010.0) and not saved.keeps_routes(15, now=1020.0)
     path.write_text("{not json")
-    assert statefile.load(path) == statefile.SavedState()
+    with pytest.raises(statefile.StateFileError):
+        statefile.load(path)
 
 
 def test_sd_notify_sends_a_datagram(tmp_path, monkeypatch):
