@@ -157,3 +157,162 @@ def match_range(
         ):
             best = (network, value)
     return best
+
+
+# -- special-purpose prefixes (RFC 6890) -----------------------------------------------------------
+#
+# One row per range of the IANA IPv4 and IPv6 Special-Purpose Address Registries (RFC 6890 §2.2,
+# with their later additions) and the classic martians, with the verdict for a VIP announced by a
+# server: a reason (never installed, whatever `accept` says) or None (a VIP may live there). The
+# most specific row holding a prefix decides, so an allowed row can carve a hole in a refused
+# one. A prefix that covers a refused row (e.g. 0.0.0.0/1 covers 127.0.0.0/8) is refused too;
+# the default route (length 0) is left to the caller (``allow_default``).
+_SPECIAL: tuple[tuple[str, str | None], ...] = (
+    # --- IPv4 ---
+    # "This network" (RFC 791 §3.2, RFC 1122 §3.2.1.3): a source-only address, never forwarded.
+    ("0.0.0.0/8", "'this network' (RFC 1122), not forwardable"),
+    # Private-use (RFC 1918): the usual home of internal VIPs.
+    ("10.0.0.0/8", None),
+    # Shared address space (RFC 6598): forwardable inside a provider, used for internal services.
+    ("100.64.0.0/10", None),
+    # Loopback (RFC 1122 §3.2.1.3): never leaves a host.
+    ("127.0.0.0/8", "loopback (RFC 1122)"),
+    # Link-local (RFC 3927): not forwardable by definition.
+    ("169.254.0.0/16", "link-local (RFC 3927), not forwardable"),
+    # Private-use (RFC 1918).
+    ("172.16.0.0/12", None),
+    # IETF protocol assignments (RFC 6890 §2.2.2): DS-Lite, NAT64 discovery, ...: not services.
+    ("192.0.0.0/24", "IETF protocol assignments (RFC 6890)"),
+    # ... except the global anycast service addresses in it: PCP (RFC 7723), TURN (RFC 8155).
+    ("192.0.0.9/32", None),
+    ("192.0.0.10/32", None),
+    # Documentation TEST-NET-1/2/3 (RFC 5737): used by the tests and the lab.
+    ("192.0.2.0/24", None),
+    ("198.51.100.0/24", None),
+    ("203.0.113.0/24", None),
+    # 6to4 relay anycast (RFC 3068), deprecated by RFC 7526: nobody serves it any more.
+    ("192.88.99.0/24", "deprecated 6to4 relay anycast (RFC 7526)"),
+    # Private-use (RFC 1918).
+    ("192.168.0.0/16", None),
+    # Benchmarking (RFC 2544): used by the tests and the lab.
+    ("198.18.0.0/15", None),
+    # Multicast (RFC 5771): a unicast route to a group address is meaningless.
+    ("224.0.0.0/4", "multicast (RFC 5771)"),
+    # Reserved, formerly class E (RFC 1112 §4): not routed by hosts or routers.
+    ("240.0.0.0/4", "reserved (RFC 1112)"),
+    # Limited broadcast (RFC 919, RFC 8190).
+    ("255.255.255.255/32", "limited broadcast (RFC 919)"),
+    # --- IPv6 ---
+    # IPv4-compatible addresses (deprecated, RFC 4291 §2.5.5.1), holding :: and ::1 below.
+    ("::/96", "deprecated IPv4-compatible addresses (RFC 4291)"),
+    # Unspecified address (RFC 4291 §2.5.2).
+    ("::/128", "unspecified address (RFC 4291)"),
+    # Loopback (RFC 4291 §2.5.3).
+    ("::1/128", "loopback (RFC 4291)"),
+    # IPv4-mapped (RFC 4291 §2.5.5.2): an IPv4 socket address, never on the wire.
+    ("::ffff:0:0/96", "IPv4-mapped addresses (RFC 4291)"),
+    # NAT64 well-known and local-use prefixes (RFC 6052, RFC 8215): a NAT64 gateway can sit
+    # behind a load balancer.
+    ("64:ff9b::/96", None),
+    ("64:ff9b:1::/48", None),
+    # Discard-only (RFC 6666): a blackhole by definition.
+    ("100::/64", "discard-only (RFC 6666)"),
+    # IETF protocol assignments (RFC 2928): Teredo, ORCHID, ...: not services ...
+    ("2001::/23", "IETF protocol assignments (RFC 2928)"),
+    # ... except the global anycast services and the ranges meant for real use in it:
+    # PCP and TURN anycast (RFC 7723, RFC 8155), benchmarking (RFC 5180), AMT (RFC 7450),
+    # AS112 (RFC 7535).
+    ("2001:1::1/128", None),
+    ("2001:1::2/128", None),
+    ("2001:2::/48", None),
+    ("2001:3::/32", None),
+    ("2001:4:112::/48", None),
+    # Documentation (RFC 3849): used by the tests and the lab.
+    ("2001:db8::/32", None),
+    # 6to4 (RFC 3056): addresses derived from IPv4 ones, relays deprecated (RFC 7526).
+    ("2002::/16", "6to4 (RFC 3056), deprecated"),
+    # Documentation (RFC 9637).
+    ("3fff::/20", None),
+    # SRv6 segment identifiers (RFC 9602): not host addresses.
+    ("5f00::/16", "SRv6 SIDs (RFC 9602)"),
+    # Unique local addresses (RFC 4193): the IPv6 private range, internal VIPs.
+    ("fc00::/7", None),
+    # Link-local (RFC 4291 §2.5.6): not forwardable.
+    ("fe80::/10", "link-local (RFC 4291), not forwardable"),
+    # Site-local, deprecated (RFC 3879).
+    ("fec0::/10", "deprecated site-local (RFC 3879)"),
+    # Multicast (RFC 4291 §2.7).
+    ("ff00::/8", "multicast (RFC 4291)"),
+)
+
+_SPECIAL_TABLE: tuple[tuple[Prefix, str | None], ...] = tuple(
+    sorted(
+        ((Prefix.parse(text), reason) for text, reason in _SPECIAL),
+        key=lambda row: -row[0].length,  # most specific first
+    )
+)
+# per family: [(shift, {address >> shift: (row, reason)})], most specific length first, so a
+# lookup costs one dict probe per distinct length (8 for IPv4)
+_SPECIAL_INDEX: dict[AFI, list[tuple[int, dict[int, tuple[Prefix, str | None]]]]] = {}
+for _row, _reason in _SPECIAL_TABLE:
+    _levels = _SPECIAL_INDEX.setdefault(_row[0], [])
+    _shift = _BITS[_row[0]] - _row[2]
+    if not _levels or _levels[-1][0] != _shift:
+        _levels.append((_shift, {}))
+    _levels[-1][1][_row[1] >> _shift] = (_row, _reason)
+
+
+def _inside(inner: Prefix, outer: Prefix) -> bool:
+    """True if `inner` is equal to or more specific than `outer` (same family)."""
+    return (
+        inner[0] == outer[0]
+        and inner[2] >= outer[2]
+        and (inner[1] & _mask(inner[0], outer[2])) == outer[1]
+    )
+
+
+def special_purpose(prefix: Prefix) -> str | None:
+    """Why `prefix` can never be a VIP (RFC 6890 special-purpose or martian), or None.
+
+    The default route (length 0) gives None: whether it is accepted is ``allow_default``'s call.
+    """
+    afi, address, length = prefix
+    if length == 0:
+        return None
+    bits = _BITS[afi]
+    for shift, rows in _SPECIAL_INDEX[afi]:
+        if bits - shift <= length:
+            found = rows.get(address >> shift)
+            if found is not None:
+                row, reason = found
+                return None if reason is None else f"{row} {reason}"
+    for row, reason in _SPECIAL_TABLE:
+        if row[2] <= length:
+            break  # the rest are no more specific than `prefix`: none can be inside it
+        if reason is not None and _inside(row, prefix):
+            return f"covers {row} {reason}"
+    return None
+
+
+def gateway_refusal(address: IPAddress) -> str | None:
+    """Why the kernel (or sense) refuses `address` as a gateway whatever the subnets, or None:
+    unspecified, loopback, multicast, limited broadcast, link-local, IPv4-mapped, 'this
+    network', reserved."""
+    if address.is_unspecified:
+        return "unspecified address"
+    if address.is_loopback:
+        return "loopback address"
+    if address.is_multicast:
+        return "multicast address"
+    if address.is_link_local:
+        return "link-local address"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return "IPv4-mapped address"
+        return None
+    first = int(address) >> 24
+    if first == 0:
+        return "'this network' address (0.0.0.0/8)"
+    if first >= 240:
+        return "limited broadcast" if int(address) == 0xFFFFFFFF else "reserved address (240/4)"
+    return None

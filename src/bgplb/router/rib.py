@@ -51,12 +51,14 @@ Checked with ``mypy --strict``.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bgplb.bgp.attributes import GRACEFUL_SHUTDOWN, PathAttributes
 from bgplb.bgp.families import AFI, SAFI, Family
 from bgplb.bgp.prefix import Prefix
+from bgplb.router.policy import gateway_refusal, special_purpose
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -68,6 +70,11 @@ EQUAL_WEIGHT = 64
 """Weight of each nexthop when weights are equal (far above DRAIN_WEIGHT)."""
 MAX_SCALED_WEIGHT = 255
 MAX_WEIGHT = 256  # struct nexthop_grp carries weight - 1 in a u8
+REFUSED_SHOWN = 8
+"""How many refused prefixes an :class:`UpdateResult` lists (``refused_count`` has them all)."""
+_BITS = {AFI.IPV4: 32, AFI.IPV6: 128}
+_VERSION = {AFI.IPV4: 4, AFI.IPV6: 6}
+_INTERN_LIMIT = 4096  # caches are cleared past this size (a peer cycling attributes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,18 +87,16 @@ class Connected:
     local: IPAddress | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Path:
-    """One peer's path to one VIP."""
+    """One peer's path, shared by every prefix it announced with the same attributes (compared
+    and hashed by identity: the RIB interns them)."""
 
     peer: PeerId
     next_hop: IPAddress | None
-    bandwidth: float | None = None  # link bandwidth, bytes per second
+    bandwidth: float | None = None  # link bandwidth, bytes per second; finite and > 0
     draining: bool = False
     stale: bool = False
-
-    def as_stale(self) -> Path:
-        return Path(self.peer, self.next_hop, self.bandwidth, self.draining, True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +113,22 @@ class FibNexthop:
 
 @dataclass(frozen=True, slots=True)
 class UpdateResult:
-    """What an update did: counts, prefixes filtered by policy, and the max_prefixes verdict."""
+    """What an update did: counts, refused prefixes, the max_prefixes verdict.
+
+    ``refused``: up to :data:`REFUSED_SHOWN` ``(prefix, reason)`` pairs of prefixes that can never
+    be installed (special purpose, default route not allowed); ``refused_count`` counts them
+    all. ``bad_bandwidth``: the link bandwidth community was not a finite positive number and
+    was ignored. ``ignored``: the peer is not Established; nothing was applied.
+    """
 
     added: int = 0
     withdrawn: int = 0
     exceeded: bool = False
     dropped: int = 0  # announced prefixes not stored because the limit was reached
+    refused: tuple[tuple[Prefix, str], ...] = ()
+    refused_count: int = 0
+    bad_bandwidth: bool = False
+    ignored: bool = False
 
 
 @dataclass(slots=True)
@@ -128,18 +143,35 @@ class PeerState:
     gr_families: frozenset[Family] = frozenset()
     stale_deadline: float | None = None
     paths: dict[Prefix, Path] = field(default_factory=dict)
+    source: IPAddress | None = None  # the session's remote address
+    third_party_next_hop: bool = False
+    allow_default: bool = False
+    stale_count: int = 0  # paths with .stale, kept up to date by the Rib
+    interned: dict[tuple[IPAddress | None, float | None, bool, bool], Path] = field(
+        default_factory=dict
+    )
 
     @property
     def prefix_count(self) -> int:
         return len(self.paths)
 
-    @property
-    def stale_count(self) -> int:
-        return sum(1 for p in self.paths.values() if p.stale)
-
 
 def _family(prefix: Prefix) -> Family:
     return (prefix.afi, SAFI.UNICAST)
+
+
+def _contains(outer: tuple[AFI, int, int], inner: tuple[AFI, int, int]) -> bool:
+    bits = _BITS[outer[0]]
+    return (
+        outer[0] == inner[0]
+        and outer[2] <= inner[2]
+        and (inner[1] >> (bits - outer[2])) == (outer[1] >> (bits - outer[2]))
+    )
+
+
+def _usable_bandwidth(value: float | None) -> bool:
+    """Finite and positive (NaN fails every comparison)."""
+    return value is not None and 0.0 < value < math.inf
 
 
 def next_hop_for(afi: AFI, attributes: PathAttributes) -> IPAddress | None:
@@ -156,7 +188,7 @@ def next_hop_for(afi: AFI, attributes: PathAttributes) -> IPAddress | None:
 
 
 def link_bandwidth(attributes: PathAttributes) -> float | None:
-    """The first link bandwidth extended community's value, if any."""
+    """The first link bandwidth extended community's value, if any (not checked)."""
     for ec in attributes.extended_communities:
         value = ec.link_bandwidth_value
         if value is not None:
@@ -164,22 +196,26 @@ def link_bandwidth(attributes: PathAttributes) -> float | None:
     return None
 
 
-def path_from(peer: PeerId, afi: AFI, attributes: PathAttributes) -> Path:
-    return Path(
-        peer,
-        next_hop_for(afi, attributes),
-        link_bandwidth(attributes),
-        GRACEFUL_SHUTDOWN in attributes.communities,
-    )
+def _unmapped(address: IPAddress | None) -> IPAddress | None:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 class Rib:
     """Paths per VIP from all peers, and the desired FIB. See the module docstring."""
 
-    def __init__(self, connected: Iterable[Connected] = ()) -> None:
+    def __init__(
+        self, connected: Iterable[Connected] = (), *, max_stale_time: float | None = None
+    ) -> None:
         self.peers: dict[PeerId, PeerState] = {}
-        self.vips: dict[Prefix, dict[PeerId, Path]] = {}
+        # per VIP its paths, one per peer (a tuple: the common case is one or two)
+        self.vips: dict[Prefix, tuple[Path, ...]] = {}
+        self.max_stale_time = max_stale_time
         self._connected: tuple[Connected, ...] = ()
+        self._own: tuple[tuple[Prefix, str], ...] = ()
+        self._verdicts: dict[Path, tuple[int, str | None]] = {}
+        self._addresses: dict[IPAddress, IPAddress] = {}
         self._dirty: set[Prefix] = set()
         self.set_connected(connected)
 
@@ -189,6 +225,14 @@ class Rib:
         """Replace the directly connected subnets; every VIP is re-evaluated."""
         # most specific first, so the first match is the longest
         self._connected = tuple(sorted(connected, key=lambda c: -c.network.prefixlen))
+        own: list[tuple[Prefix, str]] = []
+        for c in self._connected:
+            own.append((Prefix.from_network(c.network), f"connected subnet {c.network}"))
+            if c.local is not None:
+                local = ipaddress.ip_network(c.local)
+                own.append((Prefix.from_network(local), f"the router's own address {c.local}"))
+        self._own = tuple(own)
+        self._verdicts.clear()
         self._dirty.update(self.vips)
 
     def peer_up(
@@ -200,23 +244,42 @@ class Rib:
         max_prefixes: int | None = None,
         restart_time: int | None = None,
         gr_families: Iterable[Family] = (),
+        source: IPAddress | None = None,
+        third_party_next_hop: bool = False,
+        allow_default: bool = False,
     ) -> None:
         """The session with `peer` is Established; `restart_time`/`gr_families` from its Graceful
-        Restart capability (None: it did not advertise it)."""
+        Restart capability (None: it did not advertise it). `source`: the session's remote
+        address (next hops must equal it unless `third_party_next_hop`; None: not checked);
+        `allow_default`: the default route may be announced."""
         state = self.peers.get(peer)
         if state is None:
             state = self.peers[peer] = PeerState(peer)
+        source = _unmapped(source)
+        if state.paths and (
+            state.source != source or state.third_party_next_hop != third_party_next_hop
+        ):
+            self._dirty.update(state.paths)  # next-hop verdicts of kept paths may change
         state.asn = asn
         state.established = True
         state.max_prefixes = max_prefixes
         state.restart_time = restart_time
         state.gr_families = frozenset(gr_families) if restart_time is not None else frozenset()
+        state.source = source
+        state.third_party_next_hop = third_party_next_hop
+        state.allow_default = allow_default
+        self._verdicts.clear()
+        if not allow_default:
+            for afi in _BITS:
+                if Prefix(afi, 0, 0) in state.paths:
+                    self._remove(state, Prefix(afi, 0, 0))
         if state.stale_count:
             # RFC 4724 §4.2: families it no longer preserves lose their stale routes now.
             for prefix, path in list(state.paths.items()):
                 if path.stale and (not restart_time or _family(prefix) not in state.gr_families):
                     self._remove(state, prefix)
-        state.stale_deadline = now + restart_time if restart_time and state.stale_count else None
+        hold = self._stale_time(state)
+        state.stale_deadline = now + hold if hold and state.stale_count else None
 
     def update(
         self,
@@ -226,32 +289,61 @@ class Rib:
         withdrawn: Iterable[Prefix],
         now: float,
     ) -> UpdateResult:
-        """Apply one UPDATE's (already policy-filtered) announcements and withdrawals."""
+        """Apply one UPDATE's announcements (already filtered by ``accept``) and withdrawals.
+
+        Prefixes that can never be a VIP (:func:`~bgplb.router.policy.special_purpose`, the
+        default route without `allow_default`) are refused: not stored, and removed if the peer
+        had them (treat-as-withdraw). An UPDATE from a peer that is not Established (a late
+        event after :meth:`peer_down`) is ignored.
+        """
         state = self.peers.get(peer)
-        if state is None:
-            state = self.peers[peer] = PeerState(peer, established=True)
+        if state is None or not state.established:
+            return UpdateResult(ignored=True)
+        paths = state.paths
         removed = 0
         for prefix in withdrawn:
-            if prefix in state.paths:
+            if prefix in paths:
                 self._remove(state, prefix)
                 removed += 1
-        added = dropped = 0
-        exceeded = False
+        added = dropped = refused_count = 0
+        refused: list[tuple[Prefix, str]] = []
+        exceeded = bad_bandwidth = False
         if attributes is not None:
+            raw = link_bandwidth(attributes)
+            bandwidth = raw if _usable_bandwidth(raw) else None
+            bad_bandwidth = raw is not None and bandwidth is None
+            draining = GRACEFUL_SHUTDOWN in attributes.communities
             cache: dict[AFI, Path] = {}
             limit = state.max_prefixes
             for prefix in announced:
-                afi = prefix.afi
+                afi = prefix[0]
+                reason = None
+                if prefix[2] == 0 and not state.allow_default:
+                    reason = "default route (allow_default is off)"
+                elif prefix not in paths and prefix not in self.vips:
+                    # what is already stored passed this (static) check
+                    reason = special_purpose(prefix)
+                if reason is not None:
+                    refused_count += 1
+                    if len(refused) < REFUSED_SHOWN:
+                        refused.append((prefix, reason))
+                    if prefix in paths:
+                        self._remove(state, prefix)
+                        removed += 1
+                    continue
                 path = cache.get(afi)
                 if path is None:
-                    path = cache[afi] = path_from(peer, afi, attributes)
-                if limit is not None and prefix not in state.paths and len(state.paths) >= limit:
+                    hop = next_hop_for(afi, attributes)
+                    path = cache[afi] = self._intern(state, hop, bandwidth, draining, False)
+                if limit is not None and prefix not in paths and len(paths) >= limit:
                     exceeded = True
                     dropped += 1
                     continue
                 self._set(state, prefix, path)
                 added += 1
-        return UpdateResult(added, removed, exceeded, dropped)
+        return UpdateResult(
+            added, removed, exceeded, dropped, tuple(refused), refused_count, bad_bandwidth
+        )
 
     def end_of_rib(self, peer: PeerId, family: Family, now: float) -> int:
         """End-of-RIB (RFC 4724 §2) for `family`: purge that family's stale paths. Returns how
@@ -264,6 +356,8 @@ class Rib:
             self._remove(state, prefix)
         if not state.stale_count:
             state.stale_deadline = None
+            if not state.established:  # nothing left of a peer that is down
+                del self.peers[peer]
         return len(stale)
 
     def peer_down(self, peer: PeerId, now: float, *, graceful: bool) -> int:
@@ -274,17 +368,19 @@ class Rib:
         if state is None:
             return 0
         state.established = False
-        keep = graceful and bool(state.restart_time) and bool(state.gr_families)
+        hold = self._stale_time(state)
+        keep = graceful and bool(hold) and bool(state.gr_families)
         kept = 0
         for prefix, path in list(state.paths.items()):
             if keep and _family(prefix) in state.gr_families:
                 if not path.stale:
-                    self._set(state, prefix, path.as_stale())
+                    stale = self._intern(state, path.next_hop, path.bandwidth, path.draining, True)
+                    self._set(state, prefix, stale)
                 kept += 1
             else:
                 self._remove(state, prefix)
-        if kept and state.restart_time:
-            state.stale_deadline = now + state.restart_time
+        if kept and hold:
+            state.stale_deadline = now + hold
         else:
             state.stale_deadline = None
             del self.peers[peer]
@@ -307,7 +403,9 @@ class Rib:
         for peer in expired:
             state = self.peers[peer]
             for prefix, path in list(state.paths.items()):
-                if path.stale:
+                # a peer that is down holds only stale paths; purge all of it, never leave
+                # paths behind a forgotten PeerState
+                if path.stale or not state.established:
                     self._remove(state, prefix)
             state.stale_deadline = None
             if not state.established:
@@ -323,59 +421,78 @@ class Rib:
 
     def resolve(self, next_hop: IPAddress | None) -> int | None:
         """The ifindex through which `next_hop` is directly reachable, or None (not usable)."""
-        if next_hop is None:
-            return None
-        for c in self._connected:
-            if c.network.version == next_hop.version and next_hop in c.network:
-                if next_hop == c.local:
-                    return None
-                return c.ifindex
-        return None
+        ifindex, reason = self._resolve(next_hop)
+        return None if reason is not None else ifindex
 
     def fib_entry(self, vip: Prefix) -> tuple[FibNexthop, ...]:
         """The nexthop group `vip` should have: one member per usable next hop, sorted."""
         paths = self.vips.get(vip)
-        if not paths:
+        if not paths or self._vip_refusal(vip) is not None:
             return ()
-        merged: dict[tuple[IPAddress, int], list[Path]] = {}
-        for path in paths.values():
-            ifindex = self.resolve(path.next_hop)
-            if ifindex is None or path.next_hop is None:
-                continue
-            merged.setdefault((path.next_hop, ifindex), []).append(path)
+        version = _VERSION[vip[0]]
+        if len(paths) == 1:  # the common case
+            path = paths[0]
+            ifindex, reason = self._verdict(path)
+            hop = path.next_hop
+            if reason is not None or hop is None or hop.version != version:
+                return ()
+            if path.draining:
+                weight = DRAIN_WEIGHT
+            else:
+                weight = MAX_SCALED_WEIGHT if _usable_bandwidth(path.bandwidth) else EQUAL_WEIGHT
+            return (FibNexthop(hop, ifindex, weight, path.draining, path.stale, (path.peer,)),)
+        # one member per (address, ifindex); keyed by int: IPv*Address hashing is slow
+        merged: dict[tuple[int, int], list[Path]] = {}
+        for path in paths:
+            ifindex, reason = self._verdict(path)
+            hop = path.next_hop
+            if reason is None and hop is not None and hop.version == version:
+                group = merged.get((int(hop), ifindex))
+                if group is None:
+                    merged[(int(hop), ifindex)] = [path]
+                else:
+                    group.append(path)
         if not merged:
             return ()
-        draining = {key: all(p.draining for p in group) for key, group in merged.items()}
-        all_draining = all(draining.values())
-        active = [p for key, group in merged.items() for p in group if not draining[key]]
-        bandwidths = [p.bandwidth for p in active]
-        proportional = bool(active) and all(b is not None and b > 0 for b in bandwidths)
-        top = max((b for b in bandwidths if b is not None), default=0.0)
+        groups = sorted(merged.items(), key=lambda kv: kv[0])
+        draining = [all(p.draining for p in group) for _, group in groups]
+        all_draining = all(draining)
+        active = [p for (_, group), d in zip(groups, draining, strict=True) if not d for p in group]
+        proportional = bool(active) and all(_usable_bandwidth(p.bandwidth) for p in active)
+        top = max((p.bandwidth or 0.0 for p in active), default=0.0) if proportional else 0.0
         out: list[FibNexthop] = []
-        for key, group in merged.items():
-            address, ifindex = key
-            if draining[key] or all_draining:
+        for ((_, ifindex), group), drains in zip(groups, draining, strict=True):
+            if drains or all_draining:
                 weight = DRAIN_WEIGHT
             elif proportional:
+                # the ratio first: 255 * 1e308 would overflow to inf
                 weight = sum(
-                    max(2, round(MAX_SCALED_WEIGHT * (p.bandwidth or 0.0) / top))
+                    max(2, round(MAX_SCALED_WEIGHT * ((p.bandwidth or 0.0) / top)))
                     for p in group
                     if not p.draining
                 )
             else:
                 weight = EQUAL_WEIGHT * sum(1 for p in group if not p.draining)
-            out.append(
-                FibNexthop(
-                    address,
-                    ifindex,
-                    min(weight, MAX_WEIGHT),
-                    draining[key],
-                    all(p.stale for p in group),
-                    tuple(sorted(p.peer for p in group)),
-                )
-            )
-        out.sort(key=lambda n: (n.address.version, int(n.address), n.ifindex))
+            hop = group[0].next_hop
+            assert hop is not None
+            peers = tuple(sorted(p.peer for p in group)) if len(group) > 1 else (group[0].peer,)
+            stale = all(p.stale for p in group)
+            out.append(FibNexthop(hop, ifindex, min(weight, MAX_WEIGHT), drains, stale, peers))
         return tuple(out)
+
+    def unusable(self, vip: Prefix) -> list[tuple[PeerId, str]]:
+        """Why each path of `vip` that is not in its FIB entry is not (for status), by peer."""
+        paths = self.vips.get(vip, ())
+        whole = self._vip_refusal(vip)
+        out: list[tuple[PeerId, str]] = []
+        for path in paths:
+            reason = whole or self._verdict(path)[1]
+            hop = path.next_hop
+            if reason is None and hop is not None and hop.version != _VERSION[vip[0]]:
+                reason = f"IPv{hop.version} next hop {hop} for an IPv{_VERSION[vip[0]]} VIP"
+            if reason is not None:
+                out.append((path.peer, reason))
+        return sorted(out)
 
     def desired(self) -> dict[Prefix, tuple[FibNexthop, ...]]:
         """Every VIP with at least one usable nexthop."""
@@ -392,20 +509,117 @@ class Rib:
         return dirty
 
     def paths(self, vip: Prefix) -> Mapping[PeerId, Path]:
-        return self.vips.get(vip, {})
+        return {p.peer: p for p in self.vips.get(vip, ())}
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _stale_time(self, state: PeerState) -> float:
+        """How long `state`'s stale paths are kept: its restart time, capped locally."""
+        hold = float(state.restart_time or 0)
+        if self.max_stale_time is not None:
+            hold = min(hold, self.max_stale_time)
+        return max(hold, 0.0)
+
+    def _intern(
+        self,
+        state: PeerState,
+        hop: IPAddress | None,
+        bandwidth: float | None,
+        draining: bool,
+        stale: bool,
+    ) -> Path:
+        """The peer's one Path object for these attributes (shared by all its prefixes)."""
+        key = (hop, bandwidth, draining, stale)
+        path = state.interned.get(key)
+        if path is None:
+            if len(state.interned) > _INTERN_LIMIT:
+                state.interned.clear()
+            if len(self._addresses) > _INTERN_LIMIT:
+                self._addresses.clear()
+            if hop is not None:
+                hop = self._addresses.setdefault(hop, hop)  # one object per address, all peers
+            path = state.interned[key] = Path(state.peer, hop, bandwidth, draining, stale)
+        return path
+
+    def _resolve(self, hop: IPAddress | None) -> tuple[int, str | None]:
+        """(ifindex, None) if `hop` is a usable gateway on a connected subnet, else (0, why)."""
+        if hop is None:
+            return 0, "no usable next hop (none, or IPv6 link-local only)"
+        refusal = gateway_refusal(hop)
+        if refusal is not None:
+            return 0, f"next hop {hop}: {refusal}"
+        for c in self._connected:
+            net = c.network
+            if net.version != hop.version or hop not in net:
+                continue
+            if hop == c.local:
+                return 0, f"next hop {hop} is the router's own address"
+            if hop == net.network_address and net.prefixlen < net.max_prefixlen - 1:
+                # RFC 3021 (/31) and RFC 6164 (/127) have no network address
+                what = "subnet-router anycast" if hop.version == 6 else "network"
+                return 0, f"next hop {hop} is the {what} address of {net}"
+            if hop.version == 4 and hop == net.broadcast_address and net.prefixlen < 31:
+                return 0, f"next hop {hop} is the broadcast address of {net}"
+            return c.ifindex, None
+        return 0, f"next hop {hop} is not in a connected subnet"
+
+    def _verdict(self, path: Path) -> tuple[int, str | None]:
+        """`_resolve` plus the peer's next-hop rule, cached per Path object."""
+        verdict = self._verdicts.get(path)
+        if verdict is None:
+            verdict = self._resolve(path.next_hop)
+            state = self.peers.get(path.peer)
+            hop = path.next_hop
+            if (
+                verdict[1] is None
+                and state is not None
+                and state.source is not None
+                and not state.third_party_next_hop
+                and hop != state.source
+            ):
+                verdict = (
+                    0,
+                    f"next hop {hop} is not the session address {state.source}"
+                    " (allow_third_party_next_hop is off)",
+                )
+            if len(self._verdicts) > _INTERN_LIMIT:
+                self._verdicts.clear()
+            self._verdicts[path] = verdict
+        return verdict
+
+    def _vip_refusal(self, vip: Prefix) -> str | None:
+        """Why `vip` overlaps the router's own addresses or connected subnets, or None."""
+        for own, what in self._own:
+            if _contains(own, vip):
+                return f"inside {what}"
+            if _contains(vip, own):
+                return f"covers {what}"
+        return None
+
     def _set(self, state: PeerState, prefix: Prefix, path: Path) -> None:
+        old = state.paths.get(prefix)
+        if old is path:
+            return
         state.paths[prefix] = path
-        self.vips.setdefault(prefix, {})[state.peer] = path
+        state.stale_count += path.stale - (old.stale if old is not None else False)
+        paths = self.vips.get(prefix)
+        if paths is None:
+            self.vips[prefix] = (path,)
+        elif old is None:
+            self.vips[prefix] = (*paths, path)
+        else:
+            self.vips[prefix] = tuple(path if p is old else p for p in paths)
         self._dirty.add(prefix)
 
     def _remove(self, state: PeerState, prefix: Prefix) -> None:
-        state.paths.pop(prefix, None)
-        paths = self.vips.get(prefix)
-        if paths is not None:
-            paths.pop(state.peer, None)
-            if not paths:
-                del self.vips[prefix]
+        old = state.paths.pop(prefix, None)
+        if old is None:
+            return
+        state.stale_count -= old.stale
+        paths = self.vips.get(prefix, ())
+        rest = tuple(p for p in paths if p is not old)
+        if rest:
+            self.vips[prefix] = rest
+        else:
+            self.vips.pop(prefix, None)
         self._dirty.add(prefix)

@@ -216,27 +216,62 @@ def test_max_prefixes_stops_at_limit_and_reports() -> None:
     assert rib.desired() == {}
 
 
-@settings(max_examples=60)
-@given(
-    st.lists(
-        st.tuples(
-            st.sampled_from(["192.0.2.11", "192.0.2.12", "192.0.2.13"]),
-            st.sampled_from(["announce", "withdraw", "drain", "down", "fin", "up", "eor"]),
-            st.integers(0, 3),
-        ),
-        max_size=40,
+MAX_STALE = 3.0  # below the restart time the peers advertise (5 s): the local cap applies
+
+
+def check_invariants(rib: Rib, now: float) -> None:
+    """rib.vips and every PeerState.paths are exact mirrors (the same Path objects), nothing is
+    empty, counts and stale deadlines agree with the paths."""
+    from_peers = {(p, v): path for p, s in rib.peers.items() for v, path in s.paths.items()}
+    from_vips = {}
+    for vip, paths in rib.vips.items():
+        assert paths, vip
+        assert len({p.peer for p in paths}) == len(paths), vip  # one path per peer
+        for path in paths:
+            from_vips[(path.peer, vip)] = path
+    assert from_peers.keys() == from_vips.keys()
+    assert all(from_peers[k] is from_vips[k] for k in from_peers)
+    for peer, s in rib.peers.items():
+        assert s.peer == peer
+        assert all(path.peer == peer for path in s.paths.values())
+        assert s.prefix_count == len(s.paths)
+        assert s.stale_count == sum(path.stale for path in s.paths.values())
+        if s.max_prefixes is not None:
+            assert s.prefix_count <= s.max_prefixes
+        # stale paths exist exactly while a deadline is armed, never beyond the local cap
+        assert (s.stale_deadline is not None) == (s.stale_count > 0), s
+        if s.stale_deadline is not None:
+            assert now < s.stale_deadline <= now + MAX_STALE
+        # a peer that is down is only kept for its stale paths
+        if not s.established:
+            assert 0 < s.stale_count == s.prefix_count, s
+    assert rib.next_deadline() == min(
+        (s.stale_deadline for s in rib.peers.values() if s.stale_deadline is not None),
+        default=None,
     )
-)
-def test_invariants_under_any_sequence(ops) -> None:
-    rib = Rib(CONNECTED)
+
+
+OPS = ["announce", "withdraw", "drain", "down", "fin", "up", "eor", "martian", "limit", "conn"]
+
+
+def run_ops(ops, rib: Rib | None = None) -> Rib:
+    rib = rib or Rib(CONNECTED, max_stale_time=MAX_STALE)
     now = 0.0
     vips = [Prefix.parse(f"198.51.100.{i}/32") for i in range(4)]
+    martians = [Prefix.parse(p) for p in ("127.0.0.1/32", "0.0.0.0/0", "224.0.0.1/32", VIP_IN)]
+    seen: set[Prefix] = set()
     for peer, op, i in ops:
         now += 1.0
+        before = {v: rib.fib_entry(v) for v in rib.vips}
         if op == "up":
             rib.peer_up(peer, now, restart_time=5, gr_families=[IPV4_UNICAST])
+        elif op == "limit":
+            rib.peer_up(peer, now, max_prefixes=2, source=ip_address(peer))
         elif op == "announce":
             rib.update(peer, [vips[i]], attrs(peer), [], now)
+        elif op == "martian":
+            res = rib.update(peer, [martians[i]], attrs(peer), [], now)
+            assert res.ignored or res.refused_count == (i < 3)
         elif op == "drain":
             rib.update(peer, [vips[i]], attrs(peer, communities=[GRACEFUL_SHUTDOWN]), [], now)
         elif op == "withdraw":
@@ -245,17 +280,71 @@ def test_invariants_under_any_sequence(ops) -> None:
             rib.peer_down(peer, now, graceful=op == "fin")
         elif op == "eor":
             rib.end_of_rib(peer, IPV4_UNICAST, now)
+        elif op == "conn":
+            rib.set_connected(CONNECTED[i % 2 :])
         rib.expire(now)
-        # the two indexes agree, no empty VIP entry, weights in range, one member per peer
-        from_peers = {(p, v) for p, s in rib.peers.items() for v in s.paths}
-        from_vips = {(p, v) for v, paths in rib.vips.items() for p in paths}
-        assert from_peers == from_vips
-        assert all(rib.vips.values())
+        check_invariants(rib, now)
+        # take_dirty is incremental: every VIP whose entry changed is in it
+        dirty = rib.take_dirty()
+        after = {v: rib.fib_entry(v) for v in rib.vips}
+        for v in before.keys() | after.keys():
+            if before.get(v, ()) != after.get(v, ()):
+                assert v in dirty, (op, v)
+        seen |= set(rib.vips)
         for vip, entry in rib.desired().items():
             assert all(1 <= n.weight <= 256 for n in entry)
-            assert {str(n.address) for n in entry} == set(rib.paths(vip))
+            assert {str(n.address) for n in entry} <= set(rib.paths(vip))
+        assert not any(m in rib.vips for m in martians[:3])
     rib.expire(now + 10)
     assert all(not p.stale for s in rib.peers.values() for p in s.paths.values())
+    return rib
+
+
+VIP_IN = "192.0.2.77/32"  # inside a connected subnet: stored, never installed
+
+OP = st.tuples(
+    st.sampled_from(["192.0.2.11", "192.0.2.12", "192.0.2.13"]),
+    st.sampled_from(OPS),
+    st.integers(0, 3),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(OP, max_size=40))
+def test_invariants_under_any_sequence(ops) -> None:
+    run_ops(ops)
+
+
+def test_update_while_down_leaves_no_orphan_path() -> None:
+    """A late UPDATE after a graceful peer_down used to add a path that expire() then left in
+    rib.vips when it dropped the peer's state: an orphan nothing could remove."""
+    rib = Rib(CONNECTED)
+    rib.peer_up("192.0.2.11", 0.0, restart_time=5, gr_families=[IPV4_UNICAST])
+    rib.update("192.0.2.11", [VIP], attrs("192.0.2.11"), [], 1.0)
+    rib.peer_down("192.0.2.11", 2.0, graceful=True)
+    late = Prefix.parse("198.51.100.11/32")
+    rib.update("192.0.2.11", [late], attrs("192.0.2.11"), [], 3.0)
+    rib.expire(7.0)
+    assert rib.vips == {}
+    assert rib.peers == {}
+    assert rib.fib_entry(late) == ()
+
+
+def test_end_of_rib_while_down_leaves_no_empty_peer() -> None:
+    rib = Rib(CONNECTED)
+    rib.peer_up("192.0.2.11", 0.0, restart_time=5, gr_families=[IPV4_UNICAST])
+    rib.update("192.0.2.11", [VIP], attrs("192.0.2.11"), [], 1.0)
+    rib.peer_down("192.0.2.11", 2.0, graceful=True)
+    assert rib.end_of_rib("192.0.2.11", IPV4_UNICAST, 3.0) == 1
+    assert rib.peers == {} and rib.vips == {}
+    assert rib.next_deadline() is None
+
+
+def test_update_from_a_peer_that_is_not_up_is_ignored() -> None:
+    rib = Rib(CONNECTED)
+    res = rib.update("192.0.2.11", [VIP], attrs("192.0.2.11"), [], 0.0)
+    assert res.ignored and res.added == 0
+    assert rib.vips == {} and rib.peers == {}
 
 
 def test_pure_modules_pass_mypy_strict_and_import_no_io() -> None:
