@@ -102,11 +102,12 @@ def _packed(value: IPAddress | IPNetwork | str, what: str) -> tuple[bytes, int]:
     return addr.packed, addr.max_prefixlen
 
 
-def _pack(layout: struct.Struct, what: str, *values: object) -> bytes:
+def _pack(layout: struct.Struct, kind: str, ident: object, *values: object) -> bytes:
+    """layout.pack(*values); the error message names `kind ident` (formatted only then)."""
     try:
         return layout.pack(*values)
     except struct.error as exc:
-        raise ValueError(f"{what}: a value is out of range ({exc})") from None
+        raise ValueError(f"{kind} {ident}: a value is out of range ({exc})") from None
 
 
 def _change_flags(replace: bool) -> int:
@@ -128,7 +129,8 @@ def encode_nexthop(
     layout = _NEXTHOP[len(gw)]
     return _pack(
         layout,
-        f"nexthop {nh_id}",
+        "nexthop",
+        nh_id,
         layout.size,
         RTM_NEWNEXTHOP,
         _change_flags(replace),
@@ -164,18 +166,18 @@ def encode_group(
     seq: int = 0,
 ) -> bytes:
     """RTM_NEWNEXTHOP: a multipath or resilient group of (member id, weight 1..256)."""
-    what = f"group {nh_id}"
     entries = []
     for member, weight in members:
         if not 1 <= weight <= 256:
-            raise ValueError(f"{what}: nexthop weight {weight} outside 1..256")
-        entries.append(_pack(_GROUP_ENTRY, what, member, weight - 1, 0, 0))
+            raise ValueError(f"group {nh_id}: nexthop weight {weight} outside 1..256")
+        entries.append(_pack(_GROUP_ENTRY, "group", nh_id, member, weight - 1, 0, 0))
     body = b"".join(entries)
     tail = _GROUP_TYPE.pack(6, _NHA_GROUP_TYPE, int(group_type))
     if group_type == GroupType.RES:
         tail += _pack(
             _RES_GROUP,
-            what,
+            "group",
+            nh_id,
             _RES_GROUP.size,
             _NHA_RES_GROUP | _NLA_F_NESTED,
             6,
@@ -191,7 +193,8 @@ def encode_group(
     length = _GROUP_HEAD.size + len(body) + len(tail)
     head = _pack(
         _GROUP_HEAD,
-        what,
+        "group",
+        nh_id,
         length,
         RTM_NEWNEXTHOP,
         _change_flags(replace),
@@ -215,7 +218,7 @@ def encode_del_nexthop(nh_id: int, *, seq: int = 0) -> bytes:
     """RTM_DELNEXTHOP by id (a group's routes go with it)."""
     layout = _DEL_NEXTHOP
     return _pack(
-        layout, f"nexthop {nh_id}", layout.size, RTM_DELNEXTHOP, FLAGS_DELETE, seq, 0,
+        layout, "nexthop", nh_id, layout.size, RTM_DELNEXTHOP, FLAGS_DELETE, seq, 0,
         socket.AF_UNSPEC, 0, 0, 0, 0, 8, _NHA_ID, nh_id,
     )  # fmt: skip
 
@@ -233,7 +236,7 @@ def encode_route(
     addr, plen = _packed(dst, "route destination")
     layout = _ROUTE[len(addr)]
     return _pack(
-        layout, f"route {dst}", layout.size, RTM_NEWROUTE, _change_flags(replace), seq, 0,
+        layout, "route", dst, layout.size, RTM_NEWROUTE, _change_flags(replace), seq, 0,
         _FAMILY[len(addr)], plen, 0, 0, table if table < 256 else 0, protocol, 0, RTN_UNICAST, 0,
         4 + len(addr), _RTA_DST, addr, 8, _RTA_TABLE, table, 8, _RTA_NH_ID, nh_id,
     )  # fmt: skip
@@ -246,7 +249,7 @@ def encode_del_route(
     addr, plen = _packed(dst, "route destination")
     layout = _DEL_ROUTE[len(addr)]
     return _pack(
-        layout, f"route {dst}", layout.size, RTM_DELROUTE, FLAGS_DELETE, seq, 0,
+        layout, "route", dst, layout.size, RTM_DELROUTE, FLAGS_DELETE, seq, 0,
         _FAMILY[len(addr)], plen, 0, 0, table if table < 256 else 0, protocol, 0, RTN_UNICAST, 0,
         4 + len(addr), _RTA_DST, addr, 8, _RTA_TABLE, table,
     )  # fmt: skip
