@@ -33,6 +33,16 @@ def add_router_commands(subparsers: Any) -> None:
         status.add_argument("--socket", metavar="PATH", help="control socket of the daemon")
     # shared with the agent: this handler renders by the role the daemon reports
     status.add_argument("--role", choices=["router", "agent"], help="which daemon to ask")
+    status.add_argument(
+        "--vips",
+        type=int,
+        metavar="N",
+        help="router: list at most N VIPs (default 100, at most 1000; 0: none)",
+    )
+    status.add_argument(
+        "--vips-offset", type=int, metavar="N", help="router: skip the first N VIPs (sorted)"
+    )
+    status.add_argument("--vip", metavar="PREFIX", help="router: show only this VIP")
     status.set_defaults(func=status_command)
 
 
@@ -48,13 +58,17 @@ def run_router_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"{args.config}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    setup_logging(args.log_level or config.logging.level)
+    setup_logging(args.log_level or config.logging.level, config.logging.json_)
     try:
         return asyncio.run(Router(config, Path(args.config)).run())
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # last resort: one line, not a traceback
-        print(f"bgplb router: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except Exception as exc:  # last resort (start-up or shutdown): logged with its traceback
+        import logging
+
+        logging.getLogger("bgplb.router").critical(
+            "bgplb router failed: %s: %s", type(exc).__name__, exc, exc_info=exc
+        )
         return 1
 
 
@@ -69,10 +83,19 @@ def status_command(args: argparse.Namespace) -> int:
         candidates = [p for p in DEFAULT_SOCKETS.values() if Path(p).exists()][:1] or [
             DEFAULT_SOCKETS["agent"]
         ]
+    extra = {
+        key: value
+        for key, value in (
+            ("vips_limit", getattr(args, "vips", None)),
+            ("vips_offset", getattr(args, "vips_offset", None)),
+            ("vip", getattr(args, "vip", None)),
+        )
+        if value is not None
+    }
     errors = []
     for path in candidates:
         try:
-            result = request(path, "status")
+            result = request(path, "status", **extra)
         except ControlError as exc:
             errors.append(str(exc))
             continue

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -62,10 +63,12 @@ def read_shares(router: Router) -> Any:
 
 #: VIPs listed in one status answer unless the request asks otherwise (``vips_limit``), and the
 #: most it may ask; the rest is counted in ``vips_omitted``.
-VIPS_LIMIT = 1000
-VIPS_MAX = 10_000
+VIPS_LIMIT = 100
+VIPS_MAX = 1000
 #: VIP rows built between two yields to the event loop.
-CHUNK = 200
+CHUNK = 25
+#: VIPs sorted at a time (a sort holds the interpreter: a thread would not help).
+SORT_CHUNK = 1024
 
 
 def peer_rows(router: Router) -> list[dict[str, Any]]:
@@ -272,7 +275,7 @@ def _page(request: dict[str, Any]) -> tuple[int, int, Any]:
 async def status_answer(router: Router, request: dict[str, Any]) -> dict[str, Any]:
     """The answer of the control socket's ``status``: the summary and one page of VIPs (sorted;
     ``vips_offset``/``vips_limit``, or ``vip`` for one), built without stalling the event loop:
-    the kernel read and the sort run in threads, the rows are built CHUNK at a time."""
+    the kernel read runs in a thread, the sort and the rows a chunk at a time."""
     offset, limit, only = _page(request)
     shares = None
     if limit and _wants_shares(router):
@@ -280,12 +283,12 @@ async def status_answer(router: Router, request: dict[str, Any]) -> dict[str, An
     doc = summary(router, shares)
     by_vip = shares.shares if shares is not None else {}
     if only is not None:
-        keys = [only] if only in router.rib.vips else []
+        total = 1 if only in router.rib.vips else 0
+        page = [only][offset : offset + limit] if total else []
     else:
         keys = list(router.rib.vips)  # a copy of the keys: ~1 ms per 100k
-        if limit and len(keys) > 1:
-            keys = await asyncio.to_thread(sorted, keys)
-    page = keys[offset : offset + limit]
+        total = len(keys)
+        page = await _sorted_page(keys, offset, limit)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(page), CHUNK):
         for vip in page[start : start + CHUNK]:
@@ -294,8 +297,28 @@ async def status_answer(router: Router, request: dict[str, Any]) -> dict[str, An
                 rows.append(row)
         await asyncio.sleep(0)
     doc["vips"] = rows
-    doc.update(vips_total=len(keys), vips_offset=offset, vips_omitted=len(keys) - len(rows))
+    doc.update(vips_total=total, vips_offset=offset, vips_omitted=total - len(rows))
     return doc
+
+
+async def _sorted_page(keys: list[Any], offset: int, limit: int) -> list[Any]:
+    """keys[offset:offset + limit] in sorted order, yielding to the loop every few ms: sorted
+    runs of SORT_CHUNK keys, then a lazy merge up to the page's end."""
+    if not limit or offset >= len(keys):
+        return []
+    runs = []
+    for start in range(0, len(keys), SORT_CHUNK):
+        runs.append(sorted(keys[start : start + SORT_CHUNK]))
+        await asyncio.sleep(0)
+    page = []
+    for n, key in enumerate(heapq.merge(*runs)):
+        if n >= offset + limit:
+            break
+        if n >= offset:
+            page.append(key)
+        if n % SORT_CHUNK == SORT_CHUNK - 1:
+            await asyncio.sleep(0)
+    return page
 
 
 class RouterStatusServer:
@@ -570,6 +593,16 @@ def render_status(status: dict[str, Any], console: Console | None = None) -> Non
                 "-" if n["share"] is None else f"{100 * n['share']:.1f}%",
             )
     console.print(vips)
+    if status.get("vips_omitted"):
+        shown, offset = len(status["vips"]), status.get("vips_offset", 0)
+        console.print(
+            f"[yellow]{status['vips_omitted']} of {status['vips_total']} VIP(s) not shown[/yellow]"
+            f" (--vips N, --vips-offset {offset + shown}, --vip PREFIX)"
+        )
+    internal = (status.get("counters") or {}).get("internal_errors") or {}
+    if internal:
+        errors = ", ".join(f"{task} {n}" for task, n in sorted(internal.items()))
+        console.print(f"[red]internal errors[/red] (see the router's log): {errors}")
     counted = fib.get("bucket_shares") or {}
     if counted.get("omitted"):
         console.print(

@@ -1,0 +1,124 @@
+"""Status and metrics of a router holding 100k VIPs never walk every VIP on the event loop.
+
+The worst event-loop lateness during a status request is measured with
+:class:`bgplb.io.loopwatch.LoopWatch` and printed (``-s``), not asserted: what is asserted is the
+shape of the answer (a page of VIPs, ``vips_omitted``) and that metrics come from counters."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+from test_daemon_supervision import Lab
+
+from bgplb.bgp.attributes import PathAttributes
+from bgplb.bgp.prefix import Prefix
+from bgplb.control.metrics import MetricsServer, SnapshotCollector
+from bgplb.control.router_status import VIPS_LIMIT, build_status, metric_families, status_answer
+from bgplb.io.loopwatch import LoopWatch
+
+VIPS = 100_000
+
+
+def fill(router: Any, count: int = VIPS) -> None:
+    """`count` VIPs from two peers (no sessions: straight into the RIB)."""
+    base = int(ipaddress.IPv4Address("198.18.0.0"))
+    vips = [Prefix(1, base + i, 32) for i in range(count)]
+    for peer in ("192.0.2.10", "192.0.2.11"):
+        router.rib.peer_up(peer, 0.0, asn=65001, max_prefixes=None)
+        router.rib.update(peer, vips, PathAttributes(next_hop=ipaddress.IPv4Address(peer)), [], 0.0)
+    router.rib.take_dirty()
+
+
+async def worst_stall(coro: Any) -> tuple[Any, float, float]:
+    """Run `coro`; return its result, the worst loop lateness (ms) meanwhile, and its duration."""
+    watch = LoopWatch(period=0.001, stall=0.005)
+    watch.start()
+    await asyncio.sleep(0.05)
+    watch.read(reset=True)
+    start = time.perf_counter()
+    result = await coro
+    took = time.perf_counter() - start
+    await asyncio.sleep(0.01)
+    figures = watch.read(reset=True)
+    await watch.stop()
+    return result, figures["max_ms"], took
+
+
+def test_status_of_100k_vips_pages_and_does_not_stall_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        async with Lab(tmp_path, monkeypatch) as lab:
+            router = lab.router
+            fill(router)
+            _, idle, _ = await worst_stall(asyncio.sleep(0.05))
+            print(f"\nidle loop: worst lateness {idle:.1f} ms")
+            # through the control socket, as `bgplb status` does (the JSON encoding included)
+            st, stall, took = await worst_stall(lab.status())
+            print(
+                f"status (socket, {VIPS_LIMIT} of {VIPS} VIPs): worst loop lateness "
+                f"{stall:.1f} ms, request {took * 1000:.0f} ms"
+            )
+            assert st["vips_total"] == VIPS
+            assert len(st["vips"]) == VIPS_LIMIT
+            assert st["vips_omitted"] == VIPS - VIPS_LIMIT
+            assert st["vips"][0]["vip"] == "198.18.0.0/32"
+            assert [n["address"] for n in st["vips"][0]["nexthops"]] == [
+                "192.0.2.10",
+                "192.0.2.11",
+            ]
+            page = await lab.status(vips_offset=99_999, vips_limit=10)
+            assert [v["vip"] for v in page["vips"]] == ["198.19.134.159/32"]
+            one = await lab.status(vip="198.18.0.7/32")
+            assert [v["vip"] for v in one["vips"]] == ["198.18.0.7/32"]
+            assert one["vips_total"] == 1
+
+            # the handler alone, largest page
+            big, stall, took = await worst_stall(status_answer(router, {"vips_limit": 1000}))
+            print(
+                f"status (handler, 1000 VIPs): worst loop lateness {stall:.1f} ms, "
+                f"request {took * 1000:.0f} ms"
+            )
+            assert len(big["vips"]) == 1000
+
+            # metrics: from counters, O(peers)
+            families, stall, took = await worst_stall(asyncio.sleep(0, metric_families(router)))
+            print(f"metrics refresh: {took * 1000:.2f} ms on the loop")
+            server = MetricsServer()
+            collector = SnapshotCollector(server)
+            collector.set(families)
+            text = generate_latest(server.registry).decode()
+            assert "bgplb_router_vips 100000.0" in text
+            assert "bgplb_router_paths 200000.0" in text
+            assert "bgplb_router_queue_events 0.0" in text
+            assert "# TYPE bgplb_router_internal_errors_total counter" in text
+
+            # what the loop used to do on every request: every VIP, synchronously
+            start = time.perf_counter()
+            whole = build_status(router, buckets=False)
+            took = time.perf_counter() - start
+            print(f"for comparison, every VIP on the loop (build_status): {took * 1000:.0f} ms")
+            assert len(whole["vips"]) == VIPS
+
+    asyncio.run(main())
+
+
+def test_metrics_count_internal_errors_by_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> str:
+        async with Lab(tmp_path, monkeypatch) as lab:
+            lab.router._internal_error("connected", RuntimeError("test"))
+            server = MetricsServer()
+            SnapshotCollector(server).set(metric_families(lab.router))
+            return generate_latest(server.registry).decode()
+
+    text = asyncio.run(main())
+    assert 'bgplb_router_internal_errors_total{task="connected"} 1.0' in text
+    assert 'bgplb_router_peers{state="Established"}' not in text  # no peer yet
