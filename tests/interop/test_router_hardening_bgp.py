@@ -53,7 +53,7 @@ CLIENT = r"""
 import json, socket, struct, sys, time
 from ipaddress import IPv4Address
 from bgplb.bgp.capabilities import FourOctetAS, Multiprotocol
-from bgplb.bgp.capabilities import GracefulRestart, GracefulRestartFamily
+from bgplb.bgp.capabilities import ExtendedMessage, GracefulRestart, GracefulRestartFamily
 from bgplb.bgp.framing import MessageReader, frame
 from bgplb.bgp.messages import Keepalive, Notification, Open, Update, decode, encode
 from bgplb.bgp.attributes import Origin, PathAttributes
@@ -75,11 +75,12 @@ sock.settimeout(5)
 sock.connect((router, 179))
 src = sock.getsockname()[0]
 caps = (Multiprotocol(1, 1), GracefulRestart(120, False, (GracefulRestartFamily(1, 1, True),)),
-        FourOctetAS(asn))
+        FourOctetAS(asn)) + ((ExtendedMessage(),) if extra > 4096 else ())
 opn = Open(asn=asn, hold_time=30, router_id=IPv4Address(src), capabilities=caps)
 reader = MessageReader()
+reader.extended = extra > 4096
 got = []
-neg = Negotiated(four_octet_as=True)
+neg = Negotiated(four_octet_as=True, extended_message=extra > 4096)
 
 def read_until_closed(limit):
     sock.settimeout(0.2)
@@ -197,13 +198,16 @@ accept = ["198.51.100.0/24 le 32"]
 """
 
 
-def test_max_size_route_refresh_gets_notification_and_routes_purged(topo, tmp_path) -> None:
+@pytest.mark.parametrize("length", [4096, 65535])
+def test_max_size_route_refresh_gets_notification_and_routes_purged(
+    topo, tmp_path, length: int
+) -> None:
     rtr, (s1,) = build(topo, 1)
     router = RouterProc(rtr, tmp_path, router_config(ranges(GR_RANGES)))
     router.start()
     r4, s4, _, _ = server_addrs(1)
     try:
-        proc = client(s1, "session", r4, "-", "65001", "-", "4096", VIP)
+        proc = client(s1, "session", r4, "-", "65001", "-", str(length), VIP)
         assert proc.stdout is not None and proc.stdin is not None
         assert json.loads(proc.stdout.readline()) == {"established": True}
         wait_for("the VIP installed", lambda: hops(rtr, VIP) == [s4])
@@ -212,7 +216,7 @@ def test_max_size_route_refresh_gets_notification_and_routes_purged(topo, tmp_pa
         proc.stdin.flush()
         got = result(proc)
         # ROUTE-REFRESH Message Error / Invalid Message Length (RFC 7313 §5), data cut to fit
-        assert got["notifications"] == [[7, 1, 4096 - 21]], got
+        assert got["notifications"] == [[7, 1, length - 21]], got
         assert got["how"] in ("closed", "reset"), got
         # not a transport loss: the routes are purged at once, not kept for Graceful Restart
         wait_for("the VIP purged", lambda: hops(rtr, VIP) == [], 10)

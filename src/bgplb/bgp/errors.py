@@ -124,6 +124,17 @@ _SUBCODES: dict[int, type[IntEnum]] = {
 _ACRONYMS = {"As": "AS", "Bgp": "BGP", "Bfd": "BFD", "Fsm": "FSM", "Afi": "AFI", "Safi": "SAFI"}
 
 
+#: Octets of NOTIFICATION data shown in messages and logs (the data can be 65 KB).
+SHOWN_DATA = 32
+
+
+def data_hex(data: bytes) -> str:
+    """NOTIFICATION data for humans: hex, the first `SHOWN_DATA` octets only."""
+    if len(data) <= SHOWN_DATA:
+        return data.hex()
+    return f"{data[:SHOWN_DATA].hex()}... ({len(data)} octets)"
+
+
 def code_name(code: int) -> str:
     """Readable name of an error code, e.g. ``"Cease"``; unknown codes print as numbers."""
     return _CODE_NAMES.get(code, f"Error {code}")
@@ -175,7 +186,7 @@ class BGPError(Exception):
         if self.reason:
             text += f": {self.reason}"
         if self.data:
-            text += f" (data {self.data.hex()})"
+            text += f" (data {data_hex(self.data)})"
         if self.action is not ErrorAction.SESSION_RESET:
             text += f" [{self.action.value}]"
         return text

@@ -37,6 +37,7 @@ from .errors import (
     OpenSubcode,
     UpdateSubcode,
     code_name,
+    data_hex,
     subcode_name,
 )
 from .families import AFI, IPV4_UNICAST, SAFI, Family
@@ -340,7 +341,7 @@ class Notification:
         if message is not None:
             return f"{text}: {message!r}"
         if self.data:
-            return f"{text} (data {self.data.hex()})"
+            return f"{text} (data {data_hex(self.data)})"
         return text
 
 

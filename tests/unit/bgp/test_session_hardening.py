@@ -376,3 +376,10 @@ def test_paused_hold_timer_keeps_session_and_keepalives() -> None:
         p.b.handle_timer(deadline)
     down = of(p.drain("b"), SessionDown)
     assert down and down[-1].hold_expired
+
+
+def test_logged_data_is_bounded() -> None:
+    err = BGPError(ErrorCode.ROUTE_REFRESH, 1, b"\xff" * 65535, reason="ROUTE-REFRESH length")
+    assert len(str(err)) < 200 and "(65535 octets)" in str(err)
+    assert len(str(Notification(7, 1, b"\xff" * 65535))) < 200
+    assert str(Notification(3, 11, b"\x01")).endswith("(data 01)")

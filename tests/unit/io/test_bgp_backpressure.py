@@ -136,6 +136,26 @@ def test_listener_gtsm_drops_low_ttl_syn() -> None:
     asyncio.run(gtsm_scenario())
 
 
+async def syn_ttl_v6() -> list[int | None]:
+    ttls: list[int | None] = []
+    listener = BgpListener(["::1"], 0, lambda t, p, r: ttls.append(p.syn_ttl), save_syn=True)
+    await listener.start()
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 200)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, ("::1", listener.bound[0][1]))
+        await wait(lambda: bool(ttls))
+    finally:
+        sock.close()
+        await listener.close()
+    return ttls
+
+
+def test_listener_reports_ipv6_syn_hop_limit() -> None:
+    assert asyncio.run(syn_ttl_v6()) == [200]
+
+
 def test_connect_rate_token_bucket() -> None:
     rate = ConnectRate(rate=1.0, burst=3, sources=2)
     assert [rate.allow("a", 0.0) for _ in range(4)] == [True, True, True, False]
