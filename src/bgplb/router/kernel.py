@@ -1,11 +1,19 @@
 """The router's kernel side: the FIB it installs, and the connected subnets it resolves with.
 
-Part of :class:`~bgplb.router.daemon.Router`. After each batch of events the desired state of
-the RIB is pushed to :class:`~bgplb.linux.fib.KernelFib` (through connection pinning,
-:mod:`bgplb.router.pinning_runtime`); the kernel's nexthop/route notifications are watched and
-whatever of ours someone deletes is re-installed; on start our stale objects are removed
-(reconcile), on exit ours are removed (unless ``[fib] keep_on_exit``). Interface addresses are
-polled so next hops resolve against the current connected subnets (RFC 4271 §5.1.3, §9.1.2.1).
+Part of :class:`~bgplb.router.daemon.Router`. After each batch of events the FIB entries of the
+VIPs the RIB marked dirty — only those — go to the FIB (a :class:`bgplb.linux.fibapi.Fib`,
+:class:`~bgplb.linux.fib.KernelFib` unless one is handed to ``_open_fib``), through connection
+pinning (:mod:`bgplb.router.pinning_runtime`). A VIP the kernel refuses is retried with backoff
+(``_fib_next_deadline`` tells the RIB task when to wake); the kernel's nexthop/route
+notifications are watched and whatever of ours someone deletes is re-installed.
+
+Restart (RFC 4724 §4.1 selection deferral): at start the objects a previous run left (``[fib]
+keep_on_exit``, or kill -9) are adopted, not removed. While deferring, what the RIB learns is
+added to them but nothing adopted is deleted or shrunk, until every gateway of an adopted group
+has had its peer send End-of-RIB for the family of the VIPs it serves (``_fib_end_of_rib``), or
+``[fib] startup_defer`` runs out; then a full reconcile removes what is no longer wanted. On exit
+ours are removed (unless ``keep_on_exit``). Interface addresses are polled so next hops resolve
+against the current connected subnets (RFC 4271 §5.1.3, §9.1.2.1).
 """
 
 from __future__ import annotations
@@ -14,9 +22,12 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from bgplb.bgp.families import AFI, Family
 from bgplb.bgp.prefix import Prefix
 from bgplb.bgp.session import Event
 from bgplb.config import RouterConfig
@@ -24,12 +35,15 @@ from bgplb.router import pinning_runtime as router_pinning
 from bgplb.router.rib import Connected, Rib
 
 if TYPE_CHECKING:
+    from bgplb.linux.fibapi import Fib
     from bgplb.router.daemon import Counters, Router
     from bgplb.router.ranges import PeerEntry
 
 log = logging.getLogger("bgplb.router")
 
 CONNECTED_POLL = 2.0
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def read_connected(netns: str | None = None) -> list[Connected]:
@@ -63,6 +77,18 @@ def default_router_id(connected: Iterable[Connected]) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Address("192.0.2.255")
 
 
+@dataclass(slots=True)
+class StartupDeferral:
+    """Adopted gateways waiting for End-of-RIB: (gateway address, IP version of the VIPs)."""
+
+    pending: set[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]
+    deadline: float
+    adopted_vips: int = 0
+
+    def done(self, now: float) -> bool:
+        return not self.pending or now >= self.deadline
+
+
 class KernelSide:
     """Opens, watches, syncs and closes the FIB; polls the connected subnets."""
 
@@ -73,25 +99,48 @@ class KernelSide:
     installed: dict[Prefix, tuple[Any, ...]]
     queue: asyncio.Queue[tuple[PeerEntry | None, Event | str]]
     _connected: list[Connected]
+    _fib_defer: StartupDeferral | None = None
 
-    def _open_fib(self) -> None:
-        from bgplb.linux.fib import KernelFib
+    def _fib_now(self) -> float:
+        """The clock of deferral and retries: the event loop's (tests replace it)."""
+        return asyncio.get_running_loop().time()
 
+    def _open_fib(self, fib: Fib | None = None) -> None:
+        """Open the FIB (`fib`, or a KernelFib from the config), adopt what a previous run
+        left, start watching."""
         f = self.config.fib
-        self.fib = KernelFib(
-            table=f.table,
-            group=f.group,
-            buckets=f.buckets,
-            idle_timer=f.idle_timer,
-            unbalanced_timer=f.unbalanced_timer,
-        )
-        self.fib.start_watching()
-        if not f.keep_on_exit:
-            ops = self.fib.reconcile()
+        if fib is None:
+            from bgplb.linux.fib import KernelFib
+
+            fib = KernelFib(
+                table=f.table,
+                group=f.group,
+                buckets=f.buckets,
+                idle_timer=f.idle_timer,
+                unbalanced_timer=f.unbalanced_timer,
+            )
+        self.fib = fib
+        fib.start_watching()
+        loop = asyncio.get_running_loop()
+        self._fib_defer = None
+        adopted = fib.adopt()
+        if adopted.vips:
+            self._fib_defer = StartupDeferral(
+                set(adopted.gateways), self._fib_now() + f.startup_defer, adopted.vips
+            )
+            log.info(
+                "fib: adopted %d VIP(s) in %d group(s) of a previous run; deferring deletions "
+                "until End-of-RIB from %d gateway(s) or %.0fs",
+                adopted.vips,
+                adopted.groups,
+                len(adopted.gateways),
+                f.startup_defer,
+            )
+        else:
+            ops = fib.finish_deferral(self._fib_now()).ops  # nothing to keep: remove debris
             if ops:
                 log.info("fib: removed %d stale kernel object(s) of ours", len(ops))
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self.fib.watch_fileno(), self._kernel_events)
+        loop.add_reader(fib.watch_fileno(), self._kernel_events)
         router_pinning.open(cast("Router", self))
 
     def _kernel_events(self) -> None:
@@ -121,35 +170,102 @@ class KernelSide:
         finally:
             self.fib.close()
             self.fib = None
+            self._fib_defer = None
+
+    # -- restart deferral and retries (hooks for the RIB task) ----------------------------------
+    def _fib_end_of_rib(self, peer_address: IPAddress, family: Family) -> None:
+        """A peer sent End-of-RIB for `family`: its gateways stop holding the deferral. The
+        peer's own address and every next hop it announced for that family count."""
+        defer = self._fib_defer
+        if defer is None or not defer.pending:
+            return
+        version = 4 if family[0] == AFI.IPV4 else 6
+        defer.pending.discard((peer_address, version))
+        state = self.rib.peers.get(str(peer_address))
+        if state is not None and defer.pending:
+            for prefix, path in state.paths.items():
+                if path.next_hop is not None and prefix.network.version == version:
+                    defer.pending.discard((path.next_hop, version))
+        if not defer.pending:  # the RIB task's _sync_fib right after this event ends it
+            log.info("fib: End-of-RIB from every adopted gateway: deferral ends")
+
+    def _fib_next_deadline(self) -> float | None:
+        """When the RIB task must run `_sync_fib` even without events: the next retry of a
+        failed VIP, or the end of the startup deferral."""
+        if self.fib is None:
+            return None
+        deadlines = [self.fib.next_retry()]
+        if self._fib_defer is not None:
+            deadlines.append(self._fib_defer.deadline)
+        present = [d for d in deadlines if d is not None]
+        return min(present) if present else None
 
     async def _sync_fib(self) -> None:
+        """Hand the FIB the entries of the VIPs the RIB marked dirty (and nothing else), retry
+        the failed VIPs that are due, end the deferral when it is over."""
         dirty = self.rib.take_dirty()
         due = router_pinning.due(cast("Router", self))  # a drained server's pins: drain_linger
-        if not dirty and not due:
-            return
-        changed = due
+        changes: dict[Prefix, tuple[Any, ...]] = {}
         for vip in dirty:
             entry = self.rib.fib_entry(vip)
             if entry:
                 if self.installed.get(vip) != entry:
                     self.installed[vip] = entry
-                    changed = True
+                    changes[vip] = entry
             elif self.installed.pop(vip, None) is not None:
-                changed = True
-        if not changed or self.fib is None:
+                changes[vip] = ()
+        if self.fib is None:
             return
-        desired = {
-            vip.network: [(n.address, n.ifindex, n.weight) for n in entry]
-            for vip, entry in self.installed.items()
-        }
+        now = self._fib_now()
+        defer = self._fib_defer
+        finish = defer is not None and defer.done(now)
+        retry = self.fib.next_retry()
+        if not changes and not due and not finish and (retry is None or retry > now):
+            return
+        if finish:
+            self._fib_defer = None
+            assert defer is not None
+            log.info(
+                "fib: deferral over (%s): removing what the peers did not announce again",
+                "every adopted gateway sent End-of-RIB" if not defer.pending else "startup_defer",
+            )
         try:
-            ops = await router_pinning.sync(cast("Router", self), desired)
-            self.counters.fib_applies += 1
-            self.counters.last_apply_ops = len(ops)
-            log.debug("fib: %d operation(s)", len(ops))
+            result = await router_pinning.sync(cast("Router", self), changes, now, finish)
         except Exception as exc:
             self.counters.fib_errors += 1
             log.error("fib: apply failed: %s", exc)
+            return
+        self.counters.fib_applies += 1
+        self.counters.last_apply_ops = len(result.ops)
+        if result.failed:
+            self.counters.fib_errors += 1
+            shown = ", ".join(
+                f"{net} ({e.op}: {e.message}, attempt {e.attempts})"
+                for net, e in list(result.failed.items())[:5]
+            )
+            more = f" (+{len(result.failed) - 5} more)" if len(result.failed) > 5 else ""
+            log.warning("fib: kernel refused %d VIP(s): %s%s", len(result.failed), shown, more)
+        log.debug("fib: %d operation(s)", len(result.ops))
+
+    def fib_status(self) -> dict[str, Any]:
+        """FIB counters for `bgplb status` (no kernel read, no walk over VIPs)."""
+        fib = self.fib
+        if fib is None:
+            return {"installed": False}
+        try:
+            now = self._fib_now()
+        except RuntimeError:  # no running loop
+            now = time.monotonic()
+        out: dict[str, Any] = dict(fib.status(now))
+        defer = self._fib_defer
+        out["deferring"] = defer is not None
+        if defer is not None:
+            out["defer_remaining"] = round(max(0.0, defer.deadline - now), 1)
+            out["defer_pending_gateways"] = len(defer.pending)
+            out["defer_adopted_vips"] = defer.adopted_vips
+        next_retry = fib.next_retry()
+        out["next_retry_in"] = None if next_retry is None else round(max(0.0, next_retry - now), 3)
+        return out
 
     async def _connected_task(self) -> None:
         while True:

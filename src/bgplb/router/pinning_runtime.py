@@ -5,9 +5,12 @@ Hooks called by :class:`bgplb.router.daemon.Router` (kept small on purpose):
 
 * :func:`open` after the FIB is opened — adopts the slots our nftables table still holds (a
   restart after kill -9 or ``keep_on_exit``) so conntrack marks keep meaning the same server;
-* :func:`sync` instead of a bare ``fib.apply`` — pins for servers that join are installed before
+* :func:`sync` instead of a bare ``fib.update`` — pins for servers that join are installed before
   the groups change, pins of servers that left are removed after; draining servers leave the
-  groups; a linger deadline wakes the RIB task through its queue;
+  groups; a linger deadline wakes the RIB task through its queue. Only the changed VIPs go to
+  the FIB (a VIP's group depends on its own entry only); the planner itself
+  (:mod:`bgplb.router.pinning`) still walks every VIP per sync, O(VIPs), and this module keeps
+  its input, ``{VIP network: FIB entry}``, up to date with one dict update per changed VIP;
 * :func:`close` after the FIB cleanup — rules, tables and the nftables table go (unless
   ``keep_on_exit``);
 * :func:`status` for ``bgplb status`` — per server: slot, mark, table, VIPs, state, and the
@@ -22,6 +25,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from bgplb.linux.fibapi import FibResult
 from bgplb.router.pinning import Pin, PinPlan, Planner, Server
 
 if TYPE_CHECKING:
@@ -43,6 +47,7 @@ class RouterPinning:
             fib.mark_mask, tuple(fib.pin_tables), fib.pin_rule_priority, fib.nft_table, netns
         )
         self.pins: tuple[Pin, ...] = ()
+        self.entries: dict[Any, Any] = {}  # VIP network -> FIB entry, kept by sync()
         self.plan: PinPlan | None = None
         self.refused: set[str] = set()
         self.errors = 0
@@ -61,32 +66,43 @@ class RouterPinning:
 
     def sync(
         self,
-        entries: Mapping[Any, Any],
+        changes: Mapping[Any, Any],
         established: set[str],
         now: float,
-        apply_fib: Callable[[dict[Any, list[tuple[Any, int, int]]]], list[Any]],
-    ) -> list[Any]:
-        """Blocking (run it in a thread): plan, pins before, groups, pins after."""
+        apply_fib: Callable[[dict[Any, list[tuple[Any, int, int]]]], FibResult],
+    ) -> FibResult:
+        """Blocking (run it in a thread): plan, pins before, groups, pins after. `changes`:
+        {VIP prefix: FIB entry, () when gone} of the VIPs that changed since the last sync."""
         with self._lock:
             if self.closed:
-                return []
-            return self._sync(entries, established, now, apply_fib)
+                return FibResult()
+            return self._sync(changes, established, now, apply_fib)
 
     def _sync(
         self,
-        entries: Mapping[Any, Any],
+        changes: Mapping[Any, Any],
         established: set[str],
         now: float,
-        apply_fib: Callable[[dict[Any, list[tuple[Any, int, int]]]], list[Any]],
-    ) -> list[Any]:
+        apply_fib: Callable[[dict[Any, list[tuple[Any, int, int]]]], FibResult],
+    ) -> FibResult:
         from bgplb.linux.pinroutes import PinSpec
 
-        plan = self.planner.plan(
-            {vip.network: entry for vip, entry in entries.items()}, established, now
-        )
+        for vip, entry in changes.items():
+            if entry:
+                self.entries[vip.network] = entry
+            else:
+                self.entries.pop(vip.network, None)
+        plan = self.planner.plan(self.entries, established, now)
         self.plan = plan
         for reason in set(plan.refused) - self.refused:
             log.warning("pinning: %s", reason)
+        # a VIP's group depends on its own entry, and on refusals (no free slot) that may
+        # concern any VIP: when those change, every VIP is handed over again
+        nets = (
+            set(self.entries) | {vip.network for vip in changes}
+            if set(plan.refused) != self.refused
+            else {vip.network for vip in changes}
+        )
         self.refused = set(plan.refused)
 
         def specs(pins: tuple[Pin, ...]) -> list[PinSpec]:
@@ -99,15 +115,15 @@ class RouterPinning:
         before = plan.before(self.pins)
         self.kernel.apply(specs(before))
         self.pins = before
-        ops = apply_fib(
+        result = apply_fib(
             {
-                vip: [(m.address, m.ifindex, m.weight) for m in members]
-                for vip, members in plan.groups.items()
+                net: [(m.address, m.ifindex, m.weight) for m in plan.groups.get(net, ())]
+                for net in nets
             }
         )
         self.kernel.apply(specs(plan.pins))
         self.pins = plan.pins
-        return ops
+        return result
 
     def arm(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
         """Wake the RIB task at the next linger deadline."""
@@ -180,21 +196,40 @@ def open(router: Router) -> None:
     router.pinning = pinning
 
 
-async def sync(router: Router, desired: dict[Any, Any]) -> list[Any]:
-    """Instead of ``fib.apply(desired)``: with pinning, plan and apply pins around it."""
+async def sync(
+    router: Router, changes: Mapping[Any, Any], now: float, finish_deferral: bool = False
+) -> FibResult:
+    """Instead of ``fib.update(changes)``: with pinning, plan and apply pins around it. Then
+    retry the failed VIPs that are due and, with `finish_deferral`, end the startup deferral
+    (a full reconcile). Runs the FIB in a worker thread."""
+    fib = router.fib
+
+    def fib_step(fib_changes: dict[Any, list[tuple[Any, int, int]]]) -> FibResult:
+        result = fib.update(fib_changes, now) if fib_changes else FibResult()
+        for extra in (
+            fib.retry_due(now),
+            fib.finish_deferral(now) if finish_deferral else FibResult(),
+        ):
+            result.ops.extend(extra.ops)
+            result.failed.update(extra.failed)
+        return result
+
     pinning: RouterPinning | None = getattr(router, "pinning", None)
     if pinning is None:
-        result: list[Any] = await asyncio.to_thread(router.fib.apply, desired)
-        return result
+        desired = {
+            vip.network: [(n.address, n.ifindex, n.weight) for n in entry]
+            for vip, entry in changes.items()
+        }
+        return await asyncio.to_thread(fib_step, desired)
     loop = asyncio.get_running_loop()
     established = {k for k, s in router.rib.peers.items() if s.established}
     try:
-        ops: list[Any] = await asyncio.to_thread(
-            pinning.sync, dict(router.installed), established, loop.time(), router.fib.apply
+        result: FibResult = await asyncio.to_thread(
+            pinning.sync, changes, established, now, fib_step
         )
     finally:
         pinning.arm(loop, lambda: router.queue.put_nowait((None, "pinning")))
-    return ops
+    return result
 
 
 def due(router: Router) -> bool:

@@ -1,0 +1,226 @@
+"""The router's kernel glue (bgplb.router.kernel.KernelSide) on MemoryFib with a fake clock:
+only dirty VIPs reach the FIB, failed VIPs are retried when due, the restart deferral keeps
+adopted routes until End-of-RIB or startup_defer, and status comes from counters."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from ipaddress import ip_address, ip_network
+from types import SimpleNamespace
+
+from bgplb.bgp.attributes import PathAttributes
+from bgplb.bgp.families import IPV4_UNICAST, IPV6_UNICAST
+from bgplb.bgp.prefix import Prefix
+from bgplb.config.router import FibConfig
+from bgplb.linux import diff as d
+from bgplb.linux.memfib import Fault, MemoryFib, MemoryKernel
+from bgplb.router.kernel import KernelSide
+from bgplb.router.rib import Connected, Rib
+
+IFINDEX = 7
+SUBNET = ip_network("192.0.2.0/24")
+A, B, C = (ip_address(f"192.0.2.{i}") for i in (10, 11, 12))
+VIPS = [Prefix.parse(f"198.51.100.{i}/32") for i in range(1, 31)]
+
+
+class Counters(SimpleNamespace):
+    fib_applies = 0
+    fib_errors = 0
+    last_apply_ops = 0
+
+
+class FakeRouter(KernelSide):
+    def __init__(self, kernel: MemoryKernel, **fib_config) -> None:
+        self.config = SimpleNamespace(fib=FibConfig(**fib_config))
+        self.rib = Rib([Connected(SUBNET, IFINDEX, ip_address("192.0.2.1"))])
+        self.counters = Counters()
+        self.installed = {}
+        self.queue = asyncio.Queue()
+        self.pinning = None
+        self.clock = 100.0
+        self.memfib = MemoryFib(kernel, buckets=16, clock=lambda: self.clock)
+        self.updates: list[set] = []
+        real = self.memfib.update
+
+        def counting(changes, now=None):
+            self.updates.append(set(changes))
+            return real(changes, now)
+
+        self.memfib.update = counting  # type: ignore[method-assign]
+
+    def _fib_now(self) -> float:
+        return self.clock
+
+    def announce(self, peer, vips, gateway=None):
+        if peer not in self.rib.peers or not self.rib.peers[peer].established:
+            self.rib.peer_up(peer, self.clock, asn=65001)
+        attrs = PathAttributes(next_hop=gateway or ip_address(peer))
+        self.rib.update(peer, vips, attrs, [], self.clock)
+
+    def withdraw(self, peer, vips):
+        self.rib.update(peer, [], PathAttributes(), vips, self.clock)
+
+
+def forwarding(kernel):
+    return {str(k): set(v) for k, v in kernel.forwarding().items()}
+
+
+def run(coro_fn):
+    async def main():
+        return await coro_fn()
+
+    return asyncio.run(main())
+
+
+def test_only_dirty_vips_reach_the_fib():
+    kernel = MemoryKernel()
+    router = FakeRouter(kernel)
+
+    async def go():
+        router._open_fib(router.memfib)
+        router.announce(str(A), VIPS)
+        await router._sync_fib()
+        router.announce(str(B), VIPS[:2])
+        await router._sync_fib()
+        await router._sync_fib()  # nothing dirty: no FIB call at all
+        router._close_fib()
+
+    run(go)
+    assert router.updates == [{v.network for v in VIPS}, {v.network for v in VIPS[:2]}]
+    assert router.counters.fib_applies == 2
+
+
+def test_a_refused_vip_is_retried_when_due_and_reported():
+    kernel = MemoryKernel()
+    router = FakeRouter(kernel, keep_on_exit=True)
+    bad = VIPS[3].network
+    kernel.add_route(bad, None, protocol=4)  # someone's route at the VIP
+
+    async def go():
+        router._open_fib(router.memfib)
+        router.announce(str(A), VIPS[:5])
+        await router._sync_fib()
+        assert router._fib_next_deadline() == 101.0
+        status = router.fib_status()
+        assert status["failed_count"] == 1
+        assert status["failed"][str(bad)]["errno"] == errno.EEXIST
+        assert status["next_retry_in"] == 1.0
+        assert len(forwarding(kernel)) == 4  # the four others are installed
+        router.clock = 101.0
+        await router._sync_fib()  # due: retried, fails again
+        assert router.memfib.failures()[bad].attempts == 2
+        assert router._fib_next_deadline() == 103.0
+        kernel.del_route(bad, protocol=4)
+        router.clock = 103.0
+        await router._sync_fib()
+        assert router._fib_next_deadline() is None
+        assert forwarding(kernel)[str(bad)] == {A}
+
+    run(go)
+    assert router.counters.fib_errors == 2
+
+
+def _previous_run(kernel):
+    """A router that installed VIPS[:3] via A+B and VIPS[3] via C, then was killed."""
+    fib = MemoryFib(kernel, buckets=16)
+    p = [(str(A), IFINDEX, 64), (str(B), IFINDEX, 64)]
+    fib.update({v.network: p for v in VIPS[:3]} | {VIPS[3].network: [(str(C), IFINDEX, 64)]})
+    return forwarding(kernel)
+
+
+def test_restart_keeps_adopted_routes_until_every_gateway_sent_end_of_rib():
+    kernel = MemoryKernel()
+    before = _previous_run(kernel)
+    router = FakeRouter(kernel, startup_defer=60.0)
+    seen = []
+
+    async def go():
+        router._open_fib(router.memfib)
+        assert router.fib_status()["deferring"] is True
+        assert forwarding(kernel) == before  # nothing removed at start
+        router.announce(str(A), VIPS[:2])  # A comes back first, with 2 of its 3 VIPs
+        await router._sync_fib()
+        seen.append(forwarding(kernel))
+        router._fib_end_of_rib(A, IPV4_UNICAST)
+        router._fib_end_of_rib(A, IPV6_UNICAST)
+        await router._sync_fib()
+        seen.append(forwarding(kernel))
+        router.announce(str(B), VIPS[:2])
+        router._fib_end_of_rib(B, IPV4_UNICAST)
+        await router._sync_fib()
+        assert router._fib_defer is not None  # C has not sent End-of-RIB
+        router.announce(str(C), [VIPS[3]])
+        router._fib_end_of_rib(C, IPV4_UNICAST)
+        await router._sync_fib()  # the deferral ends: a full reconcile
+        assert router._fib_defer is None
+
+    run(go)
+    assert seen == [before, before]  # A alone shrank nothing, removed nothing
+    assert forwarding(kernel) == {
+        str(VIPS[0].network): {A, B},
+        str(VIPS[1].network): {A, B},
+        str(VIPS[3].network): {C},
+    }  # VIPS[2], announced by nobody since the restart, went at the reconcile
+
+
+def test_restart_deferral_ends_at_startup_defer():
+    kernel = MemoryKernel()
+    before = _previous_run(kernel)
+    router = FakeRouter(kernel, startup_defer=30.0)
+
+    async def go():
+        router._open_fib(router.memfib)
+        assert router._fib_next_deadline() == 130.0
+        router.announce(str(A), VIPS[:1])
+        await router._sync_fib()
+        assert forwarding(kernel) == before
+        router.clock = 129.9
+        await router._sync_fib()
+        assert forwarding(kernel) == before
+        status = router.fib_status()
+        assert status["deferring"] and status["defer_remaining"] == 0.1
+        router.clock = 130.0
+        await router._sync_fib()
+        assert router._fib_next_deadline() is None
+
+    run(go)
+    assert forwarding(kernel) == {str(VIPS[0].network): {A}}
+    assert kernel.counts(200) == (1, 1, 1)
+
+
+def test_no_adopted_objects_means_no_deferral_and_debris_goes():
+    kernel = MemoryKernel()
+    kernel.add_nexthop(0x40000000, d.Gateway(A, IFINDEX), 200)  # debris of ours, no route
+    router = FakeRouter(kernel)
+
+    async def go():
+        router._open_fib(router.memfib)
+        assert router._fib_defer is None and router.fib_status()["deferring"] is False
+
+    run(go)
+    assert kernel.counts(200) == (0, 0, 0)
+
+
+def test_a_kernel_fault_on_one_group_does_not_block_the_others():
+    kernel = MemoryKernel()
+    router = FakeRouter(kernel)
+
+    async def go():
+        router._open_fib(router.memfib)
+        router.announce(str(A), VIPS[:10])
+        router.announce(str(B), VIPS[10:20])
+        await router._sync_fib()
+        gid = kernel.installed(200, 254).routes[VIPS[0].network]
+        kernel.inject(Fault(errno.ENOMEM, op=d.ReplaceGroup, id=gid))
+        router.announce(str(C), VIPS[:20])  # both groups gain C; A's group is refused
+        router.withdraw(str(B), VIPS[15:20])
+        await router._sync_fib()
+
+    run(go)
+    fwd = forwarding(kernel)
+    assert all(fwd[str(v.network)] == {A} for v in VIPS[:10])
+    assert all(fwd[str(v.network)] == {B, C} for v in VIPS[10:15])
+    assert all(fwd[str(v.network)] == {C} for v in VIPS[15:20])  # B withdrew, C still there
+    failed = router.memfib.failures()
+    assert set(failed) == {v.network for v in VIPS[:10]}
