@@ -58,7 +58,7 @@ from bgplb.router.ranges import (
     RangeState,
     compile_ranges,
 )
-from bgplb.router.rib import Connected, Rib
+from bgplb.router.rib import Connected, Rib, UpdateResult
 from bgplb.router.supervisor import (
     BATCH,
     MAX_PENDING,
@@ -140,7 +140,7 @@ class Router(Supervised, PeerRanges, KernelSide):
         self.loop_watch: Any = None  # bgplb.io.loopwatch.LoopWatch while running
 
     def _new_rib(self) -> Rib:
-        return Rib()
+        return Rib(max_stale_time=self.config.bgp.max_stale_time)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -321,22 +321,27 @@ class Router(Supervised, PeerRanges, KernelSide):
     ) -> None:
         neg = event.negotiated
         gr = neg.peer_graceful_restart
+        rng = entry.range.config
         rib.peer_up(
             key,
             now,
             asn=neg.peer_asn,
-            max_prefixes=entry.range.config.max_prefixes,
+            max_prefixes=rng.max_prefixes,
             restart_time=gr.restart_time if gr is not None else None,
             gr_families=[
                 (AFI(f.afi), SAFI(f.safi)) for f in gr.families if f.afi in (1, 2) and f.safi == 1
             ]
             if gr is not None
             else (),
+            source=entry.address,
+            third_party_next_hop=rng.allow_third_party_next_hop,
+            allow_default=rng.allow_default,
         )
 
     def _probe(self, entry: PeerEntry, prefixes: Sequence[Prefix], attrs: PathAttributes) -> None:
         """Compute the FIB entry of this UPDATE's path alone (one prefix per family) in a
-        scratch RIB: an error its attributes cause is raised now, blamed on this peer."""
+        scratch RIB with the peer's rules: an error its attributes cause is raised now, blamed
+        on this peer, before the path reaches the real RIB."""
         one: dict[AFI, Prefix] = {}
         for prefix in prefixes:
             one.setdefault(prefix.afi, prefix)
@@ -344,9 +349,15 @@ class Router(Supervised, PeerRanges, KernelSide):
                 break
         if not one:
             return
-        rib, key = self._probe_rib, "probe"
+        rib, key, rng = self._probe_rib, "probe", entry.range.config
         try:
-            rib.peer_up(key, 0.0, max_prefixes=None)
+            rib.peer_up(
+                key,
+                0.0,
+                source=entry.address,
+                third_party_next_hop=rng.allow_third_party_next_hop,
+                allow_default=rng.allow_default,
+            )
             rib.update(key, list(one.values()), attrs, (), 0.0)
             for prefix in one.values():
                 rib.fib_entry(prefix)
@@ -392,32 +403,31 @@ class Router(Supervised, PeerRanges, KernelSide):
             entry.peer.session.stop(now, CeaseSubcode.MAX_PREFIXES, data=data)
             entry.peer.kick()
 
-    def _refusals(self, entry: PeerEntry, key: str, result: Any) -> None:
+    def _refusals(self, entry: PeerEntry, key: str, result: UpdateResult) -> None:
         """Count and log (rate-limited) what the RIB refused in an update."""
         flow = self._flow(entry)
-        refused = list(getattr(result, "refused", ()) or ())
-        if refused:
-            flow.refused += len(refused)
-            self.counters.refused_prefixes += len(refused)
+        if result.refused_count:
+            flow.refused += result.refused_count
+            self.counters.refused_prefixes += result.refused_count
+            shown = ", ".join(f"{p} ({why})" for p, why in result.refused)
+            more = result.refused_count - len(result.refused)
             self.warn_limited(
                 key,
                 "refused",
-                "%s: refused %d prefix(es): %s",
+                "%s: refused %d prefix(es): %s%s",
                 key,
-                len(refused),
-                _some([f"{p} ({why})" for p, why in refused]),
+                result.refused_count,
+                shown,
+                f" (+{more} more)" if more > 0 else "",
             )
-        bad = getattr(result, "bad_bandwidth", None)
-        count = len(bad) if isinstance(bad, list | tuple | set | frozenset) else int(bad or 0)
-        if count:
-            flow.bad_bandwidth += count
-            self.counters.bad_bandwidth += count
+        if result.bad_bandwidth:
+            flow.bad_bandwidth += 1
+            self.counters.bad_bandwidth += 1
             self.warn_limited(
                 key,
                 "bad_bandwidth",
-                "%s: link bandwidth not usable on %d path(s): equal weight instead",
+                "%s: link bandwidth community not a finite positive number: ignored (equal weight)",
                 key,
-                count,
             )
 
     def peer_rows(self) -> list[dict[str, Any]]:

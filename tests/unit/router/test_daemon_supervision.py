@@ -47,6 +47,7 @@ def router_toml(
     *,
     max_prefixes: int = 1000,
     range_extra: str = "allow_third_party_next_hop = true",
+    accept: str = '"198.51.100.0/24 le 32", "198.18.0.0/15 le 32"',
 ) -> str:
     return f"""
 [bgp]
@@ -58,7 +59,7 @@ hold_time = 30
 [[peer_ranges]]
 prefix = "127.0.0.0/8"
 asn = "any"
-accept = ["198.51.100.0/24 le 32", "198.18.0.0/15 le 32"]
+accept = [{accept}]
 max_prefixes = {max_prefixes}
 {range_extra}
 
