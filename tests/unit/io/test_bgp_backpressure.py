@@ -7,10 +7,13 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import struct
 
 import pytest
 
 from bgplb.bgp.attributes import PathAttributes
+from bgplb.bgp.families import IPV4_UNICAST
+from bgplb.bgp.framing import frame
 from bgplb.bgp.fsm import State
 from bgplb.bgp.prefix import Prefix
 from bgplb.bgp.session import RoutesReceived, Session, SessionConfig, SessionDown
@@ -154,6 +157,53 @@ async def syn_ttl_v6() -> list[int | None]:
 
 def test_listener_reports_ipv6_syn_hop_limit() -> None:
     assert asyncio.run(syn_ttl_v6()) == [200]
+
+
+async def foreign_family_scenario() -> list[Prefix]:
+    received: list[Prefix] = []
+    v4_only = SessionConfig(
+        local_asn=65010,
+        router_id=ipaddress.IPv4Address("192.0.2.1"),
+        peer_asn=65020,
+        passive=True,
+        families=(IPV4_UNICAST,),
+    )
+    server = BgpPeer(
+        Session(v4_only),
+        Transport(LOOP),
+        lambda _p, e: received.extend(e.announced) if isinstance(e, RoutesReceived) else None,
+    )
+    listener = BgpListener(["127.0.0.1"], 0, lambda *a: server)
+    await listener.start()
+    server.start()
+    client = BgpPeer(
+        Session(cfg(65020, "192.0.2.2", 65010)), Transport(LOOP, port=listener.bound[0][1])
+    )
+    client.start()
+    try:
+        await wait(lambda: server.session.state is State.ESTABLISHED)
+        await wait(lambda: client.session.state is State.ESTABLISHED)
+        nlri = b"\x40" + bytes.fromhex("20010db801000000")
+        value = struct.pack("!HBB", 2, 1, 16) + bytes.fromhex("20010db8" + "00" * 11 + "01")
+        value += b"\x00" + nlri
+        attrs = b"\x40\x01\x01\x00\x40\x02\x00" + bytes((0x80, 14, len(value))) + value
+        update = frame(2, struct.pack("!H", 0) + struct.pack("!H", len(attrs)) + attrs)
+        assert client._proto is not None and client._proto.transport is not None
+        client._proto.transport.write(update * 3)
+        await wait(lambda: server.session.ignored_families.get((2, 1)) == 3)
+        assert server.session.state is State.ESTABLISHED
+    finally:
+        client.abort()
+        await server.stop()
+        await listener.close()
+    return received
+
+
+def test_foreign_family_ignored_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "bgplb.bgp"):
+        assert asyncio.run(foreign_family_scenario()) == []
+    lines = [r.getMessage() for r in caplog.records if "AFI 2 SAFI 1" in r.getMessage()]
+    assert len(lines) == 1, lines
 
 
 def test_connect_rate_token_bucket() -> None:
