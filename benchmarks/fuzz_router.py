@@ -886,7 +886,8 @@ def update_message(
     extended: bool = True,
 ) -> bytes:
     """An UPDATE announcing `prefixes` (IPv4 as NLRI via `next_hop`, IPv6 in MP_REACH_NLRI via
-    `next_hop6`, default `next_hop` if it is IPv6, else PEER6), with a link bandwidth community of `bandwidth` bytes/s if given (any float32, inf/nan too)."""
+    `next_hop6`, default `next_hop` if it is IPv6, else PEER6), with a link bandwidth community
+    of `bandwidth` bytes/s if given (any float32, inf/nan too)."""
     nets = [Prefix.parse(p) for p in prefixes]
     v4 = tuple(p for p in nets if p.afi == AFI.IPV4)
     v6 = tuple(p for p in nets if p.afi == AFI.IPV6)
