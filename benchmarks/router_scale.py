@@ -21,11 +21,29 @@ polled every --poll s:
 
 "present" = all N prefixes installed (any number of paths), "complete" = all paths too. RSS is the
 receiver's VmRSS (BIRD, gobgpd, bgplb router: one process each) when complete; CPU = user+system
-seconds the receiver used from t0 to complete. A case not complete after --timeout s is reported
-with what was there. Times include the sender's encoding and the polling granularity (--poll).
+seconds the receiver used from t0 to complete; "peak RSS" = the largest VmRSS seen by the polls
+(and VmHWM, the kernel's own high-water mark, for one-process receivers). A case not complete
+after --timeout s is reported with what was there. Times include the sender's encoding and the
+polling granularity (--poll).
+
+Control-plane responsiveness during the load: a thread asks the receiver for its status every
+--status-period s from t0 until complete, each request bounded by 10 s: bgplb — the control
+socket's `status` request (exactly what `bgplb status --json` sends; the CLI itself adds its
+Python start-up, measured once before the load and printed as "CLI"); BIRD — `birdc show
+protocols`; GoBGP — `gobgp neighbor`. Printed: answers / requests, how many within 100 ms, the
+slowest answer. "loop stall" = the `loop.max_ms` figure of the router's status answer after the
+load (bgplb.io.loopwatch: the worst lateness of the router's event loop since it started; `n/a`
+when the status has no `loop` key, as in routers older than the watch).
+
+Exit: the receiver is stopped (SIGTERM; bgplb removes its routes, groups and nexthops, BIRD its
+routes); "stop s" = SIGTERM to exit, "free s" = from the exit until `ip -n rcv route show proto
+P` lists none of ours AND a fresh `ip netns add` on the host has completed (namespace teardown
+and nexthop-group freeing run in the kernel's workqueues and hold the locks a new namespace
+needs; the probe namespace is deleted right after).
 
 Usage (root): .venv/bin/python benchmarks/router_scale.py [--cases 10x1000,2x100000,100x1000]
        [--receivers bgplb,bird,gobgp] [--timeout 150] [--buckets 512] [--group resilient]
+       [--status-period 0.25] [--json FILE]
 """
 
 from __future__ import annotations
@@ -33,12 +51,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from _loadgen import exit_on_sigterm, kernel_free_time, status_sampler, summarize_samples
 from _routerlab import (
+    BGPLB,
     BenchRouter,
     established,
     kernel_info,
@@ -49,6 +72,7 @@ from _routerlab import (
     stop_all,
     workdir,
 )
+from bgplb.control.socket import request
 from bgplb.lab.netns import Namespace, Topology
 from bgplb.lab.peers import Bird, GoBgp, PeerError
 from bgplb.lab.speaker import SpeakerProcess
@@ -67,6 +91,18 @@ class ScaleBird(Bird):
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def hwm_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1])
+    return 0
+
+
+def timed_cli(argv: list[str], timeout: float = 10.0) -> None:
+    """Run a control command; raise if it fails or takes longer than `timeout`."""
+    subprocess.run(argv, check=True, capture_output=True, timeout=timeout)
 
 
 def kernel_progress(ns: Namespace, proto: str, paths: int) -> tuple[int, int]:
@@ -163,8 +199,28 @@ def run_case(kind: str, peers: int, count: int, a: argparse.Namespace) -> dict[s
                 established(sp, 60)
             time.sleep(0.5)
             res["rss_idle"] = rss_kib(pid)
+            if router is not None:
+                sock = str(router.sock)
+                t = time.monotonic()
+                timed_cli([str(BGPLB), "status", "--json", "--role", "router", "--socket", sock])
+                res["cli_idle_s"] = round(time.monotonic() - t, 3)
+
+                def probe() -> Any:
+                    return request(sock, "status", timeout=10)
+            elif kind == "bird":
+
+                def probe() -> Any:
+                    timed_cli(["birdc", "-s", str(daemon.socket), "show", "protocols"])
+            else:
+
+                def probe() -> Any:
+                    return daemon.control("neighbor", timeout=10)
+
+            stop_sampling = threading.Event()
+            peak = res["rss_idle"]
             c0 = cpu_s(pid)
             t0 = time.monotonic()
+            sampler, samples = status_sampler(probe, stop_sampling, a.status_period)
             for sp in sps:
                 sp.send(bulk={"count": count, "start": "198.18.0.0", "length": 32})
             while True:
@@ -178,6 +234,7 @@ def run_case(kind: str, peers: int, count: int, a: argparse.Namespace) -> dict[s
                     )
                     res["progress"] = f"{present} routes, {full} with all paths"
                 elapsed = time.monotonic() - t0  # when the poll's answer was in
+                peak = max(peak, rss_kib(pid))
                 if res["present"] is None and present >= count:
                     res["present"] = elapsed
                 if full >= count:
@@ -195,15 +252,32 @@ def run_case(kind: str, peers: int, count: int, a: argparse.Namespace) -> dict[s
                 time.sleep(a.poll)
             res["cpu"] = cpu_s(pid) - c0
             res["rss"] = rss_kib(pid)
-            # (no `bgplb status` here: with many VIPs it blocks the router, see docs/benchmarks.md)
+            stop_sampling.set()
+            sampler.join(15)
+            res["status"] = summarize_samples(samples)
+            res["rss_peak"] = max(peak, res["rss"])
+            res["rss_hwm"] = hwm_kib(pid)
+            res["loop"] = None
+            if router is not None:
+                try:
+                    st = request(router.sock, "status", timeout=30)
+                    loop = st.get("loop") if isinstance(st, dict) else None
+                    res["loop"] = loop if isinstance(loop, dict) else None
+                except Exception as exc:
+                    res["loop_error"] = str(exc)
         finally:
             stop_all(sps)
             if router is not None and router.proc is not None:
                 t = time.monotonic()
-                router.stop(timeout=120)
+                router.stop(timeout=300)
                 res["stop_s"] = time.monotonic() - t
+                res["free"] = kernel_free_time(rcv, "200")
             if daemon is not None:
+                t = time.monotonic()
                 daemon.stop(timeout=20)
+                res["stop_s"] = time.monotonic() - t
+                if kind == "bird":
+                    res["free"] = kernel_free_time(rcv, "bird")
     return res
 
 
@@ -215,8 +289,13 @@ def main() -> None:
     p.add_argument("--poll", type=float, default=0.25)
     p.add_argument("--buckets", type=int, default=512)
     p.add_argument("--group", default="resilient")
+    p.add_argument("--status-period", type=float, default=0.25, help="seconds between requests")
     p.add_argument("--json", help="also write the results to this file")
     a = p.parse_args()
+    exit_on_sigterm()
+    cmd = shlex.join([sys.executable, *sys.argv])
+    started = now_utc()
+    print(f"# {cmd}\n# {started}, kernel {kernel_info()}", flush=True)
     label = {
         "bgplb": f"bgplb router ({a.group}"
         + (f", {a.buckets} buckets)" if a.group == "resilient" else ")"),
@@ -231,32 +310,62 @@ def main() -> None:
             results[f"{case}/{kind}"] = r
             print(f"{case} {kind}: {json.dumps(r)}", file=sys.stderr, flush=True)
     print(
-        f"receive + install, peers x prefixes (same prefixes from every peer), {now_utc()}, "
-        f"kernel {kernel_info()}, poll {a.poll} s"
+        f"\nreceive + install, peers x prefixes (same prefixes from every peer), {started}, "
+        f"kernel {kernel_info()}, poll {a.poll} s, status every {a.status_period} s"
     )
     print(
-        f"{'case':<10} {'receiver':<34} {'present s':>9} {'complete s':>10} {'CPU s':>7} "
-        f"{'RSS idle MiB':>12} {'RSS MiB':>8}"
+        f"{'case':<10} {'receiver':<34} {'present s':>9} {'complete s':>10} {'CPU s':>6} "
+        f"{'RSS peak MiB':>12} {'status ok/n <100ms':>18} {'slowest s':>9} "
+        f"{'loop stall ms':>13} {'stop s':>7} {'free s':>7}"
     )
 
-    def fmt(v: float | None) -> str:
-        return "-" if v is None else f"{v:.2f}"
+    def fmt(v: float | None, spec: str = ".2f") -> str:
+        return "-" if v is None else format(v, spec)
 
     for key, r in results.items():
         case, kind = key.split("/")
+        st = r.get("status") or {}
+        answers = f"{st.get('answered', 0)}/{st.get('samples', 0)} {st.get('within_100ms', 0)}"
+        slowest = st.get("max_ms")
+        if st.get("answered", 0) < st.get("samples", 0):
+            slowest_txt = ">10 (timeout)"
+        else:
+            slowest_txt = fmt(slowest / 1000 if slowest is not None else None, ".3f")
+        loop = r.get("loop")
+        stall = fmt(loop.get("max_ms"), ".0f") if loop else "n/a"
+        free = (r.get("free") or {}).get("free_s")
         print(
             f"{case:<10} {label[kind]:<34} {fmt(r['present']):>9} {fmt(r['complete']):>10} "
-            f"{r.get('cpu', 0):>7.1f} {r.get('rss_idle', 0) / 1024:>12.1f} "
-            f"{r.get('rss', 0) / 1024:>8.1f}"
+            f"{r.get('cpu', 0):>6.1f} {r.get('rss_peak', 0) / 1024:>12.1f} {answers:>18} "
+            f"{slowest_txt:>9} {stall if kind == 'bgplb' else 'n/a':>13} "
+            f"{fmt(r.get('stop_s')):>7} {fmt(free):>7}"
         )
         if r["complete"] is None:
             print(f"{'':<10} not complete after {a.timeout:.0f} s: {r.get('progress')}")
+    cli = [r["cli_idle_s"] for r in results.values() if r.get("cli_idle_s") is not None]
+    if cli:
+        print(f"`bgplb status --json` on the idle router (CLI start-up included): {max(cli):.2f} s")
+    ratios = (
+        ("complete", "complete time"),
+        ("cpu", "CPU"),
+        ("rss_peak", "peak RSS"),
+        ("stop_s", "stop"),
+    )
     for case in a.cases.split(","):
         bg, bird = results.get(f"{case}/bgplb"), results.get(f"{case}/bird")
-        if bg and bird and bg["complete"] and bird["complete"]:
-            print(f"{case}: complete time bgplb / BIRD = {bg['complete'] / bird['complete']:.1f}x")
+        if not (bg and bird):
+            continue
+        parts = [
+            f"{what} {bg[k] / bird[k]:.1f}x" for k, what in ratios if bg.get(k) and bird.get(k)
+        ]
+        fb, fd = (bg.get("free") or {}).get("free_s"), (bird.get("free") or {}).get("free_s")
+        if fb and fd:
+            parts.append(f"free {fb / fd:.1f}x")
+        print(f"{case}: bgplb / BIRD: " + ", ".join(parts))
     if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=1))
+        Path(a.json).write_text(
+            json.dumps({"command": cmd, "date": started, "results": results}, indent=1)
+        )
 
 
 if __name__ == "__main__":

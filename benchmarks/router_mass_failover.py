@@ -1,0 +1,282 @@
+"""Mass failover: one of three servers carrying the same V VIPs leaves and comes back —
+`bgplb router` vs BIRD 2 (kernel protocol, `merge paths on`), same load, same run.
+
+Topology (`_routerlab.build`): router namespace `rtr`, servers s1..s3 on /29 links
+(192.0.2.10, .18, .26). Each server runs the load generator (`benchmarks/_loadgen.py`, one BGP
+session, no BFD) announcing the same V /32s (198.18.0.0 upwards), so the router ends with V
+routes of 3 paths. Then, --runs times:
+
+  (a) withdraw: s1 withdraws all V in one burst (its session packs the withdrawals, ~1000 /32s
+      per 4 KiB UPDATE) -> until no route of ours in the kernel has s1's nexthop;
+  (b) announce: s1 announces all V again -> until every route has it again;
+  (c) abort: s1's generator is SIGKILLed (its kernel closes the TCP connection: no NOTIFICATION,
+      no Graceful Restart negotiated) -> until no route has s1's nexthop;
+  (d) return: a new generator on s1 connects and announces V -> until every route has it
+      (timed from its start; "after Established" from its Established event).
+
+t0 is the wall-clock time right after the command was written to s1's generator (or the
+SIGKILL): it includes the generator's own encoding of the V withdrawals (same for both
+routers). Kernel convergence is measured two ways, both printed:
+
+* poll: `ip -n rtr -o -4 route show proto P` (and for bgplb `ip -n rtr nexthop show`, to map
+  each route's `nhid` to its group's members' gateway addresses) every --poll s, counting the
+  routes that have s1's gateway; "poll" = when the first poll that saw all V converged returned
+  (an upper bound, late by up to one poll period plus the dump, ~0.1 s at 10k routes);
+* last event: `ip -ts monitor route nexthop` runs in the router namespace for the whole run;
+  "event" = the timestamp of the last route/nexthop notification printed at or before that
+  poll's start (the kernel's last change for the step, give or take ip's own wake-up).
+
+Usage (root): .venv/bin/python benchmarks/router_mass_failover.py [--vips 10000] [--runs 3]
+       [--routers bgplb,bird] [--poll 0.05] [--timeout 120] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _loadgen import LoadGen, exit_on_sigterm, ip_lines, kernel_free_time
+from _routerlab import (
+    BenchRouter,
+    build,
+    iso_ts,
+    kernel_info,
+    now_utc,
+    router_toml,
+    rss_kib,
+    server_addrs,
+    start_bird_router,
+    workdir,
+)
+from bgplb.lab.netns import Namespace, Topology
+
+STEPS = ("withdraw", "announce", "abort", "return")
+VIP_START = "198.18.0.0"
+
+
+def with_gateway(rtr: Namespace, proto: str, gw: str) -> tuple[int, int]:
+    """(routes of `proto`, routes having `gw` among their nexthops) in the main table."""
+    lines = ip_lines(rtr, "-o", "-4", "route", "show", "proto", proto)
+    if proto == "bird":
+        needle = f"via {gw} "
+        return len(lines), sum(1 for ln in lines if needle in ln)
+    via: dict[str, str] = {}
+    groups: dict[str, list[str]] = {}
+    for ln in ip_lines(rtr, "nexthop", "show"):
+        f = ln.split()
+        if len(f) > 3 and f[0] == "id":
+            if f[2] == "via":
+                via[f[1]] = f[3]
+            elif f[2] == "group":
+                groups[f[1]] = [m.split(",")[0] for m in f[3].split("/")]
+    has = 0
+    for ln in lines:
+        f = ln.split()
+        if "nhid" not in f:
+            continue
+        nhid = f[f.index("nhid") + 1]
+        members = groups.get(nhid, [nhid])
+        if any(via.get(m) == gw for m in members):
+            has += 1
+    return len(lines), has
+
+
+def wait_count(
+    rtr: Namespace, proto: str, gw: str, want: int, a: argparse.Namespace
+) -> tuple[float | None, float | None]:
+    """Poll until exactly `want` routes have `gw`: (wall time the confirming poll returned,
+    wall time it started), or (None, None) after --timeout."""
+    deadline = time.monotonic() + a.timeout
+    while time.monotonic() < deadline:
+        start = time.time()
+        _, n = with_gateway(rtr, proto, gw)
+        if n == want:
+            return time.time(), start
+        time.sleep(a.poll)
+    return None, None
+
+
+def last_event(mon_log: Path, t0: float, until: float) -> float | None:
+    """Timestamp of the last `ip -ts monitor` line in [t0, until]."""
+    last = None
+    for line in mon_log.read_text(errors="replace").splitlines():
+        t = iso_ts(line)
+        if t is not None and t0 <= t <= until:
+            last = t
+    return last
+
+
+def start_gen(ns: Namespace, i: int, wd: Path, vips: int) -> LoadGen:
+    r4, s4, _, _ = server_addrs(i)
+    return LoadGen(
+        ns, wd / f"gen{i}.log",
+        "--peer", r4, "--source-start", s4, "--asn", str(65000 + i), "--sessions", "1",
+        "--vip-start", VIP_START, "--vip-count", str(vips), "--vip-stride", "0",
+    )  # fmt: skip
+
+
+def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
+    wd = workdir(f"mass-{kind}")
+    proto = "200" if kind == "bgplb" else "bird"
+    v = a.vips
+    res: dict[str, Any] = {"router": kind, "runs": []}
+    with Topology(prefix="bmf") as topo:
+        rtr, servers = build(topo, 3)
+        router: Any = None
+        gens: list[LoadGen] = []
+        monitor: subprocess.Popen[bytes] | None = None
+        gw1 = server_addrs(1)[1]
+        try:
+            if kind == "bgplb":
+                ranges = (
+                    '[[peer_ranges]]\nprefix = "192.0.2.0/24"\nasn = "any"\n'
+                    'accept = ["198.18.0.0/15 le 32"]\nmax_prefixes = 10000000\n'
+                )
+                router = BenchRouter(
+                    rtr, wd, router_toml("resilient", buckets=512, idle_timer="10s", ranges=ranges)
+                )
+                router.start()
+                assert router.proc is not None
+                pid = router.proc.pid
+            else:
+                router = start_bird_router(rtr, wd)
+                pid = router.pids[0]
+            t_load = time.monotonic()
+            gens = [start_gen(ns, i, wd, v) for i, ns in enumerate(servers, start=1)]
+            for g in gens:
+                g.wait(lambda e: e.get("event") == "all_established", 60)
+            for i in (1, 2, 3):
+                gw = server_addrs(i)[1]
+                t, _ = wait_count(rtr, proto, gw, v, a)
+                if t is None:
+                    raise RuntimeError(f"{kind}: {v} routes via {gw} not there in {a.timeout} s")
+            res["load_s"] = round(time.monotonic() - t_load, 2)
+            res["rss_kib"] = rss_kib(pid)
+            print(f"  {kind}: {v} VIPs x 3 paths in {res['load_s']} s", flush=True)
+            mon_log = wd / "monitor.txt"
+            with mon_log.open("wb") as out:
+                monitor = rtr.popen(
+                    "ip", "-ts", "monitor", "route", "nexthop", stdout=out,
+                    stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            time.sleep(0.5)
+            for run in range(a.runs):
+                row: dict[str, Any] = {}
+                for step in STEPS:
+                    extra: dict[str, Any] = {}
+                    if step == "withdraw":
+                        t0 = gens[0].send(withdraw="all")
+                        want = 0
+                    elif step == "announce":
+                        t0 = gens[0].send(announce="all")
+                        want = v
+                    elif step == "abort":
+                        t0 = gens[0].kill9()
+                        gens[0].stop()
+                        want = 0
+                    else:
+                        t0 = time.time()
+                        gens[0] = start_gen(servers[0], 1, wd, v)
+                        ev = gens[0].wait(lambda e: e.get("event") == "established", 60)
+                        extra["established_s"] = round(ev["t"] - t0, 3)
+                        want = v
+                    t_poll, t_poll_start = wait_count(rtr, proto, gw1, want, a)
+                    if t_poll is None or t_poll_start is None:
+                        row[step] = {"poll_s": None, "event_s": None}
+                        print(f"  {kind} run {run + 1} {step}: not converged", flush=True)
+                        continue
+                    time.sleep(0.3)  # let ip monitor print what it read
+                    t_ev = last_event(mon_log, t0, t_poll_start)
+                    row[step] = {
+                        "poll_s": round(t_poll - t0, 3),
+                        "event_s": None if t_ev is None else round(t_ev - t0, 3),
+                        **extra,
+                    }
+                    if "established_s" in extra and t_ev is not None:
+                        row[step]["after_established_s"] = round(
+                            t_ev - t0 - extra["established_s"], 3
+                        )
+                    print(f"  {kind} run {run + 1} {step}: {json.dumps(row[step])}", flush=True)
+                    time.sleep(a.gap)
+                res["runs"].append(row)
+            res["rss_end_kib"] = rss_kib(pid)
+        finally:
+            if monitor is not None and monitor.poll() is None:
+                monitor.kill()
+                monitor.wait(5)
+            for g in gens:
+                g.stop()
+            if router is not None:
+                t = time.monotonic()
+                if kind == "bgplb":
+                    if router.proc is not None:
+                        router.stop(timeout=120)
+                else:
+                    router.stop(timeout=20)
+                res["stop_s"] = round(time.monotonic() - t, 2)
+                res["free"] = kernel_free_time(rtr, proto)
+    return res
+
+
+def median_of(res: dict[str, Any], step: str, key: str) -> float | None:
+    vals = [r[step][key] for r in res["runs"] if r.get(step, {}).get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--vips", type=int, default=10000)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--routers", default="bgplb,bird")
+    p.add_argument("--poll", type=float, default=0.05)
+    p.add_argument("--gap", type=float, default=1.0, help="seconds between steps")
+    p.add_argument("--timeout", type=float, default=120.0, help="per step")
+    p.add_argument("--json", help="also write the results to this file")
+    a = p.parse_args()
+    if not 1 <= a.vips <= 100_000 or not 1 <= a.runs <= 50:
+        p.error("--vips 1..100000, --runs 1..50")
+    exit_on_sigterm()
+    cmd = shlex.join([sys.executable, *sys.argv])
+    started = now_utc()
+    print(f"# {cmd}\n# {started}, kernel {kernel_info()}", flush=True)
+    results = {kind: run_one(kind, a) for kind in a.routers.split(",")}
+    print(
+        f"\n3 servers x the same {a.vips} VIPs, s1 leaves and returns; median of {a.runs} run(s); "
+        f"seconds from the command (or SIGKILL) to the kernel's last change (event) / to the "
+        f"poll that confirmed it (poll); {started}"
+    )
+    label = {"bgplb": "bgplb router (resilient)", "bird": "BIRD 2 (merge paths)"}
+    print(f"{'router':<26} " + " ".join(f"{s + ' event/poll':>22}" for s in STEPS))
+
+    def f(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    for kind, r in results.items():
+        cells = [f"{f(median_of(r, s, 'event_s'))} / {f(median_of(r, s, 'poll_s'))}" for s in STEPS]
+        print(f"{label[kind]:<26} " + " ".join(f"{c:>22}" for c in cells))
+    bg, bd = results.get("bgplb"), results.get("bird")
+    if bg and bd:
+        for s in STEPS:
+            x, y = median_of(bg, s, "event_s"), median_of(bd, s, "event_s")
+            if x and y:
+                print(f"  {s}: bgplb / BIRD = {x / y:.1f}x (last kernel event)")
+    for kind, r in results.items():
+        print(
+            f"  {kind}: RSS {r.get('rss_kib', 0) / 1024:.1f} MiB loaded; exit {r.get('stop_s')} s; "
+            f"kernel free after exit {json.dumps(r.get('free'))}"
+        )
+    if a.json:
+        Path(a.json).write_text(
+            json.dumps({"command": cmd, "date": started, "results": results}, indent=1)
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
