@@ -13,7 +13,10 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 DEFAULT_SOCKETS = {"agent": "/run/bgplb/agent.sock", "router": "/run/bgplb/router.sock"}
 
@@ -102,8 +105,6 @@ def status_command(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result, indent=2, default=str))
         elif isinstance(result, dict) and result.get("role") == "router":
-            from bgplb.control.router_status import render_status
-
             render_status(result)
         else:
             render = _agent_renderer()
@@ -123,3 +124,94 @@ def _agent_renderer() -> Any:
     except ImportError:
         return None
     return getattr(agent_status, "print_status", None)
+
+
+# -- rendering of the router status ------------------------------------------------------------
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def render_status(status: dict[str, Any], console: Console | None = None) -> None:
+    """Print the router status as tables (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bgplb.control.agent_status import bfd_text
+
+    console = console or Console()
+    fib = status["fib"]
+    console.print(
+        f"[bold]bgplb router[/bold] AS {status['asn']} id {status['router_id']}  "
+        f"fib: {fib['group'] if fib['install'] else 'not installed'}"
+        + (f" ({fib['buckets']} buckets)" if fib["group"] == "resilient" else "")
+    )
+    peers = Table(title="Peers")
+    for col in ("address", "AS", "state", "prefixes", "filtered", "uptime", "BFD", "last error"):
+        peers.add_column(col)
+    for p in status["peers"]:
+        state = p["state"] + (f" ({p['stale']} stale)" if p.get("stale") else "")
+        peers.add_row(
+            p["address"],
+            str(p["asn"] or "-"),
+            state,
+            str(p["prefixes"]),
+            str(p["filtered"]),
+            _duration(p["uptime"]),
+            bfd_text(p.get("bfd")),
+            "" if p["established"] else (p.get("last_error") or ""),
+        )
+    console.print(peers)
+    vips = Table(title="VIPs")
+    for col in ("VIP", "nexthop", "weight", "state", "buckets", "share"):
+        vips.add_column(col)
+    for v in status["vips"]:
+        if not v["nexthops"]:
+            vips.add_row(v["vip"], "(no usable nexthop)", "", "", "", "")
+        for i, n in enumerate(v["nexthops"]):
+            state = "draining" if n["draining"] else "stale" if n["stale"] else "active"
+            vips.add_row(
+                v["vip"] if i == 0 else "",
+                n["address"],
+                str(n["weight"]),
+                state,
+                "-" if n["buckets"] is None else str(n["buckets"]),
+                "-" if n["share"] is None else f"{100 * n['share']:.1f}%",
+            )
+    console.print(vips)
+    if status.get("vips_omitted"):
+        shown, offset = len(status["vips"]), status.get("vips_offset", 0)
+        console.print(
+            f"[yellow]{status['vips_omitted']} of {status['vips_total']} VIP(s) not shown[/yellow]"
+            f" (--vips N, --vips-offset {offset + shown}, --vip PREFIX)"
+        )
+    internal = (status.get("counters") or {}).get("internal_errors") or {}
+    if internal:
+        errors = ", ".join(f"{task} {n}" for task, n in sorted(internal.items()))
+        console.print(f"[red]internal errors[/red] (see the router's log): {errors}")
+    counted = fib.get("bucket_shares") or {}
+    if counted.get("omitted"):
+        console.print(
+            f"[yellow]bucket shares of {counted['omitted']} VIP(s) not read[/yellow]: "
+            f"over {counted['limit']} buckets per status request"
+        )
+    pinning = status.get("pinning") or {}
+    if pinning.get("enabled"):
+        pins = Table(title=f"Connection pinning (mark mask {pinning['mark_mask']})")
+        for col in ("server", "mark", "table", "VIPs", "connections"):
+            pins.add_column(col)
+        for srv in pinning["servers"]:
+            pins.add_row(
+                srv["address"],
+                srv["mark"],
+                str(srv["table"]),
+                ", ".join(f"{v} ({st})" for v, st in srv["vips"].items()),
+                "-" if srv["connections"] is None else str(srv["connections"]),
+            )
+        console.print(pins)
+        for reason in pinning.get("refused", []):
+            console.print(f"[yellow]not pinned:[/yellow] {reason}")

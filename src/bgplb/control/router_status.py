@@ -1,23 +1,36 @@
-"""`bgplb status` for the router: the JSON answer of the control socket, its human rendering,
-and the router's Prometheus metrics.
+"""`bgplb status` for the router: the JSON answer of the control socket, and the router's
+Prometheus metrics (the human rendering is in :mod:`bgplb.cli_router`).
 
-The answer of ``{"command": "status"}`` is::
+The answer of ``{"command": "status"}`` (optional ``vips_offset``, ``vips_limit``, ``vip``)::
 
     {"role": "router", "asn": 65530, "router_id": "192.0.2.1", "uptime": 12.3,
-     "fib": {"install": true, "group": "resilient", "buckets": 512, "table": 254, ...},
-     "peers": [{"address", "asn", "state", "prefixes", "stale", "filtered", "uptime",
-                "bfd": None or {"state", "tx_interval_ms", "detection_time_ms", "local_diag",
-                                "remote_diag", "last_down_diag", "downs", ...}, ...}],
-     "vips": [{"vip": "198.51.100.10/32",
+     "fib": {"install": true, "group": "resilient", "buckets": 512, "table": 254, ...,
+             "status": KernelSide.fib_status()},
+     "peer_ranges": [{"prefix", "sessions", "max_sessions", "ttl_security", ...}],
+     "peers": [{"address", "asn", "state", "prefixes", "stale", "filtered", "refused",
+                "bad_bandwidth", "pending_events", "paused", "uptime", "last_error",
+                "bfd": None or {"state", "tx_interval_ms", "detection_time_ms", ...}, ...}],
+     "vips": [{"vip": "198.51.100.10/32", "installed", "paths",
+               "unusable": [{"peer", "next_hop", "reason"}],
                "nexthops": [{"address", "ifindex", "weight", "draining", "stale", "peers",
                              "buckets", "share"}]}],
-     "counters": {...}}
+     "vips_total": 100000, "vips_offset": 0, "vips_omitted": 99900,
+     "queue": {"depth", "peak", "paused_peers", "pauses", "max_pending"},
+     "loop": LoopWatch figures, "pinning": {...},
+     "counters": {..., "internal_errors": {task: n}, "internal_resets": n}}
+
+**Never a walk over every VIP on the event loop.** Everything but ``vips`` is O(peers + ranges).
+``vips`` is one page of the VIPs in sorted order (default :data:`VIPS_LIMIT`, at most
+:data:`VIPS_MAX`): the keys are copied (~1 ms per 100k), sorted in runs and merged lazily up to
+the page's end, and the rows built :data:`CHUNK` at a time, yielding to the loop in between.
+The metrics are computed once a second from counters the router maintains (O(peers)) and handed
+to the scrape thread as one list (:class:`~bgplb.control.metrics.SnapshotCollector`).
 
 ``share`` is the fraction of the resilient group's buckets the nexthop holds now (None for
 multipath groups or when not installed). The shares come from one kernel read per request
-(`KernelFib.buckets_shares`), done in a worker thread by the control socket, and at most
-`KernelFib`'s bucket limit is read: ``fib.bucket_shares`` = ``{"shown", "omitted", "limit"}``
-says how many VIPs' shares were left out (their ``buckets``/``share`` are None).
+(`KernelFib.buckets_shares`), done in a worker thread, and at most `KernelFib`'s bucket limit is
+read: ``fib.bucket_shares`` = ``{"shown", "omitted", "limit"}`` says how many VIPs' shares were
+left out (their ``buckets``/``share`` are None).
 """
 
 from __future__ import annotations
@@ -36,8 +49,6 @@ from bgplb.control.socket import ControlError, ControlServer
 from bgplb.router import pinning_runtime as router_pinning
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from bgplb.router.daemon import Router
 
 log = logging.getLogger("bgplb.router")
@@ -184,9 +195,11 @@ def vip_row(router: Router, vip: Any, by_vip: dict[Any, dict[Any, int]]) -> dict
 def summary(router: Router, shares: Any = None) -> dict[str, Any]:
     """The status document without its VIP rows: O(peers + ranges), never O(VIPs)."""
     c = router.config
-    fib_status = getattr(router, "fib_status", None)
     by_vip = shares.shares if shares is not None else {}
     counters = router.counters
+    sessions: dict[Any, int] = {}
+    for entry in list(router.peers.values()):
+        sessions[entry.range.network] = sessions.get(entry.range.network, 0) + 1
     return {
         "role": "router",
         "asn": c.bgp.asn,
@@ -204,13 +217,14 @@ def summary(router: Router, shares: Any = None) -> dict[str, Any]:
             "bucket_shares": None
             if shares is None
             else {"shown": len(by_vip), "omitted": len(shares.omitted), "limit": shares.limit},
-            "status": fib_status() if fib_status is not None else None,
+            "status": router.fib_status(),
         },
         "peer_ranges": [
             {
                 "prefix": str(r.network),
                 "asn": r.config.asn,
                 "max_prefixes": r.config.max_prefixes,
+                "sessions": sessions.get(r.network, 0),
                 "max_sessions": r.config.max_sessions,
                 "ttl_security": r.config.ttl_security,
                 "allow_default": r.config.allow_default,
@@ -227,6 +241,7 @@ def summary(router: Router, shares: Any = None) -> dict[str, Any]:
         "loop": router.loop_watch.read() if router.loop_watch is not None else None,
         "counters": {
             "refused_connections": counters.refused_connections,
+            "refused_connections_by_reason": dict(router._admission().refused),
             "filtered_prefixes": counters.filtered_prefixes,
             "refused_prefixes": counters.refused_prefixes,
             "bad_bandwidth": counters.bad_bandwidth,
@@ -434,6 +449,13 @@ def metric_families(router: Router) -> list[Family]:
             ("peer",),
             refused,
         ),
+        (
+            "counter",
+            "router_refused_connections",
+            "BGP connections refused, by reason",
+            ("reason",),
+            [((k,), float(v)) for k, v in sorted(router._admission().refused.items())],
+        ),
         ("gauge", "router_vips", "VIPs in the RIB", (), [((), float(len(rib.vips)))]),
         (
             "gauge",
@@ -539,89 +561,19 @@ def _event_counters(router: Router) -> dict[str, int]:
     }
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+from bgplb.cli_router import render_status  # noqa: E402  (moved; still importable from here)
 
-
-def render_status(status: dict[str, Any], console: Console | None = None) -> None:
-    """Print the router status as tables (rich)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from bgplb.control.agent_status import bfd_text
-
-    console = console or Console()
-    fib = status["fib"]
-    console.print(
-        f"[bold]bgplb router[/bold] AS {status['asn']} id {status['router_id']}  "
-        f"fib: {fib['group'] if fib['install'] else 'not installed'}"
-        + (f" ({fib['buckets']} buckets)" if fib["group"] == "resilient" else "")
-    )
-    peers = Table(title="Peers")
-    for col in ("address", "AS", "state", "prefixes", "filtered", "uptime", "BFD", "last error"):
-        peers.add_column(col)
-    for p in status["peers"]:
-        state = p["state"] + (f" ({p['stale']} stale)" if p.get("stale") else "")
-        peers.add_row(
-            p["address"],
-            str(p["asn"] or "-"),
-            state,
-            str(p["prefixes"]),
-            str(p["filtered"]),
-            _duration(p["uptime"]),
-            bfd_text(p.get("bfd")),
-            "" if p["established"] else (p.get("last_error") or ""),
-        )
-    console.print(peers)
-    vips = Table(title="VIPs")
-    for col in ("VIP", "nexthop", "weight", "state", "buckets", "share"):
-        vips.add_column(col)
-    for v in status["vips"]:
-        if not v["nexthops"]:
-            vips.add_row(v["vip"], "(no usable nexthop)", "", "", "", "")
-        for i, n in enumerate(v["nexthops"]):
-            state = "draining" if n["draining"] else "stale" if n["stale"] else "active"
-            vips.add_row(
-                v["vip"] if i == 0 else "",
-                n["address"],
-                str(n["weight"]),
-                state,
-                "-" if n["buckets"] is None else str(n["buckets"]),
-                "-" if n["share"] is None else f"{100 * n['share']:.1f}%",
-            )
-    console.print(vips)
-    if status.get("vips_omitted"):
-        shown, offset = len(status["vips"]), status.get("vips_offset", 0)
-        console.print(
-            f"[yellow]{status['vips_omitted']} of {status['vips_total']} VIP(s) not shown[/yellow]"
-            f" (--vips N, --vips-offset {offset + shown}, --vip PREFIX)"
-        )
-    internal = (status.get("counters") or {}).get("internal_errors") or {}
-    if internal:
-        errors = ", ".join(f"{task} {n}" for task, n in sorted(internal.items()))
-        console.print(f"[red]internal errors[/red] (see the router's log): {errors}")
-    counted = fib.get("bucket_shares") or {}
-    if counted.get("omitted"):
-        console.print(
-            f"[yellow]bucket shares of {counted['omitted']} VIP(s) not read[/yellow]: "
-            f"over {counted['limit']} buckets per status request"
-        )
-    pinning = status.get("pinning") or {}
-    if pinning.get("enabled"):
-        pins = Table(title=f"Connection pinning (mark mask {pinning['mark_mask']})")
-        for col in ("server", "mark", "table", "VIPs", "connections"):
-            pins.add_column(col)
-        for srv in pinning["servers"]:
-            pins.add_row(
-                srv["address"],
-                srv["mark"],
-                str(srv["table"]),
-                ", ".join(f"{v} ({st})" for v, st in srv["vips"].items()),
-                "-" if srv["connections"] is None else str(srv["connections"]),
-            )
-        console.print(pins)
-        for reason in pinning.get("refused", []):
-            console.print(f"[yellow]not pinned:[/yellow] {reason}")
+__all__ = [
+    "CHUNK",
+    "VIPS_LIMIT",
+    "VIPS_MAX",
+    "RouterStatusServer",
+    "build_status",
+    "metric_families",
+    "peer_rows",
+    "read_shares",
+    "render_status",
+    "status_answer",
+    "summary",
+    "vip_row",
+]

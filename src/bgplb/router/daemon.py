@@ -226,10 +226,8 @@ class Router(Supervised, PeerRanges, KernelSide):
     # -- the RIB task ---------------------------------------------------------------------------
 
     def _wait_timeout(self, now: float) -> float | None:
-        deadlines = [self.rib.next_deadline()]
-        fib_deadline = getattr(self, "_fib_next_deadline", None)
-        if fib_deadline is not None:
-            deadlines.append(fib_deadline())
+        # stale paths to expire; failed VIPs to retry, the end of the startup deferral
+        deadlines = [self.rib.next_deadline(), self._fib_next_deadline()]
         present = [d for d in deadlines if d is not None]
         return max(0.0, min(present) - now) if present else None
 
@@ -288,9 +286,7 @@ class Router(Supervised, PeerRanges, KernelSide):
             purged = self.rib.end_of_rib(key, event.family, now)
             if purged:
                 log.info("%s: End-of-RIB: %d stale route(s) purged", key, purged)
-            fib_eor = getattr(self, "_fib_end_of_rib", None)
-            if fib_eor is not None:
-                fib_eor(entry.address, event.family)
+            self._fib_end_of_rib(entry.address, event.family)
         elif isinstance(event, SessionDown):
             entry.last_error = event.reason
             if isinstance(event, InternalSessionError):
