@@ -90,7 +90,15 @@ class RangeState:
 
     def key(self) -> tuple[Any, ...]:
         c = self.config
-        return (str(c.prefix), c.asn, c.password, c.max_prefixes, str(self.accept), c.hold_time)
+        return (
+            str(c.prefix),
+            c.asn,
+            c.password,
+            c.max_prefixes,
+            str(self.accept),
+            c.hold_time,
+            c.ttl_security,  # the accepted socket's minimum TTL was set (or not) at accept
+        )
 
 
 @dataclass(slots=True)
@@ -397,6 +405,14 @@ class PeerRanges:
         old.peer.on_event = None
         old.peer.stop_now(CeaseSubcode.CONNECTION_COLLISION_RESOLUTION)
         self._admit(entry, candidate.transport, old)
+
+    def abort_candidates(self) -> None:
+        """Drop the connections still waiting for their OPEN next to a known neighbor's
+        session (at shutdown: they are not in `peers`)."""
+        candidates = self._admission().candidates
+        for candidate in list(candidates.values()):
+            candidate.entry.peer.abort()
+        candidates.clear()
 
     def _on_sighup(self) -> None:
         self.queue.put_nowait((None, "reload"))

@@ -213,3 +213,24 @@ def test_connection_rate_limited_per_source() -> None:
             await stop(router)
 
     asyncio.run(run())
+
+
+def test_abort_candidates_closes_waiting_connections() -> None:
+    async def run() -> None:
+        router, port = await started()
+        first = await Client.connect(port, "127.0.0.6")
+        first.send_open("192.0.2.6")
+        first.writer.write(encode(Keepalive()))
+        await first.read(0.3)
+        waiting = await Client.connect(port, "127.0.0.6")
+        await waiting.read(0.2)
+        assert not waiting.closed
+        router.abort_candidates()
+        await waiting.read(0.5)
+        await first.read(0.1)
+        assert waiting.closed and not first.closed
+        first.close()
+        waiting.close()
+        await stop(router)
+
+    asyncio.run(run())
