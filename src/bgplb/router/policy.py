@@ -251,15 +251,30 @@ _SPECIAL_TABLE: tuple[tuple[Prefix, str | None], ...] = tuple(
         key=lambda row: -row[0].length,  # most specific first
     )
 )
-# per family: [(shift, {address >> shift: (row, reason)})], most specific length first, so a
-# lookup costs one dict probe per distinct length (8 for IPv4)
-_SPECIAL_INDEX: dict[AFI, list[tuple[int, dict[int, tuple[Prefix, str | None]]]]] = {}
+# Lookup index: per family and per value of the prefix's first _TOP bits (8 for IPv4, 16 for
+# IPv6), the rows that can hold such a prefix, as [(shift, {address >> shift: (row, reason)})]
+# most specific first: a /32 or /128 costs one probe per distinct row length in its bucket
+# (none at all for most global unicast).
+_TOP = {AFI.IPV4: 8, AFI.IPV6: 16}
+_Levels = list[tuple[int, dict[int, tuple[Prefix, str | None]]]]
+_SPECIAL_INDEX: dict[tuple[AFI, int], _Levels] = {}
+
+
+def _index_row(row: Prefix, reason: str | None) -> None:
+    afi, address, length = row
+    bits, top = _BITS[afi], _TOP[afi]
+    first = address >> (bits - top)
+    span = 1 << max(0, top - length)  # a row shorter than _TOP bits fills several buckets
+    for bucket in range(first, first + span):
+        levels = _SPECIAL_INDEX.setdefault((afi, bucket), [])
+        shift = bits - length
+        if not levels or levels[-1][0] != shift:
+            levels.append((shift, {}))
+        levels[-1][1][address >> shift] = (row, reason)
+
+
 for _row, _reason in _SPECIAL_TABLE:
-    _levels = _SPECIAL_INDEX.setdefault(_row[0], [])
-    _shift = _BITS[_row[0]] - _row[2]
-    if not _levels or _levels[-1][0] != _shift:
-        _levels.append((_shift, {}))
-    _levels[-1][1][_row[1] >> _shift] = (_row, _reason)
+    _index_row(_row, _reason)
 
 
 def _inside(inner: Prefix, outer: Prefix) -> bool:
@@ -279,10 +294,24 @@ def special_purpose(prefix: Prefix) -> str | None:
     afi, address, length = prefix
     if length == 0:
         return None
-    bits = _BITS[afi]
-    for shift, rows in _SPECIAL_INDEX[afi]:
+    bits, top = _BITS[afi], _TOP[afi]
+    if length >= top:
+        levels: _Levels = _SPECIAL_INDEX.get((afi, address >> (bits - top)), [])
+    else:  # short prefixes are rare: look in every bucket they span
+        first, span = address >> (bits - top), 1 << (top - length)
+        rows = {
+            r: why
+            for bucket in range(first, first + span)
+            for _, level in _SPECIAL_INDEX.get((afi, bucket), [])
+            for r, why in level.values()
+        }
+        levels = [
+            (bits - r[2], {r[1] >> (bits - r[2]): (r, why)})
+            for r, why in sorted(rows.items(), key=lambda kv: -kv[0][2])
+        ]
+    for shift, level in levels:
         if bits - shift <= length:
-            found = rows.get(address >> shift)
+            found = level.get(address >> shift)
             if found is not None:
                 row, reason = found
                 return None if reason is None else f"{row} {reason}"
