@@ -88,3 +88,31 @@ def test_bfd_is_requested_only_once_the_session_is_established(
             await until(lambda: link.released, "BFD released")
 
     asyncio.run(main())
+
+
+def test_an_exception_in_the_bfd_down_callback_is_an_internal_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BFD Down runs the router's callback; if it raises, the peer is reset all the same and
+    the error is counted, the BFD service is not disturbed."""
+    FakeLink.made = []
+    monkeypatch.setattr(router_bfd, "BfdLink", FakeLink)
+    monkeypatch.setattr(router_bfd, "BfdService", FakeService)
+
+    def broken_tear_down(peer: Any) -> bool:
+        raise RuntimeError("tear_down is broken")
+
+    monkeypatch.setattr(router_bfd, "tear_down", broken_tear_down)
+
+    async def main() -> None:
+        async with Lab(tmp_path, monkeypatch, range_extra=BFD_RANGE) as lab:
+            client = await lab.client(2)
+            client.announce("198.51.100.10/32")
+            await until(lambda: lab.hops() == ["192.0.2.2"], "the VIP")
+            (link,) = FakeLink.made
+            link.kw["on_down"](1)  # what BfdLink does on Up -> Down (diag 1)
+            assert lab.router.counters.internal_errors == {"bfd": 1}
+            await asyncio.wait_for(client.down.wait(), 10)
+            assert lab.hops() == []
+
+    asyncio.run(main())
