@@ -196,15 +196,13 @@ class Router(Supervised, PeerRanges, KernelSide):
                 loop.remove_signal_handler(sig)
         for listener in self.listeners:
             await listener.close()
-        subcode = CeaseSubcode.ADMINISTRATIVE_RESET if self.fatal else None
-        message = "router restarting after an internal error" if self.fatal else ""
+        self.abort_candidates()  # connections waiting for their OPEN next to a known session
+        if self.fatal:  # we will be back: the neighbors should reconnect
+            subcode, message = CeaseSubcode.ADMINISTRATIVE_RESET, "router restarting after an error"
+        else:
+            subcode, message = CeaseSubcode.ADMINISTRATIVE_SHUTDOWN, "router shutting down"
         await asyncio.gather(
-            *(
-                e.peer.stop(message or "router shutting down", subcode)
-                if subcode is not None
-                else e.peer.stop("router shutting down")
-                for e in list(self.peers.values())
-            ),
+            *(e.peer.stop(message, subcode) for e in list(self.peers.values())),
             return_exceptions=True,
         )
         if self.bfd is not None:

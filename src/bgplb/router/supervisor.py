@@ -300,10 +300,7 @@ class Supervised:
             self._internal_error("peer-events", exc, entry)
 
     def _pause(self, flow: Flow) -> None:
-        pause = getattr(flow.entry.peer, "pause_reading", None)
-        if pause is None:  # a transport without flow control
-            return
-        pause()
+        flow.entry.peer.pause_reading()  # its hold timer is suspended meanwhile
         flow.paused = True
         self.counters.pauses += 1
         self.warn_limited(
@@ -322,9 +319,7 @@ class Supervised:
         flow.pending -= 1
         if flow.paused and flow.pending <= RESUME_PENDING:
             flow.paused = False
-            resume = getattr(entry.peer, "resume_reading", None)
-            if resume is not None:
-                resume()
+            entry.peer.resume_reading()
         if flow.pending <= 0 and self.peers.get(entry.address) is not entry:
             del self.flows[id(entry)]
 
