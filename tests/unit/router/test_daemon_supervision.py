@@ -367,3 +367,33 @@ def test_a_task_failing_repeatedly_exits_with_status_1(
     assert asyncio.run(main()) == 1
     assert calls == 6
     assert "connected: failed 6 times within 60 s" in caplog.text
+
+
+def test_a_session_internal_error_purges_the_peer_and_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The session ends itself on a bug (InternalSessionError, not a transport loss): the peer's
+    routes go at once even with Graceful Restart, the traceback is logged, the count moves."""
+
+    async def main() -> None:
+        async with Lab(tmp_path, monkeypatch) as lab:
+            router = lab.router
+            good, bad = await lab.client(2), await lab.client(3)
+            for c in (good, bad):
+                c.announce(VIP)
+            await until(lambda: lab.hops() == ["192.0.2.2", "192.0.2.3"], "two nexthops")
+            session = router.peers[bad.address].peer.session
+
+            def broken(*args: Any, **kw: Any) -> None:
+                raise RuntimeError("session bug injected")
+
+            monkeypatch.setattr(session, "_fire", broken)  # the next input raises inside
+            bad.announce("198.51.100.11/32")
+            await until(lambda: lab.hops() == ["192.0.2.2"], "the bad peer's path purged")
+            assert router.counters.internal_errors == {"session": 1}
+            good.withdraw(VIP)
+            await until(lambda: lab.hops() == [], "good's withdrawal")
+
+    asyncio.run(main())
+    assert "internal error: RuntimeError: session bug injected" in caplog.text
+    assert "Traceback" in caplog.text
