@@ -344,6 +344,12 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def load_text() -> str:
+    """The host's load average and CPU count (other work on the machine skews every figure)."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} on {os.cpu_count()} CPUs"
+
+
 def ip_lines(ns: Any, *args: str, timeout: float = 60.0) -> list[str]:
     """`ip -n NS ARGS` (no mount-namespace set-up: cheap enough to poll), its lines."""
     from bgplb.lab.netns import run

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _loadgen import LoadGen, exit_on_sigterm, ip_lines, kernel_free_time
+from _loadgen import LoadGen, exit_on_sigterm, ip_lines, kernel_free_time, load_text
 from _routerlab import (
     BenchRouter,
     build,
@@ -245,7 +245,7 @@ def main() -> None:
     exit_on_sigterm()
     cmd = shlex.join([sys.executable, *sys.argv])
     started = now_utc()
-    print(f"# {cmd}\n# {started}, kernel {kernel_info()}", flush=True)
+    print(f"# {cmd}\n# {started}, kernel {kernel_info()}, {load_text()}", flush=True)
     results = {kind: run_one(kind, a) for kind in a.routers.split(",")}
     print(
         f"\n3 servers x the same {a.vips} VIPs, s1 leaves and returns; median of {a.runs} run(s); "

@@ -59,7 +59,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _loadgen import exit_on_sigterm, kernel_free_time, status_sampler, summarize_samples
+from _loadgen import exit_on_sigterm, kernel_free_time, load_text, status_sampler, summarize_samples
 from _routerlab import (
     BGPLB,
     BenchRouter,
@@ -295,7 +295,7 @@ def main() -> None:
     exit_on_sigterm()
     cmd = shlex.join([sys.executable, *sys.argv])
     started = now_utc()
-    print(f"# {cmd}\n# {started}, kernel {kernel_info()}", flush=True)
+    print(f"# {cmd}\n# {started}, kernel {kernel_info()}, {load_text()}", flush=True)
     label = {
         "bgplb": f"bgplb router ({a.group}"
         + (f", {a.buckets} buckets)" if a.group == "resilient" else ")"),

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _loadgen import LoadGen, exit_on_sigterm, ip_lines, kernel_free_time
+from _loadgen import LoadGen, exit_on_sigterm, ip_lines, kernel_free_time, load_text
 from _routerlab import BenchRouter, kernel_info, now_utc, router_toml, rss_kib, workdir
 from bgplb.lab.netns import Namespace, Topology, run
 from bgplb.lab.peers import Bird
@@ -247,7 +247,7 @@ def main() -> None:
     exit_on_sigterm()
     cmd = shlex.join([sys.executable, *sys.argv])
     started = now_utc()
-    print(f"# {cmd}\n# {started}, kernel {kernel_info()}", flush=True)
+    print(f"# {cmd}\n# {started}, kernel {kernel_info()}, {load_text()}", flush=True)
     results = {kind: run_one(kind, a) for kind in a.routers.split(",")}
     print(
         f"\n{a.peers} sessions from one load generator, one VIP each, BFD {a.bfd_interval} ms x "
