@@ -296,24 +296,15 @@ def special_purpose(prefix: Prefix) -> str | None:
         return None
     bits, top = _BITS[afi], _TOP[afi]
     if length >= top:
-        levels: _Levels = _SPECIAL_INDEX.get((afi, address >> (bits - top)), [])
-    else:  # short prefixes are rare: look in every bucket they span
-        first, span = address >> (bits - top), 1 << (top - length)
-        rows = {
-            r: why
-            for bucket in range(first, first + span)
-            for _, level in _SPECIAL_INDEX.get((afi, bucket), [])
-            for r, why in level.values()
-        }
-        levels = [
-            (bits - r[2], {r[1] >> (bits - r[2]): (r, why)})
-            for r, why in sorted(rows.items(), key=lambda kv: -kv[0][2])
-        ]
-    for shift, level in levels:
-        if bits - shift <= length:
-            found = level.get(address >> shift)
-            if found is not None:
-                row, reason = found
+        for shift, level in _SPECIAL_INDEX.get((afi, address >> (bits - top)), ()):
+            if bits - shift <= length:
+                found = level.get(address >> shift)
+                if found is not None:
+                    row, reason = found
+                    return None if reason is None else f"{row} {reason}"
+    else:  # short prefixes are rare: scan the table (most specific row first)
+        for row, reason in _SPECIAL_TABLE:
+            if _inside(prefix, row):
                 return None if reason is None else f"{row} {reason}"
     for row, reason in _SPECIAL_TABLE:
         if row[2] <= length:

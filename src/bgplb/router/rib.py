@@ -31,7 +31,8 @@ Rules:
   a server has no business doing so). The path's outgoing interface is that subnet's interface
   (the most specific subnet when several match).
 * **VIPs overlapping the router** (inside or covering one of its connected subnets or own
-  addresses) are never installed: they would shadow the router's own routes.
+  addresses; the default route excepted, see ``allow_default``) are never installed: a VIP
+  inside a subnet would shadow hosts on it, one covering it is a mistake.
 * These path rules are evaluated in :meth:`Rib.fib_entry`, not on receipt: unusable paths are
   kept (Adj-RIB-In), become usable when the subnets change (:meth:`Rib.set_connected`), and
   :meth:`Rib.unusable` says why.
@@ -368,6 +369,8 @@ class Rib:
                     continue
                 self._set(state, prefix, path)
                 added += 1
+        if not state.stale_count:
+            state.stale_deadline = None  # every stale path was replaced or withdrawn
         return UpdateResult(
             added, removed, exceeded, dropped, tuple(refused), refused_count, bad_bandwidth
         )
@@ -631,11 +634,12 @@ class Rib:
         return verdict
 
     def _vip_refusal(self, vip: Prefix) -> str | None:
-        """Why `vip` overlaps the router's own addresses or connected subnets, or None."""
+        """Why `vip` overlaps the router's own addresses or connected subnets, or None. The
+        default route covers everything: it is ``allow_default``'s call alone."""
         for own, what in self._own:
             if _contains(own, vip):
                 return f"inside {what}"
-            if _contains(vip, own):
+            if vip[2] and _contains(vip, own):
                 return f"covers {what}"
         return None
 

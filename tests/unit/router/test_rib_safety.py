@@ -138,6 +138,7 @@ def test_special_purpose_and_default_are_refused_and_treated_as_withdraw() -> No
     up(rib, S1, allow_default=True)
     assert rib.update(S1, [P("0.0.0.0/0")], attrs(S1), [], 1.0).refused_count == 0
     assert P("0.0.0.0/0") in rib.vips
+    assert weights(rib, P("0.0.0.0/0")) == {S1: EQUAL_WEIGHT}  # covering the subnets is its job
     up(rib, S1)
     assert P("0.0.0.0/0") not in rib.vips
     # a refusal of a prefix the peer already holds removes it (treat-as-withdraw)
@@ -316,3 +317,32 @@ def test_memory_per_peer_and_prefix_stays_small() -> None:
     # 2 peers x 20k prefixes after take_dirty; the Prefix objects (built per peer, as a decoder
     # does) are part of the figure. Before interning and tuple storage: 244 bytes, now ~180.
     assert bytes_per_path(20_000) < 215
+
+
+HOPS = st.one_of(
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=6).map(str),
+    st.sampled_from(["192.0.2.0", "192.0.2.255", "192.0.2.1", "203.0.113.0", "203.0.113.1",
+                     "2001:db8::", "2001:db8::1", "::ffff:192.0.2.11", "192.0.2.11"]),
+)  # fmt: skip
+VIPS = st.sampled_from([VIP, VIP6, P("192.0.2.0/25"), P("0.0.0.0/0"), P("10.0.0.0/8")])
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(HOPS, st.booleans()), min_size=1, max_size=5), VIPS, st.booleans())
+def test_any_next_hop_gives_a_sane_entry_or_a_reason(hops, vip, allow_default) -> None:
+    rib = Rib(CONNECTED)
+    for i, (hop, third_party) in enumerate(hops):
+        peer = f"192.0.2.{11 + i}"
+        up(rib, peer, third_party_next_hop=third_party, allow_default=allow_default)
+        rib.update(peer, [vip], attrs(hop), [], 0.0)
+    entry = rib.fib_entry(vip)
+    unusable = dict(rib.unusable(vip))
+    # every stored path is either a member or explained, never both
+    in_entry = {peer for n in entry for peer in n.peers}
+    assert in_entry.isdisjoint(unusable)
+    assert in_entry | unusable.keys() == set(rib.paths(vip))
+    for n in entry:
+        assert n.address.version == vip.network.version
+        assert any(n.address in c.network and n.address != c.local for c in CONNECTED)
+        assert 1 <= n.weight <= 256

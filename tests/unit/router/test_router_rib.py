@@ -340,6 +340,18 @@ def test_end_of_rib_while_down_leaves_no_empty_peer() -> None:
     assert rib.next_deadline() is None
 
 
+def test_reannouncing_every_stale_path_disarms_the_deadline() -> None:
+    rib = Rib(CONNECTED)
+    rib.peer_up("192.0.2.11", 0.0, restart_time=5, gr_families=[IPV4_UNICAST])
+    rib.update("192.0.2.11", [VIP], attrs("192.0.2.11"), [], 1.0)
+    rib.peer_down("192.0.2.11", 2.0, graceful=True)
+    rib.peer_up("192.0.2.11", 3.0, restart_time=5, gr_families=[IPV4_UNICAST])
+    assert rib.next_deadline() == 8.0
+    rib.update("192.0.2.11", [VIP], attrs("192.0.2.11"), [], 4.0)
+    assert rib.peers["192.0.2.11"].stale_count == 0
+    assert rib.next_deadline() is None
+
+
 def test_update_from_a_peer_that_is_not_up_is_ignored() -> None:
     rib = Rib(CONNECTED)
     res = rib.update("192.0.2.11", [VIP], attrs("192.0.2.11"), [], 0.0)
