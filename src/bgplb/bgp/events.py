@@ -85,6 +85,18 @@ class RouteRefreshReceived:
     safi: int
 
 
+@dataclass(frozen=True, slots=True)
+class InternalSessionError(SessionDown):
+    """The session failed on an unexpected exception (a bug, not the peer's fault).
+
+    Cease/0 was sent if a connection existed; `reason` starts with "internal error";
+    `traceback` is the formatted exception for the owner's log. `connection_lost` is False:
+    the peer's routes must not be kept as Graceful Restart stale routes.
+    """
+
+    traceback: str = ""
+
+
 Event = (
     StateChanged
     | ConnectRequested

@@ -61,6 +61,7 @@ from bgplb.bgp.events import (
     ConnectRequested,
     EndOfRibReceived,
     Event,
+    InternalSessionError,
     RouteRefreshReceived,
     RoutesHeldBack,
     RoutesReceived,
@@ -108,18 +109,6 @@ _P = ParamSpec("_P")
 
 #: RFC 4271 §8.2.2: "a large value" for the HoldTimer while waiting for OPEN (4 minutes).
 OPEN_HOLD_TIME = 240.0
-
-
-@dataclass(frozen=True, slots=True)
-class InternalSessionError(SessionDown):
-    """The session failed on an unexpected exception (a bug, not the peer's fault).
-
-    Cease/0 was sent if a connection existed; `reason` starts with "internal error";
-    `traceback` is the formatted exception for the owner's log. `connection_lost` is False:
-    the peer's routes must not be kept as Graceful Restart stale routes.
-    """
-
-    traceback: str = ""
 
 
 @dataclass(frozen=True, slots=True)
