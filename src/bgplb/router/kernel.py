@@ -10,8 +10,10 @@ notifications are watched and whatever of ours someone deletes is re-installed.
 Restart (RFC 4724 §4.1 selection deferral): at start the objects a previous run left (``[fib]
 keep_on_exit``, or kill -9) are adopted, not removed. While deferring, what the RIB learns is
 added to them but nothing adopted is deleted or shrunk, until every gateway of an adopted group
-has had its peer send End-of-RIB for the family of the VIPs it serves (``_fib_end_of_rib``), or
-``[fib] startup_defer`` runs out; then a full reconcile removes what is no longer wanted. On exit
+has had its peer send End-of-RIB for the family of the VIPs it serves (``_fib_end_of_rib``) —
+a peer without the Graceful Restart capability, which need not send one, counts
+``NO_EOR_SETTLE`` seconds after its session is Established — or ``[fib] startup_defer`` runs
+out; then a full reconcile removes what is no longer wanted. On exit
 ours are removed (unless ``keep_on_exit``). Interface addresses are polled so next hops resolve
 against the current connected subnets (RFC 4271 §5.1.3, §9.1.2.1).
 """
@@ -23,8 +25,8 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from bgplb.bgp.families import AFI, Family
@@ -44,6 +46,10 @@ log = logging.getLogger("bgplb.router")
 CONNECTED_POLL = 2.0
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+NO_EOR_SETTLE = 2.0
+"""Seconds after a peer without the Graceful Restart capability is Established before its
+gateways stop holding the startup deferral (it sends no End-of-RIB to wait for)."""
 
 
 def read_connected(netns: str | None = None) -> list[Connected]:
@@ -84,9 +90,31 @@ class StartupDeferral:
     pending: set[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]
     deadline: float
     adopted_vips: int = 0
+    # gateways whose peer is Established without the Graceful Restart capability: since when
+    settling: dict[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], float] = field(
+        default_factory=dict
+    )
 
     def done(self, now: float) -> bool:
         return not self.pending or now >= self.deadline
+
+    def next_deadline(self) -> float:
+        return min([self.deadline, *(t + NO_EOR_SETTLE for t in self.settling.values())])
+
+    def release(self, peers: Mapping[str, Any], now: float) -> None:
+        """RFC 4724 §4.1 waits for End-of-RIB only from peers that advertised the Graceful
+        Restart capability (others may never send one: GoBGP without graceful restart does
+        not). The gateway of such a peer stops holding the deferral NO_EOR_SETTLE seconds
+        after its session is seen Established, time for its initial UPDATEs."""
+        for key in list(self.pending):
+            state = peers.get(str(key[0]))
+            if state is None or not state.established or state.restart_time is not None:
+                self.settling.pop(key, None)
+                continue
+            since = self.settling.setdefault(key, now)
+            if now - since >= NO_EOR_SETTLE:
+                self.pending.discard(key)
+                del self.settling[key]
 
 
 class KernelSide:
@@ -196,7 +224,7 @@ class KernelSide:
             return None
         deadlines = [self.fib.next_retry()]
         if self._fib_defer is not None:
-            deadlines.append(self._fib_defer.deadline)
+            deadlines.append(self._fib_defer.next_deadline())
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -218,6 +246,8 @@ class KernelSide:
             return
         now = self._fib_now()
         defer = self._fib_defer
+        if defer is not None:
+            defer.release(self.rib.peers, now)
         finish = defer is not None and defer.done(now)
         retry = self.fib.next_retry()
         if not changes and not due and not finish and (retry is None or retry > now):

@@ -15,7 +15,7 @@ from bgplb.bgp.prefix import Prefix
 from bgplb.config.router import FibConfig
 from bgplb.linux import diff as d
 from bgplb.linux.memfib import Fault, MemoryFib, MemoryKernel
-from bgplb.router.kernel import KernelSide
+from bgplb.router.kernel import NO_EOR_SETTLE, KernelSide
 from bgplb.router.rib import Connected, Rib
 
 IFINDEX = 7
@@ -52,9 +52,15 @@ class FakeRouter(KernelSide):
     def _fib_now(self) -> float:
         return self.clock
 
-    def announce(self, peer, vips, gateway=None):
+    def announce(self, peer, vips, gateway=None, gr=True):
         if peer not in self.rib.peers or not self.rib.peers[peer].established:
-            self.rib.peer_up(peer, self.clock, asn=65001)
+            self.rib.peer_up(
+                peer,
+                self.clock,
+                asn=65001,
+                restart_time=120 if gr else None,
+                gr_families=[IPV4_UNICAST, IPV6_UNICAST] if gr else (),
+            )
         attrs = PathAttributes(next_hop=gateway or ip_address(peer))
         self.rib.update(peer, vips, attrs, [], self.clock)
 
@@ -187,6 +193,32 @@ def test_restart_deferral_ends_at_startup_defer():
     run(go)
     assert forwarding(kernel) == {str(VIPS[0].network): {A}}
     assert kernel.counts(200) == (1, 1, 1)
+
+
+def test_peers_without_graceful_restart_release_the_deferral_after_settling():
+    """RFC 4724 §4.1 excludes peers without the capability from the End-of-RIB wait; they
+    stop holding it NO_EOR_SETTLE s after their session is seen Established."""
+    kernel = MemoryKernel()
+    before = _previous_run(kernel)
+    router = FakeRouter(kernel, startup_defer=60.0)
+
+    async def go():
+        router._open_fib(router.memfib)
+        router.announce(str(A), VIPS[:2], gr=False)
+        router.announce(str(B), VIPS[:2], gr=False)
+        await router._sync_fib()
+        assert forwarding(kernel) == before
+        assert router._fib_next_deadline() == 100.0 + NO_EOR_SETTLE
+        router.announce(str(C), [VIPS[3]], gr=True)  # C has the capability: End-of-RIB
+        router.clock = 100.0 + NO_EOR_SETTLE
+        await router._sync_fib()
+        assert router._fib_defer is not None and forwarding(kernel) == before
+        router._fib_end_of_rib(C, IPV4_UNICAST)
+        await router._sync_fib()
+        assert router._fib_defer is None
+
+    run(go)
+    assert set(forwarding(kernel)) == {str(VIPS[i].network) for i in (0, 1, 3)}
 
 
 def test_no_adopted_objects_means_no_deferral_and_debris_goes():
