@@ -531,11 +531,14 @@ class Rib:
         paths = self.vips.get(vip, ())
         whole = self._vip_refusal(vip)
         out: list[tuple[PeerId, str]] = []
+        version = _VERSION[vip[0]]
         for path in paths:
-            reason = whole or self._verdict(path)[1]
             hop = path.next_hop
-            if reason is None and hop is not None and hop.version != _VERSION[vip[0]]:
-                reason = f"IPv{hop.version} next hop {hop} for an IPv{_VERSION[vip[0]]} VIP"
+            reason = whole
+            if reason is None and hop is not None and hop.version != version:
+                reason = f"IPv{hop.version} next hop {hop} for an IPv{version} VIP"
+            if reason is None:
+                reason = self._verdict(path)[1]
             if reason is not None:
                 out.append((path.peer, reason))
         return sorted(out)

@@ -231,7 +231,7 @@ def test_point_to_point_subnet_has_no_network_or_broadcast_address() -> None:
 
 def test_ipv4_vip_with_ipv6_next_hop_is_refused_with_a_reason() -> None:
     rib = Rib(CONNECTED)
-    rib.peer_up(S1, 0.0, third_party_next_hop=True)
+    up(rib, S1)
     a = PathAttributes(mp_reach=MPReachNLRI(AFI.IPV4, 1, (ip_address("2001:db8::11"),), ()))
     rib.update(S1, [VIP], a, [], 0.0)
     assert rib.fib_entry(VIP) == ()

@@ -236,8 +236,6 @@ def check_invariants(rib: Rib, now: float) -> None:
         assert all(path.peer == peer for path in s.paths.values())
         assert s.prefix_count == len(s.paths)
         assert s.stale_count == sum(path.stale for path in s.paths.values())
-        if s.max_prefixes is not None:
-            assert s.prefix_count <= s.max_prefixes
         # stale paths exist exactly while a deadline is armed, never beyond the local cap
         assert (s.stale_deadline is not None) == (s.stale_count > 0), s
         if s.stale_deadline is not None:
@@ -263,6 +261,8 @@ def run_ops(ops, rib: Rib | None = None) -> Rib:
     for peer, op, i in ops:
         now += 1.0
         before = {v: rib.fib_entry(v) for v in rib.vips}
+        state = rib.peers.get(peer)
+        count = state.prefix_count if state else 0
         if op == "up":
             rib.peer_up(peer, now, restart_time=5, gr_families=[IPV4_UNICAST])
         elif op == "limit":
@@ -282,6 +282,11 @@ def run_ops(ops, rib: Rib | None = None) -> Rib:
             rib.end_of_rib(peer, IPV4_UNICAST, now)
         elif op == "conn":
             rib.set_connected(CONNECTED[i % 2 :])
+        state = rib.peers.get(peer)
+        if state is not None and state.max_prefixes is not None and op != "limit":
+            # an UPDATE never grows a peer past its limit (a new, lower limit may find it
+            # above: the next growth is refused)
+            assert state.prefix_count <= max(count, state.max_prefixes)
         rib.expire(now)
         check_invariants(rib, now)
         # take_dirty is incremental: every VIP whose entry changed is in it
