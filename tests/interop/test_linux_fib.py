@@ -13,6 +13,7 @@ L4 multipath hashing (fib_multipath_hash_policy=1).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import subprocess
@@ -27,6 +28,7 @@ import pytest
 from bgplb.lab.netns import Namespace
 from bgplb.linux.addresses import add_vip, has_vip, remove_vip
 from bgplb.linux.fib import DEFAULT_PROTOCOL, KernelFib
+from bgplb.linux.nexthop import NexthopSocket
 
 pytestmark = pytest.mark.netns
 
@@ -484,3 +486,113 @@ def test_multipath_group_breaks_other_servers_connections(lab):
     after = _one_server_leaves(lab, "198.51.100.10", group="multipath")
     kept = [c for c in after if c["server"] in ("A", "B")]
     assert any("broken" in c for c in kept)
+
+
+# --- the in-memory double against the kernel ----------------------------------------------------
+def _ifindex(ns, name):
+    return _ip_json(ns, "link", "show", name)[0]["ifindex"]
+
+
+def _scenario(fib, lab, idx):
+    """Incremental updates through the cases MemoryFib models; returns what each step did."""
+    vips = [f"198.51.100.{i}/32" for i in range(40, 50)]
+
+    def paths(*which):
+        return [(lab.gw4[i], idx[i], 64) for i in which]
+
+    steps = [
+        {v: paths(0, 1, 2) for v in vips},  # one shared group
+        {v: paths(0, 1) for v in vips},  # srv3 leaves every VIP: one replace
+        {v: paths(0, 1, 2) for v in vips[:3]},  # 3 diverge: they move
+        {v: paths(1) for v in vips[:7]},  # the majority changes: replace, 3 unchanged move
+        {"198.51.100.99/32": paths(0), vips[9]: []},  # a foreign route at .99; a withdrawal
+        {v: [] for v in vips[:5]},
+    ]
+    record = []
+    for n, changes in enumerate(steps):
+        result = fib.update(changes, now=float(n))
+        failed = sorted((str(net), e.errno, e.attempts) for net, e in result.failed.items())
+        record.append(([type(op).__name__ for op in result.ops], failed))
+    for n in range(3):  # the refused VIP's retries leave nothing behind
+        record.append((["retry"], [len(fib.retry_due(now=100.0 * (n + 1)).failed)]))
+    return record, fib.installed()
+
+
+def test_memory_fib_behaves_like_the_kernel(lab):
+    """The same incremental scenario on KernelFib (this namespace) and MemoryFib: the same
+    operations, the same refusals (errno), the same installed objects and ids at the end."""
+    from bgplb.linux.memfib import MemoryFib, MemoryKernel
+
+    r = lab.router
+    idx = [_ifindex(r, name) for name in lab.ifs]
+    r.exec("ip", "route", "add", "198.51.100.99/32", "via", lab.gw4[0], "proto", "static")
+    mem_kernel = MemoryKernel()
+    mem_kernel.add_route(ipaddress.ip_network("198.51.100.99/32"), None, protocol=4)
+    with KernelFib(r.name, buckets=64) as fib:
+        fib.start_watching()
+        got_kernel = _scenario(fib, lab, idx)
+        counts = ours(r)
+        fib.cleanup()
+        assert ours(r) == ([], [])
+    got_mem = _scenario(MemoryFib(mem_kernel, buckets=64), lab, idx)
+    assert got_kernel[0] == got_mem[0]
+    assert got_kernel[1] == got_mem[1]
+    state = got_kernel[1]
+    assert set(state.groups) == set(state.routes.values())  # no orphans in the kernel
+    assert len(counts[1]) == len(state.routes) == 4 and len(counts[0]) == 2 + 2  # 2 nh, 2 groups
+    assert _ip_json(r, "route", "show", "198.51.100.99/32")[0]["protocol"] == "static"
+
+
+def test_in_place_replace_keeps_the_buckets_of_servers_that_stay(lab):
+    r = lab.router
+    vips = [f"198.51.100.{i}/32" for i in range(60, 70)]
+    with KernelFib(r.name, buckets=64, idle_timer=1000, unbalanced_timer=0) as fib:
+        fib.update({v: [(lab.gw4[i], lab.ifs[i], 1) for i in (0, 1, 2)] for v in vips})
+        (gid,) = set(fib.installed().routes.values())
+        with NexthopSocket(r.name) as sock:
+            before = {b.index: b.nh_id for b in sock.dump_buckets(gid)}
+            result = fib.update({v: [(lab.gw4[i], lab.ifs[i], 1) for i in (0, 1)] for v in vips})
+            after = {b.index: b.nh_id for b in sock.dump_buckets(gid)}
+        assert [type(op).__name__ for op in result.ops] == ["ReplaceGroup", "DeleteNexthop"]
+        gone = result.ops[-1].id
+        assert set(fib.installed().routes.values()) == {gid}
+        moved = [i for i in before if before[i] != gone and after[i] != before[i]]
+        assert moved == [] and gone not in after.values()
+        fib.cleanup()
+
+
+def test_a_rejected_next_hop_fails_only_its_vips_without_leaks(lab):
+    r = lab.router
+    ok, bad = "198.51.100.70/32", "198.51.100.71/32"
+    with KernelFib(r.name, buckets=32) as fib:
+        fib.start_watching()
+        result = fib.update(
+            {ok: [(lab.gw4[0], lab.ifs[0], 1)], bad: [(lab.gw4[1], 9999, 1)]}  # no such oif
+        )
+        assert set(result.failed) == {ipaddress.ip_network(bad)}
+        assert result.failed[ipaddress.ip_network(bad)].errno == errno.EINVAL  # no such device
+        assert route_group(r, ok)[1] == {lab.gw4[0]: 1}
+        before = ours(r)
+        for n in range(1, 4):
+            fib.retry_due(now=time.monotonic() + 100 * n)
+            assert ours(r) == before
+        assert fib.failures()[ipaddress.ip_network(bad)].attempts == 4
+        fib.cleanup()
+
+
+def test_adoption_defers_deletions_until_finished(lab):
+    r = lab.router
+    with KernelFib(r.name, buckets=32) as fib:
+        fib.apply(desired(lab, [0, 1, 2]))
+    before = ours(r)
+    with KernelFib(r.name, buckets=32) as fib:
+        fib.start_watching()
+        adopted = fib.adopt()
+        assert adopted.vips == 2 and fib.deferring
+        fib.update({VIP4: [(lab.gw4[0], lab.ifs[0], 1)], VIP6: []})  # only partly re-learned
+        assert ours(r) == before
+        fib.finish_deferral()
+        assert route_group(r, VIP4)[1] == {lab.gw4[0]: 1}
+        assert route_group(r, VIP6, v6=True) is None
+        fib.cleanup()
+        assert ours(r) == ([], [])

@@ -426,13 +426,21 @@ PHASE_NEXTHOPS, PHASE_GROUPS, PHASE_ROUTES, PHASE_REPLACE, PHASE_ROUTES_AFTER = 
 PHASE_DELETE_GROUPS, PHASE_DELETE_NEXTHOPS = 5, 6
 
 
-def plan(model: FibModel, changes: Mapping[IPNetwork, PathSet], params: GroupParams) -> list[Step]:
+def plan(
+    model: FibModel,
+    changes: Mapping[IPNetwork, PathSet],
+    params: GroupParams,
+    bulk_delete: bool = False,
+) -> list[Step]:
     """Steps that give each VIP of `changes` its path set (() = no route), leaving every other
     VIP's forwarding as it is, in an order the kernel accepts. Costs O(changed VIPs + members),
     plus O(VIPs of a group) only for a group whose unchanged VIPs must move off it (fewer than
     the changed ones, since the most common set keeps the group). Ids are allocated from
     `model` (call `model.release` for those whose object was never created). Deletions of
-    what is left unused come from `garbage()` once the steps ran."""
+    what is left unused come from `garbage()` once the steps ran. With `bulk_delete` (exit), a
+    group all of whose VIPs go is deleted with them in one operation (the kernel deletes the
+    routes of a deleted group; IPv6 ones with a notification that is not ours, so the watcher
+    would react: not for normal withdrawals)."""
     for net, pset in changes.items():
         for gw, weight in pset:
             if not 1 <= weight <= MAX_WEIGHT:
@@ -441,6 +449,7 @@ def plan(model: FibModel, changes: Mapping[IPNetwork, PathSet], params: GroupPar
     # 1. who changes, grouped by current group and new key; who goes
     moving: dict[int | None, dict[GroupKey, list[IPNetwork]]] = {}
     deletes: list[IPNetwork] = []
+    deleting: dict[int, list[IPNetwork]] = {}  # group -> its VIPs that go
     leaving: dict[int, int] = {}  # group -> its VIPs that leave it (deleted or changed)
     for net in sorted(changes, key=_net_key):
         pset = changes[net]
@@ -451,6 +460,7 @@ def plan(model: FibModel, changes: Mapping[IPNetwork, PathSet], params: GroupPar
                 deletes.append(net)
                 if group is not None:
                     leaving[group] = leaving.get(group, 0) + 1
+                    deleting.setdefault(group, []).append(net)
             continue
         key = (pset, pk)
         if group is not None and model.key_of[group] == key:
@@ -531,8 +541,16 @@ def plan(model: FibModel, changes: Mapping[IPNetwork, PathSet], params: GroupPar
         for net in vips:
             op: Op = ReplaceRoute(net, target) if net in model.routes else AddRoute(net, target)
             steps.append(Step(op, phase, (net,), needs))
+    targets = {s.op.nh_id for s in steps if isinstance(s.op, (AddRoute, ReplaceRoute))}
+    bulk: set[IPNetwork] = set()
+    if bulk_delete:
+        for g, nets in sorted(deleting.items()):
+            if len(nets) == len(model.vips_of.get(g, ())) and g not in targets:
+                steps.append(Step(DeleteGroup(g), PHASE_DELETE_GROUPS, tuple(nets)))
+                bulk.update(nets)
     for net in deletes:
-        steps.append(Step(DeleteRoute(net), PHASE_ROUTES, (net,)))
+        if net not in bulk:
+            steps.append(Step(DeleteRoute(net), PHASE_ROUTES, (net,)))
     steps.sort(key=lambda s: s.phase)  # stable: the order within a phase stays
     return steps
 

@@ -86,7 +86,7 @@ DEFAULT_PROTOCOL = 200
 """Route/nexthop protocol number of bgplb (RTPROT_*; 200 is unassigned in linux/rtnetlink.h
 and iproute2's rt_protos)."""
 
-BATCHED = False
+BATCHED = True
 """Run each phase of a plan as one `NexthopSocket.transact` (False: one round trip per op)."""
 
 _ODD = d.Gateway(ipaddress.IPv4Address(0), 0)  # identity given to our nexthops of an odd shape

@@ -174,7 +174,7 @@ _DELETES = (d.DeleteRoute, d.DeleteGroup, d.DeleteNexthop)
 
 def _stale_hint(op: d.Op, err: OpError) -> bool:
     """True if the refusal suggests that our model of the kernel is out of date."""
-    if err.errno in (_errno.ENOENT, _errno.ESRCH):
+    if err.errno in (_errno.ENOENT, _errno.ESRCH, _errno.ENOBUFS):  # ENOBUFS: answers lost
         return True
     if isinstance(op, (d.AddNexthop, d.AddGroup)) and err.errno == _errno.EEXIST:
         return True  # someone took the id
@@ -284,13 +284,14 @@ class FibEngine:
 
     def reset(self, desired: Mapping[d.IPNetwork, d.PathSet], now: float) -> FibResult:
         """reconcile()/cleanup(): forget adoption and failures, read the kernel, install
-        exactly `desired`."""
+        exactly `desired`. With nothing desired (exit) a group is deleted with its routes in
+        one operation."""
         self.adopted = None
         with self._status_lock:
             self.failed.clear()
         self.wanted = {net: pset for net, pset in desired.items() if pset}
         self.model = None
-        return self._execute({}, now, full=True)
+        return self._execute({}, now, full=True, bulk_delete=not self.wanted)
 
     # -- execution -----------------------------------------------------------------------------
     def _all(self, model: d.FibModel) -> dict[d.IPNetwork, d.PathSet]:
@@ -298,13 +299,17 @@ class FibEngine:
         return {net: self.effective(net) for net in nets}
 
     def _execute(
-        self, changes: Mapping[d.IPNetwork, d.PathSet], now: float, full: bool
+        self,
+        changes: Mapping[d.IPNetwork, d.PathSet],
+        now: float,
+        full: bool,
+        bulk_delete: bool = False,
     ) -> FibResult:
         model = self.load()
         if full:
             changes = self._all(model)
         done: list[d.Op] = []
-        errors = self._attempt(model, changes, full, done)
+        errors = self._attempt(model, changes, full, done, bulk_delete)
         stale = [
             net
             for net, (op, err) in errors.items()
@@ -339,8 +344,9 @@ class FibEngine:
         changes: Mapping[d.IPNetwork, d.PathSet],
         full: bool,
         done: list[d.Op],
+        bulk_delete: bool = False,
     ) -> dict[d.IPNetwork, tuple[d.Op, OpError]]:
-        steps = d.plan(model, changes, self.params)
+        steps = d.plan(model, changes, self.params, bulk_delete)
         groups: set[int] = set()
         nexthops: set[int] = set()
         allocated: list[int] = []
