@@ -1,4 +1,5 @@
-"""Router policy, pure: prefix lists for ``accept`` and source ranges for dynamic neighbors.
+"""Router policy, pure: prefix lists for ``accept``, source ranges for dynamic neighbors, and
+the prefixes and next hops refused whatever the configuration says.
 
 Prefix list entries follow BIRD's and Cisco's prefix-list syntax:
 
@@ -7,6 +8,11 @@ Prefix list entries follow BIRD's and Cisco's prefix-list syntax:
   between 24 and 32;
 * ``"0.0.0.0/0 ge 32"`` matches every prefix of length 32 (``ge`` alone: up to the maximum);
 * ``"198.51.100.0/24 ge 28 le 30"`` both bounds.
+
+:func:`special_purpose` says why a prefix can never be a VIP (the IANA special-purpose address
+registries of RFC 6890 §2.2 and their later entries, plus the classic martians; documentation,
+benchmarking and private ranges stay allowed) and :func:`gateway_refusal` why an address can
+never be a gateway: the router applies both whatever ``accept`` says.
 
 Matching works on :class:`bgplb.bgp.prefix.Prefix` (``(afi, address as int, length)``) with
 integer masks, so filtering a 100k-prefix UPDATE stream costs a few operations per prefix. No

@@ -346,3 +346,16 @@ def test_any_next_hop_gives_a_sane_entry_or_a_reason(hops, vip, allow_default) -
         assert n.address.version == vip.network.version
         assert any(n.address in c.network and n.address != c.local for c in CONNECTED)
         assert 1 <= n.weight <= 256
+
+
+def test_a_lower_limit_on_a_new_session_refuses_further_growth() -> None:
+    rib = Rib(CONNECTED)
+    up(rib, S1, restart_time=30, gr_families=[IPV4_UNICAST])
+    vips = [Prefix(AFI.IPV4, VIP.address + i, 32) for i in range(3)]
+    rib.update(S1, vips, attrs(S1), [], 0.0)
+    rib.peer_down(S1, 1.0, graceful=True)
+    up(rib, S1, restart_time=30, gr_families=[IPV4_UNICAST], max_prefixes=2)
+    # re-announcing what it has is not growth; a new prefix is
+    assert not rib.update(S1, vips, attrs(S1), [], 2.0).exceeded
+    res = rib.update(S1, [Prefix(AFI.IPV4, VIP.address + 9, 32)], attrs(S1), [], 3.0)
+    assert res.exceeded and res.dropped == 1 and rib.peers[S1].prefix_count == 3
