@@ -125,3 +125,28 @@ def test_metrics_count_internal_errors_by_task(
     text = asyncio.run(main())
     assert 'bgplb_router_internal_errors_total{task="connected"} 1.0' in text
     assert 'bgplb_router_peers{state="Established"}' not in text  # no peer yet
+
+
+def test_render_says_how_many_vips_were_not_shown_and_the_internal_errors() -> None:
+    import io
+
+    from rich.console import Console
+
+    from bgplb.cli_router import render_status
+
+    doc = {
+        "asn": 65530,
+        "router_id": "192.0.2.1",
+        "fib": {"install": False, "group": "resilient", "buckets": 64},
+        "peers": [],
+        "vips": [],
+        "vips_total": 250,
+        "vips_offset": 0,
+        "vips_omitted": 250,
+        "counters": {"internal_errors": {"rib": 2}},
+    }
+    out = io.StringIO()
+    render_status(doc, Console(file=out, width=120))
+    text = out.getvalue()
+    assert "250 of 250 VIP(s) not shown" in text
+    assert "internal errors" in text and "rib 2" in text
