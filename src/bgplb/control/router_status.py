@@ -192,8 +192,9 @@ def vip_row(router: Router, vip: Any, by_vip: dict[Any, dict[Any, int]]) -> dict
     }
 
 
-def summary(router: Router, shares: Any = None) -> dict[str, Any]:
-    """The status document without its VIP rows: O(peers + ranges), never O(VIPs)."""
+def summary(router: Router, shares: Any = None, pins: Any = None) -> dict[str, Any]:
+    """The status document without its VIP rows: O(peers + ranges), never O(VIPs). `pins`: the
+    pinning status with its conntrack counts (:func:`read_pins`), else it is shown without."""
     c = router.config
     by_vip = shares.shares if shares is not None else {}
     counters = router.counters
@@ -236,7 +237,7 @@ def summary(router: Router, shares: Any = None) -> dict[str, Any]:
             for r in router.ranges
         ],
         "peers": peer_rows(router),
-        "pinning": router_pinning.status(router),
+        "pinning": pins if pins is not None else router_pinning.status(router, counts=False),
         "queue": router.queue_stats(),
         "loop": router.loop_watch.read() if router.loop_watch is not None else None,
         "counters": {
@@ -270,6 +271,18 @@ def build_status(router: Router, *, buckets: bool = True, shares: Any = None) ->
     return doc
 
 
+async def read_pins(router: Router) -> Any:
+    """The pinning status with its connection counts: the conntrack dump (O(connections)) runs
+    in a worker thread, like the pinning's own syncs."""
+    if router.pinning is None:
+        return router_pinning.status(router)
+    try:
+        return await asyncio.to_thread(router_pinning.status, router)
+    except Exception as exc:  # it changed under our feet: without counts this time
+        log.debug("pinning status: %s", exc)
+        return router_pinning.status(router, counts=False)
+
+
 def _page(request: dict[str, Any]) -> tuple[int, int, Any]:
     offset = request.get("vips_offset", 0)
     limit = request.get("vips_limit", VIPS_LIMIT)
@@ -295,7 +308,7 @@ async def status_answer(router: Router, request: dict[str, Any]) -> dict[str, An
     shares = None
     if limit and _wants_shares(router):
         shares = await asyncio.to_thread(read_shares, router)
-    doc = summary(router, shares)
+    doc = summary(router, shares, await read_pins(router))
     by_vip = shares.shares if shares is not None else {}
     if only is not None:
         total = 1 if only in router.rib.vips else 0
@@ -377,7 +390,7 @@ class RouterStatusServer:
         # O(peers) on the loop once a second; the scrape (another thread) reads the result
         assert self.collector is not None
         while True:
-            self.collector.set(metric_families(self.router))
+            self.collector.set(metric_families(self.router, await read_pins(self.router)))
             await asyncio.sleep(1.0)
 
     async def close(self) -> None:
@@ -390,7 +403,7 @@ class RouterStatusServer:
         await self.control.close()
 
 
-def metric_families(router: Router) -> list[Family]:
+def metric_families(router: Router, pins: Any = None) -> list[Family]:
     """The router's metrics (``bgplb_router_*``) from counters it maintains: O(peers), no VIP is
     visited."""
     c = router.counters
@@ -418,7 +431,8 @@ def metric_families(router: Router) -> list[Family]:
         by_state["restarting"] = restarting
     queue = router.queue_stats()
     loop = router.loop_watch.read() if router.loop_watch is not None else None
-    pins = router_pinning.status(router)
+    if pins is None:
+        pins = router_pinning.status(router, counts=False)
     families: list[Family] = [
         (
             "gauge",
