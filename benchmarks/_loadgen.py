@@ -6,7 +6,9 @@ announcing `--vip-count` /32s starting at `--vip-start` + i x `--vip-stride` (st
 session announces the same VIPs), optionally each with a BFD session (RFC 5880/5881) through
 bgplb's own `BfdService` / `BfdLink` — the sans-IO cores bgplb.bgp.session and bgplb.bfd, wired
 the way the agent wires them (src/bgplb/io/bgp.py, io/bfd.py, io/bgp_bfd.py). A BFD Down tears
-its BGP session down (Cease/BFD Down, RFC 9384) and the session starts again 1 s later.
+its BGP session down (Cease/BFD Down, RFC 9384) and the session starts again 1 s later. The BFD
+listening socket gets a 16 MiB receive buffer, so a stall of the generator does not drop the
+router's packets (the kernel's UDP RcvbufErrors show whether it did).
 
 stdin takes JSON lines, stdout reports JSON lines (every event carries "t", time.time()):
   {"announce": "all" | [i, ...]}   queue the session's VIPs, send them (packed UPDATEs) at once
@@ -33,6 +35,7 @@ import os
 import queue
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -43,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
 # ----------------------------------------------------------------------------- the program
@@ -153,6 +157,12 @@ def run_program(a: argparse.Namespace) -> None:
                         on_down=bfd_down(i),
                     )
                 )
+        if bfd is not None:
+            # One listening socket receives every session's packets: with the default receive
+            # buffer (~200 KiB, ~200 packets) a 60 ms stall of this loop at 1000 sessions x
+            # 300 ms overflows it and the drops read as the router's fault. 16 MiB (root).
+            for sock in bfd._listeners.values():
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
         for k, peer in enumerate(peers):
             peer.start()
             if k % 50 == 49:

@@ -13,8 +13,11 @@ Measured per router:
   Up (the generator's view), and until the router's kernel holds all --peers routes (polled
   every 0.1 s with `ip -n rtr route show proto 200|bird`);
 * soak: for --soak seconds, BGP sessions that went down and BFD Up -> Down transitions, seen by
-  the generator (every session) and by the router (bgplb: `status` peers' `bfd.downs` and
-  sessions not Established; BIRD: sessions not Established / BFD sessions not Up at the end);
+  the generator (every session; with the reason: a BFD Down tears BGP down too, so it counts in
+  both), and by the router (bgplb: sessions whose `status` uptime is shorter than the soak at
+  its end, and the router's event-loop worst stall from `status.loop`; BIRD: sessions not
+  Established / BFD sessions not Up at the end); UDP receive errors (full socket buffers) in
+  both namespaces over the soak, from /proc/net/snmp;
   the router's CPU (% of one core) over the soak, its RSS; the generator's worst loop stall
   (if the generator stalls, flaps are its fault: it is printed so that can be told);
 * withdraw: half the sessions withdraw their VIP in the same loop step; seconds from writing
@@ -35,6 +38,7 @@ import json
 import shlex
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -110,16 +114,35 @@ def wait_routes(ns: Namespace, proto: str, want: int, timeout: float, step: floa
     return None
 
 
-def router_view(kind: str, router: Any) -> dict[str, int]:
+def udp_errors(ns: Namespace) -> dict[str, int]:
+    """UDP InErrors and RcvbufErrors of the namespace (/proc/net/snmp read inside it): BFD
+    packets the kernel dropped because a socket's receive buffer was full."""
+    lines = [ln.split() for ln in ns.exec("cat", "/proc/net/snmp").splitlines()]
+    udp = [ln[1:] for ln in lines if ln and ln[0] == "Udp:"]
+    if len(udp) < 2:
+        return {}
+    row = dict(zip(udp[0], udp[1], strict=False))
+    return {k: int(row.get(k, 0)) for k in ("InDatagrams", "InErrors", "RcvbufErrors")}
+
+
+def router_view(kind: str, router: Any, soak: float | None = None) -> dict[str, Any]:
+    """Sessions Established and BFD Up as the router sees them; for bgplb also how many
+    sessions have been up for less than `soak` seconds (they went down during the soak: the
+    router's own BFD counters start again with each session) and its event-loop figures."""
     if kind == "bird":
         return router.counts()
     st = router.status()
     peers = st["peers"]
-    return {
+    out: dict[str, Any] = {
         "established": sum(1 for p in peers if p.get("established")),
         "bfd_up": sum(1 for p in peers if (p.get("bfd") or {}).get("state") == "up"),
-        "bfd_downs": sum((p.get("bfd") or {}).get("downs", 0) for p in peers),
+        "loop": st.get("loop"),
     }
+    if soak is not None:
+        out["younger_than_soak"] = sum(
+            1 for p in peers if p.get("uptime") is None or p["uptime"] < soak
+        )
+    return out
 
 
 def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
@@ -179,6 +202,7 @@ def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
             # soak
             gen_proc.stats(reset=True)
             before = router_view(kind, router)
+            udp0 = {"rtr": udp_errors(rtr), "gen": udp_errors(gen)}
             c1, t1 = cpu_s(pid), time.monotonic()
             n_ev = len(gen_proc.events)
             end = t1 + a.soak
@@ -193,8 +217,14 @@ def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
             res["cpu_soak_pct"] = round(100 * (cpu_s(pid) - c1) / soak_s, 1)
             res["rss_soak_kib"] = rss_kib(pid)
             st = gen_proc.stats()
-            after = router_view(kind, router)
+            after = router_view(kind, router, soak_s)
+            udp1 = {"rtr": udp_errors(rtr), "gen": udp_errors(gen)}
+            udp = {
+                side: {k: udp1[side].get(k, 0) - udp0[side].get(k, 0) for k in udp1[side]}
+                for side in udp1
+            }
             downs = [e for e in gen_proc.events[n_ev:] if e.get("event") == "down"]
+            reasons = Counter(str(e.get("reason"))[:60] for e in downs)
             res["soak"] = {
                 "gen_bgp_downs": sum(1 for e in downs if not e["bfd"]),
                 "gen_bfd_downs": sum(1 for e in downs if e["bfd"]),
@@ -202,6 +232,9 @@ def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
                 "gen_bfd_up_end": st["bfd_up"],
                 "gen_cpu_s": st["cpu_s"],
                 "gen_loop_max_ms": st["loop_max_ms"],
+                "gen_down_reasons": dict(reasons.most_common(6)),
+                "gen_sessions_flapped": len({e["i"] for e in downs}),
+                "udp_during_soak": udp,
                 "router_before": before,
                 "router_after": after,
             }
@@ -255,7 +288,7 @@ def main() -> None:
     )
     hdr = (
         f"{'router':<24} {'up s':>6} {'inst s':>7} {'gen downs BGP/BFD':>18} "
-        f"{'rtr BFD downs':>13} {'CPU %':>6} {'RSS MiB':>8} {'wdraw s':>8} {'gen stall ms':>12}"
+        f"{'rtr sessions':>13} {'CPU %':>6} {'RSS MiB':>8} {'wdraw s':>8} {'gen stall ms':>12}"
     )
     print(hdr)
     label = {"bgplb": "bgplb router", "bird": "BIRD 2 (neighbor range)"}
@@ -265,10 +298,10 @@ def main() -> None:
 
     for kind, r in results.items():
         s = r.get("soak", {})
-        ra, rb = s.get("router_after", {}), s.get("router_before", {})
+        ra = s.get("router_after", {})
         gen_downs = f"{s.get('gen_bgp_downs', '-')}/{s.get('gen_bfd_downs', '-')}"
         if kind == "bgplb" and s:
-            rtr_downs = f"{ra.get('bfd_downs', 0) - rb.get('bfd_downs', 0)}"
+            rtr_downs = f"{ra.get('younger_than_soak', '-')} reset"
         elif s:  # BIRD keeps no count: sessions not Up at the end
             rtr_downs = f"{a.peers - ra.get('bfd_up', 0)} not Up"
         else:
@@ -280,8 +313,16 @@ def main() -> None:
             f"{f(rss / 1024 if rss else None, '{:.1f}'):>8} "
             f"{f(r.get('withdraw_s'), '{:.3f}'):>8} {f(s.get('gen_loop_max_ms'), '{:.0f}'):>12}"
         )
+        loop = (ra.get("loop") or {}) if isinstance(ra, dict) else {}
         print(
-            f"{'':<24} stop {r.get('stop_s')} s, kernel free after exit {json.dumps(r.get('free'))}"
+            f"{'':<24} sessions the generator saw go down: {s.get('gen_sessions_flapped', '-')}; "
+            f"why: {json.dumps(s.get('gen_down_reasons', {}))}"
+        )
+        print(f"{'':<24} UDP during the soak: {json.dumps(s.get('udp_during_soak', {}))}")
+        print(
+            f"{'':<24} router loop worst stall {loop.get('max_ms', 'n/a')} ms "
+            f"({loop.get('stalls', 'n/a')} > {loop.get('stall_ms', 50)} ms); "
+            f"stop {r.get('stop_s')} s; kernel free after exit {json.dumps(r.get('free'))}"
         )
     bg, bd = results.get("bgplb"), results.get("bird")
     if bg and bd:
