@@ -92,6 +92,9 @@ __all__ = [
 
 log = logging.getLogger("bgplb.router")
 
+#: Paths remembered as probed (the set is emptied when full).
+PROBED_MAX = 4096
+
 
 @dataclass(slots=True)
 class Counters:
@@ -121,6 +124,7 @@ class Router(Supervised, PeerRanges, KernelSide):
         self.peers: dict[IPAddress, PeerEntry] = {}
         self.rib = self._new_rib()
         self._probe_rib = self._new_rib()
+        self._probed: set[tuple[Any, ...]] = set()  # UPDATE paths that passed _probe
         self.counters = Counters()
         self.queue: asyncio.Queue[Item] = RibQueue(self._on_enqueue)
         self.flows: dict[int, Flow] = {}  # id(entry) -> its flow (the entry keeps the id unique)
@@ -269,6 +273,7 @@ class Router(Supervised, PeerRanges, KernelSide):
                 self.reload()
             elif event == "connected":
                 self._probe_rib.set_connected(self._connected)
+                self._probed.clear()
             return
         key = str(entry.address)
         current = self.peers.get(entry.address) is entry
@@ -343,7 +348,19 @@ class Router(Supervised, PeerRanges, KernelSide):
                 break
         if not one:
             return
-        rib, key, rng = self._probe_rib, "probe", entry.range.config
+        rng = entry.range.config
+        # the weights depend on the path, not the prefix: one probe per path (connected
+        # subnets changing clear the cache)
+        seen = (
+            attrs,
+            entry.address,
+            rng.allow_third_party_next_hop,
+            rng.allow_default,
+            tuple(sorted(one)),
+        )
+        if seen in self._probed:
+            return
+        rib, key = self._probe_rib, "probe"
         try:
             rib.peer_up(
                 key,
@@ -353,11 +370,14 @@ class Router(Supervised, PeerRanges, KernelSide):
                 allow_default=rng.allow_default,
             )
             rib.update(key, list(one.values()), attrs, (), 0.0)
-            for prefix in one.values():
-                rib.fib_entry(prefix)
+            evaluated = all([rib.fib_entry(prefix) for prefix in one.values()])
         finally:
             rib.forget_peer(key)
             rib.take_dirty()
+        if evaluated:  # refused or unusable: nothing was computed, the next one is tried again
+            if len(self._probed) >= PROBED_MAX:
+                self._probed.clear()
+            self._probed.add(seen)
 
     def _routes(self, entry: PeerEntry, key: str, event: RoutesReceived, now: float) -> None:
         update = event.update

@@ -397,3 +397,37 @@ def test_a_session_internal_error_purges_the_peer_and_is_counted(
     asyncio.run(main())
     assert "internal error: RuntimeError: session bug injected" in caplog.text
     assert "Traceback" in caplog.text
+
+
+def test_a_path_the_weight_arithmetic_chokes_on_is_blamed_on_its_peer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each UPDATE's path is first evaluated alone: an error computing its FIB entry resets the
+    peer that sent it, before the path reaches the RIB (found later, in the FIB sync, nobody
+    could be blamed and the router would have to exit)."""
+
+    async def main() -> None:
+        async with Lab(tmp_path, monkeypatch) as lab:
+            router = lab.router
+            good, bad = await lab.client(2), await lab.client(3)
+            good.announce(VIP)
+            await until(lambda: lab.hops() == ["192.0.2.2"], "good's VIP")
+            probe = router._probe_rib
+            real = probe.fib_entry
+
+            def fib_entry(vip: Prefix) -> Any:
+                if any(str(p.next_hop) == "192.0.2.3" for p in probe.paths(vip).values()):
+                    raise ValueError("cannot convert float NaN to integer")
+                return real(vip)
+
+            monkeypatch.setattr(probe, "fib_entry", fib_entry)
+            bad.announce(VIP, med=7)
+            await asyncio.wait_for(bad.down.wait(), 10)
+            assert "127.0.0.3" not in router.rib.peers
+            assert lab.hops() == ["192.0.2.2"]
+            assert router.counters.internal_errors == {"rib": 1}
+            good.announce("198.51.100.11/32")
+            await until(lambda: lab.hops("198.51.100.11/32") == ["192.0.2.2"], "good's new VIP")
+            assert router.fatal is None
+
+    asyncio.run(main())
