@@ -231,7 +231,8 @@ class Router(Supervised, PeerRanges, KernelSide):
         # stale paths to expire; failed VIPs to retry, the end of the startup deferral
         deadlines = [self.rib.next_deadline(), self._fib_next_deadline()]
         present = [d for d in deadlines if d is not None]
-        return max(0.0, min(present) - now) if present else None
+        # at least 1 ms: a deadline already due must not keep queued events from being taken
+        return max(0.001, min(present) - now) if present else None
 
     async def _rib_task(self) -> None:
         loop = asyncio.get_running_loop()
