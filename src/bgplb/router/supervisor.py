@@ -72,8 +72,8 @@ MAX_PENDING = 2000
 #: ... until the RIB task has brought it down to this many.
 RESUME_PENDING = 200
 #: Events handled in one go before the FIB is synced; the loop is yielded every YIELD_EVERY.
-BATCH = 10_000
-YIELD_EVERY = 500
+BATCH = 2000
+YIELD_EVERY = 200
 #: More failures than this within FAILURE_WINDOW seconds: the task cannot be recovered.
 MAX_FAILURES = 5
 FAILURE_WINDOW = 60.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from test_daemon_supervision import VIP, Lab, until
 from bgplb.bgp.attributes import AsPathSegment, AsPathSegmentType, Origin, PathAttributes
 from bgplb.bgp.messages import Update, encode
 from bgplb.bgp.prefix import Prefix
+from bgplb.io.loopwatch import LoopWatch
 from bgplb.router.supervisor import MAX_PENDING
 
 FLOOD = 100_000
@@ -46,6 +48,9 @@ def test_a_flooding_peer_is_paused_and_others_get_through(
             ]
             size = len(messages[0])
             transport = flooder.peer._proto.transport  # type: ignore[union-attr]
+            watch = LoopWatch(period=0.001, stall=0.01)
+            watch.start()
+            started = time.perf_counter()
             transport.write(b"".join(messages))  # 100k UPDATEs, one prefix each
             key = str(flooder.address)
             flooded = lambda: router.rib.peers[key].prefix_count  # noqa: E731
@@ -55,6 +60,13 @@ def test_a_flooding_peer_is_paused_and_others_get_through(
             seen_at = flooded()
             st = await lab.status(vips_limit=0)
             await until(lambda: flooded() == FLOOD, "the whole flood", 120)
+            took = time.perf_counter() - started
+            figures = watch.read()
+            await watch.stop()
+            print(
+                f"\nflood of {FLOOD} UPDATEs handled in {took:.1f} s; event loop lateness "
+                f"meanwhile: worst {figures['max_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms"
+            )
             peak = router.counters.queue_peak
             print(
                 f"queue peak {peak} events (bound {MAX_PENDING} + one read of "
