@@ -23,8 +23,11 @@ routers). Kernel convergence is measured two ways, both printed:
   routes that have s1's gateway; "poll" = when the first poll that saw all V converged returned
   (an upper bound, late by up to one poll period plus the dump, ~0.1 s at 10k routes);
 * last event: `ip -ts monitor route nexthop` runs in the router namespace for the whole run;
-  "event" = the timestamp of the last route/nexthop notification printed at or before that
-  poll's start (the kernel's last change for the step, give or take ip's own wake-up).
+  "event" = the timestamp of the last route/nexthop notification printed before that poll
+  returned (the kernel's last change for the step, give or take ip's own wake-up; a dump is
+  not atomic, so the confirming poll may overlap the end of the burst of changes). Both
+  routers apply a step as one burst of changes (~10,000 notifications in ~50 ms here), so
+  "event" is the end of that burst.
 
 Usage (root): .venv/bin/python benchmarks/router_mass_failover.py [--vips 10000] [--runs 3]
        [--routers bgplb,bird] [--poll 0.05] [--timeout 120] [--json FILE]
@@ -193,9 +196,11 @@ def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
                         print(f"  {kind} run {run + 1} {step}: not converged", flush=True)
                         continue
                     time.sleep(0.3)  # let ip monitor print what it read
-                    t_ev = last_event(mon_log, t0, t_poll_start)
+                    t_ev = last_event(mon_log, t0, t_poll)
                     row[step] = {
+                        "t0": round(t0, 6),
                         "poll_s": round(t_poll - t0, 3),
+                        "poll_started_s": round(t_poll_start - t0, 3),
                         "event_s": None if t_ev is None else round(t_ev - t0, 3),
                         **extra,
                     }
