@@ -411,6 +411,8 @@ class Session:
             self._timers.hold = now + self.config.open_hold_time
         elif self._state in (State.OPEN_CONFIRM, State.ESTABLISHED):
             self._arm_hold(now)
+            if self._state is State.OPEN_CONFIRM:
+                self._bound_open_confirm(now)
 
     def _internal_error(self, now: float, exc: BaseException) -> None:
         """An unexpected exception: Cease/0 if connected, Idle, and an InternalSessionError."""
@@ -531,8 +533,15 @@ class Session:
         self._reader.extended = self._neg.extended_message
         self._send(Keepalive())
         self._arm_hold(now)
+        self._bound_open_confirm(now)
         self._arm_keepalive(now)
         self._set_state(State.OPEN_CONFIRM)
+
+    def _bound_open_confirm(self, now: float) -> None:
+        # A negotiated hold time of 0 arms no HoldTimer (§8.2.2), which would leave OpenConfirm
+        # waiting for the peer's KEEPALIVE for ever: that wait is bounded like the OPEN wait.
+        if self._timers.hold is None and not self._hold_paused:
+            self._timers.hold = now + self.config.open_hold_time
 
     def _arm_hold(self, now: float) -> None:
         hold = self._neg.hold_time if self._neg else 0

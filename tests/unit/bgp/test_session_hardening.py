@@ -352,6 +352,39 @@ def test_open_hold_time_closes_half_open_connection() -> None:
     assert s.state is State.IDLE
 
 
+def test_open_confirm_with_hold_time_zero_is_bounded() -> None:
+    """Hold time 0 arms no HoldTimer (RFC 4271 §8.2.2); a peer that offers it and never sends
+    the KEEPALIVE must not keep the connection in OpenConfirm for ever."""
+    router = Session(
+        SessionConfig(
+            local_asn=65530,
+            router_id=IPv4Address("192.0.2.1"),
+            peer_asn=None,
+            passive=True,
+            automatic_restart=False,
+            open_hold_time=5.0,
+        ),
+        rng=random.Random(1),
+    )
+    agent = Session(
+        SessionConfig(
+            local_asn=65001, router_id=IPv4Address("192.0.2.11"), peer_asn=65530, hold_time=0
+        ),
+        rng=random.Random(2),
+    )
+    router.start(0.0)
+    router.connection_made(0.0, NH)
+    agent.start(0.0)
+    agent.connection_made(0.0, NH)
+    router.receive_data(agent.data_to_send(0.0), 1.0)  # the OPEN only, never its KEEPALIVE
+    assert router.state is State.OPEN_CONFIRM
+    assert router.get_timer() == 6.0
+    router.handle_timer(6.0)
+    assert router.state is State.IDLE
+    down = of(router.events(), SessionDown)
+    assert len(down) == 1 and not down[0].was_established
+
+
 def test_paused_hold_timer_keeps_session_and_keepalives() -> None:
     p = Pair()
     p.up()
