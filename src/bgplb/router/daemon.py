@@ -48,6 +48,7 @@ from bgplb.bgp.session import (
     SessionEstablished,
 )
 from bgplb.config import RouterConfig
+from bgplb.control.socket import ControlError
 from bgplb.io.bgp import BgpListener, IPAddress
 from bgplb.router import bfd as router_bfd
 from bgplb.router.kernel import CONNECTED_POLL, KernelSide, default_router_id, read_connected
@@ -144,7 +145,10 @@ class Router(Supervised, PeerRanges, KernelSide):
         self.loop_watch: Any = None  # bgplb.io.loopwatch.LoopWatch while running
 
     def _new_rib(self) -> Rib:
-        return Rib(max_stale_time=self.config.bgp.max_stale_time)
+        # graceful_restart = false: we do not advertise the capability, so we are no helper
+        # either (RFC 4724 §4.2): a closed session purges at once
+        bgp = self.config.bgp
+        return Rib(max_stale_time=bgp.max_stale_time if bgp.graceful_restart else 0.0)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -164,7 +168,13 @@ class Router(Supervised, PeerRanges, KernelSide):
         self.loop_watch = LoopWatch(period=0.05)
         self.loop_watch.start()
         status = RouterStatusServer(self)
-        await status.start()
+        try:
+            await status.start()
+        except (ControlError, OSError) as exc:
+            log.error("control socket: %s", exc)
+            await self.loop_watch.stop()
+            self._close_fib()
+            return 1
         try:
             await self._start_listeners()
         except OSError as exc:
@@ -297,7 +307,7 @@ class Router(Supervised, PeerRanges, KernelSide):
                 # the session recovered by itself (Cease sent, Idle); its routes are purged below
                 errors = self.counters.internal_errors
                 errors["session"] = errors.get("session", 0) + 1
-                log.error("%s: %s\n%s", key, event.reason, event.traceback.rstrip())
+                log.error("%s: %s (traceback logged by the session)", key, event.reason)
             failed = self._flow(entry).failed
             graceful = (
                 event.connection_lost and not event.hold_expired and not entry.bfd_down
@@ -403,8 +413,12 @@ class Router(Supervised, PeerRanges, KernelSide):
         self._refusals(entry, key, result)
         if result.exceeded:
             limit = entry.range.config.max_prefixes or 0
-            first = next(p for p in accepted if p not in self.rib.peers[key].paths)
-            afi = first.afi
+            refused = {p for p, _ in result.refused}
+            state = self.rib.peers.get(key)
+            over = [
+                p for p in accepted if p not in refused and (state is None or p not in state.paths)
+            ]
+            afi = (over or accepted)[0].afi
             self.counters.max_prefix_resets += 1
             entry.over_limit = True
             log.warning(
