@@ -55,6 +55,7 @@ from bgplb.linux.fibapi import (
     FibResult,
     OpError,
     VipError,
+    collect_shares,
     resolve_changes,
 )
 from bgplb.linux.nexthop import (
@@ -373,38 +374,22 @@ class KernelFib:
         limit: int = STATUS_BUCKET_LIMIT,
     ) -> BucketShares:
         """Buckets per gateway of every VIP's resilient group (`vips`, or all of ours), from
-        one dump of nexthops and routes plus one bucket dump per group. Groups are read in VIP
-        order while the bucket count stays within `limit`; the others are listed in `omitted`.
+        one dump of nexthops and routes plus one bucket dump per group (VIPs sharing a group
+        share it). Groups are read in VIP order while the buckets read stay within `limit`; the
+        VIPs of the others are listed in `omitted`.
         VIPs without a resilient group of ours are absent. Never takes the lock of `apply()`:
         safe to call from another thread (e.g. `asyncio.to_thread`) while an apply runs."""
-        state = self.installed()
-        nets = state.routes if vips is None else {ipaddress.ip_network(v) for v in vips}
-        shares: dict[d.IPNetwork, dict[d.IPAddress, int]] = {}
-        omitted: list[d.IPNetwork] = []
-        used = 0
-        for net in sorted(nets, key=lambda n: (n.version, int(n.network_address), n.prefixlen)):
-            group_id = state.routes.get(net)
-            group = state.groups.get(group_id) if group_id is not None else None
-            if group is None or group.params.kind is not d.GroupKind.RESILIENT:
-                continue
-            if used + group.params.buckets > limit:
-                omitted.append(net)
-                continue
+
+        def read_group(group_id: int) -> dict[int, int] | None:
             with self._read_lock:
                 try:
-                    share = self._reader.bucket_share(group.id)
+                    return self._reader.bucket_share(group_id)
                 except NexthopError as exc:
                     if exc.errno in (errno.ENOENT, errno.EINVAL):
-                        continue  # gone since the dump
+                        return None  # gone since the dump
                     raise
-            used += group.params.buckets
-            out: dict[d.IPAddress, int] = {}
-            for nh_id, count in share.items():
-                gw = state.nexthops.get(nh_id)
-                if gw is not None:
-                    out[gw.address] = out.get(gw.address, 0) + count
-            shares[net] = out
-        return BucketShares(shares, tuple(omitted), limit)
+
+        return collect_shares(self.installed(), vips, limit, read_group)
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         """Counters (no kernel read, no walk over VIPs): see FibEngine.status."""

@@ -26,6 +26,7 @@ Nothing here imports sockets or reads a clock: `now` (seconds, monotonic) is a p
 from __future__ import annotations
 
 import errno as _errno
+import ipaddress
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -111,6 +112,46 @@ class BucketShares:
     shares: dict[d.IPNetwork, dict[d.IPAddress, int]]
     omitted: tuple[d.IPNetwork, ...] = ()  # resilient groups not read: over `limit`
     limit: int = STATUS_BUCKET_LIMIT
+
+
+def collect_shares(
+    state: d.InstalledState,
+    vips: Iterable[Any] | None,
+    limit: int,
+    read_group: Callable[[int], dict[int, int] | None],
+) -> BucketShares:
+    """Buckets per gateway of each VIP's resilient group, from `state` (one dump) and one
+    `read_group(id)` ({member id: buckets}, None if gone) per *group*: VIPs sharing a group
+    share the answer. Groups are read in VIP order while the buckets read stay within
+    `limit`; the VIPs of groups over it are listed as omitted."""
+    nets = state.routes if vips is None else {ipaddress.ip_network(v) for v in vips}
+    shares: dict[d.IPNetwork, dict[d.IPAddress, int]] = {}
+    omitted: list[d.IPNetwork] = []
+    seen: dict[int, dict[d.IPAddress, int] | None] = {}
+    used = 0
+    for net in sorted(nets, key=lambda n: (n.version, int(n.network_address), n.prefixlen)):
+        group_id = state.routes.get(net)
+        group = state.groups.get(group_id) if group_id is not None else None
+        if group is None or group.params.kind is not d.GroupKind.RESILIENT:
+            continue
+        if group.id not in seen:
+            if used + group.params.buckets > limit:
+                omitted.append(net)
+                continue
+            used += group.params.buckets
+            share = read_group(group.id)
+            out: dict[d.IPAddress, int] | None = None
+            if share is not None:
+                out = {}
+                for nh_id, count in share.items():
+                    gw = state.nexthops.get(nh_id)
+                    if gw is not None:
+                        out[gw.address] = out.get(gw.address, 0) + count
+            seen[group.id] = out
+        found = seen[group.id]
+        if found is not None:
+            shares[net] = dict(found)
+    return BucketShares(shares, tuple(omitted), limit)
 
 
 class Fib(Protocol):

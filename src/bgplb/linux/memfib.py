@@ -45,6 +45,7 @@ from bgplb.linux.fibapi import (
     FibResult,
     OpError,
     VipError,
+    collect_shares,
     resolve_changes,
 )
 
@@ -497,27 +498,13 @@ class MemoryFib:
     def buckets_shares(
         self, vips: Iterable[Any] | None = None, limit: int = STATUS_BUCKET_LIMIT
     ) -> BucketShares:
-        state = self.installed()
-        nets = list(state.routes) if vips is None else [ipaddress.ip_network(v) for v in vips]
-        shares: dict[d.IPNetwork, dict[d.IPAddress, int]] = {}
-        omitted: list[d.IPNetwork] = []
-        used = 0
-        for net in sorted(nets, key=lambda n: (n.version, int(n.network_address), n.prefixlen)):
-            gid = state.routes.get(net)
-            group = state.groups.get(gid) if gid is not None else None
-            if group is None or group.params.kind is not d.GroupKind.RESILIENT:
-                continue
-            if used + group.params.buckets > limit:
-                omitted.append(net)
-                continue
-            used += group.params.buckets
-            out: dict[d.IPAddress, int] = {}
-            for nh_id, count in self.kernel.bucket_share(group.id).items():
-                gw = state.nexthops.get(nh_id)
-                if gw is not None:
-                    out[gw.address] = out.get(gw.address, 0) + count
-            shares[net] = out
-        return BucketShares(shares, tuple(omitted), limit)
+        def read_group(group_id: int) -> dict[int, int] | None:
+            try:
+                return self.kernel.bucket_share(group_id)
+            except KeyError:
+                return None
+
+        return collect_shares(self.installed(), vips, limit, read_group)
 
     def buckets_share(self, vip: Any) -> dict[d.IPAddress, int]:
         net = ipaddress.ip_network(vip)
