@@ -215,6 +215,8 @@ class Session:
         self._events: deque[Event] = deque()
         self._out = bytearray()
         self._reader = MessageReader()
+        #: complete messages may still be buffered (receive_data stopped at its limit)
+        self.input_pending = False
         self._timers = _Timers()
         self._neg: Negotiated | None = None
         self._remote_open: Open | None = None
@@ -322,12 +324,20 @@ class Session:
         self._fire(Input.TCP_CONNECTION_FAILS, now, reason)
 
     @_guarded
-    def receive_data(self, data: bytes, now: float) -> None:
-        """Feed bytes read from the transport; complete messages are processed at once."""
+    def receive_data(self, data: bytes, now: float, limit: int | None = None) -> None:
+        """Feed bytes read from the transport; complete messages are processed at once, or at
+        most `limit` of them: then `input_pending` is True and `receive_data(b"", now, limit)`
+        goes on with the buffered ones (an owner keeps its event loop responsive that way)."""
+        self.input_pending = False
         if self._state not in _CONNECTED:
             return
         self._reader.feed(data)
+        processed = 0
         while self._state in _CONNECTED:
+            if limit is not None and processed >= limit:
+                self.input_pending = True
+                return
+            processed += 1
             try:
                 framed = self._reader.next_message()
             except BGPError as err:

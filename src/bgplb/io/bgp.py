@@ -43,6 +43,9 @@ from bgplb.io import sockopt
 
 log = logging.getLogger("bgplb.bgp")
 
+#: Messages handled per event-loop turn; the rest of a read waits for the next turn.
+MESSAGES_PER_TURN = 64
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 EventHandler = Callable[["BgpPeer", Event], None]
 
@@ -128,6 +131,8 @@ class BgpPeer:
         self._closed.set()
         self.local_address: IPAddress | None = None
         self._reading_paused = False
+        self._backlog = False  # the session holds complete messages not processed yet
+        self._continue_scheduled = False
         self._families_logged: set[tuple[int, int]] = set()
         #: events handed to `on_event` so far (an owner that queues them can subtract the
         #: number it handled to know how many are pending for this peer)
@@ -184,19 +189,23 @@ class BgpPeer:
         self.session.resume_hold_timer(self.now())
         self._apply_reading(self._proto)
         self._process()
+        if self._proto is not None:
+            self._after_input(self._proto)
 
     def _apply_reading(self, proto: _Protocol | None) -> None:
         transport = proto.transport if proto is not None else None
         if transport is None or transport.is_closing():
             return
-        if self._reading_paused and transport.is_reading():
+        paused = self._reading_paused or self._backlog
+        if paused and transport.is_reading():
             transport.pause_reading()
-        elif not self._reading_paused and not transport.is_reading():
+        elif not paused and not transport.is_reading():
             transport.resume_reading()
 
     def attach(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
         """Give an accepted connection to this (passive) peer."""
         self._proto = protocol
+        self._backlog = False
         protocol.peer = self
         self._closed.clear()
         self._families_logged.clear()
@@ -334,8 +343,29 @@ class BgpPeer:
     def _data_received(self, proto: _Protocol, data: bytes) -> None:
         if proto is not self._proto:
             return
-        self.session.receive_data(data, self.now())
+        self.session.receive_data(data, self.now(), limit=MESSAGES_PER_TURN)
         self._process()
+        self._after_input(proto)
+
+    def _after_input(self, proto: _Protocol) -> None:
+        """One read can carry thousands of messages (256 KiB of small UPDATEs): they are
+        processed MESSAGES_PER_TURN at a time, one loop turn each, with the socket not read
+        meanwhile, so the event loop (keepalives, BFD, other peers) never waits long."""
+        backlog = self.session.input_pending
+        if backlog != self._backlog:
+            self._backlog = backlog
+            self._apply_reading(proto)
+        if backlog and not self._reading_paused and not self._continue_scheduled:
+            self._continue_scheduled = True
+            asyncio.get_running_loop().call_soon(self._continue_input, proto)
+
+    def _continue_input(self, proto: _Protocol) -> None:
+        self._continue_scheduled = False
+        if proto is not self._proto or self._reading_paused:
+            return
+        self.session.receive_data(b"", self.now(), limit=MESSAGES_PER_TURN)
+        self._process()
+        self._after_input(proto)
 
     def _transport_lost(self, proto: _Protocol, exc: Exception | None) -> None:
         if proto is self._proto:
@@ -388,6 +418,7 @@ class BgpPeer:
         transport, proto = await self._loop.create_connection(lambda: _Protocol(self), sock=sock)
         assert isinstance(proto, _Protocol) and isinstance(transport, asyncio.Transport)
         self._proto = proto
+        self._backlog = False
         self._closed.clear()
         self._families_logged.clear()
         self._apply_reading(proto)

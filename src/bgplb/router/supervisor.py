@@ -26,7 +26,8 @@ where it could not be blamed on anyone.
 **Bounds.** A peer may have at most :data:`MAX_PENDING` events waiting in the queue; beyond that
 its socket is no longer read (``BgpPeer.pause_reading``; TCP flow control then slows the sender)
 until the RIB task has brought it down to :data:`RESUME_PENDING`. The queue thus holds at most
-``MAX_PENDING`` + one socket read's worth of events per peer, whatever the peers send. Repeated
+``MAX_PENDING`` + ``bgplb.io.bgp.MESSAGES_PER_TURN`` events per peer, whatever the peers send
+(the transport hands the session at most that many messages per loop turn). Repeated
 warnings about a peer (filtered and refused prefixes, bad link bandwidth, paused reading) are
 rate-limited per peer and kind (:class:`LogLimiter`).
 """

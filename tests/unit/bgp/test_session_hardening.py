@@ -416,3 +416,28 @@ def test_logged_data_is_bounded() -> None:
     assert len(str(err)) < 200 and "(65535 octets)" in str(err)
     assert len(str(Notification(7, 1, b"\xff" * 65535))) < 200
     assert str(Notification(3, 11, b"\x01")).endswith("(data 01)")
+
+
+def test_receive_data_limit_leaves_the_rest_buffered() -> None:
+    """`limit` caps the messages handled per call; the rest wait for `receive_data(b"")`."""
+    p = Pair()
+    p.up()
+    for i in range(10):  # a MED each: ten UPDATEs
+        prefix = Prefix(1, int(IPv4Address("198.51.100.0")) + i, 32)
+        p.a.announce(prefix, session_module.PathAttributes(med=i))
+    data = p.a.data_to_send(1.0)
+    reader = MessageReader()
+    reader.feed(data)
+    updates = 0
+    while (framed := reader.next_message()) is not None:
+        updates += framed[0] == 2
+    assert updates >= 10
+    p.b.events()
+    p.b.receive_data(data, 1.0, limit=1)
+    assert p.b.input_pending
+    got = len(of(p.b.events(), RoutesReceived))
+    assert got == 1
+    while p.b.input_pending:
+        p.b.receive_data(b"", 1.0, limit=1)
+        got += len(of(p.b.events(), RoutesReceived))
+    assert got == updates and p.b.state is State.ESTABLISHED
