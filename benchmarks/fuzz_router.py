@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import errno
+import heapq
 import inspect
 import ipaddress
 import logging
@@ -917,7 +918,7 @@ def _worker(args: tuple[int, int, int, str]) -> dict[str, Any]:
     seed, start, count, outdir = args
     kinds: Counter[str] = Counter()
     first: dict[str, str] = {}
-    worst = (0.0, b"")
+    slowest: list[tuple[float, bytes]] = []  # a heap of the SLOWEST inputs (time per byte)
     sessions: Counter[str] = Counter()
     fib_errors = 0
     for n in range(start, start + count):
@@ -932,8 +933,12 @@ def _worker(args: tuple[int, int, int, str]) -> dict[str, Any]:
             out.add(kind, detail)
         elapsed = time.perf_counter() - t0
         per_byte = elapsed / max(1, len(data))
-        if per_byte > worst[0] and len(data) >= 16:
-            worst = (per_byte, data)
+        if len(data) >= 16:
+            item = (per_byte, data)
+            if len(slowest) < SLOWEST:
+                heapq.heappush(slowest, item)
+            elif item > slowest[0]:
+                heapq.heapreplace(slowest, item)
         sessions[out.state] += 1
         fib_errors += out.fib_errors
         for kind, detail in out.findings:
@@ -945,11 +950,20 @@ def _worker(args: tuple[int, int, int, str]) -> dict[str, Any]:
     return {
         "kinds": kinds,
         "first": first,
-        "worst": worst,
+        "slowest": slowest,
         "sessions": sessions,
         "fib_errors": fib_errors,
         "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
+
+
+SLOWEST = 5  # per worker chunk: the inputs timed again at the end
+
+
+def _timed(data: bytes) -> float:
+    t0 = time.perf_counter()
+    run_one(data)
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -977,7 +991,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds: Counter[str] = Counter()
     sessions: Counter[str] = Counter()
     first: dict[str, str] = {}
-    worst = (0.0, b"")
+    slowest: list[tuple[float, bytes]] = []
     rss = fib_errors = done = 0
     import multiprocessing
 
@@ -988,8 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
             fib_errors += r["fib_errors"]
             for k, v in r["first"].items():
                 first.setdefault(k, v)
-            if r["worst"][0] > worst[0]:
-                worst = r["worst"]
+            slowest += r["slowest"]
             rss = max(rss, r["rss_kb"])
             done += sum(r["sessions"].values())
             print(
@@ -997,8 +1010,15 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    Path(args.out, "worst-time-per-byte.bin").write_bytes(worst[1])
     elapsed = time.monotonic() - t0
+    # A time measured once under load is mostly scheduling noise: time the slowest inputs
+    # again (best of 3, one process, nothing else running in it) and keep the worst of those.
+    worst = (0.0, b"", 0.0)
+    for first_time, data in sorted(slowest, reverse=True)[: 4 * SLOWEST]:
+        best = min(_timed(data) for _ in range(3)) / len(data)
+        if best > worst[0]:
+            worst = (best, data, first_time)
+    Path(args.out, "worst-time-per-byte.bin").write_bytes(worst[1])
     print(
         f"inputs run: {done} (seed {args.seed}, {args.workers} workers, {elapsed:.0f} s, "
         f"{done / elapsed:.0f}/s)"
@@ -1010,7 +1030,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {n:8d}  {kind}")
     print(
         f"worst time per byte: {worst[0] * 1e6:.1f} us/byte on a {len(worst[1])}-byte input "
-        f"({args.out}/worst-time-per-byte.bin)"
+        f"({worst[0] * len(worst[1]) * 1e3:.2f} ms; best of 3 re-runs of the "
+        f"{min(len(slowest), 4 * SLOWEST)} slowest; {worst[2] * 1e6:.1f} us/byte in the run; "
+        f"{args.out}/worst-time-per-byte.bin)"
     )
     print(f"peak RSS of a worker: {rss / 1024:.1f} MiB")
     for kind, detail in first.items():
