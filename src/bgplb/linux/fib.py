@@ -210,7 +210,7 @@ class KernelFib:
         looked at except those that must move off a group they share with a changed one.
         A refused operation fails only its VIPs (`FibResult.failed`, `failures()`), retried by
         `retry_due()`. Raises ValueError for bad input."""
-        resolved = resolve_changes(changes, self._link)
+        resolved = resolve_changes(changes, self._link, self.engine.interned)
         with self._lock:
             return self._fresh().update(resolved, _now(now))
 

@@ -197,15 +197,37 @@ class Fib(Protocol):
 
 
 def resolve_changes(
-    changes: ChangesInput, link_index: Callable[[str], int]
+    changes: ChangesInput,
+    link_index: Callable[[str], int],
+    interned: dict[Any, Any] | None = None,
 ) -> dict[d.IPNetwork, d.PathSet]:
     """{vip: [(gateway, oif name or index, weight)]} -> {network: path set}; interface names
-    through `link_index`. Raises ValueError for bad input (see `diff.desired_state`)."""
-    entries = {
-        vip: [(gw, oif if isinstance(oif, int) else link_index(oif), w) for gw, oif, w in paths]
-        for vip, paths in changes.items()
-    }
-    return {net: d.path_set(gws) for net, gws in d.desired_state(entries).items()}
+    through `link_index`; duplicate gateways merged, weights summed (capped at 256), as
+    `diff.desired_state` does. Raises ValueError for bad input. `interned` (kept by the
+    caller across calls) makes equal gateways and path sets one object each: less memory, and
+    comparisons that stop at identity."""
+    pool: dict[Any, Any] = {} if interned is None else interned
+    gateways: dict[tuple[Any, Any], d.Gateway] = {}
+    out: dict[d.IPNetwork, d.PathSet] = {}
+    for vip, paths in changes.items():
+        net = vip if isinstance(vip, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else None
+        if net is None:
+            net = ipaddress.ip_network(vip)
+        gws: dict[d.Gateway, int] = {}
+        for gateway, oif, weight in paths:
+            gw = gateways.get((gateway, oif))
+            if gw is None:
+                index = oif if isinstance(oif, int) else link_index(oif)
+                made = d.Gateway(ipaddress.ip_address(gateway), int(index))
+                gw = gateways[(gateway, oif)] = pool.setdefault(made, made)
+            if weight < 1:
+                raise ValueError(f"{net}: weight {weight} of {gw.address} must be >= 1")
+            if net.version == 6 and gw.address.version == 4:
+                raise ValueError(f"{net}: an IPv6 route cannot use IPv4 gateway {gw.address}")
+            gws[gw] = min(d.MAX_WEIGHT, gws.get(gw, 0) + weight)
+        pset = d.path_set(gws) if len(gws) > 1 else tuple(gws.items())
+        out[net] = pool.setdefault(pset, pset)
+    return out
 
 
 # --- the engine ---------------------------------------------------------------------------------
@@ -247,6 +269,7 @@ class FibEngine:
         self.ops = 0
         self.errors = 0  # operations the kernel refused
         self.retries = 0
+        self.interned: dict[Any, Any] = {}  # gateways and path sets, see resolve_changes
         self._status_lock = threading.Lock()
 
     # -- state ---------------------------------------------------------------------------------
@@ -275,6 +298,8 @@ class FibEngine:
 
     # -- entry points --------------------------------------------------------------------------
     def update(self, changes: Mapping[d.IPNetwork, d.PathSet], now: float) -> FibResult:
+        if len(self.interned) > 4 * (len(self.model.groups) if self.model else 0) + 4096:
+            self.interned = {}  # sets nobody uses any more: start again (re-filled on use)
         for net, pset in changes.items():
             if pset:
                 self.wanted[net] = pset

@@ -430,7 +430,7 @@ class MemoryFib:
 
     # -- changes -------------------------------------------------------------------------------
     def update(self, changes: ChangesInput, now: float | None = None) -> FibResult:
-        resolved = resolve_changes(changes, self._link)
+        resolved = resolve_changes(changes, self._link, self.engine.interned)
         with self._lock:
             return self.engine.update(resolved, self._now(now))
 
