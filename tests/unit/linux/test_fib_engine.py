@@ -301,3 +301,32 @@ def test_incremental_updates_converge_without_orphans(steps, failing):
         v: {d.Gateway(gw, 2): w for gw, w in fwd(*which).items()} for v, which in wanted.items()
     }
     assert d.diff(desired, fib.installed(), fib.params) == []
+
+
+def test_resolve_changes_normalises_like_desired_state_and_interns():
+    from bgplb.linux.fibapi import resolve_changes
+
+    pool: dict = {}
+    entries = {
+        "198.51.100.10": [("192.0.2.2", 2, 1), ("192.0.2.2", 2, 300), ("192.0.2.6", 3, 2)],
+        VIPS[1]: [("192.0.2.6", 3, 2), ("192.0.2.2", 2, 256)],
+        "2001:db8:100::10": [("2001:db8:1::2", "eth0", 1)],
+    }
+    got = resolve_changes(entries, {"eth0": 9}.__getitem__, pool)
+    expected = d.desired_state(
+        {
+            "198.51.100.10": [("192.0.2.2", 2, 1), ("192.0.2.2", 2, 300), ("192.0.2.6", 3, 2)],
+            VIPS[1]: [("192.0.2.6", 3, 2), ("192.0.2.2", 2, 256)],
+            "2001:db8:100::10": [("2001:db8:1::2", 9, 1)],
+        }
+    )
+    assert got == {net: d.path_set(gws) for net, gws in expected.items()}
+    assert got[ip_network("198.51.100.10/32")] is got[VIPS[1]]  # one object per set
+    again = resolve_changes({VIPS[2]: [("192.0.2.2", 2, 256), ("192.0.2.6", 3, 2)]}, int, pool)
+    assert again[VIPS[2]] is got[VIPS[1]]
+    with pytest.raises(ValueError, match="IPv4 gateway"):
+        resolve_changes({"2001:db8:100::10/128": [("192.0.2.2", 2, 1)]}, int)
+    with pytest.raises(ValueError, match="weight"):
+        resolve_changes({"198.51.100.10/32": [("192.0.2.2", 2, 0)]}, int)
+    with pytest.raises(ValueError):
+        resolve_changes({"198.51.100.300/32": []}, int)
