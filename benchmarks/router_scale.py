@@ -32,8 +32,9 @@ socket's `status` request (exactly what `bgplb status --json` sends; the CLI its
 Python start-up, measured once before the load and printed as "CLI"); BIRD — `birdc show
 protocols`; GoBGP — `gobgp neighbor`. Printed: answers / requests, how many within 100 ms, the
 slowest answer. "loop stall" = the `loop.max_ms` figure of the router's status answer after the
-load (bgplb.io.loopwatch: the worst lateness of the router's event loop since it started; `n/a`
-when the status has no `loop` key, as in routers older than the watch).
+load, asked with `vips_limit=0` (the summary, no VIP rows): bgplb.io.loopwatch's worst lateness
+of the router's event loop since it started; `n/a` when the status has no `loop` key, as in
+routers older than the watch.
 
 Exit: the receiver is stopped (SIGTERM; bgplb removes its routes, groups and nexthops, BIRD its
 routes); "stop s" = SIGTERM to exit, "free s" = from the exit until `ip -n rcv route show proto
@@ -72,7 +73,7 @@ from _routerlab import (
     stop_all,
     workdir,
 )
-from bgplb.control.socket import request
+from bgplb.control.socket import ControlError, request
 from bgplb.lab.netns import Namespace, Topology
 from bgplb.lab.peers import Bird, GoBgp, PeerError
 from bgplb.lab.speaker import SpeakerProcess
@@ -259,8 +260,13 @@ def run_case(kind: str, peers: int, count: int, a: argparse.Namespace) -> dict[s
             res["rss_hwm"] = hwm_kib(pid)
             res["loop"] = None
             if router is not None:
-                try:
-                    st = request(router.sock, "status", timeout=30)
+                try:  # the summary only (no VIP rows): a page of 100k VIPs can take > 30 s
+                    try:
+                        st = request(router.sock, "status", timeout=30, vips_limit=0)
+                    except ControlError as exc:
+                        if "timed out" in str(exc):
+                            raise
+                        st = request(router.sock, "status", timeout=30)  # no paging yet
                     loop = st.get("loop") if isinstance(st, dict) else None
                     res["loop"] = loop if isinstance(loop, dict) else None
                 except Exception as exc:
