@@ -244,6 +244,14 @@ class KernelFib:
     def deferring(self) -> bool:
         return self.engine.adopted is not None
 
+    def release_gateways(
+        self, gateways: Iterable[tuple[d.IPAddress, int]], now: float | None = None
+    ) -> FibResult:
+        """While deferring: the peers of these adopted gateways (address, IP version of the
+        VIPs they serve) sent End-of-RIB; what they did not announce again goes now."""
+        with self._lock:
+            return self.engine.release(gateways, _now(now))
+
     def finish_deferral(self, now: float | None = None) -> FibResult:
         """End of the deferral: read the kernel, remove whatever is no longer wanted."""
         with self._lock:

@@ -182,6 +182,13 @@ class Fib(Protocol):
 
     @property
     def deferring(self) -> bool: ...
+    def release_gateways(
+        self, gateways: Iterable[tuple[d.IPAddress, int]], now: float | None = None
+    ) -> FibResult:
+        """While deferring: these adopted gateways' peers sent End-of-RIB; drop what they
+        did not announce again."""
+        ...
+
     def finish_deferral(self, now: float | None = None) -> FibResult: ...
     def reconcile(self, desired: ChangesInput | None = None) -> list[d.Op]: ...
     def cleanup(self) -> list[d.Op]: ...
@@ -263,6 +270,8 @@ class FibEngine:
         self.wanted: dict[d.IPNetwork, d.PathSet] = {}
         self.failed: dict[d.IPNetwork, VipError] = {}
         self.adopted: dict[d.IPNetwork, d.PathSet] | None = None
+        self._adopted_by_set: dict[d.PathSet, list[d.IPNetwork]] = {}
+        self.released: set[tuple[d.IPAddress, int]] = set()  # adopted gateways that spoke
         self.applied = False  # something to defend against others' changes
         self.dumps = 0
         self.applies = 0
@@ -285,14 +294,17 @@ class FibEngine:
 
     def effective(self, net: d.IPNetwork) -> d.PathSet:
         """What VIP `net` gets: its desired paths, united while deferring with the paths it
-        had when adopted (the desired weight wins for a gateway in both)."""
+        had when adopted (the desired weight wins for a gateway in both), except the adopted
+        gateways whose peer has spoken since (`release`: its announcements are the truth)."""
         want = self.wanted.get(net, ())
         if self.adopted is None:
             return want
         old = self.adopted.get(net)
         if not old:
             return want
-        merged = dict(old)
+        merged = {gw: w for gw, w in old if (gw.address, net.version) not in self.released}
+        if not merged:
+            return want
         merged.update(want)
         return d.path_set(merged)
 
@@ -334,18 +346,42 @@ class FibEngine:
         self.model = None
         model = self.load()
         adopted: dict[d.IPNetwork, d.PathSet] = {}
+        by_set: dict[d.PathSet, list[d.IPNetwork]] = {}
         gateways: set[tuple[d.IPAddress, int]] = set()
         for g, vips in model.vips_of.items():
             pset = model.key_of[g][0]
             versions = {net.version for net in vips}
             gateways.update((gw.address, v) for gw, _ in pset for v in versions)
+            by_set.setdefault(pset, []).extend(vips)
             for net in vips:
                 adopted[net] = pset
         self.adopted = adopted or None
+        self._adopted_by_set = by_set
+        self.released = set()
         return Adopted(len(adopted), len(model.vips_of), frozenset(gateways))
+
+    def release(self, gateways: Iterable[tuple[d.IPAddress, int]], now: float) -> FibResult:
+        """While deferring: the peers of these adopted gateways (address, IP version of the
+        VIPs) have sent End-of-RIB; what they did not announce again goes now. Plans only the
+        adopted VIPs whose adopted set has one of them."""
+        new = set(gateways) - self.released
+        if self.adopted is None or not new:
+            return FibResult()
+        self.released |= new
+        changes: dict[d.IPNetwork, d.PathSet] = {}
+        for pset, nets in self._adopted_by_set.items():
+            hit = {v for gw, _ in pset for v in (4, 6) if (gw.address, v) in new}
+            for net in nets:
+                if net.version in hit:
+                    changes[net] = self.effective(net)
+        if not changes:
+            return FibResult()
+        return self._execute(changes, now, full=False)
 
     def finish_deferral(self, now: float) -> FibResult:
         self.adopted = None
+        self._adopted_by_set = {}
+        self.released = set()
         return self.resync(now)
 
     def reset(self, desired: Mapping[d.IPNetwork, d.PathSet], now: float) -> FibResult:
@@ -353,6 +389,8 @@ class FibEngine:
         exactly `desired`. With nothing desired (exit) a group is deleted with its routes in
         one operation."""
         self.adopted = None
+        self._adopted_by_set = {}
+        self.released = set()
         with self._status_lock:
             self.failed.clear()
         self.wanted = {net: pset for net, pset in desired.items() if pset}

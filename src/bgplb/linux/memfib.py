@@ -461,6 +461,14 @@ class MemoryFib:
     def deferring(self) -> bool:
         return self.engine.adopted is not None
 
+    def release_gateways(
+        self, gateways: Iterable[tuple[d.IPAddress, int]], now: float | None = None
+    ) -> FibResult:
+        """While deferring: the peers of these adopted gateways (address, IP version of the
+        VIPs they serve) sent End-of-RIB; what they did not announce again goes now."""
+        with self._lock:
+            return self.engine.release(gateways, self._now(now))
+
     def finish_deferral(self, now: float | None = None) -> FibResult:
         with self._lock:
             return self.engine.finish_deferral(self._now(now))

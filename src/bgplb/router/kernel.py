@@ -13,7 +13,8 @@ added to them but nothing adopted is deleted or shrunk, until every gateway of a
 has had its peer send End-of-RIB for the family of the VIPs it serves (``_fib_end_of_rib``) —
 a peer without the Graceful Restart capability, which need not send one, counts
 ``NO_EOR_SETTLE`` seconds after its session is Established — or ``[fib] startup_defer`` runs
-out; then a full reconcile removes what is no longer wanted. On exit
+out; then a full reconcile removes what is no longer wanted. A gateway whose peer has spoken
+leaves at once the adopted VIPs it did not announce again (``Fib.release_gateways``). On exit
 ours are removed (unless ``keep_on_exit``). Interface addresses are polled so next hops resolve
 against the current connected subnets (RFC 4271 §5.1.3, §9.1.2.1).
 """
@@ -94,6 +95,17 @@ class StartupDeferral:
     settling: dict[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], float] = field(
         default_factory=dict
     )
+    # gateways that stopped holding the deferral since the last sync: the FIB drops from
+    # their adopted VIPs whatever their peer did not announce again
+    released: set[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = field(
+        default_factory=set
+    )
+
+    def discard(self, key: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]) -> None:
+        if key in self.pending:
+            self.pending.discard(key)
+            self.settling.pop(key, None)
+            self.released.add(key)
 
     def done(self, now: float) -> bool:
         return not self.pending or now >= self.deadline
@@ -113,8 +125,7 @@ class StartupDeferral:
                 continue
             since = self.settling.setdefault(key, now)
             if now - since >= NO_EOR_SETTLE:
-                self.pending.discard(key)
-                del self.settling[key]
+                self.discard(key)
 
 
 class KernelSide:
@@ -208,12 +219,12 @@ class KernelSide:
         if defer is None or not defer.pending:
             return
         version = 4 if family[0] == AFI.IPV4 else 6
-        defer.pending.discard((peer_address, version))
+        defer.discard((peer_address, version))
         state = self.rib.peers.get(str(peer_address))
         if state is not None and defer.pending:
             for prefix, path in state.paths.items():
                 if path.next_hop is not None and prefix.network.version == version:
-                    defer.pending.discard((path.next_hop, version))
+                    defer.discard((path.next_hop, version))
         if not defer.pending:  # the RIB task's _sync_fib right after this event ends it
             log.info("fib: End-of-RIB from every adopted gateway: deferral ends")
 
@@ -249,8 +260,12 @@ class KernelSide:
         if defer is not None:
             defer.release(self.rib.peers, now)
         finish = defer is not None and defer.done(now)
+        release: set[tuple[IPAddress, int]] = set()
+        if defer is not None and not finish:
+            release, defer.released = defer.released, set()
         retry = self.fib.next_retry()
-        if not changes and not due and not finish and (retry is None or retry > now):
+        idle = not changes and not due and not finish and not release
+        if idle and (retry is None or retry > now):
             return
         if finish:
             self._fib_defer = None
@@ -260,7 +275,7 @@ class KernelSide:
                 "every adopted gateway sent End-of-RIB" if not defer.pending else "startup_defer",
             )
         try:
-            result = await router_pinning.sync(cast("Router", self), changes, now, finish)
+            result = await router_pinning.sync(cast("Router", self), changes, now, finish, release)
         except Exception as exc:
             self.counters.fib_errors += 1
             log.error("fib: apply failed: %s", exc)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from bgplb.linux.fibapi import FibResult
@@ -197,16 +197,22 @@ def open(router: Router) -> None:
 
 
 async def sync(
-    router: Router, changes: Mapping[Any, Any], now: float, finish_deferral: bool = False
+    router: Router,
+    changes: Mapping[Any, Any],
+    now: float,
+    finish_deferral: bool = False,
+    release: Collection[tuple[Any, int]] = (),
 ) -> FibResult:
     """Instead of ``fib.update(changes)``: with pinning, plan and apply pins around it. Then
-    retry the failed VIPs that are due and, with `finish_deferral`, end the startup deferral
-    (a full reconcile). Runs the FIB in a worker thread."""
+    drop from adopted VIPs the gateways in `release` (their peers sent End-of-RIB), retry the
+    failed VIPs that are due and, with `finish_deferral`, end the startup deferral (a full
+    reconcile). Runs the FIB in a worker thread."""
     fib = router.fib
 
     def fib_step(fib_changes: dict[Any, list[tuple[Any, int, int]]]) -> FibResult:
         result = fib.update(fib_changes, now) if fib_changes else FibResult()
         for extra in (
+            fib.release_gateways(release, now) if release else FibResult(),
             fib.retry_due(now),
             fib.finish_deferral(now) if finish_deferral else FibResult(),
         ):

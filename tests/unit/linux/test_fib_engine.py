@@ -198,6 +198,11 @@ def test_adoption_is_additive_until_the_deferral_ends():
     # a new VIP is added
     fib.update({VIPS[9]: paths(0)}, now=1)
     assert kernel.forwarding()[VIPS[9]] == fwd(0)
+    # server 0's peer sent End-of-RIB: it dropped VIPS[1]; servers 1 and 2 still hold it
+    result = fib.release_gateways({(GW[0], 4)}, now=1.5)
+    assert [type(op) for op in result.ops] == [d.AddGroup, d.ReplaceRoute]
+    assert kernel.forwarding()[VIPS[1]] == fwd(1, 2)
+    assert kernel.forwarding()[VIPS[0]] == fwd(0, 1, 2)  # announced by 0, 1 and 2 adopted
     fib.finish_deferral(now=2)
     assert not fib.deferring
     assert kernel.forwarding() == {VIPS[0]: fwd(0), VIPS[9]: fwd(0)}
