@@ -195,6 +195,15 @@ class Fib(Protocol):
     def start_watching(self) -> None: ...
     def watch_fileno(self) -> int: ...
     def process_events(self) -> list[d.Op]: ...
+    def poll_events(self) -> bool:
+        """Non-blocking, lock-free: True if `resync()` is needed (someone changed our objects,
+        or notifications were lost)."""
+        ...
+
+    def resync(self, now: float | None = None) -> list[d.Op]:
+        """Read the kernel, re-install every wanted VIP (blocking: a worker thread)."""
+        ...
+
     def buckets_shares(
         self, vips: Iterable[Any] | None = None, limit: int = STATUS_BUCKET_LIMIT
     ) -> BucketShares: ...
@@ -384,17 +393,20 @@ class FibEngine:
         self.released = set()
         return self.resync(now)
 
-    def reset(self, desired: Mapping[d.IPNetwork, d.PathSet], now: float) -> FibResult:
-        """reconcile()/cleanup(): forget adoption and failures, read the kernel, install
-        exactly `desired`. With nothing desired (exit) a group is deleted with its routes in
-        one operation."""
+    def reset(
+        self, desired: Mapping[d.IPNetwork, d.PathSet], now: float, reread: bool = True
+    ) -> FibResult:
+        """reconcile()/cleanup(): forget adoption and failures, read the kernel (unless
+        `reread` is False and the model is known good), install exactly `desired`. With
+        nothing desired (exit) a group is deleted with its routes in one operation."""
         self.adopted = None
         self._adopted_by_set = {}
         self.released = set()
         with self._status_lock:
             self.failed.clear()
         self.wanted = {net: pset for net, pset in desired.items() if pset}
-        self.model = None
+        if reread:
+            self.model = None
         return self._execute({}, now, full=True, bulk_delete=not self.wanted)
 
     # -- execution -----------------------------------------------------------------------------

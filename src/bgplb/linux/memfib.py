@@ -492,12 +492,17 @@ class MemoryFib:
         return self.kernel.fileno()
 
     def process_events(self) -> list[d.Op]:
-        if not self.kernel.drain():
-            return []
+        return self.resync() if self.poll_events() else []
+
+    def poll_events(self) -> bool:
+        return self.kernel.drain()
+
+    def resync(self, now: float | None = None) -> list[d.Op]:
         with self._lock:
             if not self.engine.applied and self.engine.adopted is None:
+                self.engine.invalidate()
                 return []
-            ops = self.engine.resync(self.clock()).ops
+            ops = self.engine.resync(self._now(now)).ops
         if ops:
             self.reinstalls += 1
         return ops

@@ -139,6 +139,8 @@ class KernelSide:
     queue: asyncio.Queue[tuple[PeerEntry | None, Event | str]]
     _connected: list[Connected]
     _fib_defer: StartupDeferral | None = None
+    _fib_resync_task: asyncio.Task[None] | None = None
+    _fib_resync_again = False
 
     def _fib_now(self) -> float:
         """The clock of deferral and retries: the event loop's (tests replace it)."""
@@ -183,20 +185,42 @@ class KernelSide:
         router_pinning.open(cast("Router", self))
 
     def _kernel_events(self) -> None:
+        """The watch socket is readable: read it here (cheap, no lock); if something of ours
+        changed or notifications were lost, re-read the kernel and re-install in a worker
+        thread (a dump of every route: never on the event loop). Coalesced: one at a time."""
         try:
-            ops = self.fib.process_events()
+            needed = self.fib.poll_events()
+        except Exception as exc:
+            self.counters.fib_errors += 1
+            log.error("fib: reading kernel notifications failed: %s", exc)
+            return
+        if not needed:
+            return
+        self._fib_resync_again = True
+        if getattr(self, "_fib_resync_task", None) is None:
+            loop = asyncio.get_running_loop()
+            self._fib_resync_task = loop.create_task(self._fib_resync(), name="fib-resync")
+
+    async def _fib_resync(self) -> None:
+        try:
+            while self._fib_resync_again and self.fib is not None:
+                self._fib_resync_again = False
+                ops = await asyncio.to_thread(self.fib.resync, self._fib_now())
+                if ops:
+                    log.warning("fib: re-installed %d object(s) someone else removed", len(ops))
         except Exception as exc:
             self.counters.fib_errors += 1
             log.error("fib: re-install failed: %s", exc)
-            return
-        if ops:
-            log.warning("fib: re-installed %d object(s) someone else removed", len(ops))
+        finally:
+            self._fib_resync_task = None
 
     def _close_fib(self) -> None:
         if self.fib is None:
             return
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(self.fib.watch_fileno())
+        if self._fib_resync_task is not None:
+            self._fib_resync_task.cancel()  # its thread finishes under the FIB lock
         # waits for a sync still running in its thread, then cleans up
         router_pinning.close(cast("Router", self))
         try:

@@ -260,3 +260,27 @@ def test_a_kernel_fault_on_one_group_does_not_block_the_others():
     assert all(fwd[str(v.network)] == {C} for v in VIPS[15:20])  # B withdrew, C still there
     failed = router.memfib.failures()
     assert set(failed) == {v.network for v in VIPS[:10]}
+
+
+def test_someone_elses_deletion_is_reinstalled_off_the_event_loop():
+    kernel = MemoryKernel()
+    router = FakeRouter(kernel)
+
+    async def go():
+        router._open_fib(router.memfib)
+        router.announce(str(A), VIPS[:3])
+        await router._sync_fib()
+        gid = kernel.installed(200, 254).routes[VIPS[0].network]
+        kernel.del_nexthop(gid)  # someone else: the group and its routes go
+        assert forwarding(kernel) == {}
+        router._kernel_events()  # reads the notification only; the resync is a task
+        router._kernel_events()  # coalesced into the same task
+        task = router._fib_resync_task
+        assert task is not None
+        await task
+        assert router._fib_resync_task is None
+        assert all(forwarding(kernel)[str(v.network)] == {A} for v in VIPS[:3])
+        router._close_fib()
+
+    run(go)
+    assert router.memfib.reinstalls == 1
