@@ -288,6 +288,7 @@ class FibEngine:
         self.errors = 0  # operations the kernel refused
         self.retries = 0
         self.interned: dict[Any, Any] = {}  # gateways and path sets, see resolve_changes
+        self.counts: tuple[int, int, int] | None = None  # routes, groups, nexthops: last apply
         self._status_lock = threading.Lock()
 
     # -- state ---------------------------------------------------------------------------------
@@ -442,6 +443,7 @@ class FibEngine:
             errors.update(retried)
         self.applies += 1
         self.ops += len(done)
+        self.counts = (len(model.routes), len(model.groups), len(model.nexthops))
         with self._status_lock:
             for net in changes:
                 if net not in errors:
@@ -541,6 +543,11 @@ class FibEngine:
     def status(self, now: float) -> dict[str, Any]:
         """Counters only (no walk over VIPs); at most STATUS_FAILED_LIMIT failed VIPs listed."""
         model = self.model
+        counts = (
+            (len(model.routes), len(model.groups), len(model.nexthops))
+            if model is not None
+            else self.counts
+        )
         with self._status_lock:
             failed = {
                 str(net): e.as_dict(now)
@@ -548,10 +555,10 @@ class FibEngine:
             }
             n_failed = len(self.failed)
         return {
-            "vips": len(model.routes) if model is not None else None,
+            "vips": counts[0] if counts is not None else None,
             "wanted": len(self.wanted),
-            "groups": len(model.groups) if model is not None else None,
-            "nexthops": len(model.nexthops) if model is not None else None,
+            "groups": counts[1] if counts is not None else None,
+            "nexthops": counts[2] if counts is not None else None,
             "failed_count": n_failed,
             "failed": failed,
             "adopted": len(self.adopted) if self.adopted is not None else 0,
