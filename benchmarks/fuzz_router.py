@@ -422,7 +422,7 @@ class Harness:
         except KernelRefusal:
             pass
         try:
-            self.router._kernel_events()
+            self.loop.run_until_complete(_watcher(self.router))
         except Exception as exc:
             self.out.add(*_exc_kind("kernel-events", exc))
 
@@ -454,6 +454,9 @@ class Harness:
         out = self.out
         self.sync()
         self.settle()
+        counters = getattr(self.router, "counters", None)
+        for task, n in dict(getattr(counters, "internal_errors", None) or {}).items():
+            out.add(f"router-internal-error:{task}", f"{n} internal error(s) caught and counted")
         s = self.session
         out.state = s.state.name
         if s.state is not State.ESTABLISHED:
@@ -550,6 +553,15 @@ def forbidden_gateway(address: IPAddress) -> str | None:
 
 
 _LOOP: asyncio.AbstractEventLoop | None = None
+
+
+async def _watcher(router: Router) -> None:
+    """The watch socket became readable: the router's callback, then the re-install it may
+    have started in a task (``_fib_resync_task``), to its end."""
+    router._kernel_events()
+    task = getattr(router, "_fib_resync_task", None)
+    if task is not None:
+        await task
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:

@@ -271,6 +271,20 @@ def test_stop_sends_cease() -> None:
     assert out.state == "IDLE" and (6, 2) in out.sent_notifications
 
 
+def test_open_with_hold_time_zero_and_no_keepalive_does_not_stall() -> None:
+    """A peer whose OPEN offers hold time 0 and that never sends the KEEPALIVE must not keep
+    the passive session in OpenConfirm for ever (RFC 4271 §8.2.2 arms no timer for hold time
+    0; the session bounds OpenConfirm by its open hold time)."""
+    header = fz.H_RAW | fz.H_EXTENDED  # hold time index 0: the OPEN offers 0
+    out = run(
+        (DATA, encode(fz._open_for(header))),
+        (TIMER, (36000).to_bytes(2, "big")),  # one hour later (0.1 s units)
+        header=header,
+    )
+    assert findings(out) == []
+    assert out.state == "IDLE"
+
+
 # -- open findings (strict xfail: they pass once fixed, then the marker must go) -------------
 @pytest.mark.xfail(
     strict=True,
@@ -285,20 +299,3 @@ def test_refused_cleanup_after_a_failed_add_route_is_retried_away() -> None:
     out = run((FAULTS, faults), (DATA, fz.update_message([VIP])))
     assert findings(out) == []
     assert out.vips_in_fib == 1
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="a peer whose OPEN offers hold time 0 and that never sends the KEEPALIVE keeps the "
-    "passive session in OpenConfirm for ever: no timer is armed (RFC 4271 §8.2.2 starts none "
-    "for hold time 0), so the connection slot is never released",
-)
-def test_open_with_hold_time_zero_and_no_keepalive_does_not_stall() -> None:
-    header = fz.H_RAW | fz.H_EXTENDED  # hold time index 0: the OPEN offers 0
-    out = run(
-        (DATA, encode(fz._open_for(header))),
-        (TIMER, (36000).to_bytes(2, "big")),  # one hour later (0.1 s units)
-        header=header,
-    )
-    assert findings(out) == []
-    assert out.state == "IDLE"
