@@ -40,6 +40,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -413,11 +414,15 @@ class KernelFib:
     # -- watching -----------------------------------------------------------------------------
     def start_watching(self) -> None:
         """Subscribe to nexthop and route notifications (before the first apply is best)."""
+        if self._monitor is not None:  # no lock: poll_events runs on an event loop
+            return
         with self._lock:
             if self._monitor is None:
-                self._monitor = NexthopMonitor(self.netns)
+                monitor = NexthopMonitor(self.netns)
                 # the kernel stamps the notifications of our own changes with our port id
-                self._monitor.ignore_pids = frozenset({self._nl.portid})
+                monitor.ignore_pids = frozenset({self._nl.portid})
+                _grow_receive_buffer(monitor.fileno())
+                self._monitor = monitor
                 self.engine.invalidate()  # read before we listened: read again
 
     def watch_fileno(self) -> int:
@@ -501,3 +506,22 @@ def _now(now: float | None) -> float:
 
 def _group_type(p: d.GroupParams) -> GroupType:
     return GroupType.RES if p.kind is d.GroupKind.RESILIENT else GroupType.MPATH
+
+
+WATCH_BUFFER = 128 << 20
+"""Receive buffer of the watch socket: a batch of ~100k route changes of our own queues about
+that many notifications (~0.8 KiB each in the kernel) before the reader drops them; an
+overflow (ENOBUFS) costs a full kernel dump. Memory is only used while notifications wait."""
+
+
+def _grow_receive_buffer(fd: int) -> None:
+    """SO_RCVBUFFORCE (root: beyond net.core.rmem_max), else leave the buffer as it is."""
+    import socket
+
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, 33, WATCH_BUFFER)  # SO_RCVBUFFORCE
+    except OSError as exc:
+        log.debug("fib: watch socket buffer stays as it is: %s", exc)
+    finally:
+        sock.close()
