@@ -222,11 +222,16 @@ async def sync(
 
     pinning: RouterPinning | None = getattr(router, "pinning", None)
     if pinning is None:
-        desired = {
-            vip.network: [(n.address, n.ifindex, n.weight) for n in entry]
-            for vip, entry in changes.items()
-        }
-        return await asyncio.to_thread(fib_step, desired)
+
+        def plain() -> FibResult:  # in the worker thread: O(changes) of Python
+            return fib_step(
+                {
+                    vip.network: [(n.address, n.ifindex, n.weight) for n in entry]
+                    for vip, entry in changes.items()
+                }
+            )
+
+        return await asyncio.to_thread(plain)
     loop = asyncio.get_running_loop()
     established = {k for k, s in router.rib.peers.items() if s.established}
     try:
