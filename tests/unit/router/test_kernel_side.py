@@ -284,3 +284,24 @@ def test_someone_elses_deletion_is_reinstalled_off_the_event_loop():
 
     run(go)
     assert router.memfib.reinstalls == 1
+
+
+def test_many_dirty_vips_are_turned_into_entries_off_the_loop():
+    from bgplb.router.kernel import SYNC_INLINE
+
+    kernel = MemoryKernel()
+    router = FakeRouter(kernel)
+    many = [Prefix.parse(f"198.18.{i // 200}.{i % 200}/32") for i in range(SYNC_INLINE + 50)]
+    router.rib = Rib([Connected(SUBNET, IFINDEX, ip_address("192.0.2.1"))])
+
+    async def go():
+        router._open_fib(router.memfib)
+        router.announce(str(A), many)
+        await router._sync_fib()
+        router.withdraw(str(A), many[:10])
+        await router._sync_fib()
+
+    run(go)
+    assert len(router.installed) == len(many) - 10
+    assert router.updates[0] == {v.network for v in many}
+    assert kernel.counts(200) == (1, 1, len(many) - 10)
