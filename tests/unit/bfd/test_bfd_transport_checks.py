@@ -6,6 +6,7 @@ RFC 5880 §6.3/§6.8.6 (Your Discriminator zero on an Up session)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
 import struct
@@ -163,3 +164,18 @@ def test_zero_your_discriminator_down_is_dropped_on_an_up_session() -> None:
         assert h.state == State.UP and svc.dropped["no_session"] == 1
 
     _run(body)
+
+
+def test_listening_socket_gets_a_large_receive_buffer() -> None:
+    """One socket receives every session's packets: its buffer must outlast a loop stall."""
+    import socket
+
+    from bgplb.io import bfd as iobfd
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        default = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        iobfd._large_receive_buffer(sock)
+        got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    assert got > default
+    if os.geteuid() == 0:  # SO_RCVBUFFORCE: the kernel doubles the value it stores
+        assert got >= iobfd.RECEIVE_BUFFER
