@@ -19,7 +19,10 @@ polled every --poll s:
 * GoBGP: `gobgp global rib summary` (N destinations, N*P paths); it gets a global export
   policy `reject-route` so that, like the others, it sends nothing back.
 
-"present" = all N prefixes installed (any number of paths), "complete" = all paths too. RSS is the
+"present" = all N prefixes installed (any number of paths), "complete" = all paths too.
+"after last UPDATE" = complete minus the kernel timestamp of the last UPDATE-carrying segment from
+a sender (tcpdump on the receiver's veth, segments to port 179 with more than 19 bytes of
+payload): the receiver's own share of the time, without the senders' encoding. RSS is the
 receiver's VmRSS (BIRD, gobgpd, bgplb router: one process each) when complete; CPU = user+system
 seconds the receiver used from t0 to complete; "peak RSS" = the largest VmRSS seen by the polls
 (and VmHWM, the kernel's own high-water mark, for one-process receivers). A case not complete
@@ -74,6 +77,7 @@ from _routerlab import (
     workdir,
 )
 from bgplb.control.socket import ControlError, request
+from bgplb.lab.capture import Capture
 from bgplb.lab.netns import Namespace, Topology
 from bgplb.lab.peers import Bird, GoBgp, PeerError
 from bgplb.lab.speaker import SpeakerProcess
@@ -99,6 +103,24 @@ def hwm_kib(pid: int) -> int:
         if line.startswith("VmHWM"):
             return int(line.split()[1])
     return 0
+
+
+# BGP segments from the senders carrying more than a KEEPALIVE (19 bytes): the UPDATEs.
+UPDATES_FILTER = (
+    "tcp dst port 179 and (ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2)) > 19"
+)
+
+
+def last_frame_time(pcap: Path) -> float | None:
+    """Kernel timestamp (epoch s) of the last frame in `pcap`, or None."""
+    try:
+        out = subprocess.run(
+            ["tcpdump", "-tt", "-n", "-r", str(pcap)], capture_output=True, text=True, timeout=120
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = [ln for ln in out.splitlines() if ln[:1].isdigit()]
+    return float(lines[-1].split()[0]) if lines else None
 
 
 def timed_cli(argv: list[str], timeout: float = 10.0) -> None:
@@ -168,6 +190,7 @@ def run_case(kind: str, peers: int, count: int, a: argparse.Namespace) -> dict[s
         sps: list[SpeakerProcess] = []
         router = None
         daemon: Any = None
+        capture: Capture | None = None
         try:
             if kind == "bgplb":
                 ranges = (
@@ -220,7 +243,10 @@ def run_case(kind: str, peers: int, count: int, a: argparse.Namespace) -> dict[s
             stop_sampling = threading.Event()
             peak = res["rss_idle"]
             c0 = cpu_s(pid)
-            t0 = time.monotonic()
+            pcap = wd / "updates.pcap"
+            capture = Capture(rcv, "snd", pcap, UPDATES_FILTER)
+            capture.start()
+            t0, t0_wall = time.monotonic(), time.time()
             sampler, samples = status_sampler(probe, stop_sampling, a.status_period)
             for sp in sps:
                 sp.send(bulk={"count": count, "start": "198.18.0.0", "length": 32})
@@ -240,6 +266,7 @@ def run_case(kind: str, peers: int, count: int, a: argparse.Namespace) -> dict[s
                     res["present"] = elapsed
                 if full >= count:
                     res["complete"] = elapsed
+                    complete_wall = time.time()
                     break
                 if elapsed > a.timeout:
                     break
@@ -253,6 +280,11 @@ def run_case(kind: str, peers: int, count: int, a: argparse.Namespace) -> dict[s
                 time.sleep(a.poll)
             res["cpu"] = cpu_s(pid) - c0
             res["rss"] = rss_kib(pid)
+            capture.stop()
+            last = last_frame_time(pcap)
+            res["last_update_s"] = None if last is None else round(last - t0_wall, 3)
+            if res["complete"] is not None and last is not None:
+                res["after_last_update"] = round(complete_wall - last, 3)
             stop_sampling.set()
             sampler.join(15)
             res["status"] = summarize_samples(samples)
@@ -272,6 +304,8 @@ def run_case(kind: str, peers: int, count: int, a: argparse.Namespace) -> dict[s
                 except Exception as exc:
                     res["loop_error"] = str(exc)
         finally:
+            if capture is not None:
+                capture.stop()
             stop_all(sps)
             if router is not None and router.proc is not None:
                 t = time.monotonic()
@@ -320,7 +354,8 @@ def main() -> None:
         f"kernel {kernel_info()}, poll {a.poll} s, status every {a.status_period} s"
     )
     print(
-        f"{'case':<10} {'receiver':<34} {'present s':>9} {'complete s':>10} {'CPU s':>6} "
+        f"{'case':<10} {'receiver':<34} {'present s':>9} {'complete s':>10} {'after UPD':>9} "
+        f"{'CPU s':>6} "
         f"{'RSS peak MiB':>12} {'status ok/n <100ms':>18} {'slowest s':>9} "
         f"{'loop stall ms':>13} {'stop s':>7} {'free s':>7}"
     )
@@ -342,7 +377,8 @@ def main() -> None:
         free = (r.get("free") or {}).get("free_s")
         print(
             f"{case:<10} {label[kind]:<34} {fmt(r['present']):>9} {fmt(r['complete']):>10} "
-            f"{r.get('cpu', 0):>6.1f} {r.get('rss_peak', 0) / 1024:>12.1f} {answers:>18} "
+            f"{fmt(r.get('after_last_update')):>9} {r.get('cpu', 0):>6.1f} "
+            f"{r.get('rss_peak', 0) / 1024:>12.1f} {answers:>18} "
             f"{slowest_txt:>9} {stall if kind == 'bgplb' else 'n/a':>13} "
             f"{fmt(r.get('stop_s')):>7} {fmt(free):>7}"
         )
@@ -353,6 +389,7 @@ def main() -> None:
         print(f"`bgplb status --json` on the idle router (CLI start-up included): {max(cli):.2f} s")
     ratios = (
         ("complete", "complete time"),
+        ("after_last_update", "after the last UPDATE"),
         ("cpu", "CPU"),
         ("rss_peak", "peak RSS"),
         ("stop_s", "stop"),
