@@ -598,3 +598,20 @@ def test_adoption_defers_deletions_until_finished(lab):
         assert route_group(r, VIP6, v6=True) is None
         fib.cleanup()
         assert ours(r) == ([], [])
+
+
+def test_cleanup_checks_the_kernel_when_the_model_missed_something(lab, monkeypatch):
+    """The exit clean-up works from the watched model (no 100k-route dump), then checks that no
+    nexthop object of ours is left; if one is, it reads the kernel and removes it all."""
+    r = lab.router
+    with KernelFib(r.name, buckets=32) as fib:
+        fib.start_watching()
+        fib.apply(desired(lab, [0, 1]))
+        # an object of ours the model does not know, and the watcher "saw" nothing
+        r.exec("ip", "nexthop", "add", "id", "77", "via", lab.gw4[2], "dev", lab.ifs[2],
+               "proto", str(PROTO))  # fmt: skip
+        r.exec("ip", "nexthop", "add", "id", "78", "group", "77", "proto", str(PROTO))
+        r.exec("ip", "route", "add", "198.51.100.77/32", "nhid", "78", "proto", str(PROTO))
+        monkeypatch.setattr(fib, "poll_events", lambda: False)
+        fib.cleanup()
+        assert ours(r) == ([], [])
