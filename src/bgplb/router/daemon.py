@@ -205,9 +205,10 @@ class Router(Supervised, PeerRanges, KernelSide):
         )
         await self.stop_event.wait()
         log.info("shutting down" + (" after an unrecoverable internal error" if self.fatal else ""))
+        # A second SIGTERM/SIGINT must not kill us half-way: the kernel clean-up comes last
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
+                loop.add_signal_handler(sig, self._signal_while_stopping, sig)
         for listener in self.listeners:
             await listener.close()
         self.abort_candidates()  # connections waiting for their OPEN next to a known session
@@ -228,6 +229,14 @@ class Router(Supervised, PeerRanges, KernelSide):
         await self.loop_watch.stop()
         self._close_fib()
         return 1 if self.fatal else 0
+
+    @staticmethod
+    def _signal_while_stopping(sig: int) -> None:
+        log.warning(
+            "%s: already shutting down; removing our routes from the kernel first "
+            "(SIGKILL would leave them)",
+            signal.Signals(sig).name,
+        )
 
     def _kernel_events(self) -> None:
         try:
