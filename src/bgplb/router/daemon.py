@@ -63,7 +63,7 @@ from bgplb.router.rib import Connected, Rib, UpdateResult
 from bgplb.router.supervisor import (
     BATCH,
     MAX_PENDING,
-    YIELD_EVERY,
+    YIELD_WORK,
     Flow,
     Item,
     LogLimiter,
@@ -261,14 +261,16 @@ class Router(Supervised, PeerRanges, KernelSide):
                 item = await asyncio.wait_for(self.queue.get(), self._wait_timeout(loop.time()))
             except TimeoutError:
                 item = None
-            handled = 0
+            handled = work = 0
             while item is not None:
                 self._handle_item(item[0], item[1], loop.time())
                 handled += 1
+                work += _work(item[1])
                 if handled >= BATCH:
                     break
-                if handled % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # sessions, timers and status run between chunks
+                if work >= YIELD_WORK:  # sessions, timers and status run between chunks
+                    work = 0
+                    await asyncio.sleep(0)
                 item = None if self.queue.empty() else self.queue.get_nowait()
             expired = self.rib.expire(loop.time())
             for peer in expired:
@@ -491,3 +493,11 @@ def setup_logging(level: str, json_output: bool = False) -> None:
 
 async def run_router(config: RouterConfig, config_path: str | Path | None = None) -> int:
     return await Router(config, config_path).run()
+
+
+def _work(event: Event | str) -> int:
+    """How much RIB work an event is: its prefixes (an UPDATE carries up to ~900 /32s)."""
+    if isinstance(event, RoutesReceived):
+        update = event.update
+        return 1 + len(update.announced) + len(update.all_withdrawn)
+    return 1

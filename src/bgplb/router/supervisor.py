@@ -72,9 +72,11 @@ log = logging.getLogger("bgplb.router")
 MAX_PENDING = 2000
 #: ... until the RIB task has brought it down to this many.
 RESUME_PENDING = 200
-#: Events handled in one go before the FIB is synced; the loop is yielded every YIELD_EVERY.
+#: Events handled in one go before the FIB is synced.
 BATCH = 2000
-YIELD_EVERY = 200
+#: The RIB task lets the event loop run after this many prefixes (~10-30 ms of work), not
+#: after a number of events: one UPDATE may carry one prefix or ~900.
+YIELD_WORK = 2000
 #: More failures than this within FAILURE_WINDOW seconds: the task cannot be recovered.
 MAX_FAILURES = 5
 FAILURE_WINDOW = 60.0
