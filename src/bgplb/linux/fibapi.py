@@ -251,13 +251,22 @@ _CREATES = (d.AddNexthop, d.AddGroup, d.ReplaceGroup)
 _DELETES = (d.DeleteRoute, d.DeleteGroup, d.DeleteNexthop)
 
 
+#: Refusals that say our model of the kernel is wrong (an object missing or invalid), not that
+#: the kernel refuses the change as such (EEXIST of a foreign route, ENOSPC, EPERM).
+_MODEL_ERRNOS = frozenset({_errno.EINVAL, _errno.ENOENT, _errno.ESRCH, _errno.ENOBUFS})
+
+
 def _stale_hint(op: d.Op, err: OpError) -> bool:
     """True if the refusal suggests that our model of the kernel is out of date."""
     if err.errno in (_errno.ENOENT, _errno.ESRCH, _errno.ENOBUFS):  # ENOBUFS: answers lost
         return True
     if isinstance(op, (d.AddNexthop, d.AddGroup)) and err.errno == _errno.EEXIST:
         return True  # someone took the id
-    return isinstance(op, (d.AddGroup, d.ReplaceGroup)) and err.errno == _errno.EINVAL
+    # EINVAL on a group: a member is gone; on a route: its group is gone (e.g. deleted by the
+    # kernel with its last member while a refused DeleteGroup left it in our model)
+    return err.errno == _errno.EINVAL and isinstance(
+        op, (d.AddGroup, d.ReplaceGroup, d.AddRoute, d.ReplaceRoute)
+    )
 
 
 class FibEngine:
@@ -341,6 +350,10 @@ class FibEngine:
         if not due:
             return FibResult()
         self.retries += len(due)
+        if any(self.failed[net].errno in _MODEL_ERRNOS for net in due):
+            # the first attempt already re-read the kernel once; a VIP still refused for a
+            # reason that names our objects means the model is still wrong: read it again
+            self.model = None
         return self._execute({net: self.effective(net) for net in due}, now, full=False)
 
     def next_retry(self) -> float | None:

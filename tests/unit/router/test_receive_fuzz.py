@@ -285,14 +285,11 @@ def test_open_with_hold_time_zero_and_no_keepalive_does_not_stall() -> None:
     assert out.state == "IDLE"
 
 
-# -- open findings (strict xfail: they pass once fixed, then the marker must go) -------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="FibEngine keeps a group in its model after its DeleteGroup was refused although "
-    "deleting the group's last member removed it from the kernel; every retry then adds the "
-    "route to the vanished group (EINVAL, not a stale-model hint): the VIP is never installed",
-)
 def test_refused_cleanup_after_a_failed_add_route_is_retried_away() -> None:
+    """Found by the fuzz target: a refused DeleteGroup left a group in the FIB's model after
+    the kernel had deleted it with its last member; every retry then added the route to the
+    vanished group (EINVAL) and the VIP was never installed. A route's EINVAL now makes the
+    FIB read the kernel again."""
     # fault pairs (selector % 9 = operation class, errno choice): AddRoute ENOSPC once, then
     # DeleteGroup EINVAL once (the clean-up of the group the failed route left unused)
     faults = bytes([4, 3, 7, 2])
