@@ -2,7 +2,8 @@
 
 Everything here shells out to iproute2 (`ip netns`, `ip link`), which is what an operator would
 type; the namespaces made are tracked and removed by `Topology.close()`, also on errors.
-Only documentation/benchmarking address ranges are used by callers (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 198.18.0.0/15, 2001:db8::/32).
+Callers use only documentation and benchmarking address ranges (192.0.2.0/24,
+198.51.100.0/24, 203.0.113.0/24, 198.18.0.0/15, 2001:db8::/32).
 """
 
 from __future__ import annotations
