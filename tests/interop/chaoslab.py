@@ -159,6 +159,21 @@ class ChaosLab(Lab):
         new = [p for p in self.state.procs if p.pid not in before and p.role == "bgplb-router"]
         self.router_proc = new[-1]
 
+    def logs(self, lines: int = 30) -> str:
+        """The last lines of the router's and the agents' logs (for a failing test)."""
+        out = []
+        for log in sorted(self.workdir.glob("*/*.log")):
+            text = log.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {log} ---\n" + "\n".join(text))
+        return "\n".join(out)
+
+    def keep_logs(self, dest: Path) -> None:
+        """Copy every log to `dest` (the lab's directory goes with its teardown)."""
+        for log in self.workdir.glob("*/*.log"):
+            target = dest / log.parent.name / log.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(log.read_bytes())
+
     # -- status and kernel -----------------------------------------------------------------------
     def router_status(self) -> dict[str, Any] | None:
         """`bgplb status --role router --json` (None if the router does not answer)."""

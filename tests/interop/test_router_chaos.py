@@ -151,6 +151,10 @@ def test_router_chaos_under_traffic(tmp_path: Path) -> None:
         assert not result.unexplained, "requests failed outside every allowed window"
         bad = {c: n for c, n in result.failures.items() if c.startswith(("agent-", "unexpl"))}
         assert not bad, f"requests failed while the host kept serving: {bad}"
+    except BaseException:
+        print(lab.logs())
+        lab.keep_logs(tmp_path / "logs")
+        raise
     finally:
         problems = lab.teardown()
         assert not problems, problems
