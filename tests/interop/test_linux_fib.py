@@ -615,3 +615,22 @@ def test_cleanup_checks_the_kernel_when_the_model_missed_something(lab, monkeypa
         monkeypatch.setattr(fib, "poll_events", lambda: False)
         fib.cleanup()
         assert ours(r) == ([], [])
+
+
+def test_bucket_shares_of_some_vips_read_only_their_routes(lab, monkeypatch):
+    """`bgplb status` shows a page of VIPs: their shares come from one lookup per VIP, not from
+    a dump of every route (100k routes: seconds)."""
+    r = lab.router
+    with KernelFib(r.name, buckets=32) as fib:
+        fib.apply(desired(lab, [0, 1]))
+        everything = fib.buckets_shares()
+        monkeypatch.setattr(
+            fib._reader, "dump_routes", lambda **_: pytest.fail("dumped every route")
+        )
+        some = fib.buckets_shares([VIP4])
+        assert some.shares == {ipaddress.ip_network(VIP4): everything.shares[
+            ipaddress.ip_network(VIP4)]}  # fmt: skip
+        assert sum(some.shares[ipaddress.ip_network(VIP4)].values()) == 32
+        assert fib.buckets_shares(["198.51.100.99/32"]).shares == {}  # not ours: absent
+        monkeypatch.undo()
+        fib.cleanup()

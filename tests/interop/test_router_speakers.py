@@ -209,10 +209,10 @@ def test_router_status_reads_the_kernel_once_per_request_not_once_per_vip(
         calls = 0
         real_installed = fib.installed
 
-        def counting_installed():  # type: ignore[no-untyped-def]
+        def counting_installed(vips=None):  # type: ignore[no-untyped-def]
             nonlocal calls
             calls += 1
-            return real_installed()
+            return real_installed(vips)
 
         fib.installed = counting_installed  # type: ignore[method-assign]
 

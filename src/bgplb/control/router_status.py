@@ -58,15 +58,15 @@ def _wants_shares(router: Router) -> bool:
     return router.fib is not None and router.config.fib.group == "resilient"
 
 
-def read_shares(router: Router) -> Any:
-    """The bucket shares of every installed VIP (a `KernelFib.BucketShares`) in one kernel
-    read, or None (no FIB, multipath, or kernel trouble: status must not break on it).
-    Blocking: call it with `asyncio.to_thread` from the event loop."""
+def read_shares(router: Router, vips: list[Any] | None = None) -> Any:
+    """The bucket shares of the installed VIPs `vips` (all when None; a
+    `KernelFib.BucketShares`), or None (no FIB, multipath, or kernel trouble: status must not
+    break on it). Blocking: call it with `asyncio.to_thread` from the event loop."""
     fib = router.fib
     if fib is None or not _wants_shares(router):
         return None
     try:
-        return fib.buckets_shares()
+        return fib.buckets_shares(vips)
     except Exception as exc:
         log.debug("bucket shares: %s", exc)
         return None
@@ -305,11 +305,6 @@ async def status_answer(router: Router, request: dict[str, Any]) -> dict[str, An
     ``vips_offset``/``vips_limit``, or ``vip`` for one), built without stalling the event loop:
     the kernel read runs in a thread, the sort and the rows a chunk at a time."""
     offset, limit, only = _page(request)
-    shares = None
-    if limit and _wants_shares(router):
-        shares = await asyncio.to_thread(read_shares, router)
-    doc = summary(router, shares, await read_pins(router))
-    by_vip = shares.shares if shares is not None else {}
     if only is not None:
         total = 1 if only in router.rib.vips else 0
         page = [only][offset : offset + limit] if total else []
@@ -317,6 +312,11 @@ async def status_answer(router: Router, request: dict[str, Any]) -> dict[str, An
         keys = list(router.rib.vips)  # a copy of the keys: ~1 ms per 100k
         total = len(keys)
         page = await _sorted_page(keys, offset, limit)
+    shares = None
+    if page and _wants_shares(router):  # the page's VIPs only: no dump of every route
+        shares = await asyncio.to_thread(read_shares, router, [v.network for v in page])
+    doc = summary(router, shares, await read_pins(router))
+    by_vip = shares.shares if shares is not None else {}
     rows: list[dict[str, Any]] = []
     for start in range(0, len(page), CHUNK):
         for vip in page[start : start + CHUNK]:

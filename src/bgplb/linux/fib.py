@@ -68,6 +68,7 @@ from bgplb.linux.nexthop import (
     NexthopError,
     NexthopMonitor,
     NexthopSocket,
+    Route,
     RouteChanged,
     RouteDeleted,
 )
@@ -163,12 +164,17 @@ class KernelFib:
         self.close()
 
     # -- reading the kernel -------------------------------------------------------------------
-    def installed(self) -> d.InstalledState:
-        """Dump the kernel: our nexthops, groups and routes, and every id in use by others."""
+    def installed(self, vips: Iterable[d.IPNetwork] | None = None) -> d.InstalledState:
+        """Dump the kernel: our nexthops, groups and routes, and every id in use by others.
+        With `vips`, only the routes of those VIPs are read (one lookup each), not every route:
+        what status needs for a page of VIPs, without a dump of 100k routes."""
         with self._read_lock:
             self.dumps += 1
             nexthops = self._reader.dump_nexthops()
-            routes = self._reader.dump_routes(protocol=self.protocol, table=self.table)
+            if vips is None:
+                routes = self._reader.dump_routes(protocol=self.protocol, table=self.table)
+            else:
+                routes = self._routes_of(vips)
         singles: dict[int, d.Gateway] = {}
         groups: dict[int, d.InstalledGroup] = {}
         foreign: set[int] = set()
@@ -189,6 +195,18 @@ class KernelFib:
             routes={r.dst: r.nh_id for r in routes},
             foreign_ids=frozenset(foreign),
         )
+
+    def _routes_of(self, vips: Iterable[d.IPNetwork]) -> list[Route]:
+        """Under _read_lock: our routes of `vips` (exact-match lookups)."""
+        found = []
+        for net in vips:
+            try:
+                route = self._reader.get_route(net, table=self.table)
+            except NexthopError:
+                continue
+            if route is not None and route.protocol == self.protocol and route.dst == net:
+                found.append(route)
+        return found
 
     @staticmethod
     def _params_of(nh: Nexthop) -> d.GroupParams:
@@ -412,7 +430,8 @@ class KernelFib:
                         return None  # gone since the dump
                     raise
 
-        return collect_shares(self.installed(), vips, limit, read_group)
+        nets = None if vips is None else [ipaddress.ip_network(v) for v in vips]
+        return collect_shares(self.installed(nets), nets, limit, read_group)
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         """Counters (no kernel read, no walk over VIPs): see FibEngine.status."""

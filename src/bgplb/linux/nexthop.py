@@ -347,6 +347,22 @@ class NexthopSocket:
         msg = route_request(dst, nh_id=None, protocol=protocol, table=table)
         self.request(msg, RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK)
 
+    def get_route(self, dst: IPNetwork, table: int = RT_TABLE_MAIN) -> Route | None:
+        """The FIB entry of `table` that `dst` matches (RTM_GETROUTE with RTM_F_FIB_MATCH: the
+        route itself, not a lookup result), or None. The caller compares its `dst`."""
+        msg = route_request(dst, nh_id=None, protocol=0, table=table)
+        msg["flags"] = RTM_F_FIB_MATCH
+        msg["type"] = 0
+        msg["scope"] = 0
+        try:
+            replies = self.request(msg, RTM_GETROUTE, NLM_F_REQUEST)
+        except NexthopError as exc:
+            if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENOENT, errno.ESRCH):
+                return None
+            raise
+        found = [decode_route(m) for m in replies if m["header"]["type"] == RTM_NEWROUTE]
+        return found[0] if found else None
+
     def dump_routes(self, protocol: int | None = None, table: int | None = None) -> list[Route]:
         """IPv4 and IPv6 unicast routes (filtered here by protocol and table)."""
         routes: list[Route] = []
@@ -370,6 +386,7 @@ _HEADER = struct.Struct("=IHHI")  # nlmsghdr: length, type, flags, sequence (pid
 _NOTIFY_HEADER = struct.Struct("=IHHII")  # nlmsghdr with nlmsg_pid
 _EVENT_TYPES = frozenset((RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_NEWROUTE, RTM_DELROUTE))
 _NLA = struct.Struct("=HH")
+RTM_F_FIB_MATCH = 0x2000  # rtm_flags: return the matching FIB entry
 _NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 _NHMSG_LEN = 8  # struct nhmsg
 _NHA_RES_BUCKET = 13
