@@ -614,7 +614,11 @@ class Session:
 
     def _on_open_sent_connection_lost(self, now: float, arg: object) -> None:
         # §8.2.2 OpenSent, Event 18: close, restart the ConnectRetryTimer, go to Active.
-        self._events.append(SessionDown(str(arg or "connection lost"), False, None, True))
+        self._events.append(
+            SessionDown(
+                str(arg or "connection lost"), False, None, local=False, connection_lost=True
+            )
+        )
         self.last_error = str(arg or "connection lost")
         self._reset_connection()
         self._connect_failures += 1

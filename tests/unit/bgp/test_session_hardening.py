@@ -441,3 +441,19 @@ def test_receive_data_limit_leaves_the_rest_buffered() -> None:
         p.b.receive_data(b"", 1.0, limit=1)
         got += len(of(p.b.events(), RoutesReceived))
     assert got == updates and p.b.state is State.ESTABLISHED
+
+
+def test_connection_lost_in_open_sent_says_so() -> None:
+    """A SessionDown for a transport lost in OpenSent says `connection_lost`, not `local`."""
+    router = Session(
+        SessionConfig(
+            local_asn=65530, router_id=IPv4Address("192.0.2.1"), peer_asn=None, passive=True
+        ),
+        rng=random.Random(1),
+    )
+    router.start(0.0)
+    router.connection_made(0.0, NH)
+    assert router.state is State.OPEN_SENT
+    router.connection_lost(1.0, "reset by peer")
+    (down,) = of(router.events(), SessionDown)
+    assert down.connection_lost and not down.local and not down.was_established
