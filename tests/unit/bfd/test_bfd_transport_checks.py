@@ -179,3 +179,72 @@ def test_listening_socket_gets_a_large_receive_buffer() -> None:
     assert got > default
     if os.geteuid() == 0:  # SO_RCVBUFFORCE: the kernel doubles the value it stores
         assert got >= iobfd.RECEIVE_BUFFER
+
+
+def test_packets_queued_during_a_loop_stall_count_before_detection() -> None:
+    """After our own event-loop stall, the peers' packets of that time wait in the socket; a
+    wake-up reads 64 of them, so with many sessions most detection timers would fire first and
+    take Up sessions Down although every peer kept sending. A late timer drains the socket."""
+    import threading
+    import time
+
+    n = 100  # sessions: far more queued packets than one wake-up reads
+
+    async def body(svc: BfdService) -> None:
+        port = svc._ports[True]
+        peers = [f"127.0.0.{i + 2}" for i in range(n)]
+        handles = [svc.request(p, LOCAL, True, 100, 3, min_ttl=1) for p in peers]
+        socks = []
+        for p in peers:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((p, 0))
+            socks.append(s)
+
+        def send(state: State, your: list[int]) -> None:
+            for i, s in enumerate(socks):
+                s.sendto(
+                    encode_packet(
+                        ControlPacket(
+                            state=state,
+                            my_discriminator=1000 + i,
+                            your_discriminator=your[i],
+                            detect_mult=10,  # detection 1 s: robust to a slow host
+                            desired_min_tx_interval=100_000,
+                            required_min_rx_interval=100_000,
+                            final=state is State.UP,
+                        )
+                    ),
+                    (LOCAL, port),
+                )
+
+        try:
+            send(State.DOWN, [0] * n)
+            await asyncio.sleep(0.2)
+            ours = {int(i.peer.split(".")[-1]) - 2: i.local_discriminator for i in svc.sessions()}
+            mine = [ours[i] for i in range(n)]
+            for _ in range(20):  # Up, and answer any Poll with Final, for 2 s
+                send(State.UP, mine)
+                await asyncio.sleep(0.1)
+            assert all(h.state == State.UP for h in handles)
+            stop = threading.Event()
+
+            def keep_sending() -> None:  # the peers go on while our loop is stuck
+                while not stop.is_set():
+                    send(State.UP, mine)
+                    time.sleep(0.05)
+
+            sender = threading.Thread(target=keep_sending, daemon=True)
+            sender.start()
+            try:
+                time.sleep(1.6)  # our stall: longer than the 1 s detection time
+                await asyncio.sleep(0.5)
+            finally:
+                stop.set()
+                sender.join(5)
+            downs = sum(1 for h in handles if h.state != State.UP)
+            assert downs == 0, f"{downs} of {n} sessions went Down after our own stall"
+        finally:
+            for s in socks:
+                s.close()
+
+    _run(body, multihop_min_ttl=1)
