@@ -47,15 +47,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bgplb.linux import diff as d
+from bgplb.linux.enginefib import EngineFib
 from bgplb.linux.fibapi import (
     STATUS_BUCKET_LIMIT,
-    Adopted,
     BucketShares,
     ChangesInput,
     FibEngine,
-    FibResult,
     OpError,
-    VipError,
     collect_shares,
     resolve_changes,
 )
@@ -108,7 +106,7 @@ class FibError(RuntimeError):
         self.errno = cause.errno
 
 
-class KernelFib:
+class KernelFib(EngineFib):
     """Desired VIP -> paths state, installed as nexthop groups. See the module docstring."""
 
     def __init__(
@@ -139,7 +137,10 @@ class KernelFib:
         self.batches = 0  # netlink transactions (batched mode)
         self.dumps = 0  # full kernel reads (installed())
 
-    def _fresh(self) -> FibEngine:
+    def _now(self, now: float | None) -> float:
+        return _now(now)
+
+    def _engine(self) -> FibEngine:
         """The engine, made to read the kernel first when nothing watches it (nothing would
         notice someone else's changes otherwise). Under self._lock."""
         if self._monitor is None:
@@ -223,58 +224,6 @@ class KernelFib:
     def resolve(self, desired: ChangesInput) -> dict[d.IPNetwork, dict[d.Gateway, int]]:
         """Interface names -> indexes in our namespace, then `diff.desired_state`."""
         return {net: dict(p) for net, p in resolve_changes(desired, self._link).items()}
-
-    def update(self, changes: ChangesInput, now: float | None = None) -> FibResult:
-        """Incremental: give each VIP of `changes` its paths (none: remove it); no other VIP is
-        looked at except those that must move off a group they share with a changed one.
-        A refused operation fails only its VIPs (`FibResult.failed`, `failures()`), retried by
-        `retry_due()`. Raises ValueError for bad input."""
-        resolved = resolve_changes(changes, self._link, self.engine.interned)
-        with self._lock:
-            return self._fresh().update(resolved, _now(now))
-
-    def apply(self, desired: ChangesInput) -> list[d.Op]:
-        """Whole table: make the kernel hold exactly `desired` (for our protocol); idempotent.
-        Returns the operations executed; refused VIPs are in `failures()`."""
-        resolved = resolve_changes(desired, self._link)
-        with self._lock:
-            return self._fresh().replace_all(resolved, time.monotonic()).ops
-
-    def retry_due(self, now: float | None = None) -> FibResult:
-        """Plan again the failed VIPs whose retry time has come."""
-        with self._lock:
-            return self._fresh().retry_due(_now(now))
-
-    def next_retry(self) -> float | None:
-        return self.engine.next_retry()
-
-    def failures(self) -> dict[d.IPNetwork, VipError]:
-        with self._lock:
-            return dict(self.engine.failed)
-
-    def adopt(self) -> Adopted:
-        """At start: read the kernel and keep every object of ours. Until finish_deferral(),
-        the adopted VIPs keep their adopted paths united with what update() gives them
-        (nothing adopted is deleted or shrunk: RFC 4724 §4.1 selection deferral)."""
-        with self._lock:
-            return self.engine.adopt()
-
-    @property
-    def deferring(self) -> bool:
-        return self.engine.adopted is not None
-
-    def release_gateways(
-        self, gateways: Iterable[tuple[d.IPAddress, int]], now: float | None = None
-    ) -> FibResult:
-        """While deferring: the peers of these adopted gateways (address, IP version of the
-        VIPs they serve) sent End-of-RIB; what they did not announce again goes now."""
-        with self._lock:
-            return self.engine.release(gateways, _now(now))
-
-    def finish_deferral(self, now: float | None = None) -> FibResult:
-        """End of the deferral: read the kernel, remove whatever is no longer wanted."""
-        with self._lock:
-            return self.engine.finish_deferral(_now(now))
 
     def reconcile(self, desired: ChangesInput | None = None) -> list[d.Op]:
         """At start: remove every stale object of ours (desired None), or adopt what matches

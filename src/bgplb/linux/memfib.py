@@ -36,15 +36,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bgplb.linux import diff as d
+from bgplb.linux.enginefib import EngineFib
 from bgplb.linux.fibapi import (
     STATUS_BUCKET_LIMIT,
-    Adopted,
     BucketShares,
     ChangesInput,
     FibEngine,
-    FibResult,
     OpError,
-    VipError,
     collect_shares,
     resolve_changes,
 )
@@ -380,7 +378,7 @@ class MemoryKernel:
             return singles, groups, routes
 
 
-class MemoryFib:
+class MemoryFib(EngineFib):
     """A `bgplb.linux.fibapi.Fib` on a `MemoryKernel` (shared with the test, which may change
     it behind the FIB's back and inject faults). `clock`: the `now` used when none is given."""
 
@@ -429,49 +427,8 @@ class MemoryFib:
         return self.clock() if now is None else now
 
     # -- changes -------------------------------------------------------------------------------
-    def update(self, changes: ChangesInput, now: float | None = None) -> FibResult:
-        resolved = resolve_changes(changes, self._link, self.engine.interned)
-        with self._lock:
-            return self.engine.update(resolved, self._now(now))
-
-    def apply(self, desired: ChangesInput) -> list[d.Op]:
-        resolved = resolve_changes(desired, self._link)
-        with self._lock:
-            return self.engine.replace_all(resolved, self.clock()).ops
-
-    def retry_due(self, now: float | None = None) -> FibResult:
-        with self._lock:
-            return self.engine.retry_due(self._now(now))
-
-    def next_retry(self) -> float | None:
-        return self.engine.next_retry()
-
-    def failures(self) -> dict[d.IPNetwork, VipError]:
-        with self._lock:
-            return dict(self.engine.failed)
-
     def installed(self) -> d.InstalledState:
         return self.kernel.installed(self.protocol, self.table)
-
-    def adopt(self) -> Adopted:
-        with self._lock:
-            return self.engine.adopt()
-
-    @property
-    def deferring(self) -> bool:
-        return self.engine.adopted is not None
-
-    def release_gateways(
-        self, gateways: Iterable[tuple[d.IPAddress, int]], now: float | None = None
-    ) -> FibResult:
-        """While deferring: the peers of these adopted gateways (address, IP version of the
-        VIPs they serve) sent End-of-RIB; what they did not announce again goes now."""
-        with self._lock:
-            return self.engine.release(gateways, self._now(now))
-
-    def finish_deferral(self, now: float | None = None) -> FibResult:
-        with self._lock:
-            return self.engine.finish_deferral(self._now(now))
 
     def reconcile(self, desired: ChangesInput | None = None) -> list[d.Op]:
         resolved = resolve_changes(desired or {}, self._link)

@@ -1,0 +1,89 @@
+"""What `KernelFib` and `MemoryFib` share: the calls that go straight to their `FibEngine`.
+
+A FIB built on this class provides the engine (`self.engine`), the lock its changes run under
+(`self._lock`), interface names -> indexes (`_link`), the time used when no `now` is given
+(`_now`) and, through `_engine()`, the engine as it must be used for a change (the kernel FIB
+makes it read the kernel first when nothing watches it).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from bgplb.linux import diff as d
+from bgplb.linux.fibapi import (
+    Adopted,
+    ChangesInput,
+    FibEngine,
+    FibResult,
+    VipError,
+    resolve_changes,
+)
+
+
+class EngineFib:
+    engine: FibEngine
+    _lock: threading.RLock
+
+    def _link(self, name: str) -> int:
+        raise NotImplementedError
+
+    def _now(self, now: float | None) -> float:
+        raise NotImplementedError
+
+    def _engine(self) -> FibEngine:
+        """The engine for a change (under self._lock)."""
+        return self.engine
+
+    def update(self, changes: ChangesInput, now: float | None = None) -> FibResult:
+        """Incremental: give each VIP of `changes` its paths (none: remove it); no other VIP is
+        looked at except those that must move off a group they share with a changed one.
+        A refused operation fails only its VIPs (`FibResult.failed`, `failures()`), retried by
+        `retry_due()`. Raises ValueError for bad input."""
+        resolved = resolve_changes(changes, self._link, self.engine.interned)
+        with self._lock:
+            return self._engine().update(resolved, self._now(now))
+
+    def apply(self, desired: ChangesInput) -> list[d.Op]:
+        """Whole table: make the kernel hold exactly `desired` (for our protocol); idempotent.
+        Returns the operations executed; refused VIPs are in `failures()`."""
+        resolved = resolve_changes(desired, self._link)
+        with self._lock:
+            return self._engine().replace_all(resolved, self._now(None)).ops
+
+    def retry_due(self, now: float | None = None) -> FibResult:
+        """Plan again the failed VIPs whose retry time has come."""
+        with self._lock:
+            return self._engine().retry_due(self._now(now))
+
+    def next_retry(self) -> float | None:
+        return self.engine.next_retry()
+
+    def failures(self) -> dict[d.IPNetwork, VipError]:
+        with self._lock:
+            return dict(self.engine.failed)
+
+    def adopt(self) -> Adopted:
+        """At start: read the kernel and keep every object of ours. Until finish_deferral(),
+        the adopted VIPs keep their adopted paths united with what update() gives them
+        (nothing adopted is deleted or shrunk: RFC 4724 §4.1 selection deferral)."""
+        with self._lock:
+            return self.engine.adopt()
+
+    @property
+    def deferring(self) -> bool:
+        return self.engine.adopted is not None
+
+    def release_gateways(
+        self, gateways: Iterable[tuple[d.IPAddress, int]], now: float | None = None
+    ) -> FibResult:
+        """While deferring: the peers of these adopted gateways (address, IP version of the
+        VIPs they serve) sent End-of-RIB; what they did not announce again goes now."""
+        with self._lock:
+            return self.engine.release(gateways, self._now(now))
+
+    def finish_deferral(self, now: float | None = None) -> FibResult:
+        """End of the deferral: read the kernel, remove whatever is no longer wanted."""
+        with self._lock:
+            return self.engine.finish_deferral(self._now(now))
