@@ -44,7 +44,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, assert_never
 
 from bgplb.linux import diff as d
 from bgplb.linux.enginefib import EngineFib
@@ -271,46 +271,7 @@ class KernelFib(EngineFib):
     def _run_batch(self, ops: Sequence[d.Op]) -> list[OpError | None]:
         from bgplb.linux import nlbatch
 
-        proto, table = self.protocol, self.table
-        messages: list[bytes] = []
-        for op in ops:
-            match op:
-                case d.AddNexthop(id=nh_id, gateway=gw):
-                    messages.append(
-                        nlbatch.encode_nexthop(
-                            nh_id, gateway=gw.address, oif=gw.oif, protocol=proto
-                        )
-                    )
-                case (
-                    d.AddGroup(id=nh_id, members=members, params=p)
-                    | d.ReplaceGroup(id=nh_id, members=members, params=p)
-                ):
-                    messages.append(
-                        nlbatch.encode_group(
-                            nh_id,
-                            members=members,
-                            protocol=proto,
-                            group_type=_group_type(p),
-                            buckets=p.buckets,
-                            idle_timer=p.idle_timer,
-                            unbalanced_timer=p.unbalanced_timer,
-                            replace=isinstance(op, d.ReplaceGroup),
-                        )
-                    )
-                case d.AddRoute(dst=dst, nh_id=nh_id) | d.ReplaceRoute(dst=dst, nh_id=nh_id):
-                    messages.append(
-                        nlbatch.encode_route(
-                            dst,
-                            nh_id=nh_id,
-                            protocol=proto,
-                            table=table,
-                            replace=isinstance(op, d.ReplaceRoute),
-                        )
-                    )
-                case d.DeleteRoute(dst=dst):
-                    messages.append(nlbatch.encode_del_route(dst, protocol=proto, table=table))
-                case d.DeleteGroup(id=nh_id) | d.DeleteNexthop(id=nh_id):
-                    messages.append(nlbatch.encode_del_nexthop(nh_id))
+        messages = [self._encode(op) for op in ops]
         self.batches += 1
         try:
             results = self._nl.transact(messages)
@@ -321,15 +282,22 @@ class KernelFib(EngineFib):
         return [None if r is None else OpError(r.errno or errno.EIO, str(r)) for r in results]
 
     def _execute(self, op: d.Op) -> None:
-        nl, proto = self._nl, self.protocol
+        """One operation, one round trip (raises NexthopError)."""
+        self._nl.request_raw(self._encode(op))
+
+    def _encode(self, op: d.Op) -> bytes:
+        """The netlink request of one operation (hand-encoded, bgplb.linux.nlbatch)."""
+        from bgplb.linux import nlbatch
+
+        proto, table = self.protocol, self.table
         match op:
             case d.AddNexthop(id=nh_id, gateway=gw):
-                nl.add_nexthop(nh_id, gateway=gw.address, oif=gw.oif, protocol=proto)
+                return nlbatch.encode_nexthop(nh_id, gateway=gw.address, oif=gw.oif, protocol=proto)
             case (
                 d.AddGroup(id=nh_id, members=members, params=p)
                 | d.ReplaceGroup(id=nh_id, members=members, params=p)
             ):
-                nl.add_group(
+                return nlbatch.encode_group(
                     nh_id,
                     members=members,
                     protocol=proto,
@@ -340,17 +308,18 @@ class KernelFib(EngineFib):
                     replace=isinstance(op, d.ReplaceGroup),
                 )
             case d.AddRoute(dst=dst, nh_id=nh_id) | d.ReplaceRoute(dst=dst, nh_id=nh_id):
-                nl.add_route(
+                return nlbatch.encode_route(
                     dst,
                     nh_id=nh_id,
                     protocol=proto,
-                    table=self.table,
+                    table=table,
                     replace=isinstance(op, d.ReplaceRoute),
                 )
             case d.DeleteRoute(dst=dst):
-                nl.del_route(dst, protocol=proto, table=self.table)
+                return nlbatch.encode_del_route(dst, protocol=proto, table=table)
             case d.DeleteGroup(id=nh_id) | d.DeleteNexthop(id=nh_id):
-                nl.del_nexthop(nh_id)
+                return nlbatch.encode_del_nexthop(nh_id)
+        assert_never(op)
 
     # -- visibility ---------------------------------------------------------------------------
     def buckets_share(self, vip: str | d.IPNetwork | d.IPAddress) -> dict[d.IPAddress, int]:
