@@ -34,6 +34,7 @@ import json
 import os
 import queue
 import resource
+import shlex
 import signal
 import socket
 import subprocess
@@ -342,6 +343,18 @@ class LoadGen:
                 self.proc.wait(5)
         self._t.join(5)
         self._err.close()
+
+
+def begin() -> tuple[str, str]:
+    """A benchmark's start: SIGTERM handling (see exit_on_sigterm), then the header lines (the
+    command, the date, the kernel, the load); returns the command and the date for the results."""
+    from _routerlab import kernel_info, now_utc
+
+    exit_on_sigterm()
+    started = now_utc()
+    cmd = shlex.join([sys.executable, *sys.argv])
+    print(f"# {cmd}\n# {started}, kernel {kernel_info()}, {load_text()}", flush=True)
+    return cmd, started
 
 
 def exit_on_sigterm() -> None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import subprocess
 import sys
@@ -45,13 +44,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _loadgen import LoadGen, exit_on_sigterm, ip_lines, kernel_free_time, load_text
+from _loadgen import LoadGen, begin, ip_lines, kernel_free_time
 from _routerlab import (
     BenchRouter,
     build,
     iso_ts,
-    kernel_info,
-    now_utc,
     router_toml,
     rss_kib,
     server_addrs,
@@ -247,10 +244,7 @@ def main() -> None:
     a = p.parse_args()
     if not 1 <= a.vips <= 100_000 or not 1 <= a.runs <= 50:
         p.error("--vips 1..100000, --runs 1..50")
-    exit_on_sigterm()
-    cmd = shlex.join([sys.executable, *sys.argv])
-    started = now_utc()
-    print(f"# {cmd}\n# {started}, kernel {kernel_info()}, {load_text()}", flush=True)
+    cmd, started = begin()
     results = {kind: run_one(kind, a) for kind in a.routers.split(",")}
     print(
         f"\n3 servers x the same {a.vips} VIPs, s1 leaves and returns; median of {a.runs} run(s); "

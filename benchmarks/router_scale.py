@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import threading
@@ -63,13 +62,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _loadgen import exit_on_sigterm, kernel_free_time, load_text, status_sampler, summarize_samples
+from _loadgen import (
+    begin,
+    kernel_free_time,
+    status_sampler,
+    summarize_samples,
+)
 from _routerlab import (
     BGPLB,
     BenchRouter,
     established,
     kernel_info,
-    now_utc,
     router_toml,
     rss_kib,
     speaker,
@@ -332,10 +335,7 @@ def main() -> None:
     p.add_argument("--status-period", type=float, default=0.25, help="seconds between requests")
     p.add_argument("--json", help="also write the results to this file")
     a = p.parse_args()
-    exit_on_sigterm()
-    cmd = shlex.join([sys.executable, *sys.argv])
-    started = now_utc()
-    print(f"# {cmd}\n# {started}, kernel {kernel_info()}, {load_text()}", flush=True)
+    cmd, started = begin()
     label = {
         "bgplb": f"bgplb router ({a.group}"
         + (f", {a.buckets} buckets)" if a.group == "resilient" else ")"),

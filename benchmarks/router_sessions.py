@@ -35,15 +35,14 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import shlex
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _loadgen import LoadGen, exit_on_sigterm, ip_lines, kernel_free_time, load_text
-from _routerlab import BenchRouter, kernel_info, now_utc, router_toml, rss_kib, workdir
+from _loadgen import LoadGen, begin, ip_lines, kernel_free_time
+from _routerlab import BenchRouter, router_toml, rss_kib, workdir
 from bgplb.lab.netns import Namespace, Topology, run
 from bgplb.lab.peers import Bird
 
@@ -276,10 +275,7 @@ def main() -> None:
     a = p.parse_args()
     if not 2 <= a.peers <= 1020:
         p.error("--peers must be 2..1020 (one /22 of sources)")
-    exit_on_sigterm()
-    cmd = shlex.join([sys.executable, *sys.argv])
-    started = now_utc()
-    print(f"# {cmd}\n# {started}, kernel {kernel_info()}, {load_text()}", flush=True)
+    cmd, started = begin()
     results = {kind: run_one(kind, a) for kind in a.routers.split(",")}
     print(
         f"\n{a.peers} sessions from one load generator, one VIP each, BFD {a.bfd_interval} ms x "
