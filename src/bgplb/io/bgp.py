@@ -270,6 +270,25 @@ class BgpPeer:
         session = self.session
         now = self.now()
         # Events first: they may ask to connect or to close after the data is written.
+        close = self._deliver_events()
+        proto = self._proto
+        if proto is not None and proto.transport is not None and not proto.paused:
+            data = session.data_to_send(now)
+            if data:
+                proto.transport.write(data)
+        elif proto is None or proto.transport is None:
+            session.data_to_send(now)  # nothing to write to: drop (the session is not connected)
+        # Building the UPDATEs may itself raise events (routes held back, an internal error):
+        # deliver them now, not at the next timer, so logs and status agree.
+        close = self._deliver_events() or close
+        if close and proto is not None and proto.transport is not None:
+            proto.transport.close()
+            self._proto = None
+        self._arm_timer()
+
+    def _deliver_events(self) -> bool:
+        """Log and hand on every pending event; True if one asked to close the connection."""
+        session = self.session
         close = False
         while (event := session.next_event()) is not None:
             if isinstance(event, ConnectRequested):
@@ -302,17 +321,7 @@ class BgpPeer:
                     self.on_event(self, event)
                 except Exception:  # an owner's bug must not kill the transport
                     log.exception("%s: event handler failed on %r", self.name, event)
-        proto = self._proto
-        if proto is not None and proto.transport is not None and not proto.paused:
-            data = session.data_to_send(now)
-            if data:
-                proto.transport.write(data)
-        elif proto is None or proto.transport is None:
-            session.data_to_send(now)  # nothing to write to: drop (the session is not connected)
-        if close and proto is not None and proto.transport is not None:
-            proto.transport.close()
-            self._proto = None
-        self._arm_timer()
+        return close
 
     def _log_ignored(self, event: RoutesReceived) -> None:
         """Log once per family and connection that the peer sent a family not negotiated."""

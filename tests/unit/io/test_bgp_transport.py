@@ -10,7 +10,13 @@ import socket
 from bgplb.bgp.attributes import PathAttributes
 from bgplb.bgp.fsm import State
 from bgplb.bgp.prefix import Prefix
-from bgplb.bgp.session import RoutesReceived, Session, SessionConfig, SessionEstablished
+from bgplb.bgp.session import (
+    RoutesHeldBack,
+    RoutesReceived,
+    Session,
+    SessionConfig,
+    SessionEstablished,
+)
 from bgplb.io.bgp import BgpListener, BgpPeer, Transport
 
 LOOP = ipaddress.IPv4Address("127.0.0.1")
@@ -118,3 +124,46 @@ def test_a_peer_that_never_reads_does_not_stall_another():
     # UPDATEs, which it never reads, while the other peer received every route.
     assert blocked_state is State.ESTABLISHED
     assert backlog > 0
+
+
+async def held_back_scenario() -> tuple[list[object], dict[Prefix, str]]:
+    """Announce an IPv6 prefix over a session between IPv4 addresses, after it is up."""
+    server_session = Session(cfg(65010, "192.0.2.1", 65020, passive=True))
+    server_peer = BgpPeer(server_session, Transport(remote=LOOP))
+    listener = BgpListener(["127.0.0.1"], 0, lambda transport, proto, remote: server_peer)
+    await listener.start()
+    server_peer.start()
+    established = asyncio.Event()
+    seen: list[object] = []
+
+    def on_event(peer: BgpPeer, event: object) -> None:
+        seen.append(event)
+        if isinstance(event, SessionEstablished):
+            established.set()
+
+    client = BgpPeer(
+        Session(cfg(65020, "192.0.2.2", 65010)),
+        Transport(LOOP, port=listener.bound[0][1]),
+        on_event,
+    )
+    client.start()
+    try:
+        await asyncio.wait_for(established.wait(), 10)
+        seen.clear()
+        client.session.announce(Prefix.parse("2001:db8:100::10/128"), PathAttributes())
+        client.kick()
+        # Whatever `kick` made the session say is delivered before it returns.
+        return list(seen), dict(client.session.held_back)
+    finally:
+        await client.stop("done")
+        await server_peer.stop("done")
+        await listener.close()
+
+
+def test_routes_held_back_while_sending_are_reported_at_once():
+    """The status (`held_back`) and the log line must agree at every moment: the event raised
+    while the UPDATEs are built is delivered in the same turn, not at the next timer."""
+    seen, held = asyncio.run(held_back_scenario())
+    assert list(held) == [Prefix.parse("2001:db8:100::10/128")]
+    reported = [e for e in seen if isinstance(e, RoutesHeldBack)]
+    assert [dict(e.held) for e in reported] == [held], seen
