@@ -7,7 +7,7 @@ AS4_AGGREGATOR, AS_TRANS), RFC 8326 (GRACEFUL_SHUTDOWN), RFC 7999 (BLACKHOLE),
 draft-ietf-idr-link-bandwidth (link bandwidth extended community).
 
 The decoding side -- per-attribute decoders and the attribute-list parser with the RFC 7606
-error handling -- is :mod:`bgplb.bgp.attrparse`; its public names are re-exported here.
+error handling -- is :mod:`bgplb.bgp.attrparse`, which imports this module (not the reverse).
 """
 
 from __future__ import annotations
@@ -348,25 +348,3 @@ def encode_attributes(attrs: PathAttributes, four_octet: bool, *, mp: bool = Tru
     for u in attrs.unknown:
         add(encode_attribute(u.flags, u.code, u.value))
     return b"".join(out)
-
-
-# The decoding side (RFC 7606) lives in .attrparse, which imports the types above; its public
-# names stay importable from here. Imported last because of that cycle.
-from .attrparse import (  # noqa: E402
-    DecodedAttributes as DecodedAttributes,
-)
-from .attrparse import (  # noqa: E402
-    decode_as_path as decode_as_path,
-)
-from .attrparse import (  # noqa: E402
-    decode_attributes as decode_attributes,
-)
-from .attrparse import (  # noqa: E402
-    decode_mp_reach as decode_mp_reach,
-)
-from .attrparse import (  # noqa: E402
-    decode_mp_unreach as decode_mp_unreach,
-)
-from .attrparse import (  # noqa: E402
-    merge_as4_path as merge_as4_path,
-)

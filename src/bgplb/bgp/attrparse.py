@@ -4,7 +4,7 @@ The attribute-list parser applies the action for each malformed attribute (RFC 7
 conflicts (§3.c), duplicates (§3.g), missing well-known attributes (§3.d), length overruns (§4),
 RFC 7607 (AS 0) and RFC 6793 §4.2.3/§6 (AS4_PATH / AS4_AGGREGATOR). Per-attribute decoders:
 RFC 4271 §4.3/§5, RFC 1997, RFC 4360, RFC 8092, RFC 4760 §3/§4. The types and the encoding side
-are in :mod:`bgplb.bgp.attributes`, which re-exports the public names of this module.
+are in :mod:`bgplb.bgp.attributes` (which does not import this module).
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .capabilities import (
+    Capability,
     CapabilityCode,
     EnhancedRouteRefresh,
     ExtendedMessage,
@@ -21,8 +22,23 @@ from .capabilities import (
 )
 from .families import IPV4_UNICAST, Family
 
-if TYPE_CHECKING:
-    from .messages import Open
+
+class Open(Protocol):
+    """What :func:`negotiate` reads of an OPEN (:class:`bgplb.bgp.messages.Open`); a protocol,
+    so that this module does not import the message codec, which imports it."""
+
+    @property
+    def asn(self) -> int: ...
+    @property
+    def hold_time(self) -> int: ...
+    @property
+    def router_id(self) -> ipaddress.IPv4Address: ...
+    @property
+    def capabilities(self) -> tuple[Capability, ...]: ...
+    @property
+    def families(self) -> frozenset[Family]: ...
+    def capability(self, code: int) -> Capability | None: ...
+
 
 MAX_MESSAGE_SIZE = 4096
 MAX_EXTENDED_MESSAGE_SIZE = 65535
