@@ -17,7 +17,8 @@ Each VIP has its own phase::
       |                                                                                   v
       +--------------------RemoveVip <--withdrawn-- WITHDRAWING <--Withdraw---------------+
       |                                                  |
-      +--RemoveVip <--(drain_vip_linger)-- IDLE, lingering <--withdrawn (operator drain)
+      +--RemoveVip <--(drain_vip_linger)-- IDLE, lingering <--withdrawn (operator drain;
+                    (shutdown_vip_linger)                             a stop, healthy)
                                               |
                  ANNOUNCED <--Announce <--(undrained and healthy: no AddVip, it is on lo)
 
@@ -31,8 +32,16 @@ a shutdown, not a health failure), the VIP stays on ``lo`` for the service's
 ``drain_vip_linger`` before ``RemoveVip``, because a router with connection pinning keeps the
 drained server's established connections flowing to it for a while after the withdrawal
 (``bgplb router``'s ``drain_linger``). The VIP is IDLE for BGP (not announced) while it
-lingers; an undrain during the linger announces it again at once, without ``AddVip``; a
-shutdown, or the VIP leaving the configuration, removes it at once.
+lingers; an undrain during the linger announces it again at once, without ``AddVip``; the VIP
+leaving the configuration removes it at once.
+
+*Shutdown linger*: the withdrawal of a stop (SIGTERM) is followed by a short linger too,
+``shutdown_vip_linger`` (1.5 s), for a healthy service: a router that has not processed the
+withdrawal yet (it may be busy, or learn of it only by BFD or the hold timer) still forwards
+packets to this server, and without the VIP on ``lo`` they would be dropped. It is bounded, so a
+stop never hangs: a stop during a drain's linger shortens that linger to at most
+``shutdown_vip_linger`` after its withdrawal (at once if that is over). A service that is
+unhealthy at the withdrawal does not linger.
 
 A VIP is *wanted* when its service is configured, healthy, not drained and the agent is not
 shutting down. A VIP that stops being wanted because its service is drained (or the agent stops)
@@ -52,6 +61,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Seconds a VIP stays on lo after the withdrawal of a stop (see the module docstring).
+SHUTDOWN_VIP_LINGER = 1.5
 
 
 class Phase(Enum):
@@ -153,7 +165,8 @@ class _Vip:
     configured: bool = True
     manage: bool = True  # manage_vip of the service that added it
     after_drain: bool = False  # the pending withdrawal ends an operator drain
-    linger_until: float | None = None  # IDLE but kept on lo (after a drain) until then
+    linger_until: float | None = None  # IDLE but kept on lo (after a drain/stop) until then
+    withdrawn_at: float | None = None  # when the last withdrawal was confirmed
 
 
 @dataclass(slots=True)
@@ -173,6 +186,7 @@ class AgentState:
     vips: dict[IPNetwork, _Vip] = field(default_factory=dict)
     shutting_down: bool = False
     shutdown_drain_time: float = 30.0
+    shutdown_vip_linger: float = SHUTDOWN_VIP_LINGER
     _actions: list[Action] = field(default_factory=list)
     _shutdown_deadline: float | None = None
 
@@ -271,12 +285,14 @@ class AgentState:
                 v.phase = Phase.ANNOUNCED
                 self._emit(Announce(v.vip, self.services[v.service].spec))
             else:
-                v.phase = Phase.IDLE
+                v.phase, v.withdrawn_at = Phase.IDLE, now
                 linger = self.services[v.service].spec.drain_vip_linger if v.configured else 0.0
                 if not self._manages(v):
                     pass
                 elif v.after_drain and self._operator_drain(v) and linger > 0:
                     v.linger_until = now + linger  # pinned connections may still arrive
+                elif self.shutting_down and self._drains(v) and self.shutdown_vip_linger > 0:
+                    v.linger_until = now + self.shutdown_vip_linger  # in-flight packets
                 else:
                     self._emit(RemoveVip(v.vip, v.service))
             v.after_drain = False
@@ -377,9 +393,13 @@ class AgentState:
                     v.phase, v.linger_until = Phase.ANNOUNCED, None
                     self._emit(Announce(v.vip, self.services[v.service].spec))
                     continue
-                if v.configured and not self.shutting_down:
-                    linger = self.services[v.service].spec.drain_vip_linger  # may be reloaded
-                    v.linger_until = min(v.linger_until, now + linger)
+                if v.configured:
+                    if self.shutting_down:  # bounded: at most the stop's linger after withdrawal
+                        since = v.withdrawn_at if v.withdrawn_at is not None else now
+                        limit = since + self.shutdown_vip_linger
+                    else:
+                        limit = now + self.services[v.service].spec.drain_vip_linger  # reloaded
+                    v.linger_until = min(v.linger_until, limit)
                     if v.linger_until > now:
                         continue
                 v.linger_until = None

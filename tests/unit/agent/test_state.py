@@ -8,6 +8,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bgplb.agent.state import (
+    SHUTDOWN_VIP_LINGER,
     AddVip,
     AgentState,
     Announce,
@@ -213,23 +214,76 @@ def test_health_failure_before_withdrawal_confirmed_removes_at_once() -> None:
     assert steps(s) == [RemoveVip(V4, "web"), RemoveVip(V6, "web")]
 
 
-def test_shutdown_drain_does_not_linger() -> None:
+def test_shutdown_drain_lingers_briefly_not_for_drain_vip_linger() -> None:
+    """A stop's withdrawal keeps the VIP on lo for shutdown_vip_linger (packets already on
+    their way, a router that has not processed the withdrawal yet), never for the long
+    drain_vip_linger: the stop stays short and bounded."""
     s = AgentState()
     up(s, spec=web(drain_vip_linger=60.0))
     s.shutdown(0.0, drain_time=1.0)
     s.handle_timer(1.0)
     s.actions()
     s.withdrawn([V4, V6], 1.0)
+    assert steps(s) == []  # not removed right after the withdrawal was written
+    assert s.lingering("web") == {str(V4): 2.5, str(V6): 2.5}
+    assert s.get_timer() == 2.5 and not s.idle
+    s.handle_timer(2.4)
+    assert steps(s) == []
+    s.handle_timer(2.5)
+    assert steps(s) == [RemoveVip(V4, "web"), RemoveVip(V6, "web")]
+    assert s.idle and s.get_timer() is None
+
+
+def test_shutdown_linger_is_configurable_and_zero_removes_at_once() -> None:
+    s = AgentState(shutdown_vip_linger=0.0)
+    up(s)
+    s.shutdown(0.0, drain_time=0.0)
+    s.actions()
+    s.withdrawn([V4, V6], 0.1)
     assert steps(s) == [RemoveVip(V4, "web"), RemoveVip(V6, "web")]
     assert s.idle
 
 
-def test_shutdown_during_linger_removes_at_once() -> None:
+def test_shutdown_of_unhealthy_service_does_not_linger() -> None:
     s = AgentState()
-    drained_out(s)
+    up(s)
+    s.shutdown(0.0, drain_time=5.0)
+    s.actions()  # GRACEFUL_SHUTDOWN
+    s.set_health("web", False, 1.0)  # withdrawn at once, as any health failure
+    assert steps(s) == [Withdraw(V4, "web"), Withdraw(V6, "web")]
+    s.withdrawn([V4, V6], 1.1)
+    assert steps(s) == [RemoveVip(V4, "web"), RemoveVip(V6, "web")]
+    assert s.idle
+
+
+def test_shutdown_long_after_drain_withdrawal_removes_at_once() -> None:
+    s = AgentState()
+    drained_out(s)  # withdrawal confirmed at 20.5, drain_vip_linger 60 s
     s.shutdown(30.0)
     assert steps(s) == [RemoveVip(V4, "web"), RemoveVip(V6, "web")]
     assert s.idle and s.get_timer() is None
+
+
+def test_shutdown_right_after_drain_withdrawal_shortens_linger() -> None:
+    s = AgentState()
+    drained_out(s)  # withdrawal confirmed at 20.5
+    s.shutdown(21.0)
+    assert steps(s) == []
+    assert s.lingering("web") == {str(V4): 22.0, str(V6): 22.0}  # 20.5 + 1.5, not 80.5
+    s.handle_timer(22.0)
+    assert steps(s) == [RemoveVip(V4, "web"), RemoveVip(V6, "web")]
+    assert s.idle
+
+
+def test_shutdown_removes_unconfigured_lingering_vip_at_once() -> None:
+    s = AgentState()
+    up(s)
+    s.shutdown(0.0, drain_time=0.0)
+    s.actions()
+    s.withdrawn([V4, V6], 0.0)
+    s.configure([web(vips=(V4,))], 0.5)
+    assert steps(s) == [RemoveVip(V6, "web")]
+    assert s.lingering("web") == {str(V4): 1.5}
 
 
 def test_reload_removing_lingering_vip_removes_it_and_shorter_linger_applies() -> None:
@@ -269,6 +323,8 @@ def test_shutdown_drains_bounded_by_shutdown_drain_time() -> None:
     s.handle_timer(105.0)
     assert steps(s) == [Withdraw(V4, "web"), Withdraw(V6, "web")]
     s.withdrawn([V4, V6], 105.0)
+    assert steps(s) == []  # the stop's short linger
+    s.handle_timer(105.0 + SHUTDOWN_VIP_LINGER)
     assert steps(s) == [RemoveVip(V4, "web"), RemoveVip(V6, "web")]
     assert s.idle
 
