@@ -19,15 +19,9 @@ from bgplb.io.bgp_bfd import BfdLink
 
 
 def _silence(service: BfdService) -> None:
-    """Make a service stop sending and receiving without AdminDown: a dead host."""
-    loop = asyncio.get_running_loop()
-    for ep in service._endpoints.values():
-        if ep.timer is not None:
-            ep.timer.cancel()
-            ep.timer = None
-        ep.timer_at = None
-    for sock in service._listeners.values():
-        loop.remove_reader(sock.fileno())
+    """Make a service stop sending and receiving without AdminDown: a dead host (its timing
+    thread, or its loop timers and readers, stopped)."""
+    service._driver.stop()
 
 
 def test_link_rules() -> None:

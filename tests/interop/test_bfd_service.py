@@ -9,13 +9,8 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from bfdlab import free_port, until
 
 from bgplb.bfd import ControlPacket, Diag, State, decode_packet, encode_packet
@@ -53,7 +48,9 @@ def test_shared_session_release_and_admin_down() -> None:
             assert h1.state == State.UP
             h1.release()
             assert a.sessions() == []
-            await until("b Down", lambda: hb.state == State.DOWN)
+            # Notifications reach the loop after the state changed (timing thread).
+            await until("b told Down", lambda: bool(seen_b) and seen_b[-1][0] == State.DOWN)
+            assert hb.state == State.DOWN
             assert seen_b[-1] == (State.DOWN, Diag.NEIGHBOR_SIGNALED_SESSION_DOWN)
             info = hb.info
             assert info is not None and info.remote_state == State.ADMIN_DOWN

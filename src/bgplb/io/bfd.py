@@ -1,4 +1,4 @@
-"""BFD over UDP with asyncio, and the BFD service other protocols request sessions from.
+"""BFD over UDP, and the BFD service other protocols request sessions from.
 
 Transport (RFC 5881 single hop, RFC 5883 multihop):
 
@@ -16,8 +16,11 @@ Transport (RFC 5881 single hop, RFC 5883 multihop):
   The destination comes from IP_PKTINFO / IPV6_RECVPKTINFO. The session's core discards a
   zero Your Discriminator once the peer knows ours (Init, Up), so a forged Down from the peer's
   address cannot take the session down (see bgplb.bfd.session).
-* Each session has one `loop.call_at` timer, re-armed from `Session.get_timer()` after every
-  input; `now` is `loop.time()`.
+* Each session has one timer, re-armed from `Session.get_timer()` after every input. By
+  default the timers and the socket reads run in a thread of their own, off the asyncio loop
+  (`timing="thread"`, see bgplb.io.bfd_timing: state changes reach the requesters on the loop
+  through `call_soon_threadsafe`); `timing="loop"` runs them on the loop (`call_at`,
+  `add_reader`). `now` is `time.monotonic()` (the default loop's `loop.time()`).
 
 Service (as BIRD's `bfd_request_session`): `BfdService.request(peer, local, multihop, ...)`
 returns a `BfdHandle`. There is one session per (peer address, local address, multihop) shared
@@ -36,11 +39,14 @@ import logging
 import random
 import socket
 import struct
+import threading
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from bgplb.bfd import BfdError, ControlPacket, Diag, Session, State, StateChanged, decode_packet
+from bgplb.io.bfd_timing import LoopDriver, ThreadDriver, freeze_gc, gc_pauses
 
 __all__ = [
     "MULTIHOP_PORT",
@@ -49,6 +55,7 @@ __all__ = [
     "BfdService",
     "BfdSessionInfo",
     "Notify",
+    "Timing",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +77,9 @@ DRAIN_LIMIT = 16384
 _CMSG_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(20)
 
 Notify = Callable[[State, Diag], None]
+Timing = Literal["thread", "loop"]
+#: Seconds between two "BFD timing" log lines (thread timing; lateness and GC pauses).
+REPORT_EVERY = 60.0
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -107,7 +117,11 @@ class _Key:
 
 
 class BfdHandle:
-    """One requester's hold on a shared BFD session; `release()` when no longer needed."""
+    """One requester's hold on a shared BFD session; `release()` when no longer needed.
+
+    Used on the loop's thread. `event_info` is the session's snapshot taken when the state
+    change being notified happened (with thread timing the session may have moved on by the
+    time `notify` runs on the loop)."""
 
     def __init__(
         self,
@@ -125,16 +139,19 @@ class BfdHandle:
         self.notify = notify
         self.min_ttl = min_ttl
         self.released = False
+        self.event_info: BfdSessionInfo | None = None
 
     @property
     def state(self) -> State:
-        ep = self._service._endpoints.get(self.key)
-        return ep.session.state if ep and not self.released else State.ADMIN_DOWN
+        with self._service.lock:
+            ep = self._service._endpoints.get(self.key)
+            return ep.session.state if ep and not self.released else State.ADMIN_DOWN
 
     @property
     def info(self) -> BfdSessionInfo | None:
-        ep = self._service._endpoints.get(self.key)
-        return ep.info() if ep and not self.released else None
+        with self._service.lock:
+            ep = self._service._endpoints.get(self.key)
+            return ep.info() if ep and not self.released else None
 
     def release(self) -> None:
         """Drop this request; the session is removed when its last request is released."""
@@ -143,13 +160,12 @@ class BfdHandle:
             self._service._release(self)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Endpoint:
     key: _Key
     session: Session
     sock: socket.socket
     handles: list[BfdHandle] = field(default_factory=list)
-    timer: asyncio.TimerHandle | None = None
     timer_at: float | None = None
     last_change: float = 0.0
     min_ttl: int = TTL_MAX
@@ -181,12 +197,21 @@ class _Endpoint:
 
 
 class BfdService:
-    """BFD sessions on demand for the BGP speaker (or anything else), on one asyncio loop.
+    """BFD sessions on demand for the BGP speaker (or anything else).
 
-    Must be created and used on the loop's thread. `rng` drives jitter, discriminators and
-    source ports. `single_hop_port` / `multihop_port` / `listen_v4` / `listen_v6` exist for
-    tests and benchmarks; `multihop_min_ttl` is the lowest TTL accepted on a multihop session
-    whose request names none (single hop always requires 255).
+    Created and used on the asyncio loop's thread (requests, releases, notifications).
+    `timing="thread"` (default) runs the timers and socket reads in a thread of their own
+    (bgplb.io.bfd_timing.ThreadDriver), `"loop"` on the loop. With thread timing,
+    `realtime_priority` (1..99, None: off) runs that thread SCHED_FIFO, `switch_interval`
+    (seconds, None: unchanged) lowers the interpreter's GIL switch interval if it is longer,
+    and `freeze_gc` calls `gc.freeze()` once when the first session is created (after the
+    daemon's start-up). `rng` drives jitter, discriminators and source ports.
+    `single_hop_port` / `multihop_port` / `listen_v4` / `listen_v6` exist for tests and
+    benchmarks; `multihop_min_ttl` is the lowest TTL accepted on a multihop session whose
+    request names none (single hop always requires 255).
+
+    Thread safety: `lock` guards the session tables, the sessions, the listening sockets and
+    the counters; read `dropped` and `tx_lateness` through `counters()` / `take_lateness()`.
     """
 
     def __init__(
@@ -199,19 +224,41 @@ class BfdService:
         listen_v4: str = "0.0.0.0",
         listen_v6: str = "::",
         multihop_min_ttl: int = 254,
+        timing: Timing = "thread",
+        realtime_priority: int | None = None,
+        switch_interval: float | None = 0.001,
+        freeze_gc: bool = True,
     ) -> None:
         if not 1 <= multihop_min_ttl <= TTL_MAX:
             raise ValueError(f"multihop_min_ttl must be in 1..255: {multihop_min_ttl}")
+        if timing not in ("thread", "loop"):
+            raise ValueError(f"BFD timing must be 'thread' or 'loop': {timing!r}")
         self._loop = loop or asyncio.get_running_loop()
+        self.lock = threading.RLock()
+        self._driver: LoopDriver | ThreadDriver
+        if timing == "thread":
+            self._driver = ThreadDriver(
+                self,
+                self._loop,
+                realtime_priority=realtime_priority,
+                switch_interval=switch_interval,
+            )
+        else:
+            self._driver = LoopDriver(self, self._loop)
+        self.timing = timing
+        self._freeze_gc = freeze_gc and timing == "thread"
         self._rng = rng or random.Random()
         self._ports = {False: single_hop_port, True: multihop_port}
         self._listen: dict[int, str] = {socket.AF_INET: listen_v4, socket.AF_INET6: listen_v6}
         self._multihop_min_ttl = multihop_min_ttl
+        # Guarded by `lock`:
         self._endpoints: dict[_Key, _Endpoint] = {}
         self._by_discr: dict[int, _Endpoint] = {}
         self._listeners: dict[tuple[int, bool], socket.socket] = {}
         self.dropped: Counter[str] = Counter()
         self.tx_lateness: deque[float] = deque(maxlen=100_000)
+        self._report_late: list[float] = []
+        self._report: asyncio.TimerHandle | None = None
         self.closed = False
 
     # ------------------------------------------------------------------ public API
@@ -232,9 +279,9 @@ class BfdService:
         received TTL / hop limit accepted; a shared session uses the highest of its requests'.
         Single hop always requires 255 (RFC 5881 §5).
 
-        Returns a handle; `notify(state, diag)` is called on each state change, and once soon
-        after the request if the shared session is already past Down. Raises ValueError for a
-        bad address, timer or min_ttl, OSError if a socket cannot be opened.
+        Returns a handle; `notify(state, diag)` is called on the loop on each state change, and
+        once soon after the request if the shared session is already past Down. Raises
+        ValueError for a bad address, timer or min_ttl, OSError if a socket cannot be opened.
         """
         if self.closed:
             raise RuntimeError("BfdService is closed")
@@ -254,35 +301,86 @@ class BfdService:
         handle = BfdHandle(
             self, key, interval_ms, multiplier, notify or (lambda st, dg: None), min_ttl
         )
-        ep = self._endpoints.get(key)
-        if ep is None:
-            ep = self._create(key, interval_ms, multiplier)
-        else:
-            state, diag = ep.session.state, ep.session.local_diag
-            if state != State.DOWN:
-                self._loop.call_soon(self._notify_one, handle, state, diag)
-        ep.handles.append(handle)
-        self._apply_timers(ep)
+        if self._freeze_gc:
+            self._freeze_gc = False
+            freeze_gc()
+        with self.lock:
+            ep = self._endpoints.get(key)
+            if ep is None:
+                ep = self._create(key, interval_ms, multiplier)
+            else:
+                state, diag = ep.session.state, ep.session.local_diag
+                if state != State.DOWN:
+                    self._loop.call_soon(self._notify_one, handle, state, diag, ep.info())
+            ep.handles.append(handle)
+            self._apply_timers(ep)
+        if self._driver.threaded and self._report is None:
+            gc_pauses().read(reset=True)
+            self._report = self._loop.call_later(REPORT_EVERY, self._log_timing)
         return handle
 
     def sessions(self) -> list[BfdSessionInfo]:
         """Snapshots of every session, for status and metrics."""
-        return [ep.info() for ep in self._endpoints.values()]
+        with self.lock:
+            return [ep.info() for ep in self._endpoints.values()]
+
+    def counters(self) -> Counter[str]:
+        """A copy of `dropped` (discarded packets by reason), safe to read from any thread."""
+        with self.lock:
+            return Counter(self.dropped)
+
+    def take_lateness(self) -> list[float]:
+        """Send lateness samples (seconds: a periodic packet's send time minus the deadline the
+        session asked for) since the last call; clears them."""
+        with self.lock:
+            out = list(self.tx_lateness)
+            self.tx_lateness.clear()
+        return out
+
+    def timing_stats(self, *, reset: bool = False) -> dict[str, Any]:
+        """Send lateness (ms) since the last reset and the process's GC pauses (bounded window
+        of 100,000 samples), for logs and benchmarks."""
+        with self.lock:
+            late = sorted(self._report_late)
+            if reset:
+                self._report_late = []
+        n = len(late)
+
+        def pct(q: float) -> float:
+            return round(late[min(n - 1, int(q * n))] * 1000, 3) if n else 0.0
+
+        return {
+            "timing": self.timing,
+            "packets": n,
+            "late_p50_ms": pct(0.50),
+            "late_p99_ms": pct(0.99),
+            "late_max_ms": round(late[-1] * 1000, 3) if n else 0.0,
+            "gc": gc_pauses().read(reset=reset),
+        }
 
     def close(self) -> None:
-        """Take every session AdminDown (one packet each), close all sockets. Idempotent."""
+        """Take every session AdminDown (one packet each), stop the timers, close all sockets.
+        Idempotent; the timing thread is joined."""
         if self.closed:
             return
-        for ep in list(self._endpoints.values()):
+        with self.lock:
+            endpoints = list(self._endpoints.values())
+        for ep in endpoints:
             for h in list(ep.handles):
                 h.release()
-        for sock in self._listeners.values():
-            self._loop.remove_reader(sock.fileno())
-            sock.close()
-        self._listeners.clear()
+        self._driver.stop()
+        with self.lock:
+            for sock in self._listeners.values():
+                sock.close()
+            self._listeners.clear()
+        if self._report is not None:
+            self._report.cancel()
         self.closed = True
 
     # ------------------------------------------------------------------ sessions
+
+    def _is_live(self, ep: _Endpoint) -> bool:
+        return self._endpoints.get(ep.key) is ep
 
     def _create(self, key: _Key, interval_ms: int, multiplier: int) -> _Endpoint:
         family = socket.AF_INET6 if key.peer.version == 6 else socket.AF_INET
@@ -290,7 +388,7 @@ class BfdService:
         discr = self._rng.randrange(1, 2**32)
         while discr in self._by_discr:
             discr = self._rng.randrange(1, 2**32)
-        now = self._loop.time()
+        now = self._driver.now()
         session = Session(
             discr,
             desired_min_tx_interval=interval_ms * 1000,
@@ -302,7 +400,8 @@ class BfdService:
         ep = _Endpoint(key, session, self._sender(family, key.local), last_change=now)
         self._endpoints[key] = ep
         self._by_discr[discr] = ep
-        self._loop.call_soon(self._on_timer, ep)
+        ep.timer_at = now
+        self._driver.arm(ep, now)  # the first packet, at once
         return ep
 
     def _apply_timers(self, ep: _Endpoint) -> None:
@@ -319,37 +418,76 @@ class BfdService:
             best.multiplier,
         ):
             s.set_intervals(us, us, best.multiplier)
-            self._service(ep, self._loop.time())
+            self._service(ep, self._driver.now())
 
     def _release(self, handle: BfdHandle) -> None:
-        ep = self._endpoints.get(handle.key)
-        if ep is None:
-            return
-        with contextlib.suppress(ValueError):
-            ep.handles.remove(handle)
-        if ep.handles:
-            self._apply_timers(ep)
-            return
-        # Last requester gone: tell the peer (AdminDown, §6.8.16) and remove the session.
-        ep.session.admin_down()
-        for raw in ep.session.packets_to_send(self._loop.time()):
-            self._send(ep, raw)
-        if ep.timer is not None:
-            ep.timer.cancel()
-        ep.sock.close()
-        del self._endpoints[ep.key]
-        del self._by_discr[ep.session.local_discriminator]
+        with self.lock:
+            ep = self._endpoints.get(handle.key)
+            if ep is None:
+                return
+            with contextlib.suppress(ValueError):
+                ep.handles.remove(handle)
+            if ep.handles:
+                self._apply_timers(ep)
+                return
+            # Last requester gone: tell the peer (AdminDown, §6.8.16) and remove the session.
+            ep.session.admin_down()
+            for raw in ep.session.packets_to_send(self._driver.now()):
+                self._send(ep, raw)
+            self._driver.disarm(ep)
+            ep.sock.close()
+            del self._endpoints[ep.key]
+            del self._by_discr[ep.session.local_discriminator]
 
-    def _notify_one(self, handle: BfdHandle, state: State, diag: Diag) -> None:
+    def _notify_one(
+        self, handle: BfdHandle, state: State, diag: Diag, info: BfdSessionInfo | None = None
+    ) -> None:
         if handle.released:
             return
+        handle.event_info = info
         try:
             handle.notify(state, diag)
         except Exception:
             log.exception("BFD notify callback for %s failed", handle.key.peer)
 
+    def _deliver(
+        self, handles: list[BfdHandle], state: State, diag: Diag, info: BfdSessionInfo
+    ) -> None:
+        for h in handles:
+            self._notify_one(h, state, diag, info)
+
+    def _log(self, level: int, msg: str, *args: object) -> None:
+        """Log from either thread: the timing thread hands the record to the loop."""
+        if not log.isEnabledFor(level):
+            return
+        if self._driver.in_thread():
+            self._driver.call(log.log, level, msg, *args)
+        else:
+            log.log(level, msg, *args)
+
+    def _log_timing(self) -> None:
+        if self.closed:
+            return
+        st = self.timing_stats(reset=True)
+        if st["packets"]:
+            gcs = st["gc"]
+            log.info(
+                "BFD timing, last %.0f s: %d packets, send lateness p50 %.2f p99 %.2f max "
+                "%.2f ms; %d GC pauses, longest %.1f ms (generation %d)",
+                REPORT_EVERY,
+                st["packets"],
+                st["late_p50_ms"],
+                st["late_p99_ms"],
+                st["late_max_ms"],
+                gcs["collections"],
+                gcs["max_ms"],
+                gcs["max_generation"],
+            )
+        self._report = self._loop.call_later(REPORT_EVERY, self._log_timing)
+
     def _service(self, ep: _Endpoint, now: float, *, from_timer: bool = False) -> None:
-        """After any input: send what is due, deliver events, re-arm the one timer."""
+        """After any input: send what is due, deliver events, re-arm the one timer.
+        Called with `lock` held."""
         s = ep.session
         deadline = ep.timer_at
         if from_timer:
@@ -357,46 +495,59 @@ class BfdService:
         out = s.packets_to_send(now)
         if from_timer and out and deadline is not None:
             self.tx_lateness.append(now - deadline)
+            if len(self._report_late) < 100_000:
+                self._report_late.append(now - deadline)
         for raw in out:
             self._send(ep, raw)
         while (ev := s.next_event()) is not None:
             if isinstance(ev, StateChanged):
                 ep.last_change = now
-                log.info(
-                    "BFD %s: %s -> %s (%s)", ep.key.peer, ev.old.name, ev.new.name, ev.diag.name
+                self._log(
+                    logging.INFO,
+                    "BFD %s: %s -> %s (%s)",
+                    ep.key.peer,
+                    ev.old.name,
+                    ev.new.name,
+                    ev.diag.name,
                 )
-                for h in list(ep.handles):
-                    self._notify_one(h, ev.new, ev.diag)
-        if ep.key not in self._endpoints or self._endpoints[ep.key] is not ep:
+                info = ep.info()
+                if self._driver.threaded:  # requesters live on the loop
+                    self._driver.call(self._deliver, list(ep.handles), ev.new, ev.diag, info)
+                else:
+                    self._deliver(list(ep.handles), ev.new, ev.diag, info)
+        if not self._is_live(ep):
             return  # released from a callback
         when = s.get_timer()
-        if when != ep.timer_at or ep.timer is None:
-            if ep.timer is not None:
-                ep.timer.cancel()
+        if when is None:
+            self._driver.disarm(ep)
+            ep.timer_at = None
+        elif when != ep.timer_at or not self._driver.armed(ep):
             ep.timer_at = when
-            ep.timer = None if when is None else self._loop.call_at(when, self._on_timer, ep)
+            self._driver.arm(ep, when)
 
     def _on_timer(self, ep: _Endpoint) -> None:
-        ep.timer = None
-        if self._endpoints.get(ep.key) is not ep:
-            return
-        now = self._loop.time()
-        if ep.timer_at is not None and now - ep.timer_at > LATE_TIMER:
-            # Our event loop stalled: the peer's packets of that time wait in the sockets (a
-            # wake-up reads at most _MAX_READS_PER_WAKEUP, and with many sessions far more are
-            # queued). They must count before the Detection Time is judged, or our own stall
-            # looks like the peer's death (a false Down for every session).
-            self.drain()
-            if self._endpoints.get(ep.key) is not ep:
+        with self.lock:
+            if not self._is_live(ep):
                 return
-        self._service(ep, now, from_timer=True)
+            now = self._driver.now()
+            if ep.timer_at is not None and now - ep.timer_at > LATE_TIMER:
+                # We are late (a stall of the loop or of this process): the peer's packets of
+                # that time wait in the sockets (one wake-up reads at most
+                # _MAX_READS_PER_WAKEUP, and with many sessions far more are queued). They
+                # must count before the Detection Time is judged, or our own stall looks like
+                # the peer's death (a false Down for every session).
+                self.drain()
+                if not self._is_live(ep):
+                    return
+            self._service(ep, now, from_timer=True)
 
     def drain(self) -> None:
         """Read every packet waiting on the listening sockets (bounded by DRAIN_LIMIT)."""
-        for (family, multihop), sock in list(self._listeners.items()):
-            for _ in range(DRAIN_LIMIT // _MAX_READS_PER_WAKEUP):
-                if self._on_readable(sock, family, multihop) < _MAX_READS_PER_WAKEUP:
-                    break
+        with self.lock:
+            for (family, multihop), sock in list(self._listeners.items()):
+                for _ in range(DRAIN_LIMIT // _MAX_READS_PER_WAKEUP):
+                    if self._on_readable(sock, family, multihop) < _MAX_READS_PER_WAKEUP:
+                        break
 
     # ------------------------------------------------------------------ sockets
 
@@ -443,7 +594,7 @@ class BfdService:
             sock.close()
             raise
         self._listeners[(family, multihop)] = sock
-        self._loop.add_reader(sock.fileno(), self._on_readable, sock, family, multihop)
+        self._driver.watch(sock, family, multihop)
         return sock
 
     def _send(self, ep: _Endpoint, raw: bytes) -> None:
@@ -454,18 +605,30 @@ class BfdService:
 
     def _on_readable(self, sock: socket.socket, family: int, multihop: bool) -> int:
         """Read up to _MAX_READS_PER_WAKEUP datagrams; returns how many were read."""
-        for count in range(_MAX_READS_PER_WAKEUP):
-            try:
-                data, ancdata, _flags, addr = sock.recvmsg(512, _CMSG_SPACE)
-            except (BlockingIOError, InterruptedError):
-                return count
-            except OSError as exc:
-                self.dropped["recv_" + type(exc).__name__] += 1
-                return count
-            self._datagram(data, ancdata, addr, family, multihop)
-        return _MAX_READS_PER_WAKEUP
+        with self.lock:
+            for count in range(_MAX_READS_PER_WAKEUP):
+                try:
+                    data, ancdata, _flags, addr = sock.recvmsg(512, _CMSG_SPACE)
+                except (BlockingIOError, InterruptedError):
+                    return count
+                except OSError as exc:
+                    self.dropped["recv_" + type(exc).__name__] += 1
+                    return count
+                self._datagram(data, ancdata, addr, family, multihop)
+            return _MAX_READS_PER_WAKEUP
 
     def _datagram(
+        self,
+        data: bytes,
+        ancdata: list[tuple[int, int, bytes]],
+        addr: tuple[str, int] | tuple[str, int, int, int],
+        family: int,
+        multihop: bool,
+    ) -> None:
+        with self.lock:
+            self._datagram_locked(data, ancdata, addr, family, multihop)
+
+    def _datagram_locked(
         self,
         data: bytes,
         ancdata: list[tuple[int, int, bytes]],
@@ -492,18 +655,25 @@ class BfdService:
             return
         if ttl < ep.min_ttl:  # multihop: RFC 5883 §2, the session's own minimum
             self.dropped["ttl"] += 1
-            log.debug("BFD %s: dropped a packet with TTL %d < %d", src, ttl, ep.min_ttl)
+            self._log(
+                logging.DEBUG, "BFD %s: dropped a packet with TTL %d < %d", src, ttl, ep.min_ttl
+            )
             return
-        now = self._loop.time()
+        now = self._driver.now()
         changes = ep.session.remote_discriminator_changes
         try:
             ep.session.handle_packet(pkt, now)
         except BfdError as exc:
             self.dropped["session_discard"] += 1
-            log.debug("BFD %s: packet discarded: %s", src, exc)
+            self._log(logging.DEBUG, "BFD %s: packet discarded: %s", src, exc)
             return
         if ep.session.remote_discriminator_changes != changes:
-            log.info("BFD %s: peer changed its discriminator to %d", src, pkt.my_discriminator)
+            self._log(
+                logging.INFO,
+                "BFD %s: peer changed its discriminator to %d",
+                src,
+                pkt.my_discriminator,
+            )
         self._service(ep, now)
 
     def _demux(

@@ -10,7 +10,8 @@ by every requester) and turns its state changes into a single decision, ``on_dow
 * RFC 5882 §3.2: Down because the neighbor took the session AdminDown (its BFD was
   deconfigured, or it is restarting gracefully) is *not* a failure: nothing happens.
 * Otherwise (typically diag 1, Control Detection Time Expired) ``on_down`` runs at once, on the
-  loop, inside the BFD service's notification.
+  loop, inside the BFD service's notification (the service's timers may run in a thread of
+  their own, bgplb.io.bfd_timing; notifications are always delivered on the loop).
 
 :func:`tear_down` is what the owner does then: the BGP session is stopped with Cease / BFD Down
 (subcode 10, RFC 9384) and the connection is aborted at once, without waiting for the
@@ -105,7 +106,9 @@ class BfdLink:
         was_up, self.was_up = self.was_up, False
         if not was_up:
             return  # never came Up (or the 3-way handshake failed): not a failure, §3.3
-        info = self.handle.info
+        # The snapshot taken with the change (with thread timing the session may have moved
+        # on by now, e.g. Down -> Init when the neighbor's next packet came).
+        info = self.handle.event_info or self.handle.info
         if info is not None and info.remote_state == State.ADMIN_DOWN:
             log.info("BFD %s: neighbor took the session AdminDown: BGP left alone", self.peer)
             return  # RFC 5882 §3.2

@@ -10,6 +10,10 @@ already talking to it). The request is released when that BGP session ends. Sing
 (RFC 5881) when the neighbor is inside one of our connected subnets, multihop (RFC 5883)
 otherwise.
 
+The BFD service runs its transmit and detection timers in a thread of its own, so a busy event
+loop (a large RIB update, a FIB apply) does not delay BFD packets; its notifications come back
+to the loop (:mod:`bgplb.io.bfd_timing`).
+
 BFD Up -> Down (not AdminDown from the neighbor): the session is stopped with Cease / BFD Down
 and the connection aborted (:func:`bgplb.io.bgp_bfd.tear_down`); the RIB then drops the
 neighbor's paths at once, like on hold-timer expiry — never kept stale for Graceful Restart
@@ -46,6 +50,16 @@ def _local_of(transport: Any) -> str | None:
     return str(ip)
 
 
+def make_service(config: Any) -> BfdService:
+    """The router's BFD service: timers in their own thread (bgplb.io.bfd_timing), SCHED_FIFO
+    when the configuration asks for it (``bfd_realtime_priority``, 1..99; off by default).
+    Read with a default until the configuration schema has the key."""
+    prio = getattr(config, "bfd_realtime_priority", None)
+    if isinstance(prio, int):
+        return BfdService(realtime_priority=prio)
+    return BfdService()
+
+
 def attach(
     router: Router, entry: PeerEntry, transport: Any, replaces: PeerEntry | None = None
 ) -> None:
@@ -70,7 +84,7 @@ def _attach(router: Router, entry: PeerEntry, local: str | None) -> None:
     if cfg is None:
         return
     if router.bfd is None:
-        router.bfd = BfdService()
+        router.bfd = make_service(router.config)
     address = entry.address
     single_hop = any(address in c.network for c in router._connected)
     try:

@@ -56,6 +56,7 @@ def _run(body: Callable[[BfdService], Awaitable[None]], **kw: int) -> None:
             single_hop_port=port,
             multihop_port=port,
             listen_v4="127.0.0.1",
+            timing="loop",  # the receive path, fed by hand: no timer may run meanwhile
             **kw,
         )
         try:
