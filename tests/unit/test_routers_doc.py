@@ -1,0 +1,149 @@
+"""docs/routers.md keeps its shape: every code block the interop test runs
+(tests/interop/test_routers_doc.py) is marked, found and not empty, and every router section
+answers every point of the page (one `###` subsection each), so a section that loses one fails.
+
+The block extractor is the interop test's own (loaded by path), so what is checked here is what
+the interop test will run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "routers.md"
+
+ROUTERS = ("BIRD 2", "FRR", "Junos", "Arista EOS", "Cisco IOS-XR", "Nokia SR Linux")
+PROVIDER = "Your provider"
+SUBSECTIONS = (
+    "Neighbors",
+    "Multipath",
+    "BFD",
+    "MD5",
+    "Graceful shutdown",
+    "Max-prefix",
+    "Import filter",
+    "ECMP hash",
+)
+#: blocks the interop test runs, and a line each must contain
+TESTED = {
+    "agent": "[[peers]]",
+    "sysctl": "net.ipv4.fib_multipath_hash_policy = 1",
+    "bird": "protocol bgp",
+    "frr": "router bgp 65530",
+}
+
+
+def _interop_module() -> ModuleType:
+    path = ROOT / "tests" / "interop" / "test_routers_doc.py"
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("_routers_doc_interop", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(path.parent))
+
+
+interop = _interop_module()
+
+
+def sections(text: str) -> dict[str, str]:
+    """`## Title` -> the text up to the next `## ` heading (headings inside code blocks are
+    not headings)."""
+    out: dict[str, str] = {}
+    title, body, fence = None, [], False
+    for line in text.splitlines():
+        if line.startswith(("```", "~~~")):
+            fence = not fence
+        if not fence and line.startswith("## "):
+            if title is not None:
+                out[title] = "\n".join(body)
+            title, body = line[3:].strip(), []
+        elif title is not None:
+            body.append(line)
+    if title is not None:
+        out[title] = "\n".join(body)
+    return out
+
+
+def subsections(body: str) -> list[str]:
+    fence = False
+    out = []
+    for line in body.splitlines():
+        if line.startswith(("```", "~~~")):
+            fence = not fence
+        elif not fence and line.startswith("### "):
+            out.append(line[4:].strip())
+    return out
+
+
+@pytest.fixture(scope="module")
+def text() -> str:
+    return DOC.read_text()
+
+
+def test_every_tested_block_is_found_and_not_empty(text):
+    blocks = interop.doc_blocks(text)
+    assert set(TESTED) <= set(blocks), sorted(blocks)
+    for name, needle in TESTED.items():
+        assert blocks[name].strip(), name
+        assert needle in blocks[name], (name, needle)
+
+
+def test_every_marker_is_followed_by_a_block(text):
+    markers = re.findall(r"<!--\s*test:\s*([\w-]+)\s*-->", text)
+    assert sorted(markers) == sorted(interop.doc_blocks(text)), markers
+
+
+def test_extractor_refuses_a_name_used_twice():
+    block = "<!-- test: bird -->\n```\nrouter id 192.0.2.1;\n```\n"
+    assert interop.doc_blocks(block) == {"bird": "router id 192.0.2.1;\n"}
+    with pytest.raises(ValueError, match="two blocks"):
+        interop.doc_blocks(block + "\n" + block)
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+def test_router_section_has_every_subsection(text, router):
+    body = sections(text).get(router)
+    assert body is not None, f"no '## {router}' section"
+    found = subsections(body)
+    missing = [name for name in SUBSECTIONS if name not in found]
+    assert not missing, f"{router}: missing subsections {missing}"
+    assert found[: len(SUBSECTIONS)] == list(SUBSECTIONS), f"{router}: order {found}"
+    for name in SUBSECTIONS:  # each subsection says something
+        part = body.split(f"### {name}", 1)[1].split("\n### ", 1)[0]
+        assert len(part.strip()) > 20, (router, name)
+
+
+def test_provider_section_asks_for_every_point(text):
+    body = sections(text).get(PROVIDER)
+    assert body is not None
+    assert subsections(body) == list(SUBSECTIONS)
+
+
+@pytest.mark.parametrize("router", ROUTERS[2:])
+def test_untested_vendors_say_so_and_give_a_config(text, router):
+    body = sections(text)[router]
+    assert "**Untested**" in body, router
+    assert re.search(r"^```\n.+?^```", body, re.S | re.M), f"{router}: no configuration block"
+
+
+def test_the_check_fails_when_a_subsection_is_lost(text):
+    body = sections(text)["Junos"].replace("### BFD", "### Liveness")
+    assert "BFD" not in subsections(body)
+
+
+def test_sysctl_block_parses(text):
+    settings = interop.sysctl_settings(interop.doc_blocks(text)["sysctl"])
+    assert settings["net.ipv4.fib_multipath_hash_policy"] == "1"
+    assert settings["net.ipv6.fib_multipath_hash_policy"] == "1"
+    assert settings["net.ipv4.ip_forward"] == "1"
