@@ -103,6 +103,7 @@ REFUSED_SHOWN = 8
 _BITS = {AFI.IPV4: 32, AFI.IPV6: 128}
 _VERSION = {AFI.IPV4: 4, AFI.IPV6: 6}
 _INTERN_LIMIT = 4096  # caches are cleared past this size (a peer cycling attributes)
+_TUPLE_LIMIT = 1 << 16  # distinct path sets interned (VIPs with the same paths share one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +244,10 @@ class Rib:
         self._connected: tuple[Connected, ...] = ()
         self._own: tuple[tuple[Prefix, str], ...] = ()
         self._verdicts: dict[Path, tuple[int, str | None]] = {}
+        # the FIB entry of a path set, per IP version of the VIP (VIP refusals apart)
+        self._entries: dict[int, dict[tuple[Path, ...], tuple[FibNexthop, ...]]] = {4: {}, 6: {}}
+        # one tuple object per distinct path set: the VIPs of the same servers share it
+        self._tuples: dict[tuple[Path, ...], tuple[Path, ...]] = {}
         self._addresses: dict[IPAddress, IPAddress] = {}
         self._dirty: set[Prefix] = set()
         self.set_connected(connected)
@@ -260,7 +265,7 @@ class Rib:
                 local = ipaddress.ip_network(c.local)
                 own.append((Prefix.from_network(local), f"the router's own address {c.local}"))
         self._own = tuple(own)
-        self._verdicts.clear()
+        self._forget_verdicts()
         self._dirty.update(self.vips)
 
     def peer_up(
@@ -296,7 +301,7 @@ class Rib:
         state.source = source
         state.third_party_next_hop = third_party_next_hop
         state.allow_default = allow_default
-        self._verdicts.clear()
+        self._forget_verdicts()
         if not allow_default:
             for afi in _BITS:
                 if Prefix(afi, 0, 0) in state.paths:
@@ -455,11 +460,22 @@ class Rib:
         return None if reason is not None else ifindex
 
     def fib_entry(self, vip: Prefix) -> tuple[FibNexthop, ...]:
-        """The nexthop group `vip` should have: one member per usable next hop, sorted."""
+        """The nexthop group `vip` should have: one member per usable next hop, sorted. VIPs
+        with the same paths get the same (cached) tuple."""
         paths = self.vips.get(vip)
-        if not paths or self._vip_refusal(vip) is not None:
+        if not paths or (self._own and self._vip_refusal(vip) is not None):
             return ()
         version = _VERSION[vip[0]]
+        cache = self._entries[version]
+        entry = cache.get(paths)
+        if entry is None:
+            if len(cache) >= _TUPLE_LIMIT:
+                cache.clear()
+            entry = cache[paths] = self._entry(paths, version)
+        return entry
+
+    def _entry(self, paths: tuple[Path, ...], version: int) -> tuple[FibNexthop, ...]:
+        """The FIB entry of a VIP of IP `version` with these paths (see fib_entry)."""
         if len(paths) == 1:  # the common case
             path = paths[0]
             ifindex, reason = self._verdict(path)
@@ -636,6 +652,22 @@ class Rib:
             self._verdicts[path] = verdict
         return verdict
 
+    def _forget_verdicts(self) -> None:
+        """Connected subnets or a peer's next-hop rule changed: every cached verdict and entry
+        may be wrong."""
+        self._verdicts.clear()
+        for cache in self._entries.values():
+            cache.clear()
+
+    def _shared(self, paths: tuple[Path, ...]) -> tuple[Path, ...]:
+        """The one tuple object of this path set."""
+        shared = self._tuples.get(paths)
+        if shared is None:
+            if len(self._tuples) >= _TUPLE_LIMIT:
+                self._tuples.clear()  # only sharing is lost
+            shared = self._tuples[paths] = paths
+        return shared
+
     def _vip_refusal(self, vip: Prefix) -> str | None:
         """Why `vip` overlaps the router's own addresses or connected subnets, or None. The
         default route covers everything: it is ``allow_default``'s call alone."""
@@ -654,11 +686,11 @@ class Rib:
         state.stale_count += path.stale - (old.stale if old is not None else False)
         paths = self.vips.get(prefix)
         if paths is None:
-            self.vips[prefix] = (path,)
+            self.vips[prefix] = self._shared((path,))
         elif old is None:
-            self.vips[prefix] = (*paths, path)
+            self.vips[prefix] = self._shared((*paths, path))
         else:
-            self.vips[prefix] = tuple(path if p is old else p for p in paths)
+            self.vips[prefix] = self._shared(tuple(path if p is old else p for p in paths))
         self._dirty.add(prefix)
 
     def _remove(self, state: PeerState, prefix: Prefix) -> None:
@@ -669,7 +701,7 @@ class Rib:
         paths = self.vips.get(prefix, ())
         rest = tuple(p for p in paths if p is not old)
         if rest:
-            self.vips[prefix] = rest
+            self.vips[prefix] = self._shared(rest)
         else:
             self.vips.pop(prefix, None)
         self._dirty.add(prefix)
