@@ -11,7 +11,8 @@ then by length), and it is the key type of every RIB in bgplb.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 from .errors import BGPError, ErrorCode, UpdateSubcode
 from .families import AFI
@@ -75,9 +76,8 @@ class Prefix(tuple[AFI, int, int]):
 
     @property
     def network(self) -> IPNetwork:
-        if self[0] == AFI.IPV4:
-            return ipaddress.IPv4Network((self[1], self[2]))
-        return ipaddress.IPv6Network((self[1], self[2]))
+        """The :mod:`ipaddress` network (built without re-parsing: see :func:`_network`)."""
+        return _network(self[0], self[1], self[2])
 
     @property
     def wire_size(self) -> int:
@@ -91,6 +91,77 @@ class Prefix(tuple[AFI, int, int]):
 
     def __repr__(self) -> str:
         return f"Prefix({str(self)!r})"
+
+
+def _slow_network(afi: AFI, address: int, length: int) -> IPNetwork:
+    if afi == AFI.IPV4:
+        return ipaddress.IPv4Network((address, length))
+    return ipaddress.IPv6Network((address, length))
+
+
+_NET = {AFI.IPV4: ipaddress.IPv4Network, AFI.IPV6: ipaddress.IPv6Network}
+_ADDR = {AFI.IPV4: ipaddress.IPv4Address, AFI.IPV6: ipaddress.IPv6Address}
+_MAX = {AFI.IPV4: 32, AFI.IPV6: 128}
+
+
+def _fast_network(afi: AFI, address: int, length: int) -> IPNetwork:
+    """What ``IPv4Network((address, length))`` builds (the same attributes as its ``__init__``
+    sets), without parsing its argument again: ~5x faster, for the FIB's 100k-VIP syncs. The
+    address is already masked (a Prefix has no host bits)."""
+    cls: Any = _NET[afi]
+    net: Any = object.__new__(cls)
+    net.network_address = _ADDR[afi](address)
+    net.netmask, net._prefixlen = cls._make_netmask(length)
+    top = _MAX[afi]
+    if length == top - 1:
+        net.hosts = net.__iter__
+    elif length == top:
+        net.hosts = _OneHost(net.network_address)  # the stdlib's lambda, in 56 bytes
+    return cast("IPNetwork", net)
+
+
+class _OneHost:
+    """``hosts()`` of a /32 or /128 network: a list of its one address."""
+
+    __slots__ = ("address",)
+
+    def __init__(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+        self.address = address
+
+    def __call__(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        return [self.address]
+
+
+def _same(a: IPNetwork, b: IPNetwork) -> bool:
+    da, db = vars(a), vars(b)
+    return (
+        type(a) is type(b)
+        and da.keys() == db.keys()
+        and all(da[k] == db[k] for k in da if k != "hosts")
+        and ("hosts" not in da or list(a.hosts()) == list(b.hosts()))  # /31, /32, /127, /128
+    )
+
+
+def _pick_network() -> object:
+    """The fast constructor if it builds what ipaddress builds on this Python, else the slow."""
+    try:
+        samples = [
+            (AFI.IPV4, 0xC6336400, 24),
+            (AFI.IPV4, 0xC633640A, 31),
+            (AFI.IPV4, 0xC633640A, 32),
+            (AFI.IPV4, 0, 0),
+            (AFI.IPV6, 0x20010DB8 << 96, 32),
+            (AFI.IPV6, (0x20010DB8 << 96) | 2, 127),
+            (AFI.IPV6, (0x20010DB8 << 96) | 1, 128),
+        ]
+        if all(_same(_fast_network(*s), _slow_network(*s)) for s in samples):
+            return _fast_network
+    except Exception:  # pragma: no cover - another Python's ipaddress internals
+        pass
+    return _slow_network  # pragma: no cover
+
+
+_network = cast("Callable[[AFI, int, int], IPNetwork]", _pick_network())
 
 
 def decode_prefixes(data: bytes | memoryview, afi: AFI) -> list[Prefix]:

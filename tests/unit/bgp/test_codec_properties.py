@@ -326,3 +326,30 @@ def test_mutated_messages_raise_only_bgp_error_or_recover(
             assert isinstance(err, BGPError) and err.action is not None
         if msg.errors and any(e.action.value == "treat-as-withdraw" for e in msg.errors):
             assert msg.announced == ()
+
+
+@settings(max_examples=300)
+@given(st.sampled_from([4, 6]), st.data())
+def test_prefix_network_is_what_ipaddress_builds(version: int, data: st.DataObject) -> None:
+    # Prefix.network builds the ipaddress object without re-parsing; it must be
+    # indistinguishable from the stdlib's own (equality, hash, attributes, hosts of /31../32)
+    import ipaddress
+
+    from bgplb.bgp.families import AFI
+    from bgplb.bgp.prefix import Prefix
+
+    bits = 32 if version == 4 else 128
+    length = data.draw(st.integers(0, bits))
+    address = data.draw(st.integers(0, (1 << bits) - 1)) >> (bits - length) << (bits - length)
+    prefix = Prefix(AFI.IPV4 if version == 4 else AFI.IPV6, address, length)
+    ours = prefix.network
+    cls = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+    theirs = cls((address, length))
+    assert type(ours) is type(theirs)
+    assert ours == theirs and hash(ours) == hash(theirs) and repr(ours) == repr(theirs)
+    assert ours.netmask == theirs.netmask and ours.prefixlen == theirs.prefixlen
+    assert ours.broadcast_address == theirs.broadcast_address
+    assert vars(ours).keys() == vars(theirs).keys()
+    if length >= bits - 1:
+        assert list(ours.hosts()) == list(theirs.hosts())
+    assert Prefix.from_network(ours) == prefix
