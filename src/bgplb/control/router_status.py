@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -77,9 +78,14 @@ def read_shares(router: Router, vips: list[Any] | None = None) -> Any:
 VIPS_LIMIT = 100
 VIPS_MAX = 1000
 #: VIP rows built between two yields to the event loop.
-CHUNK = 25
+CHUNK = 100
 #: VIPs sorted at a time (a sort holds the interpreter: a thread would not help).
 SORT_CHUNK = 1024
+#: VIPs scanned at a time for the smallest ones of a page near the start (heapq.nsmallest,
+#: ~2-5 ms per chunk): a 100k-VIP table is read in 7 chunks, not sorted.
+SCAN_CHUNK = 16384
+#: Pages ending before this use the scan; further pages the chunked sort.
+SCAN_MAX = 4096
 
 
 def peer_rows(router: Router) -> list[dict[str, Any]]:
@@ -334,6 +340,14 @@ async def _sorted_page(keys: list[Any], offset: int, limit: int) -> list[Any]:
     runs of SORT_CHUNK keys, then a lazy merge up to the page's end."""
     if not limit or offset >= len(keys):
         return []
+    end = offset + limit
+    if end <= SCAN_MAX:
+        # the smallest `end` of each chunk, then of those: O(n log end), a few yields
+        best: list[Any] = []
+        for start in range(0, len(keys), SCAN_CHUNK):
+            best = heapq.nsmallest(end, itertools.chain(best, keys[start : start + SCAN_CHUNK]))
+            await asyncio.sleep(0)
+        return best[offset:end]
     runs = []
     for start in range(0, len(keys), SORT_CHUNK):
         runs.append(sorted(keys[start : start + SORT_CHUNK]))
