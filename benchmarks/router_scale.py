@@ -45,9 +45,15 @@ P` lists none of ours AND a fresh `ip netns add` on the host has completed (name
 and nexthop-group freeing run in the kernel's workqueues and hold the locks a new namespace
 needs; the probe namespace is deleted right after).
 
+Profiling (``--profile DIR``): the router runs under cProfile — the event loop's thread in
+``DIR/<case>-router.prof``, the worker threads (FIB sync) merged in ``DIR/<case>-threads.prof``
+— and with ``--tracemalloc`` also under tracemalloc (slower: times are then meaningless): when the
+case is complete the benchmark sends SIGUSR2 and the router writes ``DIR/<case>-heap.txt``, the
+top allocation sites of its heap. Read a profile with ``python -m pstats FILE``.
+
 Usage (root): .venv/bin/python benchmarks/router_scale.py [--cases 10x1000,2x100000,100x1000]
        [--receivers bgplb,bird,gobgp] [--timeout 150] [--buckets 512] [--group resilient]
-       [--status-period 0.25] [--json FILE]
+       [--status-period 0.25] [--json FILE] [--profile DIR [--tracemalloc]]
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -87,6 +94,70 @@ from bgplb.lab.speaker import SpeakerProcess
 
 RECEIVER_AS = 65530
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+# Runs `bgplb router ...` (argv[1:]) under cProfile, worker threads included; with
+# BGPLB_TRACEMALLOC set, SIGUSR2 writes the heap's top allocation sites.
+PROFILE_MAIN = """
+import concurrent.futures.thread as cft, cProfile, os, pstats, signal, sys, threading
+out = os.environ["BGPLB_PROFILE"]
+if os.environ.get("BGPLB_TRACEMALLOC"):
+    import tracemalloc
+    tracemalloc.start(int(os.environ["BGPLB_TRACEMALLOC"]))
+    def heap(signum, frame):
+        snap = tracemalloc.take_snapshot()
+        with open(out + "-heap.txt", "w") as f:
+            cur, peak = tracemalloc.get_traced_memory()
+            print(f"traced {cur / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB", file=f)
+            for stat in snap.statistics("traceback")[:40]:
+                print(stat, file=f)
+                for line in stat.traceback.format()[-12:]:
+                    print("   ", line, file=f)
+    signal.signal(signal.SIGUSR2, heap)
+profiles = {}
+run = cft._WorkItem.run
+def profiled_run(self):
+    p = profiles.setdefault(threading.get_ident(), cProfile.Profile())
+    p.enable()
+    try:
+        run(self)
+    finally:
+        p.disable()
+cft._WorkItem.run = profiled_run
+from bgplb.cli import main
+sys.argv = ["bgplb", *sys.argv[1:]]
+prof = cProfile.Profile()
+try:
+    prof.runcall(main)
+except SystemExit:
+    pass
+finally:
+    prof.dump_stats(out + "-router.prof")
+    if profiles:
+        pstats.Stats(*profiles.values()).dump_stats(out + "-threads.prof")
+"""
+
+
+class ProfiledRouter(BenchRouter):
+    """The router under cProfile (and tracemalloc): see PROFILE_MAIN."""
+
+    def __init__(self, *args: Any, out: str, trace: bool) -> None:
+        super().__init__(*args)
+        self.out = out
+        self.trace = trace
+
+    def start(self) -> None:
+        env = {**os.environ, "BGPLB_PROFILE": self.out}
+        if self.trace:
+            env["BGPLB_TRACEMALLOC"] = "8"
+        with self.log.open("ab") as out:
+            self.proc = self.ns.popen(
+                sys.executable, "-c", PROFILE_MAIN, "router", "-c", str(self.conf),
+                "--log-level", "info", stdout=out, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while self.try_status() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 class ScaleBird(Bird):
@@ -200,11 +271,13 @@ def run_case(kind: str, peers: int, count: int, a: argparse.Namespace) -> dict[s
                     '[[peer_ranges]]\nprefix = "192.0.2.0/24"\nasn = "any"\n'
                     'accept = ["198.18.0.0/15 le 32"]\nmax_prefixes = 10000000\n'
                 )
-                router = BenchRouter(
-                    rcv,
-                    wd,
-                    router_toml(a.group, buckets=a.buckets, idle_timer="10s", ranges=ranges),
-                )
+                conf = router_toml(a.group, buckets=a.buckets, idle_timer="10s", ranges=ranges)
+                if a.profile:
+                    Path(a.profile).mkdir(parents=True, exist_ok=True)
+                    out = str(Path(a.profile).resolve() / f"{peers}x{count}")
+                    router = ProfiledRouter(rcv, wd, conf, out=out, trace=a.tracemalloc)
+                else:
+                    router = BenchRouter(rcv, wd, conf)
                 router.start()
                 assert router.proc is not None
                 pid = router.proc.pid
@@ -283,6 +356,9 @@ def run_case(kind: str, peers: int, count: int, a: argparse.Namespace) -> dict[s
                 time.sleep(a.poll)
             res["cpu"] = cpu_s(pid) - c0
             res["rss"] = rss_kib(pid)
+            if router is not None and a.profile and a.tracemalloc:
+                os.kill(pid, signal.SIGUSR2)  # the heap's allocation sites, now
+                time.sleep(20)
             capture.stop()
             last = last_frame_time(pcap)
             res["last_update_s"] = None if last is None else round(last - t0_wall, 3)
@@ -334,6 +410,8 @@ def main() -> None:
     p.add_argument("--group", default="resilient")
     p.add_argument("--status-period", type=float, default=0.25, help="seconds between requests")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--profile", metavar="DIR", help="run the router under cProfile, into DIR")
+    p.add_argument("--tracemalloc", action="store_true", help="with --profile: heap sites too")
     a = p.parse_args()
     cmd, started = begin()
     label = {
