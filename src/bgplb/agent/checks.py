@@ -1,54 +1,82 @@
-"""The agent's health checks (part of :class:`~bgplb.agent.daemon.AgentDaemon`).
+"""The agent's health checks: :class:`HealthChecks`.
 
 A :class:`~bgplb.health.CheckRunner` runs every check in its own task; a check transition is
-handed to the state at once (event-driven withdrawal, no polling).
+handed to the state at once (event-driven withdrawal, no polling): ``on_change`` is called in the
+same event-loop step, and the owner pumps the state's actions.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Hashable
 
 from bgplb.agent.metrics import AgentMetrics
+from bgplb.agent.runtime import Clock
 from bgplb.agent.state import AgentState
-from bgplb.config import AgentConfig
-from bgplb.health import CheckEvent, CheckRunner, ProbeResult, ServiceHealth
+from bgplb.agent.status import CheckStatus
+from bgplb.config import AgentConfig, CheckConfig, ServiceConfig
+from bgplb.health.checks import CheckEvent, CheckRunner, Probe, ProbeResult, make_probe
+from bgplb.health.state import ServiceHealth
 
 log = logging.getLogger("bgplb.agent")
 
 CheckKey = tuple[str, int]  # (service, index of the check)
 
 
+def _key(key: Hashable) -> CheckKey:
+    """The runner hands back the keys it was given: (service, index)."""
+    if not (isinstance(key, tuple) and len(key) == 2):
+        raise TypeError(f"not a check key: {key!r}")
+    service, index = key
+    return str(service), int(index)
+
+
 class HealthChecks:
     """Keeps the runner's checks equal to the config's and feeds their verdicts to the state."""
 
-    state: AgentState
-    runner: CheckRunner
-    health: dict[str, ServiceHealth]
-    metrics: AgentMetrics
+    def __init__(
+        self,
+        state: AgentState,
+        metrics: AgentMetrics,
+        clock: Clock,
+        on_change: Callable[[], None],
+        *,
+        probe_factory: Callable[[CheckConfig], Probe] = make_probe,
+        jitter: float = 0.1,
+    ) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.clock = clock
+        self.on_change = on_change
+        self.health: dict[str, ServiceHealth] = {}
+        self.runner = CheckRunner(
+            self._on_check, on_result=self._on_result, jitter=jitter, probe_factory=probe_factory
+        )
 
-    if TYPE_CHECKING:
+    def start(self) -> None:
+        self.runner.start()
 
-        def _pump(self) -> None: ...
+    async def stop(self) -> None:
+        await self.runner.stop()
 
-    async def _sync_checks(self, cfg: AgentConfig) -> None:
+    async def sync(self, cfg: AgentConfig) -> None:
         """Make the runner run exactly cfg's checks: changed or removed ones are stopped, new
         or changed ones added (they start DOWN); unchanged checks keep their state."""
-        wanted: dict[CheckKey, Any] = {
+        wanted: dict[CheckKey, CheckConfig] = {
             (s.name, i): check for s in cfg.services for i, check in enumerate(s.checks)
         }
         for status in self.runner.statuses():
-            key = status.key
+            key = _key(status.key)
             if key not in wanted or wanted[key] != status.check:
                 await self.runner.remove(key)
-        current = {status.key for status in self.runner.statuses()}
+        current = {_key(status.key) for status in self.runner.statuses()}
         for key, check in wanted.items():
             if key not in current:
                 self.runner.add(key, check)
 
-    def _rebuild_health(self, cfg: AgentConfig, now: float, reason: str) -> None:
+    def rebuild(self, cfg: AgentConfig, reason: str) -> None:
+        """Recompute every service's health from its checks and tell the state."""
+        now = self.clock.now()
         self.health = {}
         for s in cfg.services:
             keys = [(s.name, i) for i in range(len(s.checks))]
@@ -60,21 +88,47 @@ class HealthChecks:
             if health.healthy:
                 self.state.set_health(s.name, True, now, reason)
             else:
-                down = ", ".join(self._describe(k) for k in health.down_checks())  # type: ignore[arg-type]
+                down = ", ".join(self.describe(_key(k)) for k in health.down_checks())
                 self.state.set_health(s.name, False, now, f"{reason}: waiting for {down}")
 
-    def _describe(self, key: CheckKey) -> str:
+    def describe(self, key: CheckKey) -> str:
         try:
             return f"check {key[1]} ({self.runner.status(key).check.describe()})"
         except KeyError:
             return f"check {key[1]}"
 
+    def have_verdicts(self) -> bool:
+        """Every check is UP, or has failed `fall` times (Graceful Restart waits for this)."""
+        return all(
+            s.machine.up or s.machine.failures >= s.machine.fall for s in self.runner.statuses()
+        )
+
+    def statuses(self, service: ServiceConfig) -> list[CheckStatus]:
+        out = []
+        for i, check in enumerate(service.checks):
+            try:
+                status = self.runner.status((service.name, i))
+            except KeyError:
+                continue
+            last = status.last
+            out.append(
+                CheckStatus(
+                    check=check.describe(),
+                    state=status.machine.state.value,
+                    suppressed=status.machine.suppressed,
+                    last_ok=last.ok if last else None,
+                    latency_ms=round(last.latency * 1000, 2) if last else None,
+                    output=last.detail if last else None,
+                    probes=status.probes,
+                )
+            )
+        return out
+
     def _on_check(self, event: CheckEvent) -> None:
-        key = event.key
-        assert isinstance(key, tuple)
-        service, _ = key
+        key = _key(event.key)
+        service = key[0]
         up = event.transition.up
-        what = self._describe(key)
+        what = self.describe(key)
         detail = event.result.detail
         log.log(
             logging.INFO if up else logging.WARNING,
@@ -94,9 +148,9 @@ class HealthChecks:
         if changed is not None:
             self.metrics.service_healthy.labels(service).set(1 if changed else 0)
             reason = f"{what} {'up' if up else 'down'}: {detail}"
-            self.state.set_health(service, changed, asyncio.get_running_loop().time(), reason)
-            self._pump()
+            self.state.set_health(service, changed, self.clock.now(), reason)
+            self.on_change()
 
     def _on_result(self, key: Hashable, result: ProbeResult) -> None:
-        assert isinstance(key, tuple)
-        self.metrics.check_duration.labels(key[0], str(key[1])).observe(result.latency)
+        service, index = _key(key)
+        self.metrics.check_duration.labels(service, str(index)).observe(result.latency)

@@ -1,84 +1,120 @@
-"""The agent's control-socket commands and metrics endpoint (part of
-:class:`~bgplb.agent.daemon.AgentDaemon`): ``status``, ``drain``, ``undrain``, ``reload``."""
+"""The agent's control socket and metrics endpoint.
+
+- :class:`ControlCommands`: ``status``, ``drain``, ``undrain``, ``reload`` (the requests of
+  ``bgplb status|drain|undrain``, JSON over the unix socket of :mod:`bgplb.control.socket`);
+- :class:`ControlEndpoints`: the socket and the Prometheus endpoint, started from
+  ``[control]`` and restarted when a reload changes it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
 
+from bgplb.agent.runtime import Clock
 from bgplb.agent.state import AgentState
-from bgplb.config import AgentConfig
+from bgplb.agent.status import AgentStatus
+from bgplb.config import ControlConfig
 from bgplb.control.metrics import MetricsServer
 from bgplb.control.socket import ControlError, ControlServer
 
-if TYPE_CHECKING:
-    from bgplb.agent.daemon import AgentDaemon
+Request = Mapping[str, object]
+Answer = dict[str, object]
 
 
 class ControlCommands:
-    """Serves the control socket (status, drain, undrain, reload) and the Prometheus metrics."""
+    """What the control socket's commands do, on the parts passed in."""
 
-    config_path: Path
-    state: AgentState
-    control: ControlServer | None
-    metrics_server: MetricsServer
+    def __init__(
+        self,
+        state: AgentState,
+        clock: Clock,
+        pump: Callable[[], None],
+        status: Callable[[], AgentStatus],
+        reload: Callable[[], Awaitable[tuple[bool, str]]],
+        config_path: Path,
+    ) -> None:
+        self.state = state
+        self.clock = clock
+        self.pump = pump
+        self.status = status
+        self.reload = reload
+        self.config_path = config_path
 
-    if TYPE_CHECKING:
+    def register(self, server: ControlServer) -> None:
+        server.register("status", self.cmd_status)
+        server.register("drain", self.cmd_drain)
+        server.register("undrain", self.cmd_undrain)
+        server.register("reload", self.cmd_reload)
 
-        def _pump(self) -> None: ...
+    async def cmd_status(self, request: Request) -> Answer:
+        return self.status().to_json()
 
-        async def reload(self) -> tuple[bool, str]: ...
-
-    async def _start_control(self, cfg: AgentConfig) -> None:
-        self.control = ControlServer(cfg.control.socket)
-        for command, handler in (
-            ("status", self._cmd_status),
-            ("drain", self._cmd_drain),
-            ("undrain", self._cmd_undrain),
-            ("reload", self._cmd_reload),
-        ):
-            self.control.register(command, handler)
-        await self.control.start()
-        if cfg.control.metrics is not None:
-            m = cfg.control.metrics
-            await asyncio.to_thread(self.metrics_server.start, str(m.host), m.port)
-
-    async def _cmd_status(self, request: dict[str, Any]) -> dict[str, Any]:
-        from bgplb.control.agent_status import build_status
-
-        return build_status(cast("AgentDaemon", self))
-
-    def _services_arg(self, request: dict[str, Any]) -> list[str]:
+    def _services(self, request: Request) -> list[str]:
         name = request.get("service")
         if name is None:
             return sorted(self.state.services)
-        if name not in self.state.services:
+        if not isinstance(name, str) or name not in self.state.services:
             known = ", ".join(sorted(self.state.services)) or "none"
             raise ControlError(f"no service {name!r} (configured: {known})")
-        return [str(name)]
+        return [name]
 
-    async def _cmd_drain(self, request: dict[str, Any]) -> dict[str, Any]:
-        now = asyncio.get_running_loop().time()
-        names = self._services_arg(request)
+    async def cmd_drain(self, request: Request) -> Answer:
+        now = self.clock.now()
+        names = self._services(request)
         for name in names:
             self.state.drain(name, now)
-        self._pump()
+        self.pump()
         return {
             "drained": names,
             "drain_time": {n: self.state.services[n].spec.drain_time for n in names},
         }
 
-    async def _cmd_undrain(self, request: dict[str, Any]) -> dict[str, Any]:
-        now = asyncio.get_running_loop().time()
-        names = self._services_arg(request)
+    async def cmd_undrain(self, request: Request) -> Answer:
+        now = self.clock.now()
+        names = self._services(request)
         for name in names:
             self.state.undrain(name, now)
-        self._pump()
+        self.pump()
         return {"undrained": names}
 
-    async def _cmd_reload(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def cmd_reload(self, request: Request) -> Answer:
         ok, errors = await self.reload()
         if not ok:
             raise ControlError("reload refused:\n" + errors)
         return {"reloaded": str(self.config_path)}
+
+
+class ControlEndpoints:
+    """The control socket (commands registered by ``commands``) and the metrics endpoint."""
+
+    def __init__(
+        self,
+        commands: ControlCommands,
+        metrics_server: MetricsServer,
+        server_factory: Callable[[Path], ControlServer] = ControlServer,
+    ) -> None:
+        self.commands = commands
+        self.metrics_server = metrics_server
+        self.server_factory = server_factory
+        self.server: ControlServer | None = None
+
+    async def start(self, cfg: ControlConfig) -> None:
+        """ControlError or OSError when the socket or the metrics port cannot be opened."""
+        self.server = self.server_factory(cfg.socket)
+        self.commands.register(self.server)
+        await self.server.start()
+        if cfg.metrics is not None:
+            m = cfg.metrics
+            await asyncio.to_thread(self.metrics_server.start, str(m.host), m.port)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+            self.server = None
+        await asyncio.to_thread(self.metrics_server.close)
+
+    async def restart(self, cfg: ControlConfig) -> None:
+        await self.close()
+        await self.start(cfg)

@@ -1,17 +1,24 @@
 """`bgplb agent`: the asyncio daemon around the pure :class:`~bgplb.agent.state.AgentState`.
 
-It owns the inputs and carries out the state's steps. :class:`AgentDaemon` holds the shared
-state and the start-up sequence; its parts live in sibling modules, one concern each:
+:class:`AgentDaemon` only composes small parts, each with one job and its dependencies passed
+in its constructor, and runs the start-up sequence:
 
-- :mod:`~bgplb.agent.checks`: health checks, a transition handed to the state at once;
-- :mod:`~bgplb.agent.steps`: the state's actions (VIPs on lo, announcements, withdrawals
-  confirmed once on the wire) and its timer;
-- :mod:`~bgplb.agent.sessions`: one BGP peer per ``[[peers]]`` and its BFD link (RFC 5882,
-  RFC 9384);
-- :mod:`~bgplb.agent.lifecycle`: signals, drain-and-withdraw shutdown, exit keeping the routes
-  for Graceful Restart (RFC 4724), sd_notify;
-- :mod:`~bgplb.agent.reload`: SIGHUP applies only the difference;
-- :mod:`~bgplb.agent.commands`: the control socket (status, drain, undrain, reload) and metrics.
+- :class:`~bgplb.agent.runtime.CurrentConfig`: the configuration in force (a reload replaces
+  it); :class:`~bgplb.agent.runtime.Clock`, :class:`~bgplb.agent.runtime.Tasks`;
+- :class:`~bgplb.agent.statefile.StateStore`: drain state, VIPs we added, clean-exit flag;
+- :class:`~bgplb.agent.checks.HealthChecks`: the checks; a transition is handed to the state
+  at once;
+- :class:`~bgplb.agent.steps.StateSteps`: the state's actions (VIPs on a
+  :class:`~bgplb.agent.vip.Loopback`, announcements, withdrawals confirmed once on the wire)
+  and its timer;
+- :class:`~bgplb.agent.sessions.PeerSessions`: one BGP peer per ``[[peers]]`` and its BFD link
+  (RFC 5882, RFC 9384);
+- :class:`~bgplb.agent.commands.ControlCommands` / ``ControlEndpoints``: the control socket
+  (status, drain, undrain, reload) and metrics; :class:`~bgplb.agent.report.StatusReport`
+  builds the typed status;
+- :class:`~bgplb.agent.reload.Reloader`: SIGHUP applies only the difference;
+- :class:`~bgplb.agent.lifecycle.Lifecycle` / ``Signals``: drain-and-withdraw shutdown, exit
+  keeping the routes for Graceful Restart (RFC 4724), sd_notify.
 """
 
 from __future__ import annotations
@@ -19,37 +26,35 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from bgplb.agent import peers as bgp
 from bgplb.agent import statefile
 from bgplb.agent.checks import HealthChecks
-from bgplb.agent.commands import ControlCommands
-from bgplb.agent.lifecycle import Lifecycle, sd_notify
+from bgplb.agent.commands import ControlCommands, ControlEndpoints
+from bgplb.agent.lifecycle import RESTART, STOP, Lifecycle, Signals, sd_notify
 from bgplb.agent.metrics import AgentMetrics
-from bgplb.agent.reload import Reload, specs
-from bgplb.agent.sessions import PeerSessions
-from bgplb.agent.state import AddVip, AgentState, RemoveVip
+from bgplb.agent.reload import Reloader, specs
+from bgplb.agent.report import StatusReport
+from bgplb.agent.runtime import Clock, CurrentConfig, LoopClock, Tasks
+from bgplb.agent.sessions import PeerFactory, PeerSessions, tcp_peer
+from bgplb.agent.state import AgentState
 from bgplb.agent.steps import StateSteps
-from bgplb.bgp.attributes import PathAttributes
-from bgplb.bgp.prefix import Prefix
-from bgplb.config import AgentConfig, PeerConfig, load_agent_config
+from bgplb.agent.vip import KernelLoopback, Loopback
+from bgplb.config import AgentConfig, ControlConfig, load_agent_config
 from bgplb.control.metrics import BfdCollector, MetricsServer
-from bgplb.control.socket import ControlError, ControlServer
-from bgplb.health import CheckRunner, ServiceHealth
-from bgplb.io.bfd import BfdService
-from bgplb.io.bgp import BgpPeer
-from bgplb.io.bgp_bfd import BfdLink
+from bgplb.control.socket import ControlError
 
 __all__ = ["AgentDaemon", "run_agent", "sd_notify", "specs"]
 
 log = logging.getLogger("bgplb.agent")
 
 
-class AgentDaemon(Lifecycle, Reload, ControlCommands, HealthChecks, StateSteps, PeerSessions):
-    """Runs the agent until stopped; ``await run()`` returns the exit code."""
+class AgentDaemon:
+    """Runs the agent until stopped; ``await run()`` returns the exit code.
+
+    The keyword arguments after ``config`` replace the parts that touch the system (tests)."""
 
     def __init__(
         self,
@@ -57,103 +62,153 @@ class AgentDaemon(Lifecycle, Reload, ControlCommands, HealthChecks, StateSteps, 
         *,
         state_path: str | Path = statefile.DEFAULT_PATH,
         config: AgentConfig | None = None,
+        clock: Clock | None = None,
+        loopback: Loopback | None = None,
+        peer_factory: PeerFactory = tcp_peer,
+        find_router_id: Callable[[], ipaddress.IPv4Address | None] = bgp.default_router_id,
+        notify: Callable[[str], None] = sd_notify,
+        signals: bool = True,
     ) -> None:
-        self.config_path = Path(config_path)
-        self.config = config or load_agent_config(self.config_path)  # ConfigError: CLI prints it
-        self.state_path = Path(state_path)
-        self.state = AgentState(shutdown_drain_time=self.config.bgp.shutdown_drain_time)
-        self.peers: dict[str, BgpPeer] = {}
-        self.peer_configs: dict[str, PeerConfig] = {}
-        self.announced: dict[Prefix, PathAttributes] = {}
-        self.health: dict[str, ServiceHealth] = {}
-        self.saved = statefile.SavedState()
-        self.started = time.time()
+        path = Path(config_path)
+        self.config = CurrentConfig(path, config or load_agent_config(path))  # CLI prints errors
+        self.clock: Clock = clock or LoopClock()
+        self.find_router_id = find_router_id
+        self.notify = notify
+        self.use_signals = signals
+        self.tasks = Tasks()
+        self.store = statefile.StateStore(Path(state_path))
+        self.state = AgentState(shutdown_drain_time=self.config.value.bgp.shutdown_drain_time)
         self.metrics_server = MetricsServer()
         self.metrics = AgentMetrics(self.metrics_server)
-        BfdCollector(
-            self.metrics_server,
-            "agent",
-            lambda: [(k, link.status()) for k, link in list(self.bfd_links.items())],
+        self.sessions = PeerSessions(
+            self.config, self.metrics, self.clock, peer_factory=peer_factory
         )
-        self.control: ControlServer | None = None
-        self.runner = CheckRunner(self._on_check, on_result=self._on_result, jitter=0.1)
-        self.router_id: ipaddress.IPv4Address | None = None
-        self._vip_queue: asyncio.Queue[AddVip | RemoveVip] = asyncio.Queue()
+        BfdCollector(self.metrics_server, "agent", self.sessions.bfd_rows)
+        self.steps = StateSteps(
+            self.state,
+            self.sessions,
+            loopback or KernelLoopback(),
+            self.store,
+            self.metrics,
+            self.clock,
+            self.config,
+            self.tasks,
+        )
+        self.checks = HealthChecks(self.state, self.metrics, self.clock, self.steps.pump)
+        self.status = StatusReport(self.config, self.state, self.sessions, self.checks, self.clock)
+        self.reload = Reloader(
+            self.config,
+            self.state,
+            self.checks,
+            self.sessions,
+            self.clock,
+            self.steps.pump,
+            self._restart_control,
+            notify,
+        )
+        self.commands = ControlCommands(
+            self.state, self.clock, self.steps.pump, self.status, self.reload, path
+        )
+        self.endpoints = ControlEndpoints(self.commands, self.metrics_server)
+        self.lifecycle = Lifecycle(
+            self.config,
+            self.state,
+            self.steps,
+            self.checks,
+            self.sessions,
+            self.store,
+            self.clock,
+            self._close,
+            notify,
+        )
+        self.signals = Signals(self.request_stop, self.reload, self.tasks)
         self._stop: asyncio.Future[str] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.restarting = False
-        self.bfd: BfdService | None = None  # created when the first peer asks for BFD
-        self.bfd_links: dict[str, BfdLink] = {}
 
-    # -- life cycle --------------------------------------------------------------------------
+    def request_stop(self, mode: str = STOP) -> None:
+        """``stop``: drain, withdraw, remove VIPs; ``restart``: exit keeping the routes."""
+        if self._stop is not None and not self._stop.done():
+            log.info("%s requested", "stop" if mode == STOP else "restart keeping routes")
+            self._stop.set_result(mode)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
-        cfg = self.config
-        self.router_id = cfg.bgp.router_id or await asyncio.to_thread(bgp.default_router_id)
-        if self.router_id is None:
+        cfg = self.config.value
+        router_id = cfg.bgp.router_id or await asyncio.to_thread(self.find_router_id)
+        if router_id is None:
             log.error(
                 "no router_id configured and no IPv4 address on this host: set [bgp].router_id"
             )
             return 1
+        self.sessions.router_id = router_id
         try:
-            self.saved = statefile.load(self.state_path)
+            saved = self.store.load()
         except statefile.StateFileError:
             return 1  # logged at CRITICAL with what to do: a drained service must not come back
-        self.restarting = cfg.bgp.graceful_restart and self.saved.keeps_routes(
-            cfg.bgp.graceful_restart_time
+        restarting = cfg.bgp.graceful_restart and saved.keeps_routes(
+            cfg.bgp.graceful_restart_time, now=self.clock.wall()
         )
-        self.saved.clean_exit, self.saved.restart_at = False, None
-        statefile.save(self.state_path, self.saved)
+        self.sessions.restarting = restarting
+        saved.clean_exit, saved.restart_at = False, None
+        self.store.save()
         try:
-            await self._start_control(cfg)
+            await self.endpoints.start(cfg.control)
         except (ControlError, OSError) as exc:
             log.error("control socket: %s", exc)
+            await self.endpoints.close()
             return 1
-        self._spawn(self._vip_worker())
-        self.state.configure(specs(cfg), loop.time(), drained=self.saved.drained & self._names())
-        await self._sync_checks(cfg)
-        self._rebuild_health(cfg, loop.time(), "starting")
-        self.runner.start()
-        self._pump()
+        self.tasks.spawn(self.steps.vips.run())
+        drained = saved.drained & self.config.service_names()
+        self.state.configure(specs(cfg), self.clock.now(), drained=drained)
+        await self.checks.sync(cfg)
+        self.checks.rebuild(cfg, "starting")
+        self.checks.start()
+        self.steps.pump()
         await self._forget_unconfigured_vips()
         for peer_cfg in cfg.peers:
-            self._add_peer(peer_cfg, start=False)
-        if self.restarting:
+            self.sessions.add(peer_cfg, start=False)
+        if restarting:
             log.info(
                 "restarting with routes kept at the routers: waiting for first health verdicts"
             )
-            await self._settle(max(1.0, cfg.bgp.graceful_restart_time / 2))
-        for peer in self.peers.values():
-            peer.start()
-        self._install_signal_handlers(loop)
+            await self.lifecycle.settle(max(1.0, cfg.bgp.graceful_restart_time / 2))
+        self.sessions.start_all()
+        if self.use_signals:
+            self.signals.install(loop)
         log.info(
             "agent started: AS %s, router id %s, %d peer(s), %d service(s)%s",
             cfg.bgp.asn,
-            self.router_id,
-            len(self.peers),
+            router_id,
+            len(self.sessions.peers),
             len(cfg.services),
-            " (graceful restart)" if self.restarting else "",
+            " (graceful restart)" if restarting else "",
         )
-        sd_notify("READY=1\nSTATUS=running")
+        self.notify("READY=1\nSTATUS=running")
         mode = await self._stop
-        self._remove_signal_handlers(loop)
-        if mode == "restart":
-            await self._exit_keeping_routes()
+        if self.use_signals:
+            self.signals.remove(loop)
+        if mode == RESTART:
+            await self.lifecycle.exit_keeping_routes()
         else:
-            await self._shutdown()
+            await self.lifecycle.shutdown()
         return 0
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    async def _forget_unconfigured_vips(self) -> None:
+        """VIPs a previous run added that are no longer configured, or belong to a drained
+        service, are removed now (see :meth:`~bgplb.agent.steps.VipWorker.forget`)."""
+        services = self.config.value.services
+        drained = set(self.state.drained())
+        configured = {str(v) for s in services for v in s.vips}
+        of_drained = {str(v) for s in services if s.name in drained for v in s.vips}
+        await self.steps.vips.forget(configured - of_drained, of_drained)
 
-    def _names(self) -> set[str]:
-        return {s.name for s in self.config.services}
+    async def _restart_control(self, cfg: ControlConfig) -> None:
+        await self.endpoints.restart(cfg)
+
+    async def _close(self) -> None:
+        self.steps.close()
+        await self.tasks.cancel_all()
+        await self.endpoints.close()
 
 
 async def run_agent(config_path: str | Path, state_path: str | Path) -> int:

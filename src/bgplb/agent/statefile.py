@@ -140,3 +140,19 @@ def save(path: Path, state: SavedState) -> None:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+class StateStore:
+    """The state file of a running agent: ``saved`` in memory, :meth:`save` after each change."""
+
+    def __init__(self, path: Path, saved: SavedState | None = None) -> None:
+        self.path = path
+        self.saved = saved if saved is not None else SavedState()
+
+    def load(self) -> SavedState:
+        """Read the file (:class:`StateFileError` if it cannot be trusted)."""
+        self.saved = load(self.path)
+        return self.saved
+
+    def save(self) -> None:
+        save(self.path, self.saved)

@@ -1,118 +1,26 @@
-"""``bgplb status`` for the agent: the status document (JSON over the control socket) and its
-rendering as readable tables with rich.
+"""``bgplb status`` for the agent: the rendering of its status document as readable tables
+(rich).
 
-The document (``build_status``) is plain JSON types::
-
-    {"role": "agent", "asn": 65000, "router_id": "...", "uptime": 12.3,
-     "peers": [{"name", "address", "asn", "state", "uptime", "routes_sent", "updates_sent",
-                "last_error", "bfd": None or {"state", "tx_interval_ms", "detection_time_ms",
-                "local_diag", "remote_diag", "last_down_diag", "downs", ...},
-                "held_back": [{"prefix", "reason"}]}],
-     "services": [{"name", "healthy", "status", "drained",
-                   "vips": [{"vip", "phase", "lingering"}],
-                   "checks": [{"check", "state", "suppressed", "last_ok", "latency_ms",
-                               "output", "probes"}]}]}
-
-A VIP's ``phase`` is its announcement phase (idle, adding, announced, draining, withdrawing);
-``lingering`` is None, or the seconds left before a VIP withdrawn after ``bgplb drain`` leaves
-``lo`` (``drain_vip_linger``; its phase is then idle).
+The document is the JSON that the agent sends over the control socket,
+``bgplb.agent.status.AgentStatus.to_json()``; its schema is documented field by field in
+docs/status.md ("Agent"). This module reads only that document (what ``bgplb status`` receives),
+never the daemon, so it imports nothing of the agent.
 """
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-if TYPE_CHECKING:
-    from bgplb.agent.daemon import AgentDaemon
+#: The status document as received (parsed JSON).
+Document = Mapping[str, Any]
 
 
-def build_status(daemon: AgentDaemon) -> dict[str, Any]:
-    """The status document of a running agent."""
-    now = daemon.peers and next(iter(daemon.peers.values())).now()
-    peers = []
-    for key, peer in daemon.peers.items():
-        session = peer.session
-        cfg = daemon.peer_configs.get(key)
-        established = session.established_at
-        peers.append(
-            {
-                "name": peer.name,
-                "address": str(peer.transport.remote),
-                "asn": cfg.asn if cfg else session.config.peer_asn,
-                "state": session.state.value,
-                "uptime": (now - established) if established is not None and now else None,
-                "local_address": str(peer.local_address) if peer.local_address else None,
-                "routes_sent": len(session.rib_out.sent),
-                "updates_sent": session.updates_sent,
-                "last_error": session.last_error,
-                "bfd": link.status() if (link := daemon.bfd_links.get(key)) else None,
-                # prefixes this session cannot carry (family not negotiated / no next hop)
-                "held_back": [
-                    {"prefix": str(prefix), "reason": why}
-                    for prefix, why in sorted(session.held_back.items(), key=lambda i: str(i[0]))
-                ],
-            }
-        )
-    mono = time.monotonic()  # the event loop's clock, as the state's deadlines
-    services = []
-    for service in daemon.config.services:
-        svc = daemon.state.services.get(service.name)
-        checks = []
-        for i, check in enumerate(service.checks):
-            try:
-                status = daemon.runner.status((service.name, i))
-            except KeyError:
-                continue
-            last = status.last
-            checks.append(
-                {
-                    "check": check.describe(),
-                    "state": status.machine.state.value,
-                    "suppressed": status.machine.suppressed,
-                    "last_ok": last.ok if last else None,
-                    "latency_ms": round(last.latency * 1000, 2) if last else None,
-                    "output": last.detail if last else None,
-                    "probes": status.probes,
-                }
-            )
-        services.append(
-            {
-                "name": service.name,
-                "healthy": bool(svc and svc.healthy),
-                "status": svc.status.value if svc else "unknown",
-                "drained": bool(svc and svc.drained),
-                "reason": svc.reason if svc else None,
-                "vips": [
-                    {
-                        "vip": vip,
-                        "phase": phase.value,
-                        "lingering": round(max(0.0, until - mono), 1)
-                        if (until := lingering.get(vip)) is not None
-                        else None,
-                    }
-                    for lingering in [daemon.state.lingering(service.name)]
-                    for vip, phase in daemon.state.phases(service.name).items()
-                ],
-                "checks": checks,
-            }
-        )
-    return {
-        "role": "agent",
-        "asn": daemon.config.bgp.asn,
-        "router_id": str(daemon.router_id),
-        "uptime": time.time() - daemon.started,
-        "graceful_restart": daemon.restarting,
-        "peers": peers,
-        "services": services,
-    }
-
-
-def bfd_text(bfd: dict[str, Any] | None) -> Text:
+def bfd_text(bfd: Mapping[str, Any] | None) -> Text:
     """One cell: ``up tx 100ms, detect 300ms``, plus the last failure's diagnostic."""
     if not bfd:
         return Text("-")
@@ -146,7 +54,7 @@ _STATE_STYLE = {
 }
 
 
-def _vip_text(vip: dict[str, Any]) -> str:
+def _vip_text(vip: Mapping[str, Any]) -> str:
     if vip.get("lingering") is not None:
         return f"{vip['vip']} (withdrawn, lingering on lo {_duration(vip['lingering'])} more)"
     return f"{vip['vip']} ({vip['phase']})"
@@ -156,7 +64,7 @@ def _styled(value: str) -> Text:
     return Text(value, style=_STATE_STYLE.get(value, ""))
 
 
-def render(status: dict[str, Any]) -> Group:
+def render(status: Document) -> Group:
     """Tables for peers, services and checks."""
     peers = Table(title="BGP peers", title_justify="left")
     for column in ("peer", "AS", "state", "uptime", "routes sent", "BFD", "last error"):
@@ -200,5 +108,5 @@ def render(status: dict[str, Any]) -> Group:
     return Group(header, peers, services, checks)
 
 
-def print_status(status: dict[str, Any], console: Console | None = None) -> None:
+def print_status(status: Document, console: Console | None = None) -> None:
     (console or Console()).print(render(status))
