@@ -359,3 +359,113 @@ def test_a_lower_limit_on_a_new_session_refuses_further_growth() -> None:
     assert not rib.update(S1, vips, attrs(S1), [], 2.0).exceeded
     res = rib.update(S1, [Prefix(AFI.IPV4, VIP.address + 9, 32)], attrs(S1), [], 3.0)
     assert res.exceeded and res.dropped == 1 and rib.peers[S1].prefix_count == 3
+
+
+# -- bulk operations and caches keep the tables consistent ---------------------------------------
+
+PEERS = ("192.0.2.11", "192.0.2.12", "192.0.2.13")
+OPS = st.one_of(
+    st.tuples(
+        st.just("update"),
+        st.sampled_from(PEERS),
+        st.lists(st.integers(0, 5), max_size=4),  # announced (index into the VIPs)
+        st.lists(st.integers(0, 5), max_size=3),  # withdrawn
+        st.sampled_from([None, 0, 1]),  # next hop: the peer's own, or 192.0.2.20 + n
+        st.booleans(),  # draining
+    ),
+    st.tuples(st.just("up"), st.sampled_from(PEERS), st.booleans(), st.booleans()),
+    st.tuples(st.just("down"), st.sampled_from(PEERS), st.booleans()),
+    st.tuples(st.just("eor"), st.sampled_from(PEERS), st.sampled_from([AFI.IPV4, AFI.IPV6])),
+    st.tuples(st.just("forget"), st.sampled_from(PEERS)),
+    st.tuples(st.just("expire"), st.floats(0, 200)),
+    st.tuples(st.just("connected"), st.booleans()),
+)
+BULK_VIPS = [
+    P(text)
+    for text in (
+        "198.51.100.10/32",
+        "198.51.100.11/32",
+        "198.51.100.0/28",
+        "2001:db8:100::10/128",
+        "2001:db8:100::11/128",
+        "2001:db8:100::/124",
+    )
+]
+
+
+def _attrs_for(peer: str, vips: list[Prefix], hop: int | None, draining: bool) -> PathAttributes:
+    v4 = peer if hop is None else f"192.0.2.{20 + hop}"
+    v6 = f"2001:db8::{11 + PEERS.index(peer)}" if hop is None else f"2001:db8::{20 + hop}"
+    six = [v for v in vips if v.afi == AFI.IPV6]
+    return PathAttributes(
+        origin=Origin.IGP,
+        as_path=(),
+        next_hop=ip_address(v4),
+        mp_reach=MPReachNLRI(AFI.IPV6, 1, (ip_address(v6),), tuple(six)) if six else None,
+        communities=(0xFFFF0000,) if draining else (),
+    )
+
+
+def _check(rib: Rib, before: dict[Prefix, tuple], dirty: set[Prefix]) -> dict[Prefix, tuple]:
+    # the VIP table is exactly the union of the peers' tables, one path per peer
+    held: dict[Prefix, set[int]] = {}
+    for state in rib.peers.values():
+        assert state.stale_count == sum(p.stale for p in state.paths.values())
+        for prefix, path in state.paths.items():
+            assert path.peer == state.peer
+            held.setdefault(prefix, set()).add(id(path))
+    assert {v: {id(p) for p in paths} for v, paths in rib.vips.items()} == held
+    assert all(len(paths) == len({p.peer for p in paths}) for paths in rib.vips.values())
+    # cached entries are what a fresh computation gives; every changed entry was marked dirty
+    now = {}
+    for vip, paths in rib.vips.items():
+        entry = rib.fib_entry(vip)
+        if rib._vip_refusal(vip) is None:
+            assert entry == rib._entry(paths, vip.network.version)
+        if entry:
+            now[vip] = entry
+    for vip in before.keys() | now.keys():
+        if before.get(vip) != now.get(vip):
+            assert vip in dirty, vip
+    return now
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(OPS, max_size=25))
+def test_bulk_removals_and_caches_keep_the_tables_consistent(ops) -> None:
+    rib = Rib(CONNECTED, max_stale_time=100.0)
+    entries: dict[Prefix, tuple] = {}
+    t = 0.0
+    for op in ops:
+        t += 1.0
+        kind = op[0]
+        if kind == "update":
+            _, peer, announced, withdrawn, hop, draining = op
+            if peer not in rib.peers:
+                up(rib, peer, restart_time=50, gr_families=[IPV4_UNICAST, (AFI.IPV6, 1)])
+            vips = [BULK_VIPS[i] for i in announced]
+            a = _attrs_for(peer, vips, hop, draining)
+            four = [v for v in vips if v.afi == AFI.IPV4]
+            rib.update(
+                peer,
+                four + [v for v in vips if v not in four],
+                a,
+                [BULK_VIPS[i] for i in withdrawn],
+                t,
+            )
+        elif kind == "up":
+            _, peer, gr, third = op
+            families = [IPV4_UNICAST] if gr else []
+            up(rib, peer, restart_time=50 if gr else None, gr_families=families,
+               third_party_next_hop=third)  # fmt: skip
+        elif kind == "down":
+            rib.peer_down(op[1], t, graceful=op[2])
+        elif kind == "eor":
+            rib.end_of_rib(op[1], (op[2], 1), t)
+        elif kind == "forget":
+            rib.forget_peer(op[1])
+        elif kind == "expire":
+            rib.expire(op[1])
+        else:
+            rib.set_connected(CONNECTED if op[1] else CONNECTED[:1])
+        entries = _check(rib, entries, rib.take_dirty())
