@@ -16,7 +16,10 @@ from bgplb.config import (
     ConfigError,
     ExecCheck,
     HttpCheck,
+    ListenCheck,
+    ProcessCheck,
     RouterConfig,
+    SystemdCheck,
     config_check,
     detect_role,
     load_agent_config,
@@ -223,12 +226,118 @@ def test_bad_value_names_key(tmp_path, old, new, key):
     assert any(line.startswith(f"{path}: {key}: ") for line in lines), lines
 
 
-def test_timeout_not_shorter_than_interval(tmp_path):
-    text = MINIMAL_AGENT.replace("port = 80", "port = 80\ninterval = '1s'\ntimeout = '1s'")
-    (line,) = errors_of(write(tmp_path, text))
-    assert (
-        ": services[0].checks[0].timeout: timeout (1s) must be shorter than interval (1s)" in line
+def test_timeout_longer_than_interval_is_accepted(tmp_path):
+    """As Kubernetes probes, Envoy and HAProxy: probes of one check never overlap (the runner
+    starts the next one at the later of its interval and the previous one's end)."""
+    text = MINIMAL_AGENT.replace("port = 80", "port = 80\ninterval = '100ms'\ntimeout = '500ms'")
+    check = load_agent_config(write(tmp_path, text)).services[0].checks[0]
+    assert (check.interval, check.timeout) == (0.1, 0.5)
+
+
+def _with_check(tmp_path: Path, body: str) -> Path:
+    text = MINIMAL_AGENT.replace('type = "tcp"\nport = 80\n', textwrap.dedent(body))
+    return write(tmp_path, text)
+
+
+def test_event_checks_load_with_their_defaults(tmp_path):
+    path = _with_check(
+        tmp_path,
+        """\
+        type = "process"
+        pidfile = "/run/nginx.pid"
+
+        [[services.checks]]
+        type = "listen"
+        port = 80
+
+        [[services.checks]]
+        type = "listen"
+        port = 53
+        protocol = "UDP"
+        address = "2001:db8::53"
+
+        [[services.checks]]
+        type = "systemd"
+        unit = "nginx.service"
+        """,
     )
+    process, listen, udp, systemd = load_agent_config(path).services[0].checks
+    assert isinstance(process, ProcessCheck)
+    assert process.pidfile == Path("/run/nginx.pid")
+    assert (process.interval, process.timeout, process.rise, process.fall) == (0.1, 0.05, 2, 1)
+    assert process.describe() == "process /run/nginx.pid"
+    assert isinstance(listen, ListenCheck)
+    assert (listen.port, listen.address, listen.protocol, listen.interval) == (
+        80,
+        None,
+        "tcp",
+        0.05,
+    )
+    assert listen.describe() == "listen tcp port 80"
+    assert isinstance(udp, ListenCheck) and udp.protocol == "udp"
+    assert udp.describe() == "listen udp [2001:db8::53]:53"
+    assert isinstance(systemd, SystemdCheck)
+    assert (systemd.unit, systemd.bus, systemd.interval, systemd.fall) == (
+        "nginx.service",
+        "system",
+        1.0,
+        1,
+    )
+    assert systemd.describe() == "systemd nginx.service"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('type = "process"\n', "pidfile: missing required key"),
+        (
+            'type = "process"\npidfile = "nginx.pid"\n',
+            "pidfile: pidfile must be an absolute path, got 'nginx.pid'",
+        ),
+        (
+            'type = "process"\npidfile = "/run/x.pid"\nfall = 3\n',
+            "fall: fall must be 1 for type process: a failure event is down at once",
+        ),
+        ('type = "listen"\n', "port: missing required key"),
+        ('type = "listen"\nport = 70000\n', "port: 70000 is out of range 1..65535"),
+        (
+            'type = "listen"\nport = 80\nprotocol = "sctp"\n',
+            "protocol: 'sctp' is not one of 'tcp' or 'udp'",
+        ),
+        ('type = "listen"\nport = 80\naddress = "nope"\n', "address: invalid IP address"),
+        ('type = "listen"\nport = 80\npidfile = "/x"\n', "pidfile: unknown key"),
+        ('type = "systemd"\n', "unit: missing required key"),
+        ('type = "systemd"\nunit = "nginx"\n', "unit: invalid unit name 'nginx'"),
+        (
+            'type = "systemd"\nunit = "nginx.service"\nbus = "nope"\n',
+            "bus: invalid bus 'nope'",
+        ),
+        (
+            'type = "systemd"\nunit = "nginx.service"\nfall = 2\n',
+            "fall: fall must be 1 for type systemd",
+        ),
+        (
+            'type = "pidfd"\n',
+            "type: unknown check type 'pidfd' (use http, https, tcp, exec, dns, process, "
+            "listen, systemd)",
+        ),
+    ],
+)
+def test_event_check_errors_name_the_file_and_key(tmp_path, body, expected):
+    path = _with_check(tmp_path, body)
+    lines = errors_of(path)
+    assert any(
+        line.startswith(f"{path}: services[0].checks[0].") and expected in line for line in lines
+    ), lines
+
+
+def test_unix_bus_address_is_accepted(tmp_path):
+    path = _with_check(
+        tmp_path, 'type = "systemd"\nunit = "a@b.service"\nbus = "unix:path=/run/x/bus"\n'
+    )
+    check = load_agent_config(path).services[0].checks[0]
+    assert isinstance(check, SystemdCheck)
+    assert check.describe() == "systemd a@b.service on unix:path=/run/x/bus"
 
 
 def test_duplicate_peer_address(tmp_path):

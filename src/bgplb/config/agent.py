@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+import typing
 import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -169,7 +170,9 @@ class DampingConfig(Section):
 
 class CheckBase(Section):
     interval: PositiveDuration = 1.0
-    # Default: 500ms, or half the interval when the interval is 1s or less (see _default_timeout)
+    # Default: 500ms, or half the interval when the interval is 1s or less (see _default_timeout).
+    # A timeout longer than the interval is allowed: probes of one check never overlap, the next
+    # one starts at the later of its interval and the end of the previous one.
     timeout: PositiveDuration = 0.5
     rise: Annotated[int, int_in(1, 1000)] = 2
     fall: Annotated[int, int_in(1, 1000)] = 2
@@ -180,7 +183,9 @@ class CheckBase(Section):
     def _default_timeout(cls, data: Any) -> Any:
         if isinstance(data, dict) and "timeout" not in data:
             try:
-                interval = parse_duration(data.get("interval", 1.0))
+                interval = parse_duration(
+                    data.get("interval", cls.model_fields["interval"].default)
+                )
             except ValueError:
                 return data  # the interval's own error is reported
             if interval > 0:
@@ -188,14 +193,6 @@ class CheckBase(Section):
         if isinstance(data, dict) and data.get("damping") is False:
             data = {**data, "damping": None}
         return data
-
-    @field_validator("timeout")
-    @classmethod
-    def _shorter_than_interval(cls, value: float, info: ValidationInfo) -> float:
-        interval = info.data.get("interval")
-        if interval is not None and value >= interval:
-            raise ValueError(f"timeout ({value:g}s) must be shorter than interval ({interval:g}s)")
-        return value
 
     def describe(self) -> str:
         """A short label for status and logs, e.g. ``http http://127.0.0.1/healthz``."""
@@ -282,8 +279,123 @@ class DnsCheck(CheckBase):
         return f"dns {self.name} {self.rtype} @{self.server}"
 
 
-CheckConfig = Annotated[HttpCheck | TcpCheck | ExecCheck | DnsCheck, Field(discriminator="type")]
-CHECK_TYPES = ("http", "https", "tcp", "exec", "dns")
+# -- event-driven checks: the kernel or systemd tells us of a failure ------------------------
+
+
+class EventCheck(CheckBase):
+    """A check that learns of a failure from an event (see bgplb.health.process, .listen,
+    .systemd): one event is a failure at once, so ``fall`` is 1; ``interval`` is how often the
+    state is verified between events (which is also what counts for ``rise``)."""
+
+    fall: Annotated[int, int_in(1, 1000)] = 1
+
+    @field_validator("fall")
+    @classmethod
+    def _fall_is_one(cls, value: int, info: ValidationInfo) -> int:
+        if value != 1:
+            kind = cls.model_fields["type"].annotation
+            name = typing.get_args(kind)[0] if typing.get_args(kind) else "this type"
+            raise ValueError(
+                f"fall must be 1 for type {name}: a failure event is down at once "
+                "(rise still applies on the way back up)"
+            )
+        return value
+
+
+class ProcessCheck(EventCheck):
+    """Up while the process named by ``pidfile`` runs (pidfd exit notification)."""
+
+    type: Literal["process"]
+    pidfile: FilePath
+    interval: PositiveDuration = 0.1  # how often the pidfile is re-read (a restart writes it)
+
+    @field_validator("pidfile")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError(f"pidfile must be an absolute path, got {str(value)!r}")
+        return value
+
+    def describe(self) -> str:
+        return f"process {self.pidfile}"
+
+
+class ListenCheck(EventCheck):
+    """Up while a socket listens on ``port`` (sock_diag dumps + destroy notifications)."""
+
+    type: Literal["listen"]
+    port: Port
+    address: IP | None = None  # None: any address; else that address or the wildcard
+    protocol: Literal["tcp", "udp"] = "tcp"
+    interval: PositiveDuration = 0.05  # how often the listening sockets are dumped
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    def describe(self) -> str:
+        if self.address is None:
+            return f"listen {self.protocol} port {self.port}"
+        host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        return f"listen {self.protocol} {host}:{self.port}"
+
+
+_UNIT_SUFFIXES = (
+    "service",
+    "socket",
+    "target",
+    "mount",
+    "automount",
+    "swap",
+    "path",
+    "timer",
+    "slice",
+    "scope",
+    "device",
+)
+_UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]+\.(" + "|".join(_UNIT_SUFFIXES) + ")")
+
+
+class SystemdCheck(EventCheck):
+    """Up while the unit's ActiveState is ``active`` (or ``reloading``), from D-Bus
+    PropertiesChanged signals; ``deactivating`` is reported as such (detail)."""
+
+    type: Literal["systemd"]
+    unit: str
+    # "system" (default), "session", or a D-Bus address such as "unix:path=/run/x/bus"
+    bus: str = "system"
+    interval: PositiveDuration = 1.0  # how often ActiveState is re-read between signals
+
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, value: str) -> str:
+        if len(value) > 255 or not _UNIT_NAME.fullmatch(value):
+            raise ValueError(
+                f"invalid unit name {value!r} (e.g. nginx.service; a suffix among "
+                f"{', '.join(_UNIT_SUFFIXES)})"
+            )
+        return value
+
+    @field_validator("bus")
+    @classmethod
+    def _bus(cls, value: str) -> str:
+        if value not in ("system", "session") and not re.fullmatch(r"[a-z]+:\S+", value):
+            raise ValueError(
+                f"invalid bus {value!r} (use system, session or a D-Bus address such as "
+                "unix:path=/run/dbus/system_bus_socket)"
+            )
+        return value
+
+    def describe(self) -> str:
+        return f"systemd {self.unit}" + ("" if self.bus == "system" else f" on {self.bus}")
+
+
+CheckConfig = Annotated[
+    HttpCheck | TcpCheck | ExecCheck | DnsCheck | ProcessCheck | ListenCheck | SystemdCheck,
+    Field(discriminator="type"),
+]
+CHECK_TYPES = ("http", "https", "tcp", "exec", "dns", "process", "listen", "systemd")
 
 # -- services ----------------------------------------------------------------------------------
 

@@ -1,5 +1,11 @@
 """Health probes (http, https, tcp, exec, dns) and the CheckRunner that schedules them.
 
+Probes of one check never overlap: the next one starts at the later of ``interval`` after the
+start of the previous one and its end, so a ``timeout`` longer than the ``interval`` is fine.
+An *event probe* (:class:`EventProbe`: process, listen, systemd) also has a ``changed`` event
+it sets the moment the kernel or systemd announces a change; the runner then probes at once
+instead of waiting for the interval.
+
 A probe is a thin async callable returning a :class:`ProbeResult`; it does not enforce its own
 timeout: the runner wraps every call in ``asyncio.timeout(check.timeout)``, so a hanging probe
 is cancelled and counted as a failure. Each check runs in its own task on its own interval, so
@@ -18,7 +24,7 @@ import random
 import signal
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, assert_never
 
 import dns.asyncquery
 import dns.exception
@@ -27,7 +33,17 @@ import dns.rcode
 import dns.rdatatype
 import httpx
 
-from bgplb.config import CheckConfig, DnsCheck, ExecCheck, HttpCheck, TcpCheck, format_duration
+from bgplb.config import (
+    CheckConfig,
+    DnsCheck,
+    ExecCheck,
+    HttpCheck,
+    ListenCheck,
+    ProcessCheck,
+    SystemdCheck,
+    TcpCheck,
+    format_duration,
+)
 from bgplb.health.state import Damping, RiseFall, Transition
 
 log = logging.getLogger("bgplb.health")
@@ -50,6 +66,14 @@ class Probe(Protocol):
     async def __call__(self) -> ProbeResult: ...
 
     async def aclose(self) -> None: ...
+
+
+class EventProbe(Probe, Protocol):
+    """A probe that learns of changes by itself: it sets ``changed`` (from an event loop
+    callback: pidfd readable, netlink notification, D-Bus signal) and the runner calls it at
+    once. Calling it is cheap (it verifies the state, or returns what the event said)."""
+
+    changed: asyncio.Event
 
 
 def _ms(seconds: float) -> str:
@@ -243,14 +267,29 @@ class DnsProbe:
 
 
 def make_probe(check: CheckConfig) -> Probe:
-    """The probe for a check's config."""
+    """The probe for a check's config; an unknown config type is an error (never a default)."""
     if isinstance(check, HttpCheck):
         return HttpProbe(check)
     if isinstance(check, TcpCheck):
         return TcpProbe(check)
     if isinstance(check, ExecCheck):
         return ExecProbe(check)
-    return DnsProbe(check)
+    if isinstance(check, DnsCheck):
+        return DnsProbe(check)
+    # The event probes are imported when used (systemd loads dbus-fast).
+    if isinstance(check, ProcessCheck):
+        from bgplb.health.process import ProcessProbe
+
+        return ProcessProbe(check)
+    if isinstance(check, ListenCheck):
+        from bgplb.health.listen import ListenProbe
+
+        return ListenProbe(check)
+    if isinstance(check, SystemdCheck):
+        from bgplb.health.systemd import SystemdProbe
+
+        return SystemdProbe(check)
+    assert_never(check)
 
 
 async def run_probe(probe: Probe, timeout: float) -> ProbeResult:
@@ -376,10 +415,20 @@ class CheckRunner:
     async def _run(self, status: CheckStatus) -> None:
         loop = asyncio.get_running_loop()
         check = status.check
+        changed: asyncio.Event | None = getattr(status.probe, "changed", None)
         next_at = loop.time() + random.uniform(0, check.interval * self._jitter)
         while True:
             delay = next_at - loop.time()
-            if delay > 0:
+            if changed is not None:
+                # An event probe: probe at the interval, or at once when it says so.
+                if delay > 0 and not changed.is_set():
+                    try:
+                        async with asyncio.timeout(delay):
+                            await changed.wait()
+                    except TimeoutError:
+                        pass
+                changed.clear()  # before the probe: an event during it means probe again
+            elif delay > 0:
                 await asyncio.sleep(delay)
             started = loop.time()
             result = await run_probe(status.probe, check.timeout)
@@ -394,4 +443,6 @@ class CheckRunner:
             except Exception:
                 log.exception("health check callback failed for %s", status.key)
             jitter = random.uniform(0, check.interval * self._jitter) if self._jitter else 0.0
+            # Never overlapping: the next probe starts at the later of its interval and now
+            # (the end of this one, which may have taken up to `timeout` > `interval`).
             next_at = max(started + check.interval + jitter, loop.time())
