@@ -1,26 +1,41 @@
-"""contrib/: the systemd units and the sysctl file stay in step with the code.
+"""contrib/: the systemd units, the sysctl file, the Grafana dashboard and the alert rules
+stay in step with the code.
 
 Every ExecStart/ExecStartPre of the units must parse with the real `bgplb` argument parser and
 reach the handler it is meant for, the directories the units create must be the ones the config
 defaults use, the capabilities must cover the ports the defaults bind, and the sysctl file must
 name keys the kernel has. `systemd-analyze verify` (when installed) rejects unknown directives.
+Every metric and label the dashboard and the alerts use must be one the daemons' registries
+expose (built in-process, as the daemons build them), and docs/metrics.md must list them all.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import promql_parser
 import pytest
+import yaml
 
+from bgplb.agent.metrics import AgentMetrics
 from bgplb.cli import build_parser
 from bgplb.cli_agent import DEFAULT_STATE, cmd_agent, cmd_config_check
 from bgplb.cli_router import run_router_command
+from bgplb.config import load_router_config
 from bgplb.config.agent import ControlConfig
 from bgplb.config.router import RouterBgp, RouterControlConfig
+from bgplb.control.metrics import BfdCollector, Family, MetricsServer, SnapshotCollector
+from bgplb.control.router_status import metric_families
+from bgplb.io.loopwatch import LoopWatch
+from bgplb.router.daemon import Router
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "contrib" / "systemd"
@@ -220,3 +235,210 @@ def test_router_sysctls_forward_and_hash_on_ports() -> None:
 
 def test_the_router_unit_points_at_the_sysctl_file() -> None:
     assert SYSCTL.name in UNITS["router"].read_text()
+
+
+# -- dashboards and alerts: every metric they use is one the daemons register ----------------
+
+GRAFANA = ROOT / "contrib" / "grafana" / "bgplb.json"
+ALERTS = ROOT / "contrib" / "prometheus" / "bgplb-alerts.yml"
+#: labels Prometheus adds to every scraped series, and its own series
+TARGET_LABELS = {"job", "instance"}
+PROMETHEUS_SERIES = {"up": TARGET_LABELS}
+#: Grafana's interval variables, replaced by a duration before parsing
+GRAFANA_INTERVALS = re.compile(r"\$__(rate_interval|interval|range)\b")
+
+
+def _filled(families: list[Family]) -> list[Family]:
+    """The families with one sample each, so that collect() shows every sample name and label."""
+    return [
+        (kind, name, doc, labels, samples or [(("x",) * len(labels), 0.0)])
+        for kind, name, doc, labels, samples in families
+    ]
+
+
+def _bfd_row() -> list[tuple[str, dict[str, Any]]]:
+    status = {"state_code": 3, "downs": 0, "tx_interval_ms": 100, "detection_time_ms": 300}
+    return [("192.0.2.1", {**status, "local_diag_code": 0})]
+
+
+def registered_series() -> dict[str, set[str]]:
+    """{sample name: its labels} as the daemons' registries expose them: the agent's
+    AgentMetrics and BFD collector, the router's metric families and BFD collector."""
+    agent = MetricsServer()
+    metrics = AgentMetrics(agent)
+    for metric in vars(metrics).values():  # a child per metric: labelled families show samples
+        metric.labels(*["x"] * len(metric._labelnames))
+    BfdCollector(agent, "agent", _bfd_row)
+
+    router = Router(load_router_config(ROOT / "examples" / "router.toml"))
+    router.loop_watch = LoopWatch(period=0.05)
+    server = MetricsServer()
+    BfdCollector(server, "router", _bfd_row)
+    SnapshotCollector(server).set(_filled(metric_families(router, {"servers": []})))
+
+    series: dict[str, set[str]] = dict(PROMETHEUS_SERIES)
+    for registry in (agent.registry, server.registry):
+        for family in registry.collect():
+            for sample in family.samples:
+                series.setdefault(sample.name, set()).update(sample.labels, TARGET_LABELS)
+    return series
+
+
+def test_registered_series_cover_both_daemons() -> None:
+    """The helper above sees the metrics at all (guards the tests below against vacuity)."""
+    series = registered_series()
+    assert "bgplb_agent_announcements_total" in series
+    assert "bgplb_agent_check_duration_seconds_bucket" in series
+    assert {"service", "check", "le"} <= series["bgplb_agent_check_duration_seconds_bucket"]
+    assert "bgplb_router_fib_errors_total" in series
+    assert "task" in series["bgplb_router_internal_errors_total"]
+    assert "bgplb_router_bfd_state" in series and "bgplb_agent_bfd_downs_total" in series
+    assert "bgplb_router_loop_lateness_seconds" in series
+
+
+def dashboard_queries() -> list[tuple[str, str, str]]:
+    """(where, PromQL, legend) of every panel target and every query variable."""
+    board = json.loads(GRAFANA.read_text())
+    out: list[tuple[str, str, str]] = []
+
+    def panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for item in items:
+            yield item
+            yield from panels(item.get("panels", []))
+
+    for p in panels(board["panels"]):
+        for t in p.get("targets", []):
+            out.append((f"panel {p['title']!r} {t['refId']}", t["expr"], t.get("legendFormat", "")))
+    for var in board["templating"]["list"]:
+        if var["type"] == "query":
+            query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+            inner = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query)
+            assert inner, f"variable {var['name']}: {query}"
+            out.append((f"variable {var['name']}", inner[1], "{{" + inner[2] + "}}"))
+    return out
+
+
+def alert_queries() -> list[tuple[str, str, str]]:
+    rules = yaml.safe_load(ALERTS.read_text())
+    out = []
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            text = " ".join(str(v) for v in rule.get("annotations", {}).values())
+            labels = " ".join(re.findall(r"\$labels\.(\w+)", text))
+            out.append((f"alert {rule['alert']}", rule["expr"], labels))
+    return out
+
+
+def selectors(expr: str) -> tuple[list[tuple[str, set[str]]], set[str]]:
+    """The (metric, matcher labels) of every vector selector of a PromQL expression, and the
+    labels of its `by (...)` clauses; a syntax error fails with the parser's message."""
+    try:
+        ast = promql_parser.parse(GRAFANA_INTERVALS.sub("5m", expr))
+    except Exception as exc:  # the parser raises its own error types
+        pytest.fail(f"{expr!r}: {exc}")
+    found: list[tuple[str, set[str]]] = []
+    grouping: set[str] = set()
+
+    def visit(node: Any) -> bool:
+        if isinstance(node, promql_parser.VectorSelector):
+            found.append((node.name, {m.name for m in node.matchers.matchers}))
+        elif isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
+            grouping.update(node.modifier.labels)
+        return True
+
+    promql_parser.walk(ast, visit)
+    return found, grouping
+
+
+@pytest.mark.parametrize("source", ["dashboard", "alerts"])
+def test_every_metric_and_label_used_exists(source: str) -> None:
+    series = registered_series()
+    queries = dashboard_queries() if source == "dashboard" else alert_queries()
+    assert len(queries) > 10
+    problems = []
+    for where, expr, legend in queries:
+        used, grouping = selectors(expr)
+        assert used, f"{where}: no metric in {expr!r}"
+        known: set[str] = set()
+        for name, labels in used:
+            if name not in series:
+                problems.append(f"{where}: {name} is not a metric of bgplb")
+                continue
+            known |= series[name]
+            if labels - series[name] - {"__name__"}:
+                problems.append(f"{where}: {name} has no label {labels - series[name]}")
+        for label in (
+            grouping
+            | set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
+            | set(legend.split() if source == "alerts" else ())
+        ):
+            if known and label not in known:
+                problems.append(f"{where}: label {label!r} is on none of {[n for n, _ in used]}")
+    assert not problems, "\n".join(problems)
+
+
+def test_dashboard_and_alerts_cover_the_essentials() -> None:
+    used = {name for _, expr, _ in dashboard_queries() for name, _ in selectors(expr)[0]}
+    for name in (
+        "bgplb_agent_peer_up",
+        "bgplb_agent_service_announced",
+        "bgplb_agent_announcements_total",
+        "bgplb_agent_check_duration_seconds_bucket",
+        "bgplb_agent_bfd_state",
+        "bgplb_router_peer_established",
+        "bgplb_router_vips_installed",
+        "bgplb_router_paths",
+        "bgplb_router_fib_errors_total",
+        "bgplb_router_internal_errors_total",
+        "bgplb_router_loop_lateness_seconds",
+    ):
+        assert name in used, f"the dashboard does not show {name}"
+    alerts = {where.split()[1] for where, _, _ in alert_queries()}
+    assert {
+        "BgplbAgentSessionDown",
+        "BgplbServiceWithdrawn",
+        "BgplbRouterFibErrors",
+        "BgplbRouterInternalErrors",
+        "BgplbAgentBfdFlapping",
+        "BgplbRouterMaxPrefixHit",
+    } <= alerts
+
+
+def test_dashboard_is_a_grafana_dashboard() -> None:
+    board = json.loads(GRAFANA.read_text())
+    assert board["uid"] == "bgplb" and board["schemaVersion"] >= 36
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in board["panels"]:
+        assert {"h", "w", "x", "y"} <= set(p["gridPos"]) and p["gridPos"]["x"] + p["gridPos"][
+            "w"
+        ] <= 24
+        if p["type"] != "row":
+            assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+            assert [t["refId"] for t in p["targets"]] == [
+                chr(65 + i) for i in range(len(p["targets"]))
+            ]
+
+
+def test_alert_rules_are_complete() -> None:
+    rules = yaml.safe_load(ALERTS.read_text())
+    names = [r["alert"] for g in rules["groups"] for r in g["rules"]]
+    assert len(names) == len(set(names))
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
+            assert rule["labels"]["severity"] in {"critical", "warning", "info"}
+            assert rule["annotations"]["summary"]
+            if "for" in rule:
+                promql_parser.parse_duration(rule["for"])
+
+
+def test_metrics_doc_lists_every_metric() -> None:
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    families = {
+        re.sub(r"_(total|bucket|sum|count|created)$", "", name)
+        for name in registered_series()
+        if name.startswith("bgplb_")
+    }
+    missing = sorted(f for f in families if f"`{f}" not in doc)
+    assert not missing, f"not in docs/metrics.md: {missing}"
