@@ -1,34 +1,18 @@
 """Shared test fixtures.
 
 Interop and kernel tests need root, network namespaces and real daemons. Outside CI a missing
-prerequisite skips them with the reason; with CI=true it fails them (never a silent skip).
+prerequisite skips them with the reason; with CI=true it fails them (never a silent skip):
+`unavailable()` and `require_binary()` live in tests/prerequisites.py (re-exported here).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
 from bgplb.lab.netns import Topology, can_use_netns
+from prerequisites import IN_CI, require_binary, unavailable
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def unavailable(reason: str) -> None:
-    """Skip outside CI, fail in CI."""
-    if IN_CI:
-        pytest.fail(f"CI=true and a prerequisite is missing: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def require_binary(path_or_name: str) -> str:
-    found = shutil.which(path_or_name) if "/" not in path_or_name else path_or_name
-    if not found or not os.access(found, os.X_OK):
-        unavailable(f"{path_or_name} is not installed")
-    assert found is not None
-    return found
+__all__ = ["IN_CI", "require_binary", "topo", "unavailable"]
 
 
 @pytest.fixture

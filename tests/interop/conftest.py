@@ -8,16 +8,18 @@ with `require_binary` (skip locally, FAIL with CI=true) and gives each daemon it
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import pytest
 
+import prerequisites
 from bgplb.lab.netns import Namespace, Topology
 from bgplb.lab.peers import Daemon
+from prerequisites import require_binary
 
 BINARIES: dict[str, tuple[str, ...]] = {
     "bird": ("bird", "birdc"),
@@ -27,20 +29,6 @@ BINARIES: dict[str, tuple[str, ...]] = {
 }
 
 D = TypeVar("D", bound=Daemon)
-
-
-def _load_root_conftest() -> Any:
-    """tests/ is not a package, so `from tests.conftest import …` fails under pytest's default
-    import mode; load it by path (a second, private copy: only its functions are used)."""
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_bgplb_root_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-require_binary: Callable[[str], str] = _load_root_conftest().require_binary
 
 
 @dataclass
@@ -82,3 +70,9 @@ def daemons(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     finally:
         for d in reversed(made):
             d.stop()
+
+
+def _load_root_conftest() -> ModuleType:
+    """Compatibility for tests written when tests/conftest.py held `unavailable()`: the module
+    that holds it now. New tests import from `prerequisites` directly."""
+    return prerequisites

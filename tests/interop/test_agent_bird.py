@@ -4,13 +4,8 @@ kernel's multipath route as the judge: ECMP, health failover, drain, SIGTERM, SI
 from __future__ import annotations
 
 import signal
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from agent_lab import VIP4, VIP6, build_lab, wait_for
 
 pytestmark = pytest.mark.interop

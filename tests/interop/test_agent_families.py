@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from agent_lab import ROUTER_AS, SERVER_AS, VIP4, VIP6, Server, wait_for
 
 from bgplb.lab.peers import Bird, kernel_routes

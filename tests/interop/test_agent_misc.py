@@ -6,13 +6,9 @@ from __future__ import annotations
 import datetime
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from agent_lab import VIP4, build_lab, wait_for
 
 from bgplb.lab.capture import Capture, _tshark

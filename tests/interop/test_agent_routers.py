@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -29,9 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from agent_lab import ROUTER_AS, SERVER_AS, VIP4, VIP6, Server, wait_for
 
 from bgplb.lab.netns import Namespace, Topology

@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from agent_lab import SERVER_AS, VIP4, Server, add_servers, build_lab, wait_for
 from test_router_interop import RouterProc, hops, router_config
 

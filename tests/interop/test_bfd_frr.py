@@ -23,15 +23,10 @@ waits for that final session before it measures anything.
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from agent_lab import SERVER_AS, Server, build_lab, wait_for
 
 from bgplb.lab.peers import Frr

@@ -29,7 +29,7 @@ import pytest
 
 from bgplb.lab.netns import Namespace, Topology
 from bgplb.lab.wait import wait_until
-from conftest import require_binary
+from prerequisites import require_binary
 
 pytestmark = pytest.mark.interop
 

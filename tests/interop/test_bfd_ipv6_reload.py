@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,9 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from agent_lab import SERVER_AS, VIP6, Server, add_servers, wait_for
 from test_router_interop import RouterProc, hops, router_config
 

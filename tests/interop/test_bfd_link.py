@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 from bfdlab import free_port, until
 

@@ -27,7 +27,7 @@ from pydantic import TypeAdapter
 
 from bgplb.config import CheckConfig
 from bgplb.health import CheckEvent, CheckRunner, ExecProbe, ProbeResult, make_probe, run_probe
-from conftest import require_binary
+from prerequisites import require_binary
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(CheckConfig)
 

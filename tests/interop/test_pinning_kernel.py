@@ -11,7 +11,7 @@ from ipaddress import ip_address, ip_network
 import pytest
 
 from bgplb.linux.pinroutes import KernelPins, PinSpec, conntrack_counts
-from conftest import require_binary
+from prerequisites import require_binary
 
 pytestmark = [pytest.mark.interop]
 

@@ -50,7 +50,7 @@ from chaoslab import (
 )
 
 from bgplb.lab.netns import can_use_netns
-from conftest import _load_root_conftest, require_binary
+from prerequisites import require_binary, unavailable
 
 pytestmark = [pytest.mark.interop]
 
@@ -62,7 +62,7 @@ SEED = int(os.environ.get("BGPLB_CHAOS_SEED", "20261203"))
 def _prerequisites() -> None:
     reason = can_use_netns()
     if reason:
-        _load_root_conftest().unavailable(reason)
+        unavailable(reason)
     require_binary("nft")
     require_binary("curl")
 

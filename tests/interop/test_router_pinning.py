@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from pinlab import VIP, VIP6, PinLab, server_addrs, wait_for
 
-from conftest import require_binary
+from prerequisites import require_binary
 
 pytestmark = [pytest.mark.interop]
 

@@ -8,7 +8,6 @@ withdrawal); nothing is left behind (namespace, process, veth, state file, work 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -19,16 +18,9 @@ from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.netns]
+from prerequisites import require_binary, unavailable
 
-_spec = importlib.util.spec_from_file_location(
-    "_bgplb_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
-)
-assert _spec is not None and _spec.loader is not None
-_root = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_root)
-unavailable = _root.unavailable
-require_binary = _root.require_binary
+pytestmark = [pytest.mark.netns]
 
 
 def _prerequisites() -> None:

@@ -4,7 +4,6 @@ exec in a node, down, down again; nothing left afterwards. Plus the built-in web
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,15 +14,7 @@ import pytest
 
 from bgplb.lab.probes import fetch
 from bgplb.lab.webserver import make_server
-
-_spec = importlib.util.spec_from_file_location(
-    "_bgplb_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
-)
-assert _spec is not None and _spec.loader is not None
-_root = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_root)
-unavailable = _root.unavailable
-require_binary = _root.require_binary
+from prerequisites import require_binary, unavailable
 
 
 def bgplb(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
