@@ -11,7 +11,9 @@ then by length), and it is the key type of every RIB in bgplb.
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections.abc import Callable, Iterable
+from itertools import repeat
 from typing import Any, cast
 
 from .errors import BGPError, ErrorCode, UpdateSubcode
@@ -25,6 +27,7 @@ _MASK6 = [((1 << 128) - 1) ^ ((1 << (128 - n)) - 1) for n in range(129)]
 _SHIFT4 = [32 - 8 * n for n in range(5)]
 _SHIFT6 = [128 - 8 * n for n in range(17)]
 _new = tuple.__new__
+_LEN32 = b"\x20"
 
 
 class Prefix(tuple[AFI, int, int]):
@@ -172,6 +175,14 @@ def decode_prefixes(data: bytes | memoryview, afi: AFI) -> list[Prefix]:
     """
     b = bytes(data)
     if afi == AFI.IPV4:
+        n = len(b) // 5
+        if n > 8 and n * 5 == len(b) and b[::5] == _LEN32 * n:
+            # only /32s (a router's VIPs): drop the length octets, unpack the addresses in C
+            addresses = bytearray(b)
+            del addresses[::5]
+            ints = struct.unpack(f"!{n}I", addresses)
+            fields = zip(repeat(afi, n), ints, repeat(32, n), strict=True)
+            return list(map(_new, repeat(Prefix, n), fields))
         maxlen, masks, shifts = 32, _MASK4, _SHIFT4
     else:
         maxlen, masks, shifts = 128, _MASK6, _SHIFT6

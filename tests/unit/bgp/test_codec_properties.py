@@ -353,3 +353,34 @@ def test_prefix_network_is_what_ipaddress_builds(version: int, data: st.DataObje
     if length >= bits - 1:
         assert list(ours.hosts()) == list(theirs.hosts())
     assert Prefix.from_network(ours) == prefix
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.integers(0, 2**32 - 1), max_size=40),
+    st.none() | st.tuples(st.integers(0, 40), st.integers(0, 31)),
+    st.integers(0, 4),
+)
+def test_runs_of_ipv4_host_prefixes_decode_like_any_other(addresses, other, cut) -> None:
+    # NLRI made only of /32s takes a bulk path; with one other length, or cut short, it must
+    # give what the general decoder gives: the same prefixes, or the same error
+    import pytest as _pytest
+
+    from bgplb.bgp.errors import BGPError
+    from bgplb.bgp.families import AFI
+    from bgplb.bgp.prefix import Prefix, decode_prefixes, encode_prefixes
+
+    prefixes = [Prefix(AFI.IPV4, a, 32) for a in addresses]
+    if other is not None:
+        at, length = other
+        length &= ~7
+        address = 0xC6336400 & ~((1 << (32 - length)) - 1) & 0xFFFFFFFF
+        prefixes.insert(min(at, len(prefixes)), Prefix(AFI.IPV4, address, length))
+    wire = encode_prefixes(prefixes)
+    if cut and prefixes and prefixes[-1].length == 32:  # the last /32 loses `cut` octets
+        with _pytest.raises(BGPError):
+            decode_prefixes(wire[:-cut], AFI.IPV4)
+        return
+    decoded = decode_prefixes(wire, AFI.IPV4)
+    assert decoded == prefixes
+    assert all(type(p) is Prefix and type(p.afi) is AFI for p in decoded)
