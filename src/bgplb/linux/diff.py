@@ -39,7 +39,7 @@ same inputs always give the same ids.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
@@ -259,14 +259,24 @@ class FibModel:
         "id_base",
         "key_of",
         "nexthops",
+        "pool",
         "routes",
         "used_ids",
         "users",
         "vips_of",
     )
 
-    def __init__(self, state: InstalledState | None = None, id_base: int = DEFAULT_ID_BASE):
+    def __init__(
+        self,
+        state: InstalledState | None = None,
+        id_base: int = DEFAULT_ID_BASE,
+        pool: dict[object, object] | None = None,
+    ):
+        """`pool` (optional): path sets are interned in it (the FIB's own pool, see
+        `fibapi.resolve_changes`), so that the key of a group and the path set of a VIP that
+        wants it are one object: comparing them costs one identity check, not a walk."""
         state = state or InstalledState()
+        self.pool = pool
         self.nexthops: dict[int, Gateway] = dict(state.nexthops)
         self.groups: dict[int, InstalledGroup] = {}
         self.routes: dict[IPNetwork, int | None] = {}
@@ -323,7 +333,10 @@ class FibModel:
         for m, w in group.members:
             gw = self.nexthops.get(m, _ODD)
             gws[gw] = gws.get(gw, 0) + w
-        return (path_set(gws), params_key(group.params))
+        pset = path_set(gws) if len(gws) > 1 else tuple(gws.items())
+        if self.pool is not None:
+            pset = self.pool.setdefault(pset, pset)  # type: ignore[assignment]
+        return (pset, params_key(group.params))
 
     def members_for(
         self, pset: PathSet, keep: InstalledGroup | None, new: Mapping[Gateway, int]
@@ -441,31 +454,49 @@ def plan(
     group all of whose VIPs go is deleted with them in one operation (the kernel deletes the
     routes of a deleted group; IPv6 ones with a notification that is not ours, so the watcher
     would react: not for normal withdrawals)."""
-    for net, pset in changes.items():
-        for gw, weight in pset:
-            if not 1 <= weight <= MAX_WEIGHT:
-                raise ValueError(f"{net}: weight {weight} of {gw.address} outside 1..256")
     pk = params_key(params)
-    # 1. who changes, grouped by current group and new key; who goes
-    moving: dict[int | None, dict[GroupKey, list[IPNetwork]]] = {}
+    # 1. who changes, grouped by current group and new key; who goes. Per VIP only cheap
+    # dict lookups: path sets are mostly a few objects shared by many VIPs, so their key,
+    # validity and equality with a group's key are computed once per object (by id; the
+    # objects stay alive in `changes` meanwhile), never hashed or compared per VIP.
+    moving: dict[int | None, dict[int, tuple[GroupKey, list[IPNetwork]]]] = {}
     deletes: list[IPNetwork] = []
     deleting: dict[int, list[IPNetwork]] = {}  # group -> its VIPs that go
     leaving: dict[int, int] = {}  # group -> its VIPs that leave it (deleted or changed)
-    for net in sorted(changes, key=_net_key):
-        pset = changes[net]
-        current = model.routes.get(net)
-        group: int | None = current if current in model.groups else None
+    keys: dict[int, GroupKey] = {}  # id(path set) -> its canonical key
+    canon: dict[GroupKey, GroupKey] = {}
+    same: dict[tuple[int, int], bool] = {}  # (group, id(key)) -> the group has that key
+    routes, groups, key_of = model.routes, model.groups, model.key_of
+    for net, pset in changes.items():
+        current = routes.get(net)
+        group: int | None = current if current in groups else None
         if not pset:
-            if net in model.routes:
+            if net in routes:
                 deletes.append(net)
                 if group is not None:
                     leaving[group] = leaving.get(group, 0) + 1
                     deleting.setdefault(group, []).append(net)
             continue
-        key = (pset, pk)
-        if group is not None and model.key_of[group] == key:
-            continue
-        moving.setdefault(group, {}).setdefault(key, []).append(net)
+        key = keys.get(id(pset))
+        if key is None:
+            for gw, weight in pset:
+                if not 1 <= weight <= MAX_WEIGHT:
+                    raise ValueError(f"{net}: weight {weight} of {gw.address} outside 1..256")
+            made = (pset, pk)
+            key = keys[id(pset)] = canon.setdefault(made, made)
+        if group is not None:
+            hit = same.get((group, id(key)))
+            if hit is None:
+                hit = same[(group, id(key))] = key_of[group] == key
+            if hit:
+                continue
+        by_group = moving.get(group)
+        if by_group is None:
+            by_group = moving[group] = {}
+        entry = by_group.get(id(key))
+        if entry is None:
+            entry = by_group[id(key)] = (key, [])
+        entry[1].append(net)
         if group is not None:
             leaving[group] = leaving.get(group, 0) + 1
 
@@ -474,7 +505,7 @@ def plan(
     replace_vips: dict[int, list[IPNetwork]] = {}
     movers: dict[GroupKey, list[IPNetwork]] = {}
     for g in sorted(k for k in moving if k is not None):
-        by_key = moving[g]
+        by_key = dict(moving[g].values())
         installed = model.groups[g]
         current_key = model.key_of[g]
         staying = len(model.vips_of.get(g, ())) - leaving.get(g, 0)
@@ -495,7 +526,7 @@ def plan(
         for key, changed in by_key.items():
             if key != winner:
                 movers.setdefault(key, []).extend(changed)
-    for key, changed in moving.get(None, {}).items():
+    for key, changed in moving.get(None, {}).values():
         movers.setdefault(key, []).extend(changed)
 
     # 3. nexthops for every gateway a new or replaced group needs
@@ -513,7 +544,7 @@ def plan(
     # 4. in-place replaces (run after the moves off these groups)
     for g, key in sorted(replace.items()):
         members = model.members_for(key[0], model.groups[g], new_gw)
-        rvips = tuple(sorted(replace_vips[g], key=_net_key))
+        rvips = tuple(replace_vips[g])  # the VIPs that fail with it: order does not matter
         steps.append(
             Step(ReplaceGroup(g, members, params), PHASE_REPLACE, rvips, needs_of(members))
         )
@@ -548,10 +579,32 @@ def plan(
             if len(nets) == len(model.vips_of.get(g, ())) and g not in targets:
                 steps.append(Step(DeleteGroup(g), PHASE_DELETE_GROUPS, tuple(nets)))
                 bulk.update(nets)
-    for net in deletes:
+    for net in sorted(deletes, key=_net_key):
         if net not in bulk:
             steps.append(Step(DeleteRoute(net), PHASE_ROUTES, (net,)))
     steps.sort(key=lambda s: s.phase)  # stable: the order within a phase stays
+    return steps
+
+
+def drop_gateways(model: FibModel, addresses: Collection[IPAddress]) -> list[Step]:
+    """The fast path of a server's loss: one in-place replace per routed group that has a
+    member whose gateway address is in `addresses` and keeps at least one other member, with
+    those members removed (weights and member ids of the others unchanged, so a resilient
+    group's other buckets stay where they are). Groups whose every member goes are left alone:
+    their VIPs lose their route through `plan()` when the RIB says so. O(our groups and
+    nexthops), never O(VIPs). `garbage(model, (), ids)` afterwards names the nexthops of these
+    gateways that no group uses any more."""
+    gone = {nh_id for nh_id, gw in model.nexthops.items() if gw.address in addresses}
+    steps: list[Step] = []
+    if not gone:
+        return steps
+    for g in sorted(model.vips_of):
+        group = model.groups.get(g)
+        if group is None:
+            continue
+        keep = tuple(mw for mw in group.members if mw[0] not in gone)
+        if keep and len(keep) != len(group.members):
+            steps.append(Step(ReplaceGroup(g, keep, group.params), PHASE_REPLACE))
     return steps
 
 

@@ -45,6 +45,20 @@ class EngineFib:
         with self._lock:
             return self._engine().update(resolved, self._now(now))
 
+    def drop_gateways(
+        self, gateways: Iterable[d.IPAddress], now: float | None = None
+    ) -> FibResult | None:
+        """Fast path of a server's loss: remove these gateway addresses from every group that
+        keeps another member, in place, in one batch (`FibEngine.drop_gateways`). Returns None
+        without waiting if the FIB is busy (an apply or a resync in another thread): the
+        caller's normal per-VIP path then does the same, later."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._engine().drop_gateways(gateways, self._now(now))
+        finally:
+            self._lock.release()
+
     def apply(self, desired: ChangesInput) -> list[d.Op]:
         """Whole table: make the kernel hold exactly `desired` (for our protocol); idempotent.
         Returns the operations executed; refused VIPs are in `failures()`."""

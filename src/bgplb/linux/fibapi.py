@@ -167,6 +167,14 @@ class Fib(Protocol):
         VIPs are planned (plus VIPs of a shared group that must move off it)."""
         ...
 
+    def drop_gateways(
+        self, gateways: Iterable[d.IPAddress], now: float | None = None
+    ) -> FibResult | None:
+        """A server is gone (its session died, none of its paths kept): take these gateways
+        out of every group that keeps another member, in place, at once; None if the FIB was
+        busy (nothing done). Later updates find the kernel as they want it."""
+        ...
+
     def apply(self, desired: ChangesInput) -> list[d.Op]:
         """Whole table: make the kernel hold exactly `desired` (tests, simple users)."""
         ...
@@ -221,28 +229,55 @@ def resolve_changes(
     through `link_index`; duplicate gateways merged, weights summed (capped at 256), as
     `diff.desired_state` does. Raises ValueError for bad input. `interned` (kept by the
     caller across calls) makes equal gateways and path sets one object each: less memory, and
-    comparisons that stop at identity."""
+    comparisons that stop at identity.
+
+    Cost per VIP: a few dict lookups on ints. The router hands the same gateway objects for
+    every VIP (its RIB interns next hops), so a gateway is recognised by identity (checked,
+    the object is kept meanwhile) and a VIP's paths by the identities of its gateways and its
+    weights: the path set is built and checked once per distinct set, not per VIP (hashing an
+    `ipaddress` object is slow Python code)."""
     pool: dict[Any, Any] = {} if interned is None else interned
     gateways: dict[tuple[Any, Any], d.Gateway] = {}
+    by_id: dict[tuple[int, Any], tuple[Any, d.Gateway]] = {}
+    sets: dict[tuple[Any, ...], d.PathSet] = {}
     out: dict[d.IPNetwork, d.PathSet] = {}
+
+    def gateway_of(gateway: Any, oif: Any) -> d.Gateway:
+        hit = by_id.get((id(gateway), oif))
+        if hit is not None and hit[0] is gateway:
+            return hit[1]
+        gw = gateways.get((gateway, oif))
+        if gw is None:
+            index = oif if isinstance(oif, int) else link_index(oif)
+            made = d.Gateway(ipaddress.ip_address(gateway), int(index))
+            gw = gateways[(gateway, oif)] = pool.setdefault(made, made)
+        by_id[(id(gateway), oif)] = (gateway, gw)
+        return gw
+
     for vip, paths in changes.items():
         net = vip if isinstance(vip, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else None
         if net is None:
             net = ipaddress.ip_network(vip)
-        gws: dict[d.Gateway, int] = {}
+        if not isinstance(paths, (list, tuple)):
+            paths = list(paths)
+        sig: list[Any] = [net.version]
         for gateway, oif, weight in paths:
-            gw = gateways.get((gateway, oif))
-            if gw is None:
-                index = oif if isinstance(oif, int) else link_index(oif)
-                made = d.Gateway(ipaddress.ip_address(gateway), int(index))
-                gw = gateways[(gateway, oif)] = pool.setdefault(made, made)
-            if weight < 1:
-                raise ValueError(f"{net}: weight {weight} of {gw.address} must be >= 1")
-            if net.version == 6 and gw.address.version == 4:
-                raise ValueError(f"{net}: an IPv6 route cannot use IPv4 gateway {gw.address}")
-            gws[gw] = min(d.MAX_WEIGHT, gws.get(gw, 0) + weight)
-        pset = d.path_set(gws) if len(gws) > 1 else tuple(gws.items())
-        out[net] = pool.setdefault(pset, pset)
+            sig.append(id(gateway_of(gateway, oif)))
+            sig.append(weight)
+        signature = tuple(sig)
+        pset = sets.get(signature)
+        if pset is None:
+            gws: dict[d.Gateway, int] = {}
+            for gateway, oif, weight in paths:
+                gw = gateway_of(gateway, oif)
+                if weight < 1:
+                    raise ValueError(f"{net}: weight {weight} of {gw.address} must be >= 1")
+                if net.version == 6 and gw.address.version == 4:
+                    raise ValueError(f"{net}: an IPv6 route cannot use IPv4 gateway {gw.address}")
+                gws[gw] = min(d.MAX_WEIGHT, gws.get(gw, 0) + weight)
+            made_set = d.path_set(gws) if len(gws) > 1 else tuple(gws.items())
+            pset = sets[signature] = pool.setdefault(made_set, made_set)
+        out[net] = pset
     return out
 
 
@@ -290,6 +325,11 @@ class FibEngine:
         self.adopted: dict[d.IPNetwork, d.PathSet] | None = None
         self._adopted_by_set: dict[d.PathSet, list[d.IPNetwork]] = {}
         self.released: set[tuple[d.IPAddress, int]] = set()  # adopted gateways that spoke
+        # gateways whose server is gone (`drop_gateways`): left out of every VIP's paths until
+        # an update names them again; id(path set) -> (path set, path set without them)
+        self.gone: frozenset[d.IPAddress] = frozenset()
+        self._gone_memo: dict[int, tuple[d.PathSet, d.PathSet]] = {}
+        self.fast_drops = 0  # groups changed by drop_gateways
         self.applied = False  # something to defend against others' changes
         self.dumps = 0
         self.applies = 0
@@ -305,7 +345,7 @@ class FibEngine:
         if self.model is None:
             state = self._read()
             self.dumps += 1
-            self.model = d.FibModel(state, self.id_base)
+            self.model = d.FibModel(state, self.id_base, self.interned)
         return self.model
 
     def invalidate(self) -> None:
@@ -316,28 +356,97 @@ class FibEngine:
         had when adopted (the desired weight wins for a gateway in both), except the adopted
         gateways whose peer has spoken since (`release`: its announcements are the truth)."""
         want = self.wanted.get(net, ())
-        if self.adopted is None:
-            return want
-        old = self.adopted.get(net)
-        if not old:
-            return want
-        merged = {gw: w for gw, w in old if (gw.address, net.version) not in self.released}
-        if not merged:
-            return want
-        merged.update(want)
-        return d.path_set(merged)
+        if self.adopted is not None:
+            old = self.adopted.get(net)
+            if old:
+                merged = {gw: w for gw, w in old if (gw.address, net.version) not in self.released}
+                if merged:
+                    merged.update(want)
+                    want = d.path_set(merged)
+        return self._without_gone(want) if self.gone else want
+
+    def _without_gone(self, pset: d.PathSet) -> d.PathSet:
+        """`pset` without the gateways of `gone` (memoised per path set object: they are
+        interned, a few for many VIPs)."""
+        hit = self._gone_memo.get(id(pset))
+        if hit is not None and hit[0] is pset:
+            return hit[1]
+        out = tuple(kv for kv in pset if kv[0].address not in self.gone)
+        if len(out) == len(pset):
+            out = pset
+        if len(self._gone_memo) > 4096:
+            self._gone_memo.clear()
+        self._gone_memo[id(pset)] = (pset, out)
+        return out
 
     # -- entry points --------------------------------------------------------------------------
     def update(self, changes: Mapping[d.IPNetwork, d.PathSet], now: float) -> FibResult:
         if len(self.interned) > 4 * (len(self.model.groups) if self.model else 0) + 4096:
-            self.interned = {}  # sets nobody uses any more: start again (re-filled on use)
+            self.interned.clear()  # sets nobody uses any more: start again (re-filled on use)
+        if self.gone:
+            self._lift(changes)
+        wanted = self.wanted
         for net, pset in changes.items():
             if pset:
-                self.wanted[net] = pset
+                wanted[net] = pset
             else:
-                self.wanted.pop(net, None)
+                wanted.pop(net, None)
         self.applied = True
+        if self.adopted is None and not self.gone:
+            return self._execute(changes, now, full=False)  # effective() is the identity
         return self._execute({net: self.effective(net) for net in changes}, now, full=False)
+
+    def _lift(self, changes: Mapping[d.IPNetwork, d.PathSet]) -> None:
+        """Gateways of `gone` that a change names again are no longer left out."""
+        back: set[d.IPAddress] = set()
+        for pset in changes.values():
+            if self._without_gone(pset) is not pset:
+                back.update(gw.address for gw, _ in pset if gw.address in self.gone)
+        if back:
+            self.gone = self.gone - back
+            self._gone_memo.clear()
+
+    def drop_gateways(self, addresses: Iterable[d.IPAddress], now: float) -> FibResult:
+        """Fast path of a server's loss (its session died and none of its paths are kept):
+        before any per-VIP work, every installed group having one of these gateways and at
+        least one other member is replaced in place without it — one operation per group, one
+        batch — and the nexthops of these gateways no group uses any more are deleted.
+        Groups of these gateways alone are left to `update()` (the VIPs' routes go). Until an
+        update names a gateway again, it is left out of every VIP's paths (`gone`), so a
+        re-plan before the RIB's own results (a retry, a resync) does not put it back; the
+        RIB's results then find the kernel as they want it: no operation. O(groups)."""
+        addrs = frozenset(addresses)
+        if not addrs:
+            return FibResult()
+        model = self.load()
+        self.gone = self.gone | addrs
+        self._gone_memo.clear()
+        if self.adopted is not None:  # their adopted paths do not hold the deferral either
+            self.released |= {(a, v) for a in addrs for v in (4, 6)}
+        steps = d.drop_gateways(model, addrs)
+        done: list[d.Op] = []
+        for step, result in zip(steps, self._run_ops(steps), strict=True):
+            if result is None:
+                model.note(step.op)
+                done.append(step.op)
+                self.fast_drops += 1
+            else:
+                # left to update(), which plans these VIPs again when the RIB's results come
+                self.errors += 1
+                if _stale_hint(step.op, result):
+                    self.model = None
+        if self.model is model:
+            ids = [nh_id for nh_id, gw in model.nexthops.items() if gw.address in addrs]
+            gc = d.garbage(model, (), ids)
+            for step, result in zip(gc, self._run_ops(gc), strict=True):
+                if result is None:
+                    model.note(step.op)
+                    done.append(step.op)
+                else:
+                    self.errors += 1
+        self.applies += 1
+        self.ops += len(done)
+        return FibResult(done)
 
     def replace_all(self, desired: Mapping[d.IPNetwork, d.PathSet], now: float) -> FibResult:
         """Whole table: `desired` becomes the wanted state, everything else of ours goes."""
@@ -416,6 +525,8 @@ class FibEngine:
         self.adopted = None
         self._adopted_by_set = {}
         self.released = set()
+        self.gone = frozenset()
+        self._gone_memo.clear()
         with self._status_lock:
             self.failed.clear()
         self.wanted = {net: pset for net, pset in desired.items() if pset}
@@ -458,9 +569,15 @@ class FibEngine:
         self.ops += len(done)
         self.counts = (len(model.routes), len(model.groups), len(model.nexthops))
         with self._status_lock:
-            for net in changes:
-                if net not in errors:
-                    self.failed.pop(net, None)
+            failed = self.failed
+            if failed:
+                recovered = (
+                    [net for net in failed if net in changes and net not in errors]
+                    if len(failed) < len(changes)
+                    else [net for net in changes if net in failed and net not in errors]
+                )
+                for net in recovered:
+                    del failed[net]
             for net, (op, err) in errors.items():
                 previous = self.failed.get(net)
                 attempts = (previous.attempts if previous else 0) + 1
@@ -481,13 +598,13 @@ class FibEngine:
         groups: set[int] = set()
         nexthops: set[int] = set()
         allocated: list[int] = []
-        for net in changes:
-            current = model.routes.get(net)
-            if current is not None:
-                groups.add(current)
         for step in steps:
             op = step.op
-            if isinstance(op, d.AddNexthop):
+            if isinstance(op, (d.ReplaceRoute, d.DeleteRoute)):
+                current = model.routes.get(op.dst)  # a group a VIP leaves may end unused
+                if current is not None:
+                    groups.add(current)
+            elif isinstance(op, d.AddNexthop):
                 nexthops.add(op.id)
                 allocated.append(op.id)
             elif isinstance(op, d.AddGroup):
@@ -580,6 +697,7 @@ class FibEngine:
             "errors": self.errors,
             "retries": self.retries,
             "dumps": self.dumps,
+            "fast_drops": self.fast_drops,
         }
 
 

@@ -301,6 +301,7 @@ class Router(Supervised, PeerRanges, KernelSide):
         current = self.peers.get(entry.address) is entry
         if event == "replaced":
             router_bfd.detach(entry)
+            self._fib_peer_lost(key, graceful=True)  # before the per-VIP purge
             self.rib.peer_down(key, now, graceful=True)
             return
         if isinstance(event, SessionEstablished):
@@ -325,6 +326,7 @@ class Router(Supervised, PeerRanges, KernelSide):
             ) and not failed
             router_bfd.detach(entry)
             if event.was_established and (current or not failed):
+                self._fib_peer_lost(key, graceful)  # kernel first, then the per-VIP purge
                 kept = self.rib.peer_down(key, now, graceful=graceful)
                 if kept:
                     log.info(

@@ -17,6 +17,14 @@ out; then a full reconcile removes what is no longer wanted. A gateway whose pee
 leaves at once the adopted VIPs it did not announce again (``Fib.release_gateways``). On exit
 ours are removed (unless ``keep_on_exit``). Interface addresses are polled so next hops resolve
 against the current connected subnets (RFC 4271 §5.1.3, §9.1.2.1).
+
+Fast path of a server's loss (``_fib_peer_lost``): when an Established session ends and the
+RIB is about to purge the peer's paths (no Graceful Restart retention, RFC 4724 §4.2: hold
+timer expiry, BFD Down, a NOTIFICATION, an administrative reset, or a peer without the
+capability), the gateways only that peer provides are first taken out of every installed
+group that keeps another member (``Fib.drop_gateways``: one in-place replace per group, one
+batch), before any per-VIP work; the RIB's per-VIP results then find the kernel as they want
+it. A peer whose paths are kept stale is not touched: they stay in the kernel by design.
 """
 
 from __future__ import annotations
@@ -78,6 +86,22 @@ def read_connected(netns: str | None = None) -> list[Connected]:
     finally:
         ipr.close()
     return out
+
+
+def _gateways_of(state: Any) -> set[IPAddress]:
+    """Next hops a peer's paths can install (a `bgplb.router.rib.PeerState`): its session
+    address unless it may use third-party next hops, else those of its paths (one walk over
+    them: such peers are rare)."""
+    if not state.third_party_next_hop:
+        return {state.source} if state.source is not None and state.paths else set()
+    seen: set[int] = set()
+    hops: set[IPAddress] = set()
+    for path in state.paths.values():
+        if id(path) not in seen:  # paths are interned: a few objects for many prefixes
+            seen.add(id(path))
+            if path.next_hop is not None:
+                hops.add(path.next_hop)
+    return hops
 
 
 def default_router_id(connected: Iterable[Connected]) -> ipaddress.IPv4Address:
@@ -238,6 +262,48 @@ class KernelSide:
             self.fib.close()
             self.fib = None
             self._fib_defer = None
+
+    # -- fast path of a server's loss (hook for the RIB task) -----------------------------------
+    def _fib_peer_lost(self, key: str, graceful: bool) -> None:
+        """Call before `Rib.peer_down(key, graceful=graceful)`: if the RIB will purge the
+        peer's paths (all of them: no family kept stale for Graceful Restart), remove its
+        gateways from the kernel's groups at once. A gateway another peer also announces
+        (the same next hop) stays. Never raises: the normal path follows anyway."""
+        fib = self.fib
+        state = self.rib.peers.get(key)
+        if fib is None or state is None or not state.paths:
+            return
+        hold = float(state.restart_time or 0)
+        if self.rib.max_stale_time is not None:
+            hold = min(hold, self.rib.max_stale_time)
+        if graceful and hold > 0 and state.gr_families:
+            return  # RFC 4724 §4.2 helper: (some of) its paths stay, stale, on purpose
+        gone = _gateways_of(state) - {
+            gw
+            for other in self.rib.peers.values()
+            if other is not state
+            for gw in _gateways_of(other)
+        }
+        if not gone:
+            return
+        drop = getattr(fib, "drop_gateways", None)
+        if drop is None:  # a FIB without the fast path
+            return
+        try:
+            result = drop(gone, self._fib_now())
+        except Exception as exc:  # the purge below does the same, per VIP
+            self.counters.fib_errors += 1
+            log.error("fib: fast removal of %s failed: %s", key, exc)
+            return
+        if result is None:
+            log.debug("fib: %s: FIB busy, no fast removal", key)
+        elif result.ops:
+            log.info(
+                "fib: %s lost: %s removed from %d group(s) at once",
+                key,
+                ", ".join(sorted(str(a) for a in gone)),
+                sum(1 for op in result.ops if type(op).__name__ == "ReplaceGroup"),
+            )
 
     # -- restart deferral and retries (hooks for the RIB task) ----------------------------------
     def _fib_end_of_rib(self, peer_address: IPAddress, family: Family) -> None:

@@ -1,0 +1,251 @@
+"""The router's fast path of a server's loss (KernelSide._fib_peer_lost, called by the RIB
+task before Rib.peer_down) on MemoryFib with a fake clock: a purged peer's gateway leaves the
+kernel's groups before any per-VIP work, and the FIB sync that follows does nothing; a peer
+whose paths Graceful Restart keeps stale is not touched; a gateway another peer also announces
+stays."""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import ip_address, ip_network
+from pathlib import Path
+from types import SimpleNamespace
+
+from bgplb.bgp.attributes import PathAttributes
+from bgplb.bgp.events import SessionDown
+from bgplb.bgp.families import IPV4_UNICAST, IPV6_UNICAST
+from bgplb.bgp.prefix import Prefix
+from bgplb.config import load_router_config
+from bgplb.config.router import FibConfig
+from bgplb.linux.memfib import MemoryFib, MemoryKernel
+from bgplb.router.daemon import Router
+from bgplb.router.kernel import KernelSide
+from bgplb.router.ranges import PeerEntry
+from bgplb.router.rib import Connected, Rib
+
+IFINDEX = 7
+SUBNET = ip_network("192.0.2.0/24")
+A, B, C = (ip_address(f"192.0.2.{i}") for i in (10, 11, 12))
+VIPS = [Prefix.parse(f"198.51.100.{i}/32") for i in range(1, 41)]
+SOLO = [Prefix.parse(f"198.51.100.{i}/32") for i in range(101, 106)]  # A alone
+
+
+class Counters(SimpleNamespace):
+    fib_applies = 0
+    fib_errors = 0
+    last_apply_ops = 0
+
+
+class FakeRouter(KernelSide):
+    def __init__(self, kernel: MemoryKernel) -> None:
+        self.config = SimpleNamespace(fib=FibConfig())
+        self.rib = Rib([Connected(SUBNET, IFINDEX, ip_address("192.0.2.1"))], max_stale_time=120)
+        self.counters = Counters()
+        self.installed = {}
+        self.queue = asyncio.Queue()
+        self.pinning = None
+        self.clock = 100.0
+        self.memfib = MemoryFib(kernel, buckets=32, clock=lambda: self.clock)
+
+    def _fib_now(self) -> float:
+        return self.clock
+
+    def announce(self, peer, vips, gateway=None, gr=False, third_party=False):
+        if peer not in self.rib.peers or not self.rib.peers[peer].established:
+            self.rib.peer_up(
+                peer,
+                self.clock,
+                asn=65001,
+                restart_time=120 if gr else None,
+                gr_families=[IPV4_UNICAST, IPV6_UNICAST] if gr else (),
+                source=ip_address(peer),
+                third_party_next_hop=third_party,
+            )
+        attrs = PathAttributes(next_hop=gateway or ip_address(peer))
+        self.rib.update(peer, vips, attrs, [], self.clock)
+
+
+def forwarding(kernel):
+    return {str(k): set(v) for k, v in kernel.forwarding().items()}
+
+
+def run(coro_fn):
+    async def main():
+        return await coro_fn()
+
+    return asyncio.run(main())
+
+
+def loaded(kernel, gr=False):
+    """A, B and C announce VIPS; A alone SOLO. Installed."""
+    router = FakeRouter(kernel)
+
+    async def go():
+        router._open_fib(router.memfib)
+        for peer in (A, B, C):
+            router.announce(str(peer), VIPS, gr=gr and peer == A)
+        router.announce(str(A), SOLO, gr=gr)
+        await router._sync_fib()
+
+    run(go)
+    return router
+
+
+def test_a_purged_peer_leaves_the_groups_before_the_rib_is_touched():
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+    group = kernel.routes[(254, VIPS[0].network)].nh_id
+    buckets = list(kernel.nexthops[group].buckets)
+    a_id = next(nh.id for nh in kernel.nexthops.values() if nh.gateway and nh.gateway.address == A)
+
+    router._fib_peer_lost(str(A), graceful=False)  # e.g. hold timer expired, BFD Down
+
+    fwd = forwarding(kernel)
+    assert all(fwd[str(v.network)] == {B, C} for v in VIPS)
+    assert all(fwd[str(v.network)] == {A} for v in SOLO)  # A alone: the normal path's
+    assert len(router.rib.peers[str(A)].paths) == len(VIPS) + len(SOLO)  # RIB untouched
+    after = kernel.nexthops[group].buckets
+    assert [n for n, o in zip(after, buckets, strict=True) if o != a_id] == [
+        o for o in buckets if o != a_id
+    ]
+    requests = kernel.requests
+
+    async def purge():
+        router.rib.peer_down(str(A), router.clock, graceful=False)
+        await router._sync_fib()
+
+    run(purge)
+    # the per-VIP results of the purge: only SOLO's routes go (and their group, A's nexthop)
+    done = kernel.requests - requests
+    assert done == len(SOLO) + 2
+    assert forwarding(kernel) == {str(v.network): {B, C} for v in VIPS}
+    assert router.fib_status()["fast_drops"] == 1
+
+
+def test_graceful_restart_retention_keeps_the_peer_in_the_kernel():
+    kernel = MemoryKernel()
+    router = loaded(kernel, gr=True)
+    before = forwarding(kernel)
+    requests = kernel.requests
+    router._fib_peer_lost(str(A), graceful=True)  # connection closed: paths kept stale
+    assert kernel.requests == requests
+
+    async def purge():
+        assert router.rib.peer_down(str(A), router.clock, graceful=True) > 0
+        await router._sync_fib()
+
+    run(purge)
+    assert forwarding(kernel) == before  # stale paths stay installed, by design
+
+
+def test_graceful_restart_does_not_apply_to_hold_expiry_or_peers_without_it():
+    for gr, graceful in ((True, False), (False, True)):
+        kernel = MemoryKernel()
+        router = loaded(kernel, gr=gr)
+        router._fib_peer_lost(str(A), graceful=graceful)
+        assert all(forwarding(kernel)[str(v.network)] == {B, C} for v in VIPS), (gr, graceful)
+
+
+def test_a_gateway_another_peer_also_announces_stays():
+    kernel = MemoryKernel()
+    router = FakeRouter(kernel)
+    other = ip_address("192.0.2.99")
+
+    async def go():
+        router._open_fib(router.memfib)
+        router.announce(str(A), VIPS)
+        router.announce(str(B), VIPS)
+        router.announce(str(other), VIPS, gateway=A, third_party=True)  # same next hop as A
+        await router._sync_fib()
+
+    run(go)
+    requests = kernel.requests
+    router._fib_peer_lost(str(A), graceful=False)
+    assert kernel.requests == requests
+    router._fib_peer_lost(str(other), graceful=False)  # A's own session still provides A
+    assert kernel.requests == requests
+
+
+def test_a_third_party_peer_loses_the_next_hops_it_announced():
+    kernel = MemoryKernel()
+    router = FakeRouter(kernel)
+    speaker = ip_address("192.0.2.99")
+
+    async def go():
+        router._open_fib(router.memfib)
+        router.announce(str(speaker), VIPS[:20], gateway=A, third_party=True)
+        router.announce(str(B), VIPS)
+        await router._sync_fib()
+
+    run(go)
+    router._fib_peer_lost(str(speaker), graceful=False)
+    assert all(forwarding(kernel)[str(v.network)] == {B} for v in VIPS)
+
+
+# -- the RIB task's order: Router._handle -----------------------------------------------------
+
+
+def _router(tmp_path: Path) -> Router:
+    conf = tmp_path / "router.toml"
+    conf.write_text(
+        f"""
+[bgp]
+asn = 65530
+router_id = "192.0.2.1"
+listen = ["127.0.0.1:1179"]
+
+[[peer_ranges]]
+prefix = "192.0.2.0/24"
+asn = "any"
+accept = ["198.51.100.0/24 le 32"]
+
+[fib]
+install = false
+
+[control]
+socket = "{tmp_path / "router.sock"}"
+metrics = "off"
+"""
+    )
+    return Router(load_router_config(conf), conf)
+
+
+def test_session_down_takes_the_gateway_out_before_the_purge(tmp_path):
+    kernel = MemoryKernel()
+    router = _router(tmp_path)
+    fake = FakeRouter(kernel)
+    router.rib = fake.rib
+    router.fib = fake.memfib
+    fake.fib = fake.memfib
+    for peer in (A, B):
+        fake.announce(str(peer), VIPS)
+    fake.memfib.update(
+        {v.network: [(str(A), IFINDEX, 64), (str(B), IFINDEX, 64)] for v in VIPS}, 0.0
+    )
+    entry = PeerEntry(A, SimpleNamespace(), SimpleNamespace(config=None), 0.0)  # type: ignore[arg-type]
+    router.peers[A] = entry
+    seen = []
+    real = router.rib.peer_down
+
+    def peer_down(key, now, *, graceful):
+        seen.append(forwarding(kernel)[str(VIPS[0].network)])
+        return real(key, now, graceful=graceful)
+
+    router.rib.peer_down = peer_down  # type: ignore[method-assign]
+    router.installed = {v: (object(),) for v in VIPS}  # what the FIB was handed before
+
+    async def go():
+        down = SessionDown("hold timer expired", True, hold_expired=True)
+        router._handle(entry, down, 1.0)
+        assert seen == [{B}]  # the kernel had lost A when the purge started
+        assert A not in router.peers and str(A) not in router.rib.peers
+        assert router.fib.engine.fast_drops == 1
+        requests = kernel.requests
+        changes = router._fib_changes(router.rib.take_dirty())
+        assert len(changes) == len(VIPS)
+        result = router.fib.update(
+            {v.network: [(n.address, n.ifindex, n.weight) for n in e] for v, e in changes.items()}
+        )
+        assert result.ops == [] and kernel.requests == requests  # the purge: nothing to do
+
+    run(go)
