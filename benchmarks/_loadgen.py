@@ -4,8 +4,9 @@ As a program (`python benchmarks/_loadgen.py ...`, inside a namespace) it runs N
 to one router on ONE asyncio loop, session i from source address `--source-start` + i, each
 announcing `--vip-count` /32s starting at `--vip-start` + i x `--vip-stride` (stride 0: every
 session announces the same VIPs), optionally each with a BFD session (RFC 5880/5881) through
-bgplb's own `BfdService` / `BfdLink` — the sans-IO cores bgplb.bgp.session and bgplb.bfd, wired
-the way the agent wires them (src/bgplb/io/bgp.py, io/bfd.py, io/bgp_bfd.py). A BFD Down tears
+bgplb's own `BfdService` / `BfdLink` (its timers in the BFD thread, as in the agent) — the
+sans-IO cores bgplb.bgp.session and bgplb.bfd, wired the way the agent wires them
+(src/bgplb/io/bgp.py, io/bfd.py, io/bgp_bfd.py). A BFD Down tears
 its BGP session down (Cease/BFD Down, RFC 9384) and the session starts again 1 s later. The BFD
 listening socket gets a 16 MiB receive buffer, so a stall of the generator does not drop the
 router's packets (the kernel's UDP RcvbufErrors show whether it did).
@@ -14,7 +15,8 @@ stdin takes JSON lines, stdout reports JSON lines (every event carries "t", time
   {"announce": "all" | [i, ...]}   queue the session's VIPs, send them (packed UPDATEs) at once
   {"withdraw": "all" | [i, ...]}   the same for withdrawals
   {"stats": 1}                     -> {"event": "stats", "established", "bfd_up", "bgp_downs",
-                                        "bfd_downs", "cpu_s", "loop_max_ms", ...}
+                                        "bfd_downs", "cpu_s", "loop_max_ms", "bfd_timing":
+                                        {send lateness p50/p99/max ms, GC pauses}, ...}
   {"stop": ""}                     Cease on every session, exit
 Events: {"event": "established", "i"}, {"event": "down", "i", "reason", "bfd": bool},
 {"event": "all_established"} once every session is Established (and BFD Up, if asked).
@@ -162,8 +164,9 @@ def run_program(a: argparse.Namespace) -> None:
             # One listening socket receives every session's packets: with the default receive
             # buffer (~200 KiB, ~200 packets) a 60 ms stall of this loop at 1000 sessions x
             # 300 ms overflows it and the drops read as the router's fault. 16 MiB (root).
-            for sock in bfd._listeners.values():
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
+            with bfd.lock:
+                for sock in bfd._listeners.values():
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
         for k, peer in enumerate(peers):
             peer.start()
             if k % 50 == 49:
@@ -195,8 +198,10 @@ def run_program(a: argparse.Namespace) -> None:
                 emit(event="sent", what="announce" if add else "withdraw")
             elif "stats" in cmd:
                 fig = watch.read(reset=bool(cmd.get("reset")))
+                bfd_timing = {} if bfd is None else bfd.timing_stats(reset=bool(cmd.get("reset")))
                 emit(
                     event="stats",
+                    bfd_timing=bfd_timing,
                     established=len(established),
                     bfd_up=sum(1 for ln in links if int(ln.state) == 3),
                     cpu_s=round(time.process_time() - t_cpu, 2),

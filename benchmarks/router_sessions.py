@@ -26,8 +26,13 @@ Measured per router:
 BIRD 2.0.12: `protocol bgp gen { neighbor range 198.18.0.0/22 external; dynamic name "gen";
 bfd on; … }` spawns one protocol per accepted session; `protocol bfd` with the same timers.
 
+Both sides' BFD runs in the BFD thread (bgplb.io.bfd_timing); their send lateness and GC
+pauses are reported (the router's from its "BFD timing" log lines, one a minute; the
+generator's in its stats), so a flap can be blamed on the side that was late.
+
 Usage (root): .venv/bin/python benchmarks/router_sessions.py [--peers 1000] [--soak 600]
        [--routers bgplb,bird] [--bfd-interval 300] [--bfd-mult 3] [--json FILE]
+       (--duration is --soak, --bfd 300x3 sets both BFD timers)
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -144,6 +150,31 @@ def router_view(kind: str, router: Any, soak: float | None = None) -> dict[str, 
     return out
 
 
+_TIMING = re.compile(
+    r"BFD timing, last \d+ s: (\d+) packets, send lateness p50 ([\d.]+) p99 ([\d.]+) max "
+    r"([\d.]+) ms; (\d+) GC pauses, longest ([\d.]+) ms"
+)
+
+
+def router_bfd_timing(log: Path, since: int) -> dict[str, Any]:
+    """The bgplb router's own BFD send lateness and GC pauses, from its "BFD timing" log lines
+    (one a minute) written after byte offset `since`: worst p99 and max over the lines."""
+    try:
+        text = log.read_bytes()[since:].decode(errors="replace")
+    except OSError:
+        return {}
+    rows = [m.groups() for m in _TIMING.finditer(text)]
+    if not rows:
+        return {"lines": 0}
+    return {
+        "lines": len(rows),
+        "packets": sum(int(r[0]) for r in rows),
+        "late_p99_ms_worst": max(float(r[2]) for r in rows),
+        "late_max_ms": max(float(r[3]) for r in rows),
+        "gc_longest_ms": max(float(r[5]) for r in rows),
+    }
+
+
 def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
     wd = workdir(f"sessions-{kind}")
     res: dict[str, Any] = {"router": kind}
@@ -202,6 +233,7 @@ def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
             before = router_view(kind, router)
             udp0 = {"rtr": udp_errors(rtr), "gen": udp_errors(gen)}
             c1, t1 = cpu_s(pid), time.monotonic()
+            log_at = router.log.stat().st_size if kind == "bgplb" else 0
             n_ev = len(gen_proc.events)
             end = t1 + a.soak
             while time.monotonic() < end:
@@ -235,6 +267,10 @@ def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
                 "udp_during_soak": udp,
                 "router_before": before,
                 "router_after": after,
+                "gen_bfd_timing": st.get("bfd_timing"),
+                "router_bfd_timing": router_bfd_timing(router.log, log_at)
+                if kind == "bgplb"
+                else None,
             }
             print(f"  {kind}: soak {json.dumps(res['soak'])}", flush=True)
             # half withdraw
@@ -266,13 +302,19 @@ def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--peers", type=int, default=1000)
-    p.add_argument("--soak", type=float, default=600.0)
+    p.add_argument("--soak", "--duration", type=float, default=600.0, help="soak seconds")
     p.add_argument("--routers", default="bgplb,bird")
     p.add_argument("--bfd-interval", type=int, default=300, help="ms")
     p.add_argument("--bfd-mult", type=int, default=3)
+    p.add_argument("--bfd", help="INTERVALxMULT, e.g. 300x3 (sets --bfd-interval/--bfd-mult)")
     p.add_argument("--up-timeout", type=float, default=300.0)
     p.add_argument("--json", help="also write the results to this file")
     a = p.parse_args()
+    if a.bfd:
+        m = re.fullmatch(r"(\d+)x(\d+)", a.bfd)
+        if not m:
+            p.error("--bfd: INTERVALxMULT in ms, e.g. 300x3")
+        a.bfd_interval, a.bfd_mult = int(m[1]), int(m[2])
     if not 2 <= a.peers <= 1020:
         p.error("--peers must be 2..1020 (one /22 of sources)")
     cmd, started = begin()
@@ -314,6 +356,10 @@ def main() -> None:
             f"why: {json.dumps(s.get('gen_down_reasons', {}))}"
         )
         print(f"{'':<24} UDP during the soak: {json.dumps(s.get('udp_during_soak', {}))}")
+        print(
+            f"{'':<24} BFD send lateness, router: {json.dumps(s.get('router_bfd_timing'))}; "
+            f"generator: {json.dumps(s.get('gen_bfd_timing'))}"
+        )
         print(
             f"{'':<24} router loop worst stall {loop.get('max_ms', 'n/a')} ms "
             f"({loop.get('stalls', 'n/a')} > {loop.get('stall_ms', 50)} ms); "

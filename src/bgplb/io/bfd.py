@@ -493,7 +493,9 @@ class BfdService:
         if from_timer:
             s.handle_timer(now)
         out = s.packets_to_send(now)
-        if from_timer and out and deadline is not None:
+        if out and deadline is not None and deadline <= now:
+            # Sent after the deadline we were asked to run at: how late (from the timer, or
+            # from a packet read first because we woke up late).
             self.tx_lateness.append(now - deadline)
             if len(self._report_late) < 100_000:
                 self._report_late.append(now - deadline)
