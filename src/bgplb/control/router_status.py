@@ -30,7 +30,9 @@ to the scrape thread as one list (:class:`~bgplb.control.metrics.SnapshotCollect
 multipath groups or when not installed). The shares come from one kernel read per request
 (`KernelFib.buckets_shares`), done in a worker thread, and at most `KernelFib`'s bucket limit is
 read: ``fib.bucket_shares`` = ``{"shown", "omitted", "limit"}`` says how many VIPs' shares were
-left out (their ``buckets``/``share`` are None).
+left out (their ``buckets``/``share`` are None). The answer waits at most :data:`SHARES_WAIT`
+for that read: when it is late (a big FIB sync holds the interpreter), the VIPs are shown
+without shares and ``fib.bucket_shares_skipped`` says why.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import heapq
 import itertools
 import logging
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from bgplb.bgp.fsm import State
@@ -318,10 +321,12 @@ async def status_answer(router: Router, request: dict[str, Any]) -> dict[str, An
         keys = list(router.rib.vips)  # a copy of the keys: ~1 ms per 100k
         total = len(keys)
         page = await _sorted_page(keys, offset, limit)
-    shares = None
+    shares = late = None
     if page and _wants_shares(router):  # the page's VIPs only: no dump of every route
-        shares = await asyncio.to_thread(read_shares, router, [v.network for v in page])
+        shares, late = await _shares_in_time(router, [v.network for v in page])
     doc = summary(router, shares, await read_pins(router))
+    if late is not None:
+        doc["fib"]["bucket_shares_skipped"] = late
     by_vip = shares.shares if shares is not None else {}
     rows: list[dict[str, Any]] = []
     for start in range(0, len(page), CHUNK):
@@ -333,6 +338,27 @@ async def status_answer(router: Router, request: dict[str, Any]) -> dict[str, An
     doc["vips"] = rows
     doc.update(vips_total=total, vips_offset=offset, vips_omitted=total - len(rows))
     return doc
+
+
+#: How long a status answer waits for the bucket shares (a kernel read in a worker thread).
+SHARES_WAIT = 0.05
+_share_reads: weakref.WeakKeyDictionary[Any, asyncio.Future[Any]] = weakref.WeakKeyDictionary()
+
+
+async def _shares_in_time(router: Router, nets: list[Any]) -> tuple[Any, str | None]:
+    """(the bucket shares of `nets`, None), or (None, why not) when the kernel read takes
+    longer than SHARES_WAIT: while a 100k-VIP FIB sync runs in another thread, the read's
+    netlink round trips each wait for the interpreter lock, and the answer must not wait for
+    them. The read goes on; the next request starts a new one only once it has ended."""
+    running = _share_reads.get(router)
+    if running is not None and not running.done():
+        return None, "the previous read of the kernel is still running (FIB busy)"
+    read = asyncio.ensure_future(asyncio.to_thread(read_shares, router, nets))
+    _share_reads[router] = read
+    try:
+        return await asyncio.wait_for(asyncio.shield(read), SHARES_WAIT), None
+    except TimeoutError:
+        return None, f"the kernel read took longer than {SHARES_WAIT * 1000:.0f} ms (FIB busy)"
 
 
 async def _sorted_page(keys: list[Any], offset: int, limit: int) -> list[Any]:

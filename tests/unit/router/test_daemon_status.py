@@ -150,3 +150,46 @@ def test_render_says_how_many_vips_were_not_shown_and_the_internal_errors() -> N
     text = out.getvalue()
     assert "250 of 250 VIP(s) not shown" in text
     assert "internal errors" in text and "rib 2" in text
+
+
+def test_status_does_not_wait_for_a_slow_kernel_read_of_bucket_shares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a big FIB sync in another thread makes the read of the shares slow: the answer comes
+    # without them (and says why) instead of waiting; a second request while the first read
+    # still runs starts no other one
+    import threading
+
+    from bgplb.control import router_status
+
+    release = threading.Event()
+    reads: list[Any] = []
+
+    def slow_read(router: Any, vips: Any = None) -> Any:
+        reads.append(vips)
+        release.wait(5)
+        return None
+
+    monkeypatch.setattr(router_status, "read_shares", slow_read)
+    monkeypatch.setattr(router_status, "_wants_shares", lambda router: True)
+
+    async def main() -> None:
+        async with Lab(tmp_path, monkeypatch) as lab:
+            fill(lab.router, 1000)
+            try:
+                start = time.perf_counter()
+                st = await status_answer(lab.router, {})
+                took = time.perf_counter() - start
+                again = await status_answer(lab.router, {})
+            finally:
+                release.set()
+            assert took < 2.0  # far below the 5 s the read would take
+            assert "longer than" in st["fib"]["bucket_shares_skipped"]
+            assert "still running" in again["fib"]["bucket_shares_skipped"]
+            assert len(reads) == 1
+            assert all(n["buckets"] is None for row in st["vips"] for n in row["nexthops"])
+            await asyncio.sleep(0.05)  # the read ends: the next request reads again
+            third = await status_answer(lab.router, {})
+            assert "bucket_shares_skipped" not in third["fib"] and len(reads) == 2
+
+    asyncio.run(main())
