@@ -102,12 +102,17 @@ class ControlEndpoints:
 
     async def start(self, cfg: ControlConfig) -> None:
         """ControlError or OSError when the socket or the metrics port cannot be opened."""
-        self.server = self.server_factory(cfg.socket)
-        self.commands.register(self.server)
-        await self.server.start()
+        server = self.server_factory(cfg.socket)
+        self.commands.register(server)
+        await server.start()  # on error nothing is ours yet: a file found there stays
+        self.server = server
         if cfg.metrics is not None:
             m = cfg.metrics
-            await asyncio.to_thread(self.metrics_server.start, str(m.host), m.port)
+            try:
+                await asyncio.to_thread(self.metrics_server.start, str(m.host), m.port)
+            except OSError:
+                await self.close()
+                raise
 
     async def close(self) -> None:
         if self.server is not None:

@@ -42,9 +42,10 @@ from bgplb.agent.sessions import PeerFactory, PeerSessions, tcp_peer
 from bgplb.agent.state import AgentState
 from bgplb.agent.steps import StateSteps
 from bgplb.agent.vip import KernelLoopback, Loopback
-from bgplb.config import AgentConfig, ControlConfig, load_agent_config
+from bgplb.config import AgentConfig, CheckConfig, ControlConfig, load_agent_config
 from bgplb.control.metrics import BfdCollector, MetricsServer
 from bgplb.control.socket import ControlError
+from bgplb.health.checks import Probe, make_probe
 
 __all__ = ["AgentDaemon", "run_agent", "sd_notify", "specs"]
 
@@ -65,6 +66,7 @@ class AgentDaemon:
         clock: Clock | None = None,
         loopback: Loopback | None = None,
         peer_factory: PeerFactory = tcp_peer,
+        probe_factory: Callable[[CheckConfig], Probe] = make_probe,
         find_router_id: Callable[[], ipaddress.IPv4Address | None] = bgp.default_router_id,
         notify: Callable[[str], None] = sd_notify,
         signals: bool = True,
@@ -94,7 +96,9 @@ class AgentDaemon:
             self.config,
             self.tasks,
         )
-        self.checks = HealthChecks(self.state, self.metrics, self.clock, self.steps.pump)
+        self.checks = HealthChecks(
+            self.state, self.metrics, self.clock, self.steps.pump, probe_factory=probe_factory
+        )
         self.status = StatusReport(self.config, self.state, self.sessions, self.checks, self.clock)
         self.reload = Reloader(
             self.config,
