@@ -315,8 +315,9 @@ def bytes_per_path(n: int) -> float:
 
 def test_memory_per_peer_and_prefix_stays_small() -> None:
     # 2 peers x 20k prefixes after take_dirty; the Prefix objects (built per peer, as a decoder
-    # does) are part of the figure. Before interning and tuple storage: 244 bytes, now ~180.
-    assert bytes_per_path(20_000) < 215
+    # does) are part of the figure. Before interning and tuple storage: 244 bytes; with them
+    # ~180; with path sets and VIP keys shared between peers ~113.
+    assert bytes_per_path(20_000) < 140
 
 
 HOPS = st.one_of(
@@ -415,6 +416,10 @@ def _check(rib: Rib, before: dict[Prefix, tuple], dirty: set[Prefix]) -> dict[Pr
             assert path.peer == state.peer
             held.setdefault(prefix, set()).add(id(path))
     assert {v: {id(p) for p in paths} for v, paths in rib.vips.items()} == held
+    # one Prefix object per VIP, whichever peers announced it
+    keys = {id(v) for v in rib.vips}
+    assert all(id(k) in keys for state in rib.peers.values() for k in state.paths)
+    assert rib._keys.keys() == rib.vips.keys()
     assert all(len(paths) == len({p.peer for p in paths}) for paths in rib.vips.values())
     # cached entries are what a fresh computation gives; every changed entry was marked dirty
     now = {}
@@ -443,7 +448,7 @@ def test_bulk_removals_and_caches_keep_the_tables_consistent(ops) -> None:
             _, peer, announced, withdrawn, hop, draining = op
             if peer not in rib.peers:
                 up(rib, peer, restart_time=50, gr_families=[IPV4_UNICAST, (AFI.IPV6, 1)])
-            vips = [BULK_VIPS[i] for i in announced]
+            vips = [P(str(BULK_VIPS[i])) for i in announced]  # objects of its own, as decoded
             a = _attrs_for(peer, vips, hop, draining)
             four = [v for v in vips if v.afi == AFI.IPV4]
             rib.update(
