@@ -47,7 +47,8 @@ needs; the probe namespace is deleted right after).
 
 Profiling (``--profile DIR``): the router runs under cProfile — the event loop's thread in
 ``DIR/<case>-router.prof``, the worker threads (FIB sync) merged in ``DIR/<case>-threads.prof``
-— and with ``--tracemalloc`` also under tracemalloc (slower: times are then meaningless): when the
+— the full garbage collections over 10 ms in ``DIR/<case>-gc.txt``,
+and with ``--tracemalloc`` also under tracemalloc (slower: times are then meaningless): when the
 case is complete the benchmark sends SIGUSR2 and the router writes ``DIR/<case>-heap.txt``, the
 top allocation sites of its heap. Read a profile with ``python -m pstats FILE``.
 
@@ -114,6 +115,14 @@ if os.environ.get("BGPLB_TRACEMALLOC"):
                 for line in stat.traceback.format()[-12:]:
                     print("   ", line, file=f)
     signal.signal(signal.SIGUSR2, heap)
+import gc, time
+gc_pauses = []  # seconds, of the full collections over 10 ms
+def gc_timer(phase, info, started=[0.0]):
+    if phase == "start":
+        started[0] = time.perf_counter()
+    elif info["generation"] == 2 and time.perf_counter() - started[0] > 0.01:
+        gc_pauses.append(time.perf_counter() - started[0])
+gc.callbacks.append(gc_timer)
 profiles = {}
 run = cft._WorkItem.run
 def profiled_run(self):
@@ -133,6 +142,9 @@ except SystemExit:
     pass
 finally:
     prof.dump_stats(out + "-router.prof")
+    with open(out + "-gc.txt", "w") as f:
+        for took in gc_pauses:
+            print(f"full collection {took * 1000:.0f} ms", file=f)
     if profiles:
         pstats.Stats(*profiles.values()).dump_stats(out + "-threads.prof")
 """
@@ -149,7 +161,7 @@ class ProfiledRouter(BenchRouter):
     def start(self) -> None:
         env = {**os.environ, "BGPLB_PROFILE": self.out}
         if self.trace:
-            env["BGPLB_TRACEMALLOC"] = "8"
+            env["BGPLB_TRACEMALLOC"] = "5"
         with self.log.open("ab") as out:
             self.proc = self.ns.popen(
                 sys.executable, "-c", PROFILE_MAIN, "router", "-c", str(self.conf),
