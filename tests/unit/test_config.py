@@ -669,3 +669,15 @@ def test_non_secret_values_still_shown(tmp_path):
     text = MINIMAL_AGENT.replace("port = 80", 'port = "eighty"')
     with pytest.raises(ConfigError, match="eighty"):
         load_agent_config(write(tmp_path, text))
+
+
+def test_example_event_checks_are_valid_when_uncommented(tmp_path):
+    """examples/agent.toml shows the event-driven checks commented out: they must load."""
+    lines = (EXAMPLES / "agent.toml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# Event-driven checks"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("#"))
+    block = [line[1:].strip() for line in lines[start + 2 : end]]
+    out = lines[:start] + block + lines[end:]
+    config = load_agent_config(write(tmp_path, "\n".join(out) + "\n"))
+    kinds = [c.type for c in config.services[0].checks]
+    assert kinds == ["http", "exec", "process", "listen", "systemd"]
