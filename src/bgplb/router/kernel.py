@@ -289,6 +289,7 @@ class KernelSide:
         drop = getattr(fib, "drop_gateways", None)
         if drop is None:  # a FIB without the fast path
             return
+        started = time.perf_counter()
         try:
             result = drop(gone, self._fib_now())
         except Exception as exc:  # the purge below does the same, per VIP
@@ -299,10 +300,11 @@ class KernelSide:
             log.debug("fib: %s: FIB busy, no fast removal", key)
         elif result.ops:
             log.info(
-                "fib: %s lost: %s removed from %d group(s) at once",
+                "fib: %s lost: %s removed from %d group(s) at once (%.1f ms)",
                 key,
                 ", ".join(sorted(str(a) for a in gone)),
                 sum(1 for op in result.ops if type(op).__name__ == "ReplaceGroup"),
+                (time.perf_counter() - started) * 1000,
             )
 
     # -- restart deferral and retries (hooks for the RIB task) ----------------------------------

@@ -1,0 +1,168 @@
+"""`bgplb router`'s fast path of a server's loss, on the real kernel in network namespaces.
+
+Three lab speakers (`python -m bgplb.lab.speaker`) announce the same VIPs; the router puts them
+in one resilient group. Speaker 1 is killed with SIGKILL (its kernel closes the connection:
+no NOTIFICATION). Without Graceful Restart the router takes its gateway out of the group in
+place before any per-VIP work: every VIP's route keeps its group, and every bucket that did not
+belong to speaker 1 still points where it pointed before (read with RTM_GETNEXTHOPBUCKET).
+With Graceful Restart its paths are kept stale and the group is left alone.
+
+Layout as in test_router_interop: router namespace `rtr`, server i linked by a veth pair,
+192.0.2.(8i+1)/29 on the router side, .(8i+2) on the server.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from pathlib import Path
+
+import pytest
+from test_router_interop import (
+    OPEN_RANGES,
+    ROUTER_AS,
+    RouterProc,
+    build,
+    router_config,
+    server_addrs,
+    wait_for,
+)
+
+from bgplb.lab.speaker import SpeakerProcess
+from bgplb.linux.nexthop import NexthopSocket
+
+pytestmark = [pytest.mark.interop]
+
+VIPS = [f"198.51.100.{i}/32" for i in range(20, 40)]
+SOLO = "198.51.100.50/32"  # announced by speaker 1 alone
+
+
+def speaker(ns, i: int, tmp_path: Path, *extra: str) -> SpeakerProcess:
+    r4, s4, _, _ = server_addrs(i)
+    return SpeakerProcess(
+        ns,
+        "--asn", str(65000 + i),
+        "--router-id", s4,
+        "--peer", r4,
+        "--peer-as", str(ROUTER_AS),
+        "--hold", "9",
+        "--families", "ipv4",
+        *extra,
+        log_path=str(tmp_path / f"speaker{i}.log"),
+    )  # fmt: skip
+
+
+def kernel_view(netns: str) -> tuple[dict[str, int | None], dict[int, str], dict[int, list[int]]]:
+    """(VIP -> group id, nexthop id -> gateway, group id -> bucket owners by index)."""
+    with NexthopSocket(netns) as sock:
+        routes = {
+            str(r.dst): r.nh_id
+            for r in sock.dump_routes(protocol=200, table=254)
+            if str(r.dst) in (*VIPS, SOLO)
+        }
+        nexthops = sock.dump_nexthops(protocol=200)
+        gateways = {n.id: str(n.gateway) for n in nexthops if n.gateway is not None}
+        buckets: dict[int, list[int]] = {}
+        for n in nexthops:
+            if n.is_group:
+                owners = sorted(sock.dump_buckets(n.id), key=lambda b: b.index)
+                buckets[n.id] = [b.nh_id for b in owners]
+    return routes, gateways, buckets
+
+
+def gateways_of(view, vip: str) -> set[str]:
+    routes, gateways, buckets = view
+    group = routes.get(vip)
+    if group is None or group not in buckets:
+        return set()
+    return {gateways[m] for m in set(buckets[group])}
+
+
+def setup(topo, tmp_path: Path, gr: bool):
+    rtr, servers = build(topo, 3)
+    router = RouterProc(rtr, tmp_path, router_config(OPEN_RANGES, buckets=64))
+    router.start()
+    extra = ("--graceful-restart", "60") if gr else ()
+    speakers = [speaker(ns, i, tmp_path, *extra) for i, ns in enumerate(servers, start=1)]
+    for i, sp in enumerate(speakers, start=1):
+        for vip in VIPS:
+            sp.send(announce=vip)
+        if i == 1:
+            sp.send(announce=SOLO)
+    gws = [server_addrs(i)[1] for i in (1, 2, 3)]
+    wait_for(
+        "every VIP on the 3 servers",
+        lambda: all(gateways_of(kernel_view(rtr.name), v) == set(gws) for v in VIPS),
+        40,
+    )
+    return rtr, router, speakers, gws
+
+
+def stop_all(router: RouterProc, speakers: list[SpeakerProcess]) -> None:
+    for sp in speakers:
+        sp.stop()
+    if router.proc is not None and router.proc.poll() is None:
+        router.stop()
+
+
+def test_aborted_session_leaves_the_group_in_place_and_other_buckets_stay(
+    topo, tmp_path: Path
+) -> None:
+    rtr, router, speakers, gws = setup(topo, tmp_path, gr=False)
+    try:
+        before = kernel_view(rtr.name)
+        routes, gateways, buckets = before
+        groups = {routes[v] for v in VIPS}
+        assert len(groups) == 1  # one group for the 20 VIPs
+        group = groups.pop()
+        assert group is not None
+        s1_id = next(i for i, g in gateways.items() if g == gws[0])
+        old = buckets[group]
+        assert s1_id in old and len(old) == 64
+
+        speakers[0].proc.kill()  # SIGKILL: the connection closes, no NOTIFICATION
+        speakers[0].proc.wait(10)
+        wait_for(
+            "speaker 1's gateway out of the group",
+            lambda: gws[0] not in gateways_of(kernel_view(rtr.name), VIPS[0]),
+            15,
+        )
+        after = kernel_view(rtr.name)
+        assert {after[0][v] for v in VIPS} == {group}  # the routes never changed group
+        new = after[2][group]
+        assert len(new) == 64 and s1_id not in new
+        moved = [i for i, (o, n) in enumerate(zip(old, new, strict=True)) if o != s1_id and o != n]
+        assert moved == []  # every bucket of servers 2 and 3 stayed where it was
+        assert all(gateways_of(after, v) == set(gws[1:]) for v in VIPS)
+        wait_for("the VIP of speaker 1 alone gone", lambda: SOLO not in kernel_view(rtr.name)[0])
+        log = router.log_text()
+        assert f"fib: {gws[0]} lost: {gws[0]} removed from 1 group(s) at once (" in log, log[-3000:]
+        time.sleep(0.5)  # the RIB's per-VIP results: nothing more changes the group
+        assert kernel_view(rtr.name)[2][group] == new
+        assert router.status()["fib"]["status"]["fast_drops"] == 1
+    finally:
+        stop_all(router, speakers)
+
+
+def test_graceful_restart_keeps_the_aborted_server_in_the_group(topo, tmp_path: Path) -> None:
+    rtr, router, speakers, gws = setup(topo, tmp_path, gr=True)
+    try:
+        routes, _, buckets = kernel_view(rtr.name)
+        group = routes[VIPS[0]]
+        assert group is not None
+        old = buckets[group]
+        speakers[0].proc.kill()
+        speakers[0].proc.wait(10)
+        wait_for(
+            "speaker 1's paths kept stale",
+            lambda: "keeping 21 stale route(s)" in router.log_text(),
+            15,
+        )
+        time.sleep(0.5)
+        view = kernel_view(rtr.name)
+        assert all(gateways_of(view, v) == set(gws) for v in VIPS)
+        assert view[2][group] == old
+        assert ipaddress.ip_network(SOLO) and SOLO in view[0]
+        assert router.status()["fib"]["status"]["fast_drops"] == 0
+    finally:
+        stop_all(router, speakers)
