@@ -23,6 +23,7 @@ its bus name), the last known ActiveState stands.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from typing import Any
@@ -72,7 +73,9 @@ class SystemdProbe:
         self.state: str | None = None  # the last ActiveState known
         self.unit_path: str | None = None
         self.signals = 0  # ActiveState changes received by signal
-        self._fresh = False  # self.state came from a signal (or the first read) not reported yet
+        # States received by signal and not reported yet, oldest first: each is reported in
+        # turn, so a quick active -> deactivating -> inactive still reports "deactivating".
+        self._pending: collections.deque[str] = collections.deque(maxlen=16)
         self._bus: MessageBus | None = None
         self._watch: asyncio.Future[Any] | None = None
 
@@ -82,7 +85,12 @@ class SystemdProbe:
         try:
             if self._bus is None or not self._bus.connected:
                 await self._connect()
-            elif not self._fresh:
+            elif self._pending:
+                state = self._pending.popleft()
+                if self._pending:
+                    self.changed.set()  # the next one at once
+                return ProbeResult(state in UP_STATES, loop.time() - start, state)
+            else:
                 self.state = await self._active_state()
         except asyncio.CancelledError:
             self._drop()  # a timeout in the middle of a call: start over next time
@@ -98,7 +106,6 @@ class SystemdProbe:
         except Exception as e:  # connection refused, auth, a call answered with an error...
             self._drop()
             return ProbeResult(False, loop.time() - start, f"D-Bus: {e}")
-        self._fresh = False
         state = self.state or "unknown"
         return ProbeResult(state in UP_STATES, loop.time() - start, state)
 
@@ -192,17 +199,16 @@ class SystemdProbe:
         changed, invalidated = message.body[1], message.body[2]
         if "ActiveState" in changed:
             self.state = str(changed["ActiveState"].value)
-            self._fresh = True
+            self._pending.append(self.state)
             self.signals += 1
             self.changed.set()
         elif "ActiveState" in invalidated:
-            self._fresh = False  # read it at the probe
-            self.changed.set()
+            self.changed.set()  # nothing pending: the probe reads it
 
     def _on_disconnect(self, future: asyncio.Future[Any]) -> None:
         if not future.cancelled():
             future.exception()  # retrieved: the next probe reports and reconnects
-        self._fresh = False
+        self._pending.clear()
         self.changed.set()
 
     def _drop(self) -> None:
@@ -216,3 +222,4 @@ class SystemdProbe:
                 self._bus.disconnect()
             self._bus = None
         self.unit_path = None
+        self._pending.clear()

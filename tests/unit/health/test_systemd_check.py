@@ -145,6 +145,14 @@ def test_states_and_deactivating_by_signal(bus_address: str) -> None:
             failed = await _next(queue)
             assert not failed.transition.up and failed.result.detail == "failed"
             assert probe.signals >= 6
+            # A quick stop: both signals may arrive in one read; each state is reported.
+            unit.set("active")
+            assert (await _next(queue)).transition.up
+            unit.set(DEACTIVATING)
+            unit.set("inactive")
+            quick = await _next(queue)
+            assert not quick.transition.up and quick.result.detail == DEACTIVATING
+            await asyncio.wait_for(_until(lambda: status.last.detail == "inactive"), WAIT)
         service.disconnect()
 
     asyncio.run(main())
