@@ -3,6 +3,11 @@
 Interop and kernel tests need root, network namespaces and real daemons. Outside CI a missing
 prerequisite skips them with the reason; with CI=true it fails them (never a silent skip):
 `unavailable()` and `require_binary()` live in tests/prerequisites.py (re-exported here).
+
+Parallel runs (pytest-xdist, as scripts/test does): every test makes its own namespaces
+(random suffix), work directories (`tmp_path`, `tempfile.mkdtemp`) and ports (bound to port 0),
+so tests can run side by side; a test that cannot (timing-sensitive, or a resource of the whole
+host) is marked `serial` and scripts/test runs it alone afterwards.
 """
 
 from __future__ import annotations
@@ -13,6 +18,24 @@ from bgplb.lab.netns import Topology, can_use_netns
 from prerequisites import IN_CI, require_binary, unavailable
 
 __all__ = ["IN_CI", "require_binary", "topo", "unavailable"]
+
+# The longest test modules (`--durations`): in a parallel run they start first, so that the run
+# does not end with one worker busy with one of them while the others are idle.
+LONG_FIRST = (
+    "tests/interop/test_router_restart.py",
+    "tests/interop/test_router_pinning.py",
+    "tests/interop/test_router_interop.py",
+    "tests/interop/test_router_hardening_bgp.py",
+    "tests/interop/test_router_speakers.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):  # not an xdist worker: keep the file order
+        return
+    rank = {path: i for i, path in enumerate(LONG_FIRST)}
+    # stable: the same order in every worker, as xdist requires
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 
 
 @pytest.fixture

@@ -92,6 +92,7 @@ def test_md5_wrong_password_never_establishes(topo, daemons):
         lab.close()
 
 
+@pytest.mark.serial  # the agent must be back within the 5 s restart time
 def test_graceful_restart_keeps_nexthop_through_agent_restart(topo, daemons):
     lab = build_lab(topo, daemons, graceful_restart=True)
     try:

@@ -247,6 +247,7 @@ class NexthopWatch:
         self._thread.join(10)
 
 
+@pytest.mark.serial  # the agent must be back within the 5 s restart time
 def test_frr_helper_keeps_nexthop_through_agent_restart(make_lab):
     lab = make_lab((Frr,), graceful_restart=True)
     start(lab)

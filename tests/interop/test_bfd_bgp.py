@@ -22,7 +22,7 @@ import pytest
 from agent_lab import SERVER_AS, VIP4, Server, add_servers, build_lab, wait_for
 from test_router_interop import RouterProc, hops, router_config
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.serial]  # BFD detection at 100 ms x 3
 
 HOLD = 30  # BGP hold time on every session: far longer than any wait below
 BFD_PEER = f"hold_time = {HOLD}\nbfd = {{ interval_ms = 100, multiplier = 3 }}\n"

@@ -23,7 +23,7 @@ import pytest
 
 from bgplb.lab.netns import Namespace
 
-pytestmark = [pytest.mark.interop]
+pytestmark = [pytest.mark.interop, pytest.mark.serial]  # "stays Up" under real BFD timers
 
 _SERVICE = r"""
 import asyncio, json, os, sys

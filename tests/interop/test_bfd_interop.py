@@ -31,7 +31,7 @@ from bgplb.lab.netns import Namespace, Topology
 from bgplb.lab.wait import wait_until
 from prerequisites import require_binary
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.serial]  # BFD detection at 100 ms x 3
 
 US4, PEER4 = "192.0.2.1", "192.0.2.2"
 US6, PEER6 = "2001:db8::1", "2001:db8::2"

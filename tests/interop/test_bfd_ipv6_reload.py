@@ -31,7 +31,7 @@ from test_router_interop import RouterProc, hops, router_config
 
 from bgplb.lab.netns import Namespace, Topology
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.serial]  # BFD detection at 100 ms x 3
 
 HOLD = 30  # BGP hold time on every session: far longer than any wait below
 

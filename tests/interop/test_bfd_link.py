@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
 from bfdlab import free_port, until
 
 from bgplb.bfd import Diag, State
 from bgplb.io.bfd import BfdService
 from bgplb.io.bgp_bfd import BfdLink
+
+pytestmark = pytest.mark.serial  # BFD detection at 50 ms x 3 on loopback
 
 
 def _silence(service: BfdService) -> None:

@@ -16,6 +16,8 @@ from bfdlab import free_port, until
 from bgplb.bfd import ControlPacket, Diag, State, decode_packet, encode_packet
 from bgplb.io.bfd import BfdService
 
+pytestmark = pytest.mark.serial  # BFD detection at 50 ms x 3 on loopback
+
 
 def test_shared_session_release_and_admin_down() -> None:
     async def main() -> None:

@@ -52,7 +52,7 @@ from chaoslab import (
 from bgplb.lab.netns import can_use_netns
 from prerequisites import require_binary, unavailable
 
-pytestmark = [pytest.mark.interop]
+pytestmark = [pytest.mark.interop, pytest.mark.serial]  # 1 s bound on every 20 ms request
 
 DURATION = 60.0
 SETTLE = 8.0

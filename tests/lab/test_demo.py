@@ -20,7 +20,7 @@ import pytest
 
 from prerequisites import require_binary, unavailable
 
-pytestmark = [pytest.mark.netns]
+pytestmark = [pytest.mark.netns, pytest.mark.serial]  # measured windows, BFD detection
 
 
 def _prerequisites() -> None:

@@ -32,6 +32,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.netns
+@pytest.mark.serial  # the one lab of the host: fixed names, /run/bgplb-lab/lab.json
 def test_lab_up_status_exec_down() -> None:
     from bgplb.lab.netns import can_use_netns
 
