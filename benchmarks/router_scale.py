@@ -36,7 +36,8 @@ Python start-up, measured once before the load and printed as "CLI"); BIRD — `
 protocols`; GoBGP — `gobgp neighbor`. Printed: answers / requests, how many within 100 ms, the
 slowest answer. "loop stall" = the `loop.max_ms` figure of the router's status answer after the
 load, asked with `vips_limit=0` (the summary, no VIP rows): bgplb.io.loopwatch's worst lateness
-of the router's event loop since it started; `n/a` when the status has no `loop` key, as in
+of the router's event loop since it started, followed by "gc N": its longest garbage
+collection (a collection stops the loop too); `n/a` when the status has no `loop` key, as in
 routers older than the watch.
 
 Exit: the receiver is stopped (SIGTERM; bgplb removes its routes, groups and nexthops, BIRD its
@@ -464,6 +465,8 @@ def main() -> None:
             slowest_txt = fmt(slowest / 1000 if slowest is not None else None, ".3f")
         loop = r.get("loop")
         stall = fmt(loop.get("max_ms"), ".0f") if loop else "n/a"
+        if loop and loop.get("gc_max_ms") is not None:  # the longest garbage collection
+            stall += f" gc {loop['gc_max_ms']:.0f}"
         free = (r.get("free") or {}).get("free_s")
         print(
             f"{case:<10} {label[kind]:<34} {fmt(r['present']):>9} {fmt(r['complete']):>10} "

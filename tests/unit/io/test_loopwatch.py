@@ -73,3 +73,26 @@ def test_record_and_read_without_a_loop() -> None:
 def test_bad_settings_are_clear_errors(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="loop watch"):
         LoopWatch(**kw)
+
+
+def test_garbage_collections_are_timed_while_watching() -> None:
+    import gc
+
+    async def run() -> tuple[LoopFigures, LoopFigures, int]:
+        watch = LoopWatch(period=0.01)
+        watch.start()
+        watch.start()  # one callback, not two
+        callbacks = sum(1 for c in gc.callbacks if c == watch._on_gc)
+        garbage = [[i] for i in range(200_000)]  # something for the collector to walk
+        gc.collect()
+        first = watch.read(reset=True)
+        del garbage
+        second = watch.read()
+        await watch.stop()
+        assert watch._on_gc not in gc.callbacks
+        return first, second, callbacks
+
+    first, second, callbacks = asyncio.run(run())
+    assert callbacks == 1
+    assert first["gc_full"] >= 1 and first["gc_full_ms"] > 0 and first["gc_max_ms"] > 0
+    assert second["gc_full"] == 0 and second["gc_max_ms"] == 0
