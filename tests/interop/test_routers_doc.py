@@ -14,7 +14,8 @@ password never gets a session; the kernel counts the unsigned SYNs), both agents
 Established with BFD Up on both sides, a multipath kernel route to each VIP via both servers
 (servers in different ASes), a drained agent taken out of the route by GRACEFUL_SHUTDOWN long
 before its withdrawal, routes outside the VIP range refused, and max-prefix ending the session
-of a speaker that sends too many. Every wait is bounded; nothing asserts on speed.
+of a speaker that sends too many (and what each router does next, as the page says). Every wait
+is bounded; nothing asserts on speed.
 """
 
 from __future__ import annotations
@@ -353,6 +354,16 @@ def test_router_config_from_the_doc(kind, lab, daemons, tmp_path):
     down = sp.wait_for(lambda e: e.get("event") == "down", 30, after=mark)
     assert down["notification"] == [6, 1], down  # Cease / Maximum Number of Prefixes Reached
     wait_for(lambda: kernel_routes(router, "198.51.100.20/32") == [], 20, "speaker's routes gone")
+    # what the page says happens next: BIRD refuses the server for `error wait time`; FRR 8.4
+    # takes a listen-range peer back at once (its restart timer is lost with the dynamic peer)
+    mark = len(sp.events)
+    if kind == "bird":
+        with pytest.raises(TimeoutError):
+            sp.wait_for(lambda e: e.get("event") == "established", 5, after=mark)
+    else:
+        sp.wait_for(lambda e: e.get("event") == "established", 15, after=mark)
+    sp.stop()
+    speakers.remove(sp)
     assert kernel_routes(router, VIP4) == both  # the agents' sessions are untouched
 
     # drain: GRACEFUL_SHUTDOWN -> LOCAL_PREF 0 -> s2 leaves the route before its withdrawal
