@@ -46,6 +46,12 @@ _RECV = 1 << 16
 _seq = itertools.count(1)
 
 
+def netlink_socket(nonblocking: bool = False) -> socket.socket:
+    """A NETLINK_SOCK_DIAG socket."""
+    kind = socket.SOCK_RAW | (socket.SOCK_NONBLOCK if nonblocking else 0)
+    return socket.socket(socket.AF_NETLINK, kind, NETLINK_SOCK_DIAG)
+
+
 def attach_filter(sock: socket.socket, count: int, code: bytes) -> None:
     """SO_ATTACH_FILTER with a classic BPF program (the kernel copies it)."""
     program = ctypes.create_string_buffer(code)
@@ -90,11 +96,11 @@ class ListenProbe:
     async def __call__(self) -> ProbeResult:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        if self._dump is None:
-            self._open(loop)
-        assert self._dump is not None
         check = self.check
         try:
+            if self._dump is None:
+                self._open(loop)
+            assert self._dump is not None
             sockets = [
                 s
                 for family in self.families
@@ -125,16 +131,19 @@ class ListenProbe:
         self._close()
 
     def _open(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._dump = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
-        self._dump.settimeout(max(self.check.timeout, 0.1))
-        self._dump.bind((0, 0))
+        dump = netlink_socket()
+        try:
+            dump.settimeout(max(self.check.timeout, 0.1))
+            dump.bind((0, 0))
+        except OSError:
+            dump.close()
+            raise
+        self._dump = dump
         if self._events is None:
             self._subscribe(loop)
 
     def _subscribe(self, loop: asyncio.AbstractEventLoop) -> None:
-        sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, NETLINK_SOCK_DIAG
-        )
+        sock = netlink_socket(nonblocking=True)
         try:
             attach_filter(sock, *destroy_filter(self.check.port))
             sock.bind((0, destroy_groups(self.protocol, self.families)))

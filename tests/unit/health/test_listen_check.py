@@ -268,3 +268,24 @@ def test_without_notifications_the_dump_at_interval_decides(
             assert not (await _next(queue)).transition.up
 
     asyncio.run(main())
+
+
+def test_no_sock_diag_is_a_clear_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel without NETLINK_SOCK_DIAG (or a sandbox refusing it): down, with the reason,
+    and no exception out of the probe."""
+
+    def refuse(nonblocking: bool = False) -> socket.socket:
+        raise OSError(97, "Address family not supported by protocol")
+
+    monkeypatch.setattr(listen_mod, "netlink_socket", refuse)
+
+    async def main() -> None:
+        probe = ListenProbe(check(80))
+        result = await probe()
+        assert not result.ok
+        assert result.detail == (
+            "sock_diag dump failed: [Errno 97] Address family not supported by protocol"
+        )
+        await probe.aclose()
+
+    asyncio.run(main())
