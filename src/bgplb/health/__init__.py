@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bgplb.health.checks import (
+        DEACTIVATING,
         CheckEvent,
         CheckRunner,
         CheckStatus,
@@ -37,11 +38,12 @@ if TYPE_CHECKING:
     from bgplb.health.listen import ListenProbe
     from bgplb.health.process import ProcessProbe
     from bgplb.health.state import Damping, Health, RiseFall, ServiceHealth, Transition
-    from bgplb.health.systemd import DEACTIVATING, SystemdProbe
+    from bgplb.health.systemd import SystemdProbe
 
 _WHERE: dict[str, str] = {
     **dict.fromkeys(
         (
+            "DEACTIVATING",
             "CheckEvent",
             "CheckRunner",
             "CheckStatus",
@@ -63,7 +65,6 @@ _WHERE: dict[str, str] = {
     "ListenProbe": "bgplb.health.listen",
     "ProcessProbe": "bgplb.health.process",
     "SystemdProbe": "bgplb.health.systemd",
-    "DEACTIVATING": "bgplb.health.systemd",
 }
 
 __all__ = [

@@ -53,6 +53,10 @@ OUTPUT_LIMIT = 4096  # bytes of an exec check's output kept (its tail)
 # The whole environment of an exec check, plus the check's own `env` table: nothing of the
 # agent's environment (credentials, proxies, LD_PRELOAD...) leaks into a check command.
 EXEC_BASE_ENV: dict[str, str] = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+# The detail of a systemd check whose unit began to stop (ActiveState "deactivating"): the unit
+# still serves what it has in flight. Here, not in bgplb.health.systemd, so that the agent can
+# test for it without loading dbus-fast.
+DEACTIVATING = "deactivating"
 
 
 @dataclass(frozen=True, slots=True)

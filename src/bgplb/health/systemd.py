@@ -32,7 +32,9 @@ from dbus_fast import BusType, Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
 
 from bgplb.config import SystemdCheck
-from bgplb.health.checks import ProbeResult
+from bgplb.health.checks import DEACTIVATING, ProbeResult
+
+__all__ = ["DEACTIVATING", "NOT_ON_BUS", "UP_STATES", "BusCallError", "SystemdProbe"]
 
 log = logging.getLogger("bgplb.health")
 
@@ -53,7 +55,6 @@ NOT_ON_BUS = frozenset(
         "org.freedesktop.DBus.Error.Timeout",
     }
 )
-DEACTIVATING = "deactivating"
 
 
 class BusCallError(Exception):

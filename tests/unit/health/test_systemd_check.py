@@ -19,8 +19,8 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_property, method
 
 from bgplb.config import SystemdCheck
-from bgplb.health import CheckEvent, CheckRunner
-from bgplb.health.systemd import DEACTIVATING, SystemdProbe
+from bgplb.health import DEACTIVATING, CheckEvent, CheckRunner
+from bgplb.health.systemd import SystemdProbe
 
 WAIT = 5.0
 UNIT_PATH = "/org/freedesktop/systemd1/unit/nginx_2eservice"
