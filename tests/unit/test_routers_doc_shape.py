@@ -3,7 +3,8 @@
 answers every point of the page (one `###` subsection each), so a section that loses one fails.
 
 The block extractor is the interop test's own (loaded by path), so what is checked here is what
-the interop test will run.
+the interop test will run. (This file is not named test_routers_doc.py: two test modules with
+one basename cannot be collected in one pytest run.)
 """
 
 from __future__ import annotations
