@@ -109,7 +109,8 @@ async def peer_side(a: argparse.Namespace) -> None:
                 svc.take_lateness()
         elif cmd in ("stop", ""):
             late = [x for svc in services for x in svc.take_lateness()]
-            print(json.dumps({"downs": downs, "late": _pcts(late)}), flush=True)
+            out = {"downs": len(downs), "sessions_down": len({d.split()[0] for d in downs})}
+            print(json.dumps({**out, "late": _pcts(late)}), flush=True)
             break
     for svc in services:
         svc.close()
@@ -198,7 +199,8 @@ async def run_case(a: argparse.Namespace, timing: Timing, n: int, realtime: int 
         late = hub.take_lateness()
         res.update(
             hub=_pcts(late),
-            hub_downs=list(downs),
+            hub_downs=len(downs),
+            hub_sessions_down=len({d.split()[0] for d in downs}),
             loop_max_ms=watch.read()["max_ms"],
             gc=gc_pauses().read(),
             cpu_pct=round(cpu, 1),
@@ -211,6 +213,7 @@ async def run_case(a: argparse.Namespace, timing: Timing, n: int, realtime: int 
         line = await asyncio.wait_for(child.stdout.readline(), 30)
         peer = json.loads(line)
         res.update(peer=peer["late"], peer_downs=peer["downs"])
+        res["peer_sessions_down"] = peer["sessions_down"]
     finally:
         stop.set()
         for h in hogs:
@@ -254,11 +257,11 @@ async def hub_side(a: argparse.Namespace) -> int:
     bad = 0
     for r in results:
         h = r["hub"]
-        nd = len(r["hub_downs"]) + len(r["peer_downs"])
+        nd = r["hub_downs"] + r["peer_downs"]
         bad += nd
         print(
             f"| {r['n']} | {r['timing']} | {h['n']} | {h['p50']:.2f} ms | {h['p99']:.2f} ms | "
-            f"{h['max']:.1f} ms | {len(r['hub_downs'])}/{len(r['peer_downs'])} | "
+            f"{h['max']:.1f} ms | {r['hub_downs']}/{r['peer_downs']} | "
             f"{r['loop_max_ms']:.0f} ms | {r['gc']['max_ms']:.1f} ms (gen "
             f"{r['gc']['max_generation']}) | {r['cpu_pct']:.0f} % |"
         )

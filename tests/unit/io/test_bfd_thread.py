@@ -193,3 +193,22 @@ def test_gc_pauses_are_recorded() -> None:
     figures = watch.read()
     assert figures["collections"] >= 1 and figures["max_generation"] == 2
     assert watch.read(reset=True)["collections"] >= 1 and watch.read()["collections"] == 0
+
+
+def test_router_service_reads_the_realtime_option_with_a_default() -> None:
+    from types import SimpleNamespace
+
+    from bgplb.router.bfd import make_service
+
+    async def main() -> None:
+        plain = make_service(SimpleNamespace())
+        fifo = make_service(SimpleNamespace(bfd_realtime_priority=7))
+        try:
+            assert plain.timing == "thread" and fifo.timing == "thread"
+            assert isinstance(plain._driver, ThreadDriver) and plain._driver._realtime is None
+            assert isinstance(fifo._driver, ThreadDriver) and fifo._driver._realtime == 7
+        finally:
+            plain.close()
+            fifo.close()
+
+    asyncio.run(main())
