@@ -145,44 +145,43 @@ def test_status_interval_is_checked(bad, capsys):
 
 
 def test_status_watch_in_a_terminal_exits_cleanly_on_sigint(tmp_path):
-    """The real command in a pseudo-terminal: Ctrl-C (SIGINT) ends it with status 0, no
+    """The real command on a pseudo-terminal: Ctrl-C (SIGINT) ends it with status 0, no
     traceback, the cursor shown again."""
     sock = tmp_path / "agent.sock"
+    argv = ["status", "--watch", "--interval", "0.2", "--socket", str(sock)]
+    master, slave = pty.openpty()
+    output = b""
     with _Daemon(sock) as daemon:
-        pid, fd = pty.fork()
-        if pid == 0:  # child: the CLI on the pty
-            os.execv(
-                sys.executable,
-                [
-                    sys.executable,
-                    "-m",
-                    "bgplb.cli",
-                    "status",
-                    "--watch",
-                    "--interval",
-                    "0.2",
-                    "--socket",
-                    str(sock),
-                ],
-            )
-        output = b""
-        deadline = time.monotonic() + 30
-        while daemon.requests < 3 and time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                output += os.read(fd, 65536)
-        os.kill(pid, signal.SIGINT)
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:  # EIO: the child closed the pty
-                break
-            if not chunk:
-                break
-            output += chunk
-        _, status = os.waitpid(pid, 0)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bgplb.cli", *argv],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env={**os.environ, "TERM": "xterm", "COLUMNS": "100"},
+        )
+        os.close(slave)
+        try:
+            deadline = time.monotonic() + 30
+            while daemon.requests < 3 and time.monotonic() < deadline:
+                if select.select([master], [], [], 0.2)[0]:
+                    output += os.read(master, 65536)
+            proc.send_signal(signal.SIGINT)
+            status = proc.wait(timeout=30)
+            while select.select([master], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: nothing left on the pty
+                    break
+                if not chunk:
+                    break
+                output += chunk
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(master)
     text = output.decode(errors="replace")
     assert daemon.requests >= 3, text
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, text
+    assert status == 0, text
     assert "Traceback" not in text
     assert "\x1b[?25h" in text  # cursor shown again
