@@ -78,13 +78,14 @@ class SystemdProbe:
         # turn, so a quick active -> deactivating -> inactive still reports "deactivating".
         self._pending: collections.deque[str] = collections.deque(maxlen=16)
         self._bus: MessageBus | None = None
+        self._ready = False  # connected, unit found, match rule added
         self._watch: asyncio.Future[Any] | None = None
 
     async def __call__(self) -> ProbeResult:
         loop = asyncio.get_running_loop()
         start = loop.time()
         try:
-            if self._bus is None or not self._bus.connected:
+            if self._bus is None or not self._bus.connected or not self._ready:
                 await self._connect()
             elif self._pending:
                 state = self._pending.popleft()
@@ -97,7 +98,7 @@ class SystemdProbe:
             self._drop()  # a timeout in the middle of a call: start over next time
             raise
         except BusCallError as e:
-            if e.name in NOT_ON_BUS and self.state is not None and self._bus is not None:
+            if e.name in NOT_ON_BUS and self._ready and self.state is not None:
                 state = self.state
                 return ProbeResult(
                     state in UP_STATES, loop.time() - start, f"{state} (last known; {e.name})"
@@ -152,6 +153,7 @@ class SystemdProbe:
                 log.warning("%s: Subscribe failed (%s)", self.check.describe(), e)
         # Read after the match rule is in place: no change can fall in between.
         self.state = await self._active_state()
+        self._ready = True
 
     async def _active_state(self) -> str:
         assert self.unit_path is not None
@@ -223,4 +225,5 @@ class SystemdProbe:
                 self._bus.disconnect()
             self._bus = None
         self.unit_path = None
+        self._ready = False
         self._pending.clear()

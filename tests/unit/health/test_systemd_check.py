@@ -223,6 +223,12 @@ def test_systemd_off_the_bus_keeps_the_last_state_bus_gone_is_down(
             assert status.last.detail == (
                 "active (last known; org.freedesktop.DBus.Error.NameHasNoOwner)"
             )
+            again, unit = await serve(bus_address, state="inactive")  # systemd is back
+            down = await _next(queue)
+            assert not down.transition.up and down.result.detail == "inactive"
+            unit.set("active")  # its signals reach the probe (the match rule names the name)
+            assert (await _next(queue)).transition.up
+            again.disconnect()
             os.kill(daemon.pid, signal.SIGTERM)  # the bus itself goes away
             down = await _next(queue)
             assert not down.transition.up and down.result.detail.startswith("D-Bus: ")
@@ -230,6 +236,24 @@ def test_systemd_off_the_bus_keeps_the_last_state_bus_gone_is_down(
         result = await probe()
         assert not result.ok and result.detail.startswith("D-Bus: ")
         await probe.aclose()
+
+    asyncio.run(main())
+
+
+def test_systemd_not_there_at_first_then_there(bus_address: str) -> None:
+    async def main() -> None:
+        probe = SystemdProbe(check(bus_address))
+        result = await probe()
+        assert not result.ok
+        assert result.detail == (
+            "D-Bus: org.freedesktop.DBus.Error.NameHasNoOwner: "
+            'Name "org.freedesktop.systemd1" does not exist'
+        )
+        service, _ = await serve(bus_address)
+        result = await probe()
+        assert result.ok and result.detail == "active"
+        await probe.aclose()
+        service.disconnect()
 
     asyncio.run(main())
 
