@@ -168,6 +168,7 @@ class KernelSide:
     _fib_defer: StartupDeferral | None = None
     _fib_resync_task: asyncio.Task[None] | None = None
     _fib_resync_again = False
+    _fib_with_paths: frozenset[str] = frozenset()  # peers that had paths at the last sync
 
     def _fib_now(self) -> float:
         """The clock of deferral and retries: the event loop's (tests replace it)."""
@@ -269,30 +270,49 @@ class KernelSide:
         peer's paths (all of them: no family kept stale for Graceful Restart), remove its
         gateways from the kernel's groups at once. A gateway another peer also announces
         (the same next hop) stays. Never raises: the normal path follows anyway."""
-        fib = self.fib
         state = self.rib.peers.get(key)
-        if fib is None or state is None or not state.paths:
+        if self.fib is None or state is None or not state.paths:
             return
         hold = float(state.restart_time or 0)
         if self.rib.max_stale_time is not None:
             hold = min(hold, self.rib.max_stale_time)
         if graceful and hold > 0 and state.gr_families:
             return  # RFC 4724 §4.2 helper: (some of) its paths stay, stale, on purpose
-        gone = _gateways_of(state) - {
+        self._fib_drop(key, state, _gateways_of(state), "lost")
+
+    def _fib_emptied(self) -> None:
+        """At the start of a sync, before the per-VIP work: an Established peer that had
+        paths at the last sync and has none now withdrew all of them (a server stopping, its
+        agent withdrawing every VIP): its gateway leaves the groups at once, as in
+        `_fib_peer_lost`. O(peers). Peers using third-party next hops are left to the normal
+        path (their next hops are not known once their paths are gone)."""
+        peers = self.rib.peers
+        with_paths = frozenset(k for k, s in peers.items() if s.paths)
+        emptied = self._fib_with_paths - with_paths
+        self._fib_with_paths = with_paths
+        for key in emptied:
+            state = peers.get(key)
+            if state is not None and state.established and not state.third_party_next_hop:
+                gateways = {state.source} if state.source is not None else set()
+                self._fib_drop(key, state, gateways, "withdrew everything")
+
+    def _fib_drop(self, key: str, state: Any, gateways: set[IPAddress], why: str) -> None:
+        """`gateways` of peer `key` (its `PeerState`) leave the kernel's groups, except those
+        another peer also announces. Never raises."""
+        fib = self.fib
+        gone = gateways - {
             gw
             for other in self.rib.peers.values()
             if other is not state
             for gw in _gateways_of(other)
         }
-        if not gone:
-            return
         drop = getattr(fib, "drop_gateways", None)
-        if drop is None:  # a FIB without the fast path
+        if not gone or drop is None:  # drop None: a FIB without the fast path
             return
         started = time.perf_counter()
         try:
             result = drop(gone, self._fib_now())
-        except Exception as exc:  # the purge below does the same, per VIP
+        except Exception as exc:  # the normal path does the same, per VIP
             self.counters.fib_errors += 1
             log.error("fib: fast removal of %s failed: %s", key, exc)
             return
@@ -300,8 +320,9 @@ class KernelSide:
             log.debug("fib: %s: FIB busy, no fast removal", key)
         elif result.ops:
             log.info(
-                "fib: %s lost: %s removed from %d group(s) at once (%.1f ms)",
+                "fib: %s %s: %s removed from %d group(s) at once (%.1f ms)",
                 key,
+                why,
                 ", ".join(sorted(str(a) for a in gone)),
                 sum(1 for op in result.ops if type(op).__name__ == "ReplaceGroup"),
                 (time.perf_counter() - started) * 1000,
@@ -338,6 +359,7 @@ class KernelSide:
     async def _sync_fib(self) -> None:
         """Hand the FIB the entries of the VIPs the RIB marked dirty (and nothing else), retry
         the failed VIPs that are due, end the deferral when it is over."""
+        self._fib_emptied()  # a peer that withdrew everything: group-level first
         dirty = self.rib.take_dirty()
         due = router_pinning.due(cast("Router", self))  # a drained server's pins: drain_linger
         if len(dirty) > SYNC_INLINE:

@@ -182,6 +182,48 @@ def test_a_third_party_peer_loses_the_next_hops_it_announced():
     assert all(forwarding(kernel)[str(v.network)] == {B} for v in VIPS)
 
 
+def test_a_peer_that_withdrew_everything_leaves_the_groups_before_the_per_vip_work():
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+    group = kernel.routes[(254, VIPS[0].network)].nh_id
+    calls = []
+    real = router.memfib.update
+
+    def update(changes, now=None):
+        calls.append(forwarding(kernel)[str(VIPS[0].network)])  # the kernel at that moment
+        return real(changes, now)
+
+    router.memfib.update = update  # type: ignore[method-assign]
+    router.rib.update(str(A), [], PathAttributes(), VIPS + SOLO, router.clock)
+
+    async def sync():
+        await router._sync_fib()
+
+    requests = kernel.requests
+    run(sync)
+    assert calls == [{B, C}]  # A was out of the group before the per-VIP results came
+    assert kernel.nexthops[group].members is not None
+    assert forwarding(kernel) == {str(v.network): {B, C} for v in VIPS}
+    # the replace, then the per-VIP results: SOLO's routes, their group and A's nexthop
+    assert kernel.requests - requests == 1 + len(SOLO) + 2
+    assert router.fib_status()["fast_drops"] == 1
+
+
+def test_a_partial_withdrawal_takes_the_normal_path():
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+    router.rib.update(str(A), [], PathAttributes(), VIPS[:10], router.clock)
+
+    async def sync():
+        await router._sync_fib()
+
+    run(sync)
+    assert router.fib_status()["fast_drops"] == 0
+    fwd = forwarding(kernel)
+    assert all(fwd[str(v.network)] == {B, C} for v in VIPS[:10])
+    assert all(fwd[str(v.network)] == {A, B, C} for v in VIPS[10:])
+
+
 # -- the RIB task's order: Router._handle -----------------------------------------------------
 
 
