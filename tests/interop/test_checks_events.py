@@ -34,7 +34,6 @@ from prerequisites import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 10.0
-PORT = 8081
 
 pytestmark = pytest.mark.netns
 
@@ -78,11 +77,11 @@ class Watcher:
         for line in self.proc.stdout:
             self.events.put(json.loads(line))
 
-    def next(self) -> dict[str, Any]:
+    def next(self, timeout: float = WAIT) -> dict[str, Any]:
         try:
-            return self.events.get(timeout=WAIT)
+            return self.events.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"no check transition within {WAIT}s") from None
+            raise AssertionError(f"no check transition within {timeout}s") from None
 
     def states(self, count: int) -> dict[str, dict[str, Any]]:
         """The next ``count`` transitions, by check key."""
@@ -98,8 +97,8 @@ class Watcher:
 
 
 class Nginx:
-    def __init__(self, ns: Namespace, workdir: Path) -> None:
-        self.ns, self.workdir = ns, workdir
+    def __init__(self, ns: Namespace, workdir: Path, port: int) -> None:
+        self.ns, self.workdir, self.port = ns, workdir, port
         self.pidfile = workdir / "nginx.pid"
         self.proc: subprocess.Popen[bytes] | None = None
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
@@ -113,7 +112,7 @@ events {{ worker_connections 64; }}
 http {{
     access_log off;
     client_body_temp_path {workdir}/tmp;
-    server {{ listen 127.0.0.1:{PORT}; return 200 "ok\\n"; }}
+    server {{ listen 127.0.0.1:{port}; return 200 "ok\\n"; }}
 }}
 """
         )
@@ -124,45 +123,53 @@ http {{
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
+    def stop(self) -> None:
+        """SIGTERM (fast shutdown: the master stops its workers, closes the listeners, removes
+        the pidfile and exits); SIGKILL only if it does not exit in time."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)  # `ip netns exec` execs: the PID is nginx's master
-            self.proc.wait(WAIT)
+            self.proc.send_signal(signal.SIGTERM)  # `ip netns exec` execs: nginx's master PID
+            try:
+                self.proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(WAIT)
         self.proc = None
 
 
 @pytest.fixture
 def nginx_ns(topo: Topology, tmp_path: Path) -> Iterator[tuple[Namespace, Nginx]]:
+    """nginx (not started) in namespace "web", on the port of a listener that the test's own
+    namespace holds meanwhile (which the checks in "web" must not see)."""
     require_binary("nginx")
     ns = topo.add("web")
     ns.exec("ip", "link", "set", "lo", "up")
-    nginx = Nginx(ns, tmp_path / "nginx")
+    outside = socket.socket()
+    outside.bind(("127.0.0.1", 0))
+    outside.listen()
+    nginx = Nginx(ns, tmp_path / "nginx", outside.getsockname()[1])
     try:
         yield ns, nginx
     finally:
-        nginx.stop(signal.SIGKILL)
+        nginx.stop()
+        outside.close()
 
 
 def test_nginx_stop_is_seen_at_once_and_restart_comes_back(
     nginx_ns: tuple[Namespace, Nginx],
 ) -> None:
     ns, nginx = nginx_ns
-    # A listener on the same port in the test's own namespace: not the namespace checked.
-    outside = socket.socket()
-    outside.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    outside.bind(("127.0.0.1", PORT))
-    outside.listen()
+    port = nginx.port
     checks = {
         "process": {"type": "process", "pidfile": str(nginx.pidfile), "interval": "1h",
                     "rise": 1, "damping": False},
-        "listen": {"type": "listen", "port": PORT, "address": "127.0.0.1", "interval": "1h",
+        "listen": {"type": "listen", "port": port, "address": "127.0.0.1", "interval": "1h",
                    "rise": 1, "damping": False},
     }  # fmt: skip
     watcher = Watcher(ns, checks)
     try:
-        watcher.proc.stdin.write(b"")  # type: ignore[union-attr]
         with pytest.raises(AssertionError, match="no check transition"):
-            watcher.next()  # nothing listens in the namespace: both stay down
+            # The first probes run at once: nothing listens in "web", both stay down.
+            watcher.next(timeout=1.0)
         watcher.close()
         # With a short interval so that the start (new pidfile, new listener) is picked up.
         short = {k: {**v, "interval": "50ms"} for k, v in checks.items()}
@@ -177,13 +184,12 @@ def test_nginx_stop_is_seen_at_once_and_restart_comes_back(
         watcher = Watcher(ns, checks)
         up = watcher.states(2)
         assert up["process"]["up"] and up["listen"]["up"], up
-        nginx.stop(signal.SIGTERM)  # fast shutdown: listeners closed, pidfile removed, exit
+        nginx.stop()  # SIGTERM: listeners closed, pidfile removed, exit
         down = watcher.states(2)
         assert not down["process"]["up"] and not down["listen"]["up"], down
-        assert down["listen"]["detail"] == f"nothing listens on tcp 127.0.0.1:{PORT}"
+        assert down["listen"]["detail"] == f"nothing listens on tcp 127.0.0.1:{port}"
     finally:
         watcher.close()
-        outside.close()
 
 
 def test_agent_withdraws_when_the_web_server_dies(topo: Topology, daemons: Any) -> None:
