@@ -12,9 +12,9 @@ expose (built in-process, as the daemons build them), and docs/metrics.md must l
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -36,6 +36,7 @@ from bgplb.control.metrics import BfdCollector, Family, MetricsServer, SnapshotC
 from bgplb.control.router_status import metric_families
 from bgplb.io.loopwatch import LoopWatch
 from bgplb.router.daemon import Router
+from prerequisites import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "contrib" / "systemd"
@@ -184,16 +185,14 @@ def test_router_sends_ready_for_type_notify() -> None:
     assert _sends_ready("router")
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_analyze_verify_knows_every_directive(role: str, tmp_path: Path) -> None:
+    analyze = require_binary("systemd-analyze")
     # verify also wants the executables to exist: point them at this interpreter's bgplb
-    bgplb = Path(sys.executable).parent / "bgplb"
-    if not bgplb.exists():
-        pytest.skip(f"{bgplb} not installed")
+    bgplb = require_binary(str(Path(sys.executable).parent / "bgplb"))
     unit = tmp_path / UNITS[role].name
-    unit.write_text(UNITS[role].read_text().replace("/usr/local/bin/bgplb", str(bgplb)))
+    unit.write_text(UNITS[role].read_text().replace("/usr/local/bin/bgplb", bgplb))
     proc = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", str(unit)],
+        [analyze, "verify", "--man=no", str(unit)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -442,3 +441,18 @@ def test_metrics_doc_lists_every_metric() -> None:
     }
     missing = sorted(f for f in families if f"`{f}" not in doc)
     assert not missing, f"not in docs/metrics.md: {missing}"
+
+
+def test_alert_rules_pass_promtool() -> None:
+    """`promtool check rules` and the unit tests of bgplb-alerts.test.yml (each alert fires
+    when it should, not before, with its labels and annotations). promtool: $PROMTOOL, else
+    the one scripts/setup --test puts next to this interpreter, else PATH."""
+    beside = Path(sys.executable).parent / "promtool"
+    promtool = require_binary(
+        os.environ.get("PROMTOOL") or (str(beside) if beside.exists() else "promtool")
+    )
+    for command in (["check", "rules", ALERTS.name], ["test", "rules", f"{ALERTS.stem}.test.yml"]):
+        proc = subprocess.run(
+            [promtool, *command], cwd=ALERTS.parent, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
