@@ -271,7 +271,7 @@ def test_event_checks_load_with_their_defaults(tmp_path):
         80,
         None,
         "tcp",
-        0.05,
+        0.1,
     )
     assert listen.describe() == "listen tcp port 80"
     assert isinstance(udp, ListenCheck) and udp.protocol == "udp"

@@ -327,7 +327,7 @@ class ListenCheck(EventCheck):
     port: Port
     address: IP | None = None  # None: any address; else that address or the wildcard
     protocol: Literal["tcp", "udp"] = "tcp"
-    interval: PositiveDuration = 0.05  # how often the listening sockets are dumped
+    interval: PositiveDuration = 0.1  # how often the listening sockets are dumped (~0.1 ms each)
 
     @field_validator("protocol", mode="before")
     @classmethod

@@ -2,7 +2,7 @@
 
 No connection is made. Each probe asks the kernel for the listening sockets with a sock_diag
 netlink dump (``inet_diag``, as ss(8); messages in :mod:`bgplb.health.sockdiag`), every
-``interval`` (default 50 ms). On top of that, when the agent may (CAP_NET_ADMIN), a second
+``interval`` (default 100 ms). On top of that, when the agent may (CAP_NET_ADMIN), a second
 netlink socket joins the destroy-notification groups (``SKNLGRP_INET{,6}_{TCP,UDP}_DESTROY``)
 with a socket filter that keeps only sockets of our port with no peer: when a listener is
 closed (its process exits or closes it), the kernel announces it within milliseconds and the
