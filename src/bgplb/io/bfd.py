@@ -38,7 +38,6 @@ import ipaddress
 import logging
 import random
 import socket
-import struct
 import threading
 from collections import Counter, deque
 from collections.abc import Callable
@@ -46,6 +45,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bgplb.bfd import BfdError, ControlPacket, Diag, Session, State, StateChanged, decode_packet
+from bgplb.io.bfd_sockets import (
+    CMSG_SPACE,
+    IP_PKTINFO,
+    RECEIVE_BUFFER,
+    TTL_MAX,
+    large_receive_buffer,
+    open_listener,
+    open_sender,
+    parse_ancillary,
+)
 from bgplb.io.bfd_timing import LoopDriver, ThreadDriver, freeze_gc, gc_pauses
 
 __all__ = [
@@ -54,6 +63,8 @@ __all__ = [
     "BfdHandle",
     "BfdService",
     "BfdSessionInfo",
+    "IP_PKTINFO",
+    "RECEIVE_BUFFER",
     "Notify",
     "Timing",
 ]
@@ -62,19 +73,11 @@ log = logging.getLogger(__name__)
 
 SINGLE_HOP_PORT = 3784
 MULTIHOP_PORT = 4784
-SOURCE_PORT_MIN, SOURCE_PORT_MAX = 49152, 65535
-TTL_MAX = 255
-TOS_CS6 = 0xC0
-# Linux values Python's socket module lacks.
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _MAX_READS_PER_WAKEUP = 64
 #: A timer this late (seconds) means the event loop stalled: read the sockets before acting.
 LATE_TIMER = 0.005
 #: Most packets one drain reads (1,000 sessions at 300 ms send ~3,300 per second).
 DRAIN_LIMIT = 16384
-_CMSG_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(20)
 
 Notify = Callable[[State, Diag], None]
 Timing = Literal["thread", "loop"]
@@ -554,49 +557,15 @@ class BfdService:
     # ------------------------------------------------------------------ sockets
 
     def _sender(self, family: int, local: IPAddress | None) -> socket.socket:
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            if family == socket.AF_INET:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, TTL_MAX)
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, TOS_CS6)
-            else:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, TTL_MAX)
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, TOS_CS6)
-            host = str(local) if local is not None else self._listen[family]
-            for _ in range(64):
-                try:
-                    sock.bind((host, self._rng.randint(SOURCE_PORT_MIN, SOURCE_PORT_MAX)))
-                    return sock
-                except OSError as exc:
-                    if exc.errno != 98:  # EADDRINUSE: try another port
-                        raise
-            raise OSError("no free BFD source port in 49152-65535")
-        except BaseException:
-            sock.close()
-            raise
+        host = str(local) if local is not None else self._listen[family]
+        return open_sender(family, host, self._rng)
 
     def _listener(self, family: int, multihop: bool) -> socket.socket:
         sock = self._listeners.get((family, multihop))
-        if sock is not None:
-            return sock
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            _large_receive_buffer(sock)
-            if family == socket.AF_INET:
-                sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
-                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            else:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-            sock.bind((self._listen[family], self._ports[multihop]))
-        except BaseException:
-            sock.close()
-            raise
-        self._listeners[(family, multihop)] = sock
-        self._driver.watch(sock, family, multihop)
+        if sock is None:
+            sock = open_listener(family, self._listen[family], self._ports[multihop])
+            self._listeners[(family, multihop)] = sock
+            self._driver.watch(sock, family, multihop)
         return sock
 
     def _send(self, ep: _Endpoint, raw: bytes) -> None:
@@ -610,7 +579,7 @@ class BfdService:
         with self.lock:
             for count in range(_MAX_READS_PER_WAKEUP):
                 try:
-                    data, ancdata, _flags, addr = sock.recvmsg(512, _CMSG_SPACE)
+                    data, ancdata, _flags, addr = sock.recvmsg(512, CMSG_SPACE)
                 except (BlockingIOError, InterruptedError):
                     return count
                 except OSError as exc:
@@ -638,7 +607,7 @@ class BfdService:
         family: int,
         multihop: bool,
     ) -> None:
-        ttl, dst = _parse_ancillary(ancdata, family)
+        ttl, dst = parse_ancillary(ancdata, family)
         if ttl is None:
             self.dropped["no_ttl"] += 1
             return
@@ -692,34 +661,6 @@ class BfdService:
         )
 
 
-def _parse_ancillary(
-    ancdata: list[tuple[int, int, bytes]], family: int
-) -> tuple[int | None, IPAddress | None]:
-    ttl: int | None = None
-    dst: IPAddress | None = None
-    for level, kind, raw in ancdata:
-        if family == socket.AF_INET and level == socket.IPPROTO_IP:
-            if kind == socket.IP_TTL and len(raw) >= 4:
-                ttl = struct.unpack("=i", raw[:4])[0]
-            elif kind == IP_PKTINFO and len(raw) >= 12:
-                dst = ipaddress.IPv4Address(raw[8:12])  # in_pktinfo.ipi_addr: header dst
-        elif family == socket.AF_INET6 and level == socket.IPPROTO_IPV6:
-            if kind == socket.IPV6_HOPLIMIT and len(raw) >= 4:
-                ttl = struct.unpack("=i", raw[:4])[0]
-            elif kind == socket.IPV6_PKTINFO and len(raw) >= 16:
-                dst = ipaddress.IPv6Address(raw[:16])
-    return ttl, dst
-
-
-#: Receive buffer of a listening socket. One socket receives every session's packets: 1,000
-#: sessions at 300 ms are ~3,300 packets/s, and the kernel's default (~200 KiB, ~200 packets)
-#: overflows after ~60 ms of event-loop stall; 8 MiB rides out stalls up to a detection time.
-RECEIVE_BUFFER = 8 << 20
-
-
-def _large_receive_buffer(sock: socket.socket) -> None:
-    """SO_RCVBUFFORCE (root: above net.core.rmem_max), else SO_RCVBUF up to rmem_max."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
-    except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+# Names kept for the tests and older callers.
+_parse_ancillary = parse_ancillary
+_large_receive_buffer = large_receive_buffer
