@@ -11,8 +11,8 @@ in its constructor, and runs the start-up sequence:
 - :class:`~bgplb.agent.steps.StateSteps`: the state's actions (VIPs on a
   :class:`~bgplb.agent.vip.Loopback`, announcements, withdrawals confirmed once on the wire)
   and its timer;
-- :class:`~bgplb.agent.sessions.PeerSessions`: one BGP peer per ``[[peers]]`` and its BFD link
-  (RFC 5882, RFC 9384);
+- :class:`~bgplb.agent.sessions.PeerSessions`: one BGP peer per ``[[peers]]``, and its BFD
+  link (:class:`~bgplb.agent.bfd_links.BfdLinks`, RFC 5882, RFC 9384);
 - :class:`~bgplb.agent.commands.ControlCommands` / ``ControlEndpoints``: the control socket
   (status, drain, undrain, reload) and metrics; :class:`~bgplb.agent.report.StatusReport`
   builds the typed status;
@@ -29,12 +29,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from bgplb.agent import peers as bgp
 from bgplb.agent import statefile
 from bgplb.agent.checks import HealthChecks
 from bgplb.agent.commands import ControlCommands, ControlEndpoints
 from bgplb.agent.lifecycle import RESTART, STOP, Lifecycle, Signals, sd_notify
 from bgplb.agent.metrics import AgentMetrics
+from bgplb.agent.peers import default_router_id
 from bgplb.agent.reload import Reloader, specs
 from bgplb.agent.report import StatusReport
 from bgplb.agent.runtime import Clock, CurrentConfig, LoopClock, Tasks
@@ -67,7 +67,7 @@ class AgentDaemon:
         loopback: Loopback | None = None,
         peer_factory: PeerFactory = tcp_peer,
         probe_factory: Callable[[CheckConfig], Probe] = make_probe,
-        find_router_id: Callable[[], ipaddress.IPv4Address | None] = bgp.default_router_id,
+        find_router_id: Callable[[], ipaddress.IPv4Address | None] = default_router_id,
         notify: Callable[[str], None] = sd_notify,
         signals: bool = True,
     ) -> None:
@@ -85,7 +85,7 @@ class AgentDaemon:
         self.sessions = PeerSessions(
             self.config, self.metrics, self.clock, peer_factory=peer_factory
         )
-        BfdCollector(self.metrics_server, "agent", self.sessions.bfd_rows)
+        BfdCollector(self.metrics_server, "agent", self.sessions.bfd.rows)
         self.steps = StateSteps(
             self.state,
             self.sessions,

@@ -16,8 +16,8 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from bgplb.agent import peers as routes_of
 from bgplb.agent.metrics import AgentMetrics
+from bgplb.agent.peers import attributes, prefix_of
 from bgplb.agent.runtime import Cancellable, Clock, CurrentConfig, Tasks
 from bgplb.agent.state import (
     AddVip,
@@ -198,9 +198,9 @@ class StateSteps:
             if isinstance(action, AddVip | RemoveVip):
                 self.vips.submit(action)
             elif isinstance(action, Announce):
-                prefix = routes_of.prefix_of(action.vip)
+                prefix = prefix_of(action.vip)
                 asn = self.config.value.bgp.asn
-                attrs = routes_of.attributes(action.spec, asn, action.graceful_shutdown)
+                attrs = attributes(action.spec, asn, action.graceful_shutdown)
                 self.routes.announce(prefix, attrs)
                 touched = True
                 self.metrics.announcements.labels(action.spec.name).inc()
@@ -210,7 +210,7 @@ class StateSteps:
                     " with GRACEFUL_SHUTDOWN" if action.graceful_shutdown else "",
                 )
             elif isinstance(action, Withdraw):
-                self.routes.withdraw(routes_of.prefix_of(action.vip))
+                self.routes.withdraw(prefix_of(action.vip))
                 withdrawn.append(action.vip)
                 touched = True
                 self.metrics.withdrawals.labels(action.service).inc()

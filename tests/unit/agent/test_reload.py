@@ -128,7 +128,7 @@ async def test_changed_peer_is_restarted_new_one_started(tmp_path: Path) -> None
 
 async def test_bfd_only_change_keeps_the_bgp_session(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
-    rig.sessions.bfd_factory = lambda: _NoBfd()  # type: ignore[assignment,return-value]
+    rig.sessions.bfd.factory = lambda: _NoBfd()  # type: ignore[assignment,return-value]
     await rig.start()
     rig.edit(**{PEER: PEER + "bfd = { interval_ms = 100 }\n"})
     assert (await rig.reload())[0]

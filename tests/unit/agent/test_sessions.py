@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from agent_fakes import FakeClock, config, fake_peers, settle
 
+from bgplb.agent.bfd_links import BFD_RESTART_DELAY
 from bgplb.agent.metrics import AgentMetrics
 from bgplb.agent.runtime import CurrentConfig
-from bgplb.agent.sessions import BFD_RESTART_DELAY, PeerSessions
+from bgplb.agent.sessions import PeerSessions
 from bgplb.agent.status import HeldBack
 from bgplb.bfd import Diag, State
 from bgplb.bgp.attributes import Origin, PathAttributes
@@ -129,7 +130,7 @@ async def test_bfd_down_tears_the_session_down_and_restarts_it(tmp_path: Path) -
     cfg, sessions, peers, server, clock = rig(tmp_path, bfd)
     sessions.router_id = cfg.bgp.router_id
     sessions.add(peer_cfg("192.0.2.5", bfd={"interval_ms": 100}), start=False)
-    link = sessions.bfd_links["192.0.2.5"]
+    link = sessions.bfd.links["192.0.2.5"]
     peer = peers[0]
     # never came up: a Down is no failure (RFC 5882 §3.3)
     link._notify(State.DOWN, Diag.CONTROL_DETECTION_TIME_EXPIRED)
@@ -146,7 +147,7 @@ async def test_bfd_down_tears_the_session_down_and_restarts_it(tmp_path: Path) -
     assert server.registry.get_sample_value("bgplb_agent_bfd_teardowns_total", labels) == 1
     clock.advance(BFD_RESTART_DELAY)
     assert peer.calls[-1] == "start"
-    rows = sessions.bfd_rows()
+    rows = sessions.bfd.rows()
     assert rows[0][0] == "192.0.2.5" and rows[0][1]["downs"] == 2
 
 
@@ -155,7 +156,7 @@ async def test_restart_after_bfd_skips_a_replaced_peer(tmp_path: Path) -> None:
     cfg, sessions, peers, _server, clock = rig(tmp_path, bfd)
     sessions.router_id = cfg.bgp.router_id
     sessions.add(peer_cfg("192.0.2.5", bfd={"interval_ms": 100}), start=False)
-    link = sessions.bfd_links["192.0.2.5"]
+    link = sessions.bfd.links["192.0.2.5"]
     link._notify(State.UP, Diag.NO_DIAGNOSTIC)
     peers[0].session._state = BgpState.OPEN_SENT
     link._notify(State.DOWN, Diag.PATH_DOWN)
@@ -169,13 +170,13 @@ async def test_bfd_only_change_keeps_the_session_and_the_history(tmp_path: Path)
     cfg, sessions, peers, *_ = rig(tmp_path, bfd)
     sessions.router_id = cfg.bgp.router_id
     sessions.add(peer_cfg("192.0.2.5", bfd={"interval_ms": 100}), start=False)
-    sessions.bfd_links["192.0.2.5"].downs = 3
+    sessions.bfd.links["192.0.2.5"].downs = 3
     sessions.rerequest_bfd("192.0.2.5", peer_cfg("192.0.2.5", bfd={"interval_ms": 300}))
     assert bfd.handles[0].released and not bfd.handles[1].released
-    assert sessions.bfd_links["192.0.2.5"].downs == 3
-    assert sessions.bfd_links["192.0.2.5"].interval_ms == 300
+    assert sessions.bfd.links["192.0.2.5"].downs == 3
+    assert sessions.bfd.links["192.0.2.5"].interval_ms == 300
     sessions.rerequest_bfd("192.0.2.5", peer_cfg("192.0.2.5"))  # BFD off
-    assert bfd.handles[1].released and "192.0.2.5" not in sessions.bfd_links
+    assert bfd.handles[1].released and "192.0.2.5" not in sessions.bfd.links
     sessions.rerequest_bfd("192.0.2.5", peer_cfg("192.0.2.5"))  # nothing to release
     assert peers[0].calls == []  # the BGP session was never touched
 
@@ -198,8 +199,8 @@ async def test_bfd_that_cannot_start_leaves_bgp_running(
     sessions.router_id = cfg.bgp.router_id
     sessions.add(peer_cfg("192.0.2.5", bfd={"interval_ms": 100}))
     assert "BFD not started: port 3784 in use" in caplog.text
-    assert peers[0].calls == ["start"] and sessions.bfd_links == {}
-    sessions.close_bfd()  # no service: nothing to close
+    assert peers[0].calls == ["start"] and sessions.bfd.links == {}
+    sessions.bfd.close()  # no service: nothing to close
 
 
 async def test_peer_events_and_status_rows(tmp_path: Path) -> None:
