@@ -471,6 +471,7 @@ def _one_server_leaves(lab, vip, **fib_args):
                 p.stdout.close()
 
 
+@pytest.mark.serial  # 60 connections, each bounded by 1-3 s under traffic
 @pytest.mark.parametrize("vip", ["198.51.100.10", "2001:db8:100::10"])
 def test_resilient_group_keeps_other_servers_connections(lab, vip):
     after = _one_server_leaves(lab, vip, buckets=512, idle_timer=10, unbalanced_timer=60)
@@ -482,6 +483,7 @@ def test_resilient_group_keeps_other_servers_connections(lab, vip):
     assert moved and all("broken" in c for c in moved)
 
 
+@pytest.mark.serial  # 60 connections, each bounded by 1-3 s under traffic
 def test_multipath_group_breaks_other_servers_connections(lab):
     """The contrast (and proof the check above can fail): hash-threshold ECMP re-spreads
     flows of the servers that stay when the set changes."""

@@ -146,6 +146,7 @@ def test_bfd_link_passes_min_ttl() -> None:
     _run(body)
 
 
+@pytest.mark.serial  # stays Up on 300 ms detection
 def test_zero_your_discriminator_down_is_dropped_on_an_up_session() -> None:
     """Bring a session Up by hand (Down -> Init -> Up), then a forged Down with Your
     Discriminator 0 from the peer's address: dropped, the session stays Up."""
@@ -182,6 +183,7 @@ def test_listening_socket_gets_a_large_receive_buffer() -> None:
         assert got >= iobfd.RECEIVE_BUFFER
 
 
+@pytest.mark.serial  # real 1 s detection timers
 def test_packets_queued_during_a_loop_stall_count_before_detection() -> None:
     """After our own event-loop stall, the peers' packets of that time wait in the socket; a
     wake-up reads 64 of them, so with many sessions most detection timers would fire first and

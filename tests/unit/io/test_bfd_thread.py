@@ -20,6 +20,8 @@ from bgplb.bfd import Diag, State
 from bgplb.io.bfd import BfdService, Timing
 from bgplb.io.bfd_timing import ThreadDriver, gc_pauses
 
+pytestmark = pytest.mark.serial  # real BFD timers at 20 ms on loopback
+
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

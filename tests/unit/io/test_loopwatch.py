@@ -9,6 +9,8 @@ import pytest
 
 from bgplb.io.loopwatch import LoopFigures, LoopWatch
 
+pytestmark = pytest.mark.serial  # asserts on event-loop lateness (50 ms)
+
 
 def block(seconds: float) -> None:
     time.sleep(seconds)  # deliberately blocks the event loop
