@@ -21,21 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bgplb.health.checks import (
-        DEACTIVATING,
         CheckEvent,
         CheckRunner,
         CheckStatus,
         DnsProbe,
-        EventProbe,
         ExecProbe,
         HttpProbe,
-        Probe,
-        ProbeResult,
         TcpProbe,
         make_probe,
         run_probe,
     )
     from bgplb.health.listen import ListenProbe
+    from bgplb.health.probe import DEACTIVATING, EventProbe, Probe, ProbeResult
     from bgplb.health.process import ProcessProbe
     from bgplb.health.state import Damping, Health, RiseFall, ServiceHealth, Transition
     from bgplb.health.systemd import SystemdProbe
@@ -43,16 +40,12 @@ if TYPE_CHECKING:
 _WHERE: dict[str, str] = {
     **dict.fromkeys(
         (
-            "DEACTIVATING",
             "CheckEvent",
             "CheckRunner",
             "CheckStatus",
             "DnsProbe",
-            "EventProbe",
             "ExecProbe",
             "HttpProbe",
-            "Probe",
-            "ProbeResult",
             "TcpProbe",
             "make_probe",
             "run_probe",
@@ -62,6 +55,7 @@ _WHERE: dict[str, str] = {
     **dict.fromkeys(
         ("Damping", "Health", "RiseFall", "ServiceHealth", "Transition"), "bgplb.health.state"
     ),
+    **dict.fromkeys(("DEACTIVATING", "EventProbe", "Probe", "ProbeResult"), "bgplb.health.probe"),
     "ListenProbe": "bgplb.health.listen",
     "ProcessProbe": "bgplb.health.process",
     "SystemdProbe": "bgplb.health.systemd",

@@ -24,7 +24,7 @@ import random
 import signal
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Protocol, assert_never
+from typing import assert_never
 
 import dns.asyncquery
 import dns.exception
@@ -44,6 +44,12 @@ from bgplb.config import (
     TcpCheck,
     format_duration,
 )
+
+# re-exported: the probe types were defined here before bgplb.health.probe existed
+from bgplb.health.probe import DEACTIVATING as DEACTIVATING
+from bgplb.health.probe import EventProbe as EventProbe
+from bgplb.health.probe import Probe as Probe
+from bgplb.health.probe import ProbeResult as ProbeResult
 from bgplb.health.state import Damping, RiseFall, Transition
 
 log = logging.getLogger("bgplb.health")
@@ -53,31 +59,6 @@ OUTPUT_LIMIT = 4096  # bytes of an exec check's output kept (its tail)
 # The whole environment of an exec check, plus the check's own `env` table: nothing of the
 # agent's environment (credentials, proxies, LD_PRELOAD...) leaks into a check command.
 EXEC_BASE_ENV: dict[str, str] = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-# The detail of a systemd check whose unit began to stop (ActiveState "deactivating"): the unit
-# still serves what it has in flight. Here, not in bgplb.health.systemd, so that the agent can
-# test for it without loading dbus-fast.
-DEACTIVATING = "deactivating"
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    ok: bool
-    latency: float  # seconds
-    detail: str
-
-
-class Probe(Protocol):
-    async def __call__(self) -> ProbeResult: ...
-
-    async def aclose(self) -> None: ...
-
-
-class EventProbe(Probe, Protocol):
-    """A probe that learns of changes by itself: it sets ``changed`` (from an event loop
-    callback: pidfd readable, netlink notification, D-Bus signal) and the runner calls it at
-    once. Calling it is cheap (it verifies the state, or returns what the event said)."""
-
-    changed: asyncio.Event
 
 
 def _ms(seconds: float) -> str:

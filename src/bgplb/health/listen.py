@@ -23,7 +23,7 @@ import socket
 import struct
 
 from bgplb.config import ListenCheck
-from bgplb.health.checks import ProbeResult
+from bgplb.health.probe import ProbeResult
 from bgplb.health.sockdiag import (
     AF_INET,
     AF_INET6,

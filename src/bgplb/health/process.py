@@ -24,7 +24,7 @@ import select
 from pathlib import Path
 
 from bgplb.config import ProcessCheck
-from bgplb.health.checks import ProbeResult
+from bgplb.health.probe import ProbeResult
 
 PIDFILE_LIMIT = 64  # bytes read from a pidfile
 _ATTEMPTS = 3  # reads of a pidfile that changes under us before giving up for this probe

@@ -32,7 +32,7 @@ from dbus_fast import BusType, Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
 
 from bgplb.config import SystemdCheck
-from bgplb.health.checks import DEACTIVATING, ProbeResult
+from bgplb.health.probe import DEACTIVATING, ProbeResult
 
 __all__ = ["DEACTIVATING", "NOT_ON_BUS", "UP_STATES", "BusCallError", "SystemdProbe"]
 
