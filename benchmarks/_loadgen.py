@@ -82,7 +82,8 @@ def run_program(a: argparse.Namespace) -> None:
         loop = asyncio.get_running_loop()
         watch = LoopWatch(0.01)
         watch.start()
-        bfd = BfdService() if a.bfd_interval_ms else None
+        rt = a.bfd_realtime or None
+        bfd = BfdService(realtime_priority=rt) if a.bfd_interval_ms else None
         peers: list[BgpPeer] = []
         links: list[Any] = []
         established: set[int] = set()
@@ -262,6 +263,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-announce", action="store_true", help="announce only on command")
     p.add_argument("--bfd-interval-ms", type=int, default=0, help="0: no BFD")
     p.add_argument("--bfd-mult", type=int, default=3)
+    p.add_argument("--bfd-realtime", type=int, default=0, help="SCHED_FIFO priority, 0: none")
     p.add_argument("--max-seconds", type=float, default=3600.0)
     a = p.parse_args(argv)
     if not 1 <= a.sessions <= 65000 or a.vip_count < 0 or a.vip_stride < 0:

@@ -169,7 +169,9 @@ class _Endpoint:
     session: Session
     sock: socket.socket
     handles: list[BfdHandle] = field(default_factory=list)
-    timer_at: float | None = None
+    timer_at: float | None = None  # the deadline armed (may be in the past: "now")
+    armed_at: float = 0.0  # when it was armed: lateness counts from max(timer_at, armed_at)
+    dest: tuple[str, int] = ("", 0)  # (peer address, port) for sendto
     last_change: float = 0.0
     min_ttl: int = TTL_MAX
 
@@ -258,9 +260,13 @@ class BfdService:
         self._endpoints: dict[_Key, _Endpoint] = {}
         self._by_discr: dict[int, _Endpoint] = {}
         self._listeners: dict[tuple[int, bool], socket.socket] = {}
+        self._sources: dict[str, IPAddress] = {}
         self.dropped: Counter[str] = Counter()
         self.tx_lateness: deque[float] = deque(maxlen=100_000)
-        self._report_late: list[float] = []
+        # Send lateness for the periodic log: the last 100,000 samples, their count and max.
+        self._report_late: deque[float] = deque(maxlen=100_000)
+        self._report_count = 0
+        self._report_max = 0.0
         self._report: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -341,12 +347,15 @@ class BfdService:
         return out
 
     def timing_stats(self, *, reset: bool = False) -> dict[str, Any]:
-        """Send lateness (ms) since the last reset and the process's GC pauses (bounded window
-        of 100,000 samples), for logs and benchmarks."""
-        with self.lock:
-            late = sorted(self._report_late)
+        """Send lateness (ms) since the last reset — count and max exact, percentiles over the
+        last 100,000 packets — and the process's GC pauses, for logs and benchmarks."""
+        with self.lock:  # copy only: sorting is done without holding the lock
+            window = list(self._report_late)
+            count, worst = self._report_count, self._report_max
             if reset:
-                self._report_late = []
+                self._report_late.clear()
+                self._report_count, self._report_max = 0, 0.0
+        late = sorted(window)
         n = len(late)
 
         def pct(q: float) -> float:
@@ -354,10 +363,10 @@ class BfdService:
 
         return {
             "timing": self.timing,
-            "packets": n,
+            "packets": count,
             "late_p50_ms": pct(0.50),
             "late_p99_ms": pct(0.99),
-            "late_max_ms": round(late[-1] * 1000, 3) if n else 0.0,
+            "late_max_ms": round(worst * 1000, 3),
             "gc": gc_pauses().read(reset=reset),
         }
 
@@ -403,7 +412,8 @@ class BfdService:
         ep = _Endpoint(key, session, self._sender(family, key.local), last_change=now)
         self._endpoints[key] = ep
         self._by_discr[discr] = ep
-        ep.timer_at = now
+        ep.timer_at = ep.armed_at = now
+        ep.dest = (str(key.peer), self._ports[key.multihop])
         self._driver.arm(ep, now)  # the first packet, at once
         return ep
 
@@ -475,8 +485,8 @@ class BfdService:
         if st["packets"]:
             gcs = st["gc"]
             log.info(
-                "BFD timing, last %.0f s: %d packets, send lateness p50 %.2f p99 %.2f max "
-                "%.2f ms; %d GC pauses, longest %.1f ms (generation %d)",
+                "BFD timing, last %.0f s: %d packets, send lateness p50 %.2f p99 %.2f (last "
+                "100,000) max %.2f ms; %d GC pauses, longest %.1f ms (generation %d)",
                 REPORT_EVERY,
                 st["packets"],
                 st["late_p50_ms"],
@@ -492,16 +502,20 @@ class BfdService:
         """After any input: send what is due, deliver events, re-arm the one timer.
         Called with `lock` held."""
         s = ep.session
-        deadline = ep.timer_at
+        due = None if ep.timer_at is None else max(ep.timer_at, ep.armed_at)
         if from_timer:
             s.handle_timer(now)
         out = s.packets_to_send(now)
-        if out and deadline is not None and deadline <= now:
-            # Sent after the deadline we were asked to run at: how late (from the timer, or
-            # from a packet read first because we woke up late).
-            self.tx_lateness.append(now - deadline)
-            if len(self._report_late) < 100_000:
-                self._report_late.append(now - deadline)
+        if out and due is not None and due <= now:
+            # Sent after the time we were asked to run at: how late (from the timer, or from
+            # a packet read first because we woke up late). A deadline already past when it
+            # was armed ("send now") counts from the arming.
+            late = now - due
+            self.tx_lateness.append(late)
+            self._report_late.append(late)
+            self._report_count += 1
+            if late > self._report_max:
+                self._report_max = late
         for raw in out:
             self._send(ep, raw)
         while (ev := s.next_event()) is not None:
@@ -527,7 +541,7 @@ class BfdService:
             self._driver.disarm(ep)
             ep.timer_at = None
         elif when != ep.timer_at or not self._driver.armed(ep):
-            ep.timer_at = when
+            ep.timer_at, ep.armed_at = when, now
             self._driver.arm(ep, when)
 
     def _on_timer(self, ep: _Endpoint) -> None:
@@ -535,7 +549,7 @@ class BfdService:
             if not self._is_live(ep):
                 return
             now = self._driver.now()
-            if ep.timer_at is not None and now - ep.timer_at > LATE_TIMER:
+            if ep.timer_at is not None and now - max(ep.timer_at, ep.armed_at) > LATE_TIMER:
                 # We are late (a stall of the loop or of this process): the peer's packets of
                 # that time wait in the sockets (one wake-up reads at most
                 # _MAX_READS_PER_WAKEUP, and with many sessions far more are queued). They
@@ -570,7 +584,7 @@ class BfdService:
 
     def _send(self, ep: _Endpoint, raw: bytes) -> None:
         try:
-            ep.sock.sendto(raw, (str(ep.key.peer), self._ports[ep.key.multihop]))
+            ep.sock.sendto(raw, ep.dest)
         except OSError as exc:  # full buffer, no route...: BFD tolerates loss
             self.dropped["send_" + type(exc).__name__] += 1
 
@@ -619,7 +633,7 @@ class BfdService:
         except BfdError:
             self.dropped["malformed"] += 1
             return
-        src = ipaddress.ip_address(addr[0].split("%")[0])
+        src = self._source(addr[0])
         ep = self._demux(pkt, src, dst, multihop)
         if ep is None:
             self.dropped["no_session"] += 1
@@ -646,6 +660,15 @@ class BfdService:
                 pkt.my_discriminator,
             )
         self._service(ep, now)
+
+    def _source(self, text: str) -> IPAddress:
+        """The packet's source address, parsed once per address (a bounded cache)."""
+        ip = self._sources.get(text)
+        if ip is None:
+            if len(self._sources) >= 65536:
+                self._sources.clear()
+            ip = self._sources[text] = ipaddress.ip_address(text.split("%")[0])
+        return ip
 
     def _demux(
         self, pkt: ControlPacket, src: IPAddress, dst: IPAddress | None, multihop: bool
