@@ -190,15 +190,6 @@ def _family(prefix: Prefix) -> Family:
     return (prefix.afi, SAFI.UNICAST)
 
 
-def _contains(outer: tuple[AFI, int, int], inner: tuple[AFI, int, int]) -> bool:
-    bits = _BITS[outer[0]]
-    return (
-        outer[0] == inner[0]
-        and outer[2] <= inner[2]
-        and (inner[1] >> (bits - outer[2])) == (outer[1] >> (bits - outer[2]))
-    )
-
-
 def _usable_bandwidth(value: float | None) -> bool:
     """Finite and positive (NaN fails every comparison)."""
     return value is not None and 0.0 < value < math.inf
@@ -673,10 +664,16 @@ class Rib:
     def _vip_refusal(self, vip: Prefix) -> str | None:
         """Why `vip` overlaps the router's own addresses or connected subnets, or None. The
         default route covers everything: it is ``allow_default``'s call alone."""
-        for own, what in self._own:
-            if _contains(own, vip):
-                return f"inside {what}"
-            if vip[2] and _contains(vip, own):
+        afi, address, length = vip
+        bits = _BITS[afi]
+        for (own_afi, own_address, own_length), what in self._own:  # contains one or the other
+            if own_afi != afi:
+                continue
+            if own_length <= length:
+                shift = bits - own_length
+                if address >> shift == own_address >> shift:
+                    return f"inside {what}"
+            elif length and own_address >> (bits - length) == address >> (bits - length):
                 return f"covers {what}"
         return None
 
