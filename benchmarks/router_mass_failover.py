@@ -324,7 +324,7 @@ def main() -> None:
         for s in STEPS:
             x, y = median_of(bg, s, "event_s"), median_of(bd, s, "event_s")
             if x and y:
-                print(f"  {s}: bgplb / BIRD = {x / y:.1f}x (last kernel event)")
+                print(f"  {s}: bgplb / BIRD = {x / y:.2f}x (last kernel change)")
     for kind, r in results.items():
         print(
             f"  {kind}: RSS {r.get('rss_kib', 0) / 1024:.1f} MiB loaded; exit {r.get('stop_s')} s; "
