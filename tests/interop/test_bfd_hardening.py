@@ -104,7 +104,12 @@ class _Service:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 raise AssertionError(f"BFD service exited: {err}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}: {self.status()}")
+                status = self.status()
+                self.proc.kill()  # its stderr tells why (a traceback of the BFD thread?)
+                err = self.proc.communicate(timeout=10)[1] if self.proc.stderr else b""
+                raise AssertionError(
+                    f"timed out waiting for {what}: {status}; stderr: {err.decode()[-2000:]}"
+                )
             time.sleep(0.05)
 
     def stop(self) -> None:

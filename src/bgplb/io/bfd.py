@@ -172,6 +172,7 @@ class _Endpoint:
     timer_at: float | None = None  # the deadline armed (may be in the past: "now")
     armed_at: float = 0.0  # when it was armed: lateness counts from max(timer_at, armed_at)
     dest: tuple[str, int] = ("", 0)  # (peer address, port) for sendto
+    live: bool = True  # False once removed from the service (stale timers and events)
     last_change: float = 0.0
     min_ttl: int = TTL_MAX
 
@@ -392,7 +393,7 @@ class BfdService:
     # ------------------------------------------------------------------ sessions
 
     def _is_live(self, ep: _Endpoint) -> bool:
-        return self._endpoints.get(ep.key) is ep
+        return ep.live
 
     def _create(self, key: _Key, interval_ms: int, multiplier: int) -> _Endpoint:
         family = socket.AF_INET6 if key.peer.version == 6 else socket.AF_INET
@@ -449,6 +450,7 @@ class BfdService:
                 self._send(ep, raw)
             self._driver.disarm(ep)
             ep.sock.close()
+            ep.live = False
             del self._endpoints[ep.key]
             del self._by_discr[ep.session.local_discriminator]
 
