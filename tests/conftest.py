@@ -23,8 +23,11 @@ __all__ = ["IN_CI", "require_binary", "topo", "unavailable"]
 # does not end with one worker busy with one of them while the others are idle.
 LONG_FIRST = (
     "tests/interop/test_router_restart.py",
-    "tests/interop/test_router_pinning.py",
+    "tests/interop/test_routers_doc.py",
     "tests/interop/test_router_interop.py",
+    "tests/interop/test_router_pinning.py",
+    "tests/interop/test_router_fastpath.py",
+    "tests/interop/test_router_hardening.py",
     "tests/interop/test_router_hardening_bgp.py",
     "tests/interop/test_router_speakers.py",
 )
