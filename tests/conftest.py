@@ -12,6 +12,8 @@ host) is marked `serial` and scripts/test runs it alone afterwards.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bgplb.lab.netns import Topology, can_use_netns
@@ -31,6 +33,33 @@ LONG_FIRST = (
     "tests/interop/test_router_hardening_bgp.py",
     "tests/interop/test_router_speakers.py",
 )
+
+
+def _neighbour_tables() -> list[str]:
+    """The host's neighbour tables that are more than half full. They are shared by every
+    namespace (gc_thresh3 counts all entries): once one is full, a new neighbour in any
+    namespace fails and `ping`/`connect` get ENOBUFS ("No buffer space available")."""
+    out = []
+    for stat, family in (("arp_cache", "ipv4"), ("ndisc_cache", "ipv6")):
+        try:
+            entries = int(Path(f"/proc/net/stat/{stat}").read_text().split()[13], 16)
+            limit = int(Path(f"/proc/sys/net/{family}/neigh/default/gc_thresh3").read_text())
+        except (OSError, ValueError, IndexError):
+            continue
+        if entries > limit // 2:
+            out.append(f"{stat} {entries} of {limit} (net.{family}.neigh.default.gc_thresh3)")
+    return out
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    full = _neighbour_tables()
+    if not full:
+        return []
+    return [
+        "WARNING: the host's neighbour table is nearly full: " + ", ".join(full),
+        "  (shared by all namespaces: something else on this host holds that many neighbours;",
+        "  namespace tests will fail with 'No buffer space available' while it lasts)",
+    ]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
