@@ -7,6 +7,7 @@ stays."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ from bgplb.bgp.prefix import Prefix
 from bgplb.config import load_router_config
 from bgplb.config.router import FibConfig
 from bgplb.linux.memfib import MemoryFib, MemoryKernel
+from bgplb.router import kernel as kernel_module
 from bgplb.router.daemon import Router
 from bgplb.router.kernel import KernelSide
 from bgplb.router.ranges import PeerEntry
@@ -222,6 +224,39 @@ def test_a_partial_withdrawal_takes_the_normal_path():
     fwd = forwarding(kernel)
     assert all(fwd[str(v.network)] == {B, C} for v in VIPS[:10])
     assert all(fwd[str(v.network)] == {A, B, C} for v in VIPS[10:])
+
+
+def test_a_big_peer_is_dropped_from_a_worker_thread_before_the_sync(monkeypatch):
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+    monkeypatch.setattr(kernel_module, "DROP_INLINE", 10)  # the peer has 45 paths
+    threads = []
+    real = router.memfib.drop_gateways
+
+    def drop(gateways, now=None):
+        threads.append(threading.get_ident())
+        return real(gateways, now)
+
+    router.memfib.drop_gateways = drop  # type: ignore[method-assign]
+    seen = []
+    real_update = router.memfib.update
+
+    def update(changes, now=None):
+        seen.append(forwarding(kernel)[str(VIPS[0].network)])
+        return real_update(changes, now)
+
+    router.memfib.update = update  # type: ignore[method-assign]
+
+    async def go():
+        router._fib_peer_lost(str(A), graceful=False)
+        router.rib.peer_down(str(A), router.clock, graceful=False)
+        await router._sync_fib()
+
+    run(go)
+    assert len(threads) == 1 and threads[0] != threading.get_ident()
+    assert seen == [{B, C}]  # the sync waited for the fast path
+    assert router.fib_status()["fast_drops"] == 1
+    assert forwarding(kernel) == {str(v.network): {B, C} for v in VIPS}
 
 
 # -- the RIB task's order: Router._handle -----------------------------------------------------
