@@ -30,7 +30,9 @@ Both sides' BFD runs in the BFD thread (bgplb.io.bfd_timing); their send latenes
 pauses are reported (the router's from its "BFD timing" log lines, one a minute; the
 generator's in its stats), so a flap can be blamed on the side that was late. The generator
 stands for 1,000 machines: as root its BFD thread runs SCHED_FIFO (--gen-bfd-realtime,
-default 50) so that it is not the late side; the router runs as configured (normal priority).
+default 50) so that it is not the late side; the router runs as configured (normal priority),
+or with its BFD thread SCHED_FIFO (--router-bfd-realtime N: what its `bfd_realtime_priority`
+option does, applied from outside by the thread's kernel name "bgplb-bfd").
 
 Usage (root): .venv/bin/python benchmarks/router_sessions.py [--peers 1000] [--soak 600]
        [--routers bgplb,bird] [--bfd-interval 300] [--bfd-mult 3] [--json FILE]
@@ -45,6 +47,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -179,6 +182,24 @@ def router_bfd_timing(log: Path, since: int) -> dict[str, Any]:
     }
 
 
+def realtime_bfd_thread(pid: int, prio: int, stop: threading.Event, note: dict[str, Any]) -> None:
+    """Put the router's BFD thread (kernel name "bgplb-bfd", made at its first BFD session)
+    in SCHED_FIFO `prio` as soon as it exists: what the router's `bfd_realtime_priority`
+    option does, for a router whose configuration schema lacks it. Bounded: 600 tries."""
+    for _ in range(600):
+        if stop.is_set():
+            return
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                if (task / "comm").read_text().strip() == "bgplb-bfd":
+                    os.sched_setscheduler(int(task.name), os.SCHED_FIFO, os.sched_param(prio))
+                    note["router_bfd_realtime"] = prio
+                    return
+            except OSError:
+                continue
+        stop.wait(0.1)
+
+
 def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
     wd = workdir(f"sessions-{kind}")
     res: dict[str, Any] = {"router": kind}
@@ -194,6 +215,7 @@ def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
         run(["ip", "-n", gen.name, "-batch", "-"], input_text=batch, timeout=120)
         router: Any = None
         gen_proc: LoadGen | None = None
+        rt_stop = threading.Event()
         proto = "200" if kind == "bgplb" else "bird"
         try:
             if kind == "bgplb":
@@ -211,6 +233,12 @@ def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
                 router.start()
                 pid = router.pids[0]
             res["rss_idle_kib"] = rss_kib(pid)
+            if kind == "bgplb" and a.router_bfd_realtime:
+                threading.Thread(
+                    target=realtime_bfd_thread,
+                    args=(pid, a.router_bfd_realtime, rt_stop, res),
+                    daemon=True,
+                ).start()
             c0 = cpu_s(pid)
             t0, t0_wall = time.monotonic(), time.time()
             gen_proc = LoadGen(
@@ -287,6 +315,7 @@ def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
             res["withdraw_s"] = None if t_conv is None else round(t_conv - t_w, 3)
             res["rss_end_kib"] = rss_kib(pid)
         finally:
+            rt_stop.set()
             if gen_proc is not None:
                 gen_proc.stop()
             if router is not None:
@@ -316,6 +345,12 @@ def main() -> None:
         type=int,
         default=50 if os.geteuid() == 0 else 0,
         help="SCHED_FIFO priority of the generator's BFD thread (0: none; default 50 as root)",
+    )
+    p.add_argument(
+        "--router-bfd-realtime",
+        type=int,
+        default=0,
+        help="SCHED_FIFO priority for the bgplb router's BFD thread (0: none)",
     )
     p.add_argument("--bfd", help="INTERVALxMULT, e.g. 300x3 (sets --bfd-interval/--bfd-mult)")
     p.add_argument("--up-timeout", type=float, default=300.0)

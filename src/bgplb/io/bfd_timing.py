@@ -243,6 +243,7 @@ class ThreadDriver:
     # -- the thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
+        _name_os_thread(b"bgplb-bfd")
         if self._realtime is not None:
             try:  # pid 0: this thread only (Linux)
                 os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self._realtime))
@@ -308,6 +309,18 @@ class ThreadDriver:
                     continue
                 del self._armed[id(ep)]
                 service._on_timer(ep)
+
+
+def _name_os_thread(name: bytes) -> None:
+    """Give the calling thread its name in the kernel too (prctl PR_SET_NAME: `top -H`,
+    /proc/PID/task/TID/comm, `chrt -p TID`). Best effort: nothing happens off Linux."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 # ------------------------------------------------------------------------------- the GC
