@@ -21,8 +21,10 @@ The answer of ``{"command": "status"}`` (optional ``vips_offset``, ``vips_limit`
 
 **Never a walk over every VIP on the event loop.** Everything but ``vips`` is O(peers + ranges).
 ``vips`` is one page of the VIPs in sorted order (default :data:`VIPS_LIMIT`, at most
-:data:`VIPS_MAX`): the keys are copied (~1 ms per 100k), sorted in runs and merged lazily up to
-the page's end, and the rows built :data:`CHUNK` at a time, yielding to the loop in between.
+:data:`VIPS_MAX`): the keys are copied (~1 ms per 100k), the page's keys found by a chunked scan
+(pages near the start) or sorted in runs and merged lazily up to the page's end, and the rows
+built :data:`CHUNK` at a time, yielding to the loop in between. The page's keys are reused
+while no VIP appears or leaves, and for at most :data:`PAGE_MAX_AGE` while they do.
 The metrics are computed once a second from counters the router maintains (O(peers)) and handed
 to the scrape thread as one list (:class:`~bgplb.control.metrics.SnapshotCollector`).
 
@@ -318,9 +320,8 @@ async def status_answer(router: Router, request: dict[str, Any]) -> dict[str, An
         total = 1 if only in router.rib.vips else 0
         page = [only][offset : offset + limit] if total else []
     else:
-        keys = list(router.rib.vips)  # a copy of the keys: ~1 ms per 100k
-        total = len(keys)
-        page = await _sorted_page(keys, offset, limit)
+        total = len(router.rib.vips)
+        page = await _cached_page(router, offset, limit)
     shares = late = None
     if page and _wants_shares(router):  # the page's VIPs only: no dump of every route
         shares, late = await _shares_in_time(router, [v.network for v in page])
@@ -359,6 +360,34 @@ async def _shares_in_time(router: Router, nets: list[Any]) -> tuple[Any, str | N
         return await asyncio.wait_for(asyncio.shield(read), SHARES_WAIT), None
     except TimeoutError:
         return None, f"the kernel read took longer than {SHARES_WAIT * 1000:.0f} ms (FIB busy)"
+
+
+#: A page of sorted VIPs is reused while no VIP appeared or left, and for at most this many
+#: seconds while they do (a 100k-VIP load): the scan costs ~10-40 ms of the loop per request.
+PAGE_MAX_AGE = 1.0
+_pages: weakref.WeakKeyDictionary[Any, tuple[int, float, int, int, list[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _cached_page(router: Router, offset: int, limit: int) -> list[Any]:
+    """The sorted page [offset, offset + limit) of the VIPs: from the last request when the VIP
+    set is unchanged (``Rib.vips_version``) or the page is younger than PAGE_MAX_AGE (then a VIP
+    added since may be missing from it, one gone since is skipped by the rows)."""
+    rib = router.rib
+    version = getattr(rib, "vips_version", None)
+    now = time.monotonic()
+    cached = _pages.get(router)
+    if cached is not None and version is not None:
+        c_version, c_at, c_offset, c_limit, c_page = cached
+        fresh = c_version == version or now - c_at < PAGE_MAX_AGE
+        if fresh and (c_offset, c_limit) == (offset, limit):
+            return c_page
+    keys = list(rib.vips)  # a copy of the keys: ~1 ms per 100k
+    page = await _sorted_page(keys, offset, limit)
+    if version is not None:
+        _pages[router] = (version, now, offset, limit, page)
+    return page
 
 
 async def _sorted_page(keys: list[Any], offset: int, limit: int) -> list[Any]:

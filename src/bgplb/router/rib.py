@@ -243,6 +243,8 @@ class Rib:
         # the key object of each VIP: a peer announcing a VIP another one has stores that
         # object, not its own copy (the keys of `vips` and of every `PeerState.paths`)
         self._keys: dict[Prefix, Prefix] = {}
+        #: Changes whenever a VIP appears in or leaves `vips` (status caches its sorted page on it)
+        self.vips_version = 0
         self._addresses: dict[IPAddress, IPAddress] = {}
         self._dirty: set[Prefix] = set()
         self.set_connected(connected)
@@ -685,6 +687,7 @@ class Rib:
         if paths is None:
             self._keys[prefix] = prefix
             self.vips[prefix] = self._shared((path,))
+            self.vips_version += 1
         elif old is None:
             prefix = self._keys.get(prefix, prefix)  # one Prefix object per VIP, for all peers
             self.vips[prefix] = self._shared((*paths, path))
@@ -721,6 +724,7 @@ class Rib:
             else:
                 vips.pop(prefix, None)
                 keys.pop(prefix, None)
+                self.vips_version += 1
         state.stale_count -= stale
         return removed
 
@@ -761,4 +765,5 @@ class Rib:
         else:
             self.vips.pop(prefix, None)
             self._keys.pop(prefix, None)
+            self.vips_version += 1
         self._dirty.add(prefix)

@@ -193,3 +193,49 @@ def test_status_does_not_wait_for_a_slow_kernel_read_of_bucket_shares(
             assert "bucket_shares_skipped" not in third["fib"] and len(reads) == 2
 
     asyncio.run(main())
+
+
+def test_the_sorted_page_is_reused_while_the_vips_do_not_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bgplb.control import router_status
+
+    async def main() -> None:
+        async with Lab(tmp_path, monkeypatch) as lab:
+            router = lab.router
+            fill(router, 1000)
+            scans = 0
+            real = router_status._sorted_page
+
+            async def counting(keys: Any, offset: int, limit: int) -> Any:
+                nonlocal scans
+                scans += 1
+                return await real(keys, offset, limit)
+
+            monkeypatch.setattr(router_status, "_sorted_page", counting)
+            first = await status_answer(router, {"vips_limit": 5})
+            again = await status_answer(router, {"vips_limit": 5})
+            assert scans == 1 and again["vips"] == first["vips"]
+            await status_answer(router, {"vips_limit": 6})  # another page: scanned
+            assert scans == 2
+            # a VIP before every other appears: within PAGE_MAX_AGE the old page may be shown
+            # (the total counts it), after it the page is scanned again
+            smaller = Prefix.parse("198.17.255.255/32")
+            peer = "192.0.2.10"
+            attrs = PathAttributes(next_hop=ipaddress.IPv4Address(peer))
+            monkeypatch.setattr(router_status, "PAGE_MAX_AGE", 60.0)
+            router.rib.update(peer, [smaller], attrs, [], 1.0)
+            stale = await status_answer(router, {"vips_limit": 6})
+            assert scans == 2 and stale["vips_total"] == 1001
+            assert stale["vips"][0]["vip"] == "198.18.0.0/32"
+            monkeypatch.setattr(router_status, "PAGE_MAX_AGE", 0.0)
+            fresh = await status_answer(router, {"vips_limit": 6})
+            assert scans == 3 and fresh["vips"][0]["vip"] == "198.17.255.255/32"
+            # a VIP gone from a reused page is skipped, and counted as omitted
+            monkeypatch.setattr(router_status, "PAGE_MAX_AGE", 60.0)
+            router.rib.update(peer, [], None, [smaller], 2.0)
+            router.rib.update("192.0.2.11", [], None, [smaller], 2.0)
+            gone = await status_answer(router, {"vips_limit": 6})
+            assert scans == 3 and len(gone["vips"]) == 5 and gone["vips_total"] == 1000
+
+    asyncio.run(main())

@@ -442,6 +442,7 @@ def test_bulk_removals_and_caches_keep_the_tables_consistent(ops) -> None:
     entries: dict[Prefix, tuple] = {}
     t = 0.0
     for op in ops:
+        keys, version = set(rib.vips), rib.vips_version
         t += 1.0
         kind = op[0]
         if kind == "update":
@@ -474,3 +475,5 @@ def test_bulk_removals_and_caches_keep_the_tables_consistent(ops) -> None:
         else:
             rib.set_connected(CONNECTED if op[1] else CONNECTED[:1])
         entries = _check(rib, entries, rib.take_dirty())
+        if set(rib.vips) != keys:  # status caches its sorted page on this
+            assert rib.vips_version != version
