@@ -41,7 +41,7 @@ class EngineFib:
         looked at except those that must move off a group they share with a changed one.
         A refused operation fails only its VIPs (`FibResult.failed`, `failures()`), retried by
         `retry_due()`. Raises ValueError for bad input."""
-        resolved = resolve_changes(changes, self._link, self.engine.interned)
+        resolved = resolve_changes(changes, self._link, self.engine.interned, self.engine.networks)
         with self._lock:
             return self._engine().update(resolved, self._now(now))
 

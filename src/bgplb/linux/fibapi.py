@@ -224,6 +224,7 @@ def resolve_changes(
     changes: ChangesInput,
     link_index: Callable[[str], int],
     interned: dict[Any, Any] | None = None,
+    networks: dict[Any, d.IPNetwork] | None = None,
 ) -> dict[d.IPNetwork, d.PathSet]:
     """{vip: [(gateway, oif name or index, weight)]} -> {network: path set}; interface names
     through `link_index`; duplicate gateways merged, weights summed (capped at 256), as
@@ -235,7 +236,12 @@ def resolve_changes(
     every VIP (its RIB interns next hops), so a gateway is recognised by identity (checked,
     the object is kept meanwhile) and a VIP's paths by the identities of its gateways and its
     weights: the path set is built and checked once per distinct set, not per VIP (hashing an
-    `ipaddress` object is slow Python code)."""
+    `ipaddress` object is slow Python code).
+
+    A VIP may be given as a network, an address or string, or an object with a `network`
+    attribute (the router's `bgplb.bgp.prefix.Prefix`, hashed in C). `networks` (kept by the
+    caller) remembers the network of each such key, so a VIP is one network object from call
+    to call (dict lookups stop at identity, nothing is built per VIP); withdrawn VIPs leave it."""
     pool: dict[Any, Any] = {} if interned is None else interned
     gateways: dict[tuple[Any, Any], d.Gateway] = {}
     by_id: dict[tuple[int, Any], tuple[Any, d.Gateway]] = {}
@@ -257,9 +263,18 @@ def resolve_changes(
     for vip, paths in changes.items():
         net = vip if isinstance(vip, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else None
         if net is None:
-            net = ipaddress.ip_network(vip)
+            net = networks.get(vip) if networks is not None else None
+            if net is None:
+                made_net = getattr(vip, "network", None)
+                if not isinstance(made_net, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+                    made_net = ipaddress.ip_network(vip)
+                net = made_net
+                if networks is not None:
+                    networks[vip] = net
         if not isinstance(paths, (list, tuple)):
             paths = list(paths)
+        if not paths and networks is not None:
+            networks.pop(vip, None)
         sig: list[Any] = [net.version]
         for gateway, oif, weight in paths:
             sig.append(id(gateway_of(gateway, oif)))
@@ -337,6 +352,7 @@ class FibEngine:
         self.errors = 0  # operations the kernel refused
         self.retries = 0
         self.interned: dict[Any, Any] = {}  # gateways and path sets, see resolve_changes
+        self.networks: dict[Any, d.IPNetwork] = {}  # VIP key -> network, see resolve_changes
         self.counts: tuple[int, int, int] | None = None  # routes, groups, nexthops: last apply
         self._status_lock = threading.Lock()
 

@@ -258,3 +258,20 @@ def test_random_layouts_lose_exactly_the_gateway_and_keep_the_other_buckets(seed
     rest = {v: [(str(g), IF, w) for g, w in fwd[v].items() if g != lost] for v in want}
     result = fib.update({v: p for v, p in rest.items() if p})
     assert result.ops == [] and kernel.requests == requests
+
+
+def test_vips_given_as_prefixes_are_one_network_object_from_call_to_call():
+    from bgplb.bgp.prefix import Prefix
+
+    kernel, fib, _ = make()
+    prefixes = [Prefix.parse(str(v)) for v in ALL3]
+    fib.update({p: paths(A, B) for p in prefixes})
+    assert set(kernel.forwarding()) == set(ALL3)
+    nets = {p: fib.engine.networks[p] for p in prefixes}
+    assert all(nets[p] == p.network for p in prefixes)
+    result = fib.update({p: paths(B) for p in prefixes})
+    assert [type(op) for op in result.ops] == [d.ReplaceGroup, d.DeleteNexthop]
+    assert all(fib.engine.networks[p] is nets[p] for p in prefixes)  # not built again
+    assert all(any(w is nets[p] for w in fib.engine.wanted) for p in prefixes[:3])
+    fib.update({p: [] for p in prefixes})  # withdrawn: forgotten
+    assert fib.engine.networks == {} and kernel.forwarding() == {}
