@@ -112,6 +112,28 @@ class BfdSessionInfo:
     min_ttl: int = 255  # lowest TTL / hop limit accepted
 
 
+class _LateWindow:
+    """Send lateness samples: the last 100,000, and the exact count and maximum."""
+
+    def __init__(self) -> None:
+        self.samples: deque[float] = deque(maxlen=100_000)
+        self.count = 0
+        self.max = 0.0
+
+    def add(self, late: float) -> None:
+        self.samples.append(late)
+        self.count += 1
+        if late > self.max:
+            self.max = late
+
+    def read(self, reset: bool) -> tuple[list[float], int, float]:
+        out = (list(self.samples), self.count, self.max)
+        if reset:
+            self.samples.clear()
+            self.count, self.max = 0, 0.0
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class _Key:
     peer: IPAddress
@@ -264,10 +286,9 @@ class BfdService:
         self._sources: dict[str, IPAddress] = {}
         self.dropped: Counter[str] = Counter()
         self.tx_lateness: deque[float] = deque(maxlen=100_000)
-        # Send lateness for the periodic log: the last 100,000 samples, their count and max.
-        self._report_late: deque[float] = deque(maxlen=100_000)
-        self._report_count = 0
-        self._report_max = 0.0
+        # Send lateness windows: one for timing_stats() callers, one for the periodic log.
+        self._late_api = _LateWindow()
+        self._late_log = _LateWindow()
         self._report: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -325,7 +346,7 @@ class BfdService:
             ep.handles.append(handle)
             self._apply_timers(ep)
         if self._driver.threaded and self._report is None:
-            gc_pauses().read(reset=True)
+            gc_pauses().read(reset=True, reader="log")
             self._report = self._loop.call_later(REPORT_EVERY, self._log_timing)
         return handle
 
@@ -349,14 +370,13 @@ class BfdService:
 
     def timing_stats(self, *, reset: bool = False) -> dict[str, Any]:
         """Send lateness (ms) since the last reset — count and max exact, percentiles over the
-        last 100,000 packets — and the process's GC pauses, for logs and benchmarks."""
+        last 100,000 packets — and the process's GC pauses, for benchmarks and status."""
+        return self._timing(self._late_api, reset, "api")
+
+    def _timing(self, window: _LateWindow, reset: bool, reader: str) -> dict[str, Any]:
         with self.lock:  # copy only: sorting is done without holding the lock
-            window = list(self._report_late)
-            count, worst = self._report_count, self._report_max
-            if reset:
-                self._report_late.clear()
-                self._report_count, self._report_max = 0, 0.0
-        late = sorted(window)
+            samples, count, worst = window.read(reset)
+        late = sorted(samples)
         n = len(late)
 
         def pct(q: float) -> float:
@@ -368,7 +388,7 @@ class BfdService:
             "late_p50_ms": pct(0.50),
             "late_p99_ms": pct(0.99),
             "late_max_ms": round(worst * 1000, 3),
-            "gc": gc_pauses().read(reset=reset),
+            "gc": gc_pauses().read(reset=reset, reader=reader),
         }
 
     def close(self) -> None:
@@ -483,7 +503,7 @@ class BfdService:
     def _log_timing(self) -> None:
         if self.closed:
             return
-        st = self.timing_stats(reset=True)
+        st = self._timing(self._late_log, True, "log")
         if st["packets"]:
             gcs = st["gc"]
             log.info(
@@ -514,10 +534,8 @@ class BfdService:
             # was armed ("send now") counts from the arming.
             late = now - due
             self.tx_lateness.append(late)
-            self._report_late.append(late)
-            self._report_count += 1
-            if late > self._report_max:
-                self._report_max = late
+            self._late_api.add(late)
+            self._late_log.add(late)
         for raw in out:
             self._send(ep, raw)
         while (ev := s.next_event()) is not None:

@@ -329,14 +329,12 @@ def _name_os_thread(name: bytes) -> None:
 class GcPauses:
     """Garbage-collector pauses of this process, timed with ``gc.callbacks`` (every thread
     stops while the collector runs, the BFD thread too). One instance per process:
-    :func:`gc_pauses`. Figures since the last ``read(reset=True)``, in milliseconds."""
+    :func:`gc_pauses`. Figures since the last ``read(reset=True)`` of the same `reader`
+    (independent readers: a periodic log and a benchmark do not reset each other), in ms."""
 
     def __init__(self) -> None:
         self._t0 = 0.0
-        self.max_ms = 0.0
-        self.max_generation = -1
-        self.count = 0
-        self.total_ms = 0.0
+        self._windows: dict[str, list[float]] = {}  # reader -> [count, total, max, max gen]
         self.installed = False
 
     def install(self) -> None:
@@ -355,21 +353,23 @@ class GcPauses:
             self._t0 = time.perf_counter()
             return
         ms = (time.perf_counter() - self._t0) * 1000
-        self.count += 1
-        self.total_ms += ms
-        if ms > self.max_ms:
-            self.max_ms, self.max_generation = ms, int(info.get("generation", -1))
+        for w in list(self._windows.values()):
+            w[0] += 1
+            w[1] += ms
+            if ms > w[2]:
+                w[2], w[3] = ms, float(info.get("generation", -1))
 
-    def read(self, *, reset: bool = False) -> dict[str, float | int]:
+    def read(self, *, reset: bool = False, reader: str = "default") -> dict[str, float | int]:
+        w = self._windows.setdefault(reader, [0, 0.0, 0.0, -1.0])
         out: dict[str, float | int] = {
-            "collections": self.count,
-            "max_ms": round(self.max_ms, 3),
-            "max_generation": self.max_generation,
-            "total_ms": round(self.total_ms, 3),
+            "collections": int(w[0]),
+            "max_ms": round(w[2], 3),
+            "max_generation": int(w[3]),
+            "total_ms": round(w[1], 3),
             "frozen": gc.get_freeze_count(),
         }
         if reset:
-            self.max_ms, self.max_generation, self.count, self.total_ms = 0.0, -1, 0, 0.0
+            self._windows[reader] = [0, 0.0, 0.0, -1.0]
         return out
 
 
