@@ -83,18 +83,24 @@ def setup(topo, tmp_path: Path, gr: bool):
     router = RouterProc(rtr, tmp_path, router_config(OPEN_RANGES, buckets=64))
     router.start()
     extra = ("--graceful-restart", "60") if gr else ()
-    speakers = [speaker(ns, i, tmp_path, *extra) for i, ns in enumerate(servers, start=1)]
-    for i, sp in enumerate(speakers, start=1):
-        for vip in VIPS:
-            sp.send(announce=vip)
-        if i == 1:
-            sp.send(announce=SOLO)
-    gws = [server_addrs(i)[1] for i in (1, 2, 3)]
-    wait_for(
-        "every VIP on the 3 servers",
-        lambda: all(gateways_of(kernel_view(rtr.name), v) == set(gws) for v in VIPS),
-        40,
-    )
+    speakers: list[SpeakerProcess] = []
+    try:
+        for i, ns in enumerate(servers, start=1):
+            sp = speaker(ns, i, tmp_path, *extra)
+            speakers.append(sp)
+            for vip in VIPS:
+                sp.send(announce=vip)
+            if i == 1:
+                sp.send(announce=SOLO)
+        gws = [server_addrs(i)[1] for i in (1, 2, 3)]
+        wait_for(
+            "every VIP on the 3 servers",
+            lambda: all(gateways_of(kernel_view(rtr.name), v) == set(gws) for v in VIPS),
+            60,
+        )
+    except BaseException:
+        stop_all(router, speakers)  # nothing of ours left running
+        raise
     return rtr, router, speakers, gws
 
 
