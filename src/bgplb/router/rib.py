@@ -345,7 +345,8 @@ class Rib:
             draining = GRACEFUL_SHUTDOWN in attributes.communities
             cache: dict[AFI, Path] = {}
             limit = state.max_prefixes
-            vips = self.vips
+            vips, keys, dirty = self.vips, self._keys, self._dirty
+            more: dict[tuple[tuple[Path, ...], Path], tuple[Path, ...]] = {}
             for prefix in announced:
                 afi = prefix[0]
                 reason = None
@@ -369,8 +370,25 @@ class Rib:
                     exceeded = True
                     dropped += 1
                     continue
-                self._set(state, prefix, path)
                 added += 1
+                if prefix in paths:
+                    self._set(state, prefix, path)  # a replacement: the general case
+                    continue
+                # a path new to this peer (the bulk of a full table), _set inlined: the tuple
+                # of the VIP's paths with this one added is looked up once per distinct tuple
+                current = vips.get(prefix)
+                if current is None:
+                    keys[prefix] = prefix
+                    vips[prefix] = self._shared((path,))
+                    self.vips_version += 1
+                else:
+                    prefix = keys.get(prefix, prefix)
+                    grown = more.get((current, path))
+                    if grown is None:
+                        grown = more[(current, path)] = self._shared((*current, path))
+                    vips[prefix] = grown
+                paths[prefix] = path
+                dirty.add(prefix)
         if not state.stale_count:
             state.stale_deadline = None  # every stale path was replaced or withdrawn
         return UpdateResult(
