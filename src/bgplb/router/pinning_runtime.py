@@ -223,10 +223,11 @@ async def sync(
     pinning: RouterPinning | None = getattr(router, "pinning", None)
     if pinning is None:
 
-        def plain() -> FibResult:  # in the worker thread: O(changes) of Python
+        # in the worker thread: O(changes) of Python; the FIB takes Prefix keys as they are
+        def plain() -> FibResult:
             return fib_step(
                 {
-                    vip.network: [(n.address, n.ifindex, n.weight) for n in entry]
+                    vip: [(n.address, n.ifindex, n.weight) for n in entry]
                     for vip, entry in changes.items()
                 }
             )
