@@ -176,11 +176,6 @@ def test_agent_sends_ready_for_type_notify() -> None:
     assert _sends_ready("agent")
 
 
-@pytest.mark.xfail(
-    not _sends_ready("router"),
-    reason="Type=notify needs sd_notify('READY=1') in bgplb.router.daemon.Router.run",
-    strict=False,
-)
 def test_router_sends_ready_for_type_notify() -> None:
     assert _sends_ready("router")
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import socket
 from collections.abc import Awaitable, Callable
 
 from bgplb.agent.checks import HealthChecks
@@ -22,6 +20,7 @@ from bgplb.agent.sessions import PeerSessions
 from bgplb.agent.state import AgentState, Phase
 from bgplb.agent.statefile import StateStore
 from bgplb.agent.steps import StateSteps
+from bgplb.io.sdnotify import sd_notify as sd_notify
 
 log = logging.getLogger("bgplb.agent")
 
@@ -29,20 +28,6 @@ STOP, RESTART = "stop", "restart"
 _STOP_SIGNALS = ((signal.SIGTERM, STOP), (signal.SIGINT, STOP), (signal.SIGUSR1, RESTART))
 #: What a stop may take beyond the drain (withdrawal on the wire, linger, VIP removal).
 STOP_MARGIN = 10.0
-
-
-def sd_notify(message: str) -> None:
-    """Send a datagram to systemd's $NOTIFY_SOCKET (no-op when not under systemd)."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    address = "\0" + path[1:] if path.startswith("@") else path
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-    except OSError as exc:
-        log.debug("sd_notify(%s) failed: %s", message, exc)
 
 
 class Signals:

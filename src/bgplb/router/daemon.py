@@ -50,6 +50,7 @@ from bgplb.bgp.session import (
 from bgplb.config import RouterConfig
 from bgplb.control.socket import ControlError
 from bgplb.io.bgp import BgpListener, IPAddress
+from bgplb.io.sdnotify import sd_notify
 from bgplb.router import bfd as router_bfd
 from bgplb.router.kernel import CONNECTED_POLL, KernelSide, default_router_id, read_connected
 from bgplb.router.ranges import (
@@ -203,7 +204,9 @@ class Router(Supervised, PeerRanges, KernelSide):
             if self.config.fib.install
             else "not installed",
         )
+        sd_notify("READY=1\nSTATUS=routing")
         await self.stop_event.wait()
+        sd_notify("STOPPING=1\nSTATUS=shutting down")
         log.info("shutting down" + (" after an unrecoverable internal error" if self.fatal else ""))
         # A second SIGTERM/SIGINT must not kill us half-way: the kernel clean-up comes last
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -47,7 +47,7 @@ def test_sd_notify_to_a_missing_socket_is_only_logged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "none"))
-    with caplog.at_level(logging.DEBUG, "bgplb.agent"):
+    with caplog.at_level(logging.DEBUG, "bgplb"):
         sd_notify("READY=1")
     assert "sd_notify(READY=1) failed" in caplog.text
     monkeypatch.setenv("NOTIFY_SOCKET", "@bgplb-test-no-such-abstract-socket")

@@ -89,3 +89,37 @@ def test_a_bad_link_bandwidth_gets_equal_weight_and_one_log_line(
     asyncio.run(main())
     lines = [r.getMessage() for r in caplog.records if "link bandwidth" in r.getMessage()]
     assert len(lines) == 1 and lines[0].startswith("127.0.0.3: "), lines
+
+
+def test_the_router_tells_systemd_when_it_is_ready_and_when_it_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Type=notify`` units wait for READY=1: it comes once the router listens."""
+    import socket
+
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    said: list[str] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                said.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                return
+
+    async def main() -> None:
+        async with Lab(tmp_path, monkeypatch) as lab:
+            await until(lambda: drain() or said, "READY=1")
+            assert said[0].startswith("READY=1"), said
+            assert lab.router.listeners
+        drain()
+
+    try:
+        asyncio.run(main())
+    finally:
+        sock.close()
+    assert [m.split("\n")[0] for m in said] == ["READY=1", "STOPPING=1"], said
