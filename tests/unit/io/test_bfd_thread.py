@@ -214,3 +214,50 @@ def test_router_service_reads_the_realtime_option_with_a_default() -> None:
             fifo.close()
 
     asyncio.run(main())
+
+
+class _FakeService:
+    """The driver's view of a service: records the order of drains and timer calls."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.calls: list[object] = []
+
+    def drain(self) -> None:
+        self.calls.append("drain")
+
+    def _on_timer(self, ep: object) -> None:
+        self.calls.append(("timer", ep))
+
+    def _on_readable(self, sock: socket.socket, family: int, multihop: bool) -> int:
+        return 0
+
+    def _is_live(self, ep: object) -> bool:
+        return True
+
+
+def test_the_thread_reads_queued_packets_before_judging_due_timers() -> None:
+    """With 1,000 sessions a socket can hold more datagrams than one readiness event reads: a
+    punctual detection timer must still see them first (else: a false Down, no lateness)."""
+
+    async def main() -> None:
+        fake = _FakeService()
+        driver = ThreadDriver(fake, asyncio.get_running_loop())
+        driver._thread = threading.current_thread()  # run its steps here, no thread started
+        try:
+            due, later, stale = object(), object(), object()
+            now = time.monotonic()
+            driver.arm(stale, now - 2)
+            driver.arm(stale, now + 60)  # re-armed: the first deadline is stale
+            driver.arm(due, now - 1)
+            driver.arm(later, now + 60)
+            driver._run_timers()
+            assert fake.calls == ["drain", ("timer", due)]
+            fake.calls.clear()
+            driver._run_timers()  # nothing due: no drain either
+            assert fake.calls == []
+        finally:
+            driver._thread = None
+            driver.stop()
+
+    asyncio.run(main())
