@@ -31,7 +31,7 @@ pauses are reported (the router's from its "BFD timing" log lines, one a minute;
 generator's in its stats), so a flap can be blamed on the side that was late. The generator
 stands for 1,000 machines: as root its BFD thread runs SCHED_FIFO (--gen-bfd-realtime,
 default 50) so that it is not the late side; the router runs as configured (normal priority),
-or with its BFD thread SCHED_FIFO (--router-bfd-realtime N: what its `bfd_realtime_priority`
+or with its BFD thread SCHED_FIFO (--router-bfd-realtime N: what its `[bfd] realtime_priority`
 option does, applied from outside by the thread's kernel name "bgplb-bfd").
 
 Usage (root): .venv/bin/python benchmarks/router_sessions.py [--peers 1000] [--soak 600]
@@ -184,7 +184,7 @@ def router_bfd_timing(log: Path, since: int) -> dict[str, Any]:
 
 def realtime_bfd_thread(pid: int, prio: int, stop: threading.Event, note: dict[str, Any]) -> None:
     """Put the router's BFD thread (kernel name "bgplb-bfd", made at its first BFD session)
-    in SCHED_FIFO `prio` as soon as it exists: what the router's `bfd_realtime_priority`
+    in SCHED_FIFO `prio` as soon as it exists: what the router's `[bfd] realtime_priority`
     option does, for a router whose configuration schema lacks it. Bounded: 600 tries."""
     for _ in range(600):
         if stop.is_set():

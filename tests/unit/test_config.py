@@ -681,3 +681,21 @@ def test_example_event_checks_are_valid_when_uncommented(tmp_path):
     config = load_agent_config(write(tmp_path, "\n".join(out) + "\n"))
     kinds = [c.type for c in config.services[0].checks]
     assert kinds == ["http", "exec", "process", "listen", "systemd"]
+
+
+def test_bfd_realtime_priority_is_a_checked_process_wide_key(tmp_path):
+    from bgplb.config import load_agent_config
+
+    base = (
+        '[bgp]\nasn = 65000\nrouter_id = "192.0.2.2"\n'
+        '[[peers]]\naddress = "192.0.2.1"\nasn = 65530\n'
+    )
+    path = tmp_path / "agent.toml"
+    path.write_text(base)
+    assert load_agent_config(path).bfd.realtime_priority is None
+    path.write_text("[bfd]\nrealtime_priority = 10\n" + base)
+    assert load_agent_config(path).bfd.realtime_priority == 10
+    path.write_text("[bfd]\nrealtime_priority = 100\n" + base)
+    with pytest.raises(Exception) as err:
+        load_agent_config(path)
+    assert "bfd.realtime_priority" in str(err.value) and str(path) in str(err.value)

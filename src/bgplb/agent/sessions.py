@@ -56,7 +56,7 @@ class PeerSessions:
         clock: Clock,
         *,
         peer_factory: PeerFactory = tcp_peer,
-        bfd_factory: Callable[[], BfdService] = BfdService,
+        bfd_factory: Callable[[], BfdService] | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -67,6 +67,11 @@ class PeerSessions:
         self.peers: dict[str, BgpPeer] = {}
         self.peer_configs: dict[str, PeerConfig] = {}
         self.announced: dict[Prefix, PathAttributes] = {}
+        if bfd_factory is None:  # [bfd] realtime_priority is read when BFD starts
+
+            def bfd_factory() -> BfdService:
+                return BfdService(realtime_priority=config.value.bfd.realtime_priority)
+
         self.bfd = BfdLinks(metrics, clock, self.peers.get, bfd_factory)
 
     # -- Routes -------------------------------------------------------------------------------

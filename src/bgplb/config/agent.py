@@ -53,6 +53,14 @@ class BfdConfig(Section):
     min_ttl: Annotated[int, int_in(1, 255)] = 254
 
 
+class BfdProcessConfig(Section):
+    """``[bfd]``: how this process runs BFD, for all its sessions (read at start)."""
+
+    # SCHED_FIFO priority of the BFD timing thread (1..99); None: normal scheduling. Only that
+    # thread gets it; it needs CAP_SYS_NICE (or root). See docs/bfd.md.
+    realtime_priority: Annotated[int, int_in(1, 99)] | None = None
+
+
 class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_: bool = Field(default=False, alias="json")
@@ -430,5 +438,6 @@ class AgentConfig(Section):
     bgp: AgentBgp
     peers: list[PeerConfig] = Field(min_length=1)
     services: list[ServiceConfig] = []
+    bfd: BfdProcessConfig = BfdProcessConfig()
     control: ControlConfig = ControlConfig()
     logging: LoggingConfig = LoggingConfig()

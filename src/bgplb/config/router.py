@@ -16,7 +16,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PlainValidator, field_validator
 
-from bgplb.config.agent import BfdConfig, HoldTime, LoggingConfig, Section, _hold_time
+from bgplb.config.agent import (
+    BfdConfig,
+    BfdProcessConfig,
+    HoldTime,
+    LoggingConfig,
+    Section,
+    _hold_time,
+)
 from bgplb.config.types import (
     ASN,
     AcceptEntry,
@@ -180,5 +187,6 @@ class RouterConfig(Section):
     bgp: RouterBgp
     peer_ranges: list[PeerRange] = Field(min_length=1)
     fib: FibConfig = FibConfig()
+    bfd: BfdProcessConfig = BfdProcessConfig()
     control: RouterControlConfig = RouterControlConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from bgplb.bfd import Diag
 from bgplb.bgp.fsm import State as BgpState
+from bgplb.config import RouterConfig
 from bgplb.io.bfd import BfdService
 from bgplb.io.bgp_bfd import BfdLink, diag_text, tear_down
 
@@ -50,14 +51,10 @@ def _local_of(transport: Any) -> str | None:
     return str(ip)
 
 
-def make_service(config: Any) -> BfdService:
+def make_service(config: RouterConfig) -> BfdService:
     """The router's BFD service: timers in their own thread (bgplb.io.bfd_timing), SCHED_FIFO
-    when the configuration asks for it (``bfd_realtime_priority``, 1..99; off by default).
-    Read with a default until the configuration schema has the key."""
-    prio = getattr(config, "bfd_realtime_priority", None)
-    if isinstance(prio, int):
-        return BfdService(realtime_priority=prio)
-    return BfdService()
+    when ``[bfd] realtime_priority`` asks for it (off by default)."""
+    return BfdService(realtime_priority=config.bfd.realtime_priority)
 
 
 def attach(

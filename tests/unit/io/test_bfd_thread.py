@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -200,11 +201,15 @@ def test_gc_pauses_are_recorded() -> None:
 def test_router_service_reads_the_realtime_option_with_a_default() -> None:
     from types import SimpleNamespace
 
+    from bgplb.config.agent import BfdProcessConfig
     from bgplb.router.bfd import make_service
 
+    def config(**bfd: int) -> Any:
+        return SimpleNamespace(bfd=BfdProcessConfig(**bfd))
+
     async def main() -> None:
-        plain = make_service(SimpleNamespace())
-        fifo = make_service(SimpleNamespace(bfd_realtime_priority=7))
+        plain = make_service(config())
+        fifo = make_service(config(realtime_priority=7))
         try:
             assert plain.timing == "thread" and fifo.timing == "thread"
             assert isinstance(plain._driver, ThreadDriver) and plain._driver._realtime is None
