@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import struct
@@ -96,6 +97,8 @@ log = logging.getLogger("bgplb.router")
 
 #: Paths remembered as probed (the set is emptied when full).
 PROBED_MAX = 4096
+# gc.set_threshold while the router runs (defaults: 700, 10, 10): see Router.run
+GC_THRESHOLD = (100_000, 50, 1000)
 
 
 @dataclass(slots=True)
@@ -154,6 +157,18 @@ class Router(Supervised, PeerRanges, KernelSide):
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def run(self) -> int:
+        thresholds = gc.get_threshold()
+        # Millions of long-lived objects (paths, prefixes, FIB state) make CPython's default
+        # collector run full collections of 200-450 ms during a big load; collect the young
+        # generation less often and the old one rarely (big syncs also freeze what they built:
+        # bgplb.router.kernel).
+        gc.set_threshold(*GC_THRESHOLD)
+        try:
+            return await self._run()
+        finally:
+            gc.set_threshold(*thresholds)
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._loop_exception)
         self._connected = await asyncio.to_thread(read_connected)

@@ -123,3 +123,22 @@ def test_the_router_tells_systemd_when_it_is_ready_and_when_it_stops(
     finally:
         sock.close()
     assert [m.split("\n")[0] for m in said] == ["READY=1", "STOPPING=1"], said
+
+
+def test_the_collector_runs_rarely_while_the_router_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from bgplb.router.daemon import GC_THRESHOLD
+
+    before = gc.get_threshold()
+    seen: list[tuple[int, ...]] = []
+
+    async def main() -> None:
+        async with Lab(tmp_path, monkeypatch):
+            seen.append(gc.get_threshold())
+
+    asyncio.run(main())
+    assert seen == [GC_THRESHOLD] and before != GC_THRESHOLD
+    assert gc.get_threshold() == before  # put back at exit

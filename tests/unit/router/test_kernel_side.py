@@ -305,3 +305,33 @@ def test_many_dirty_vips_are_turned_into_entries_off_the_loop():
     assert len(router.installed) == len(many) - 10
     assert router.updates[0] == set(many)
     assert kernel.counts(200) == (1, 1, len(many) - 10)
+
+
+def test_a_big_sync_freezes_what_it_built(monkeypatch):
+    """After a sync of many VIPs the objects it built are long-lived: they are frozen out of
+    the cyclic collector's full collections (a small sync freezes nothing)."""
+    import gc
+
+    from bgplb.router import kernel as kernel_module
+
+    monkeypatch.setattr(kernel_module, "FREEZE_AFTER", 3)
+    kernel = MemoryKernel()
+    router = FakeRouter(kernel)
+    counts: list[int] = []
+
+    async def go():
+        router._open_fib(router.memfib)
+        router.announce(str(A), VIPS[:2])
+        await router._sync_fib()
+        counts.append(gc.get_freeze_count())
+        router.announce(str(B), VIPS)
+        await router._sync_fib()
+        counts.append(gc.get_freeze_count())
+        router._close_fib()
+
+    try:
+        gc.unfreeze()
+        run(go)
+    finally:
+        gc.unfreeze()
+    assert counts[0] == 0 and counts[1] > 0, counts
