@@ -152,3 +152,24 @@ def test_monitor_sees_foreign_deletions(router):
             and e.route.dst == ipaddress.ip_network("2001:db8:100::10/128")
             for e in events
         )
+
+
+def test_monitor_reads_a_burst_in_bounded_slices(router):
+    """A burst of notifications is read a slice at a time (the event loop is never held for the
+    whole burst) and nothing is lost: the socket stays readable until it is all read."""
+    import select
+
+    ns, oif = router
+    with NexthopSocket(ns.name) as nl, NexthopMonitor(ns.name) as mon:
+        nl.add_nexthop(51, gateway="192.0.2.2", oif=oif, protocol=PROTO)
+        for i in range(30):
+            nl.add_route(f"198.51.100.{100 + i}/32", nh_id=51, protocol=PROTO)
+        slices = []
+        for _ in range(40):  # bounded: 40 slices of 10 at most
+            if not select.select([mon], [], [], 1.0)[0]:
+                break
+            slices.append(mon.read(limit=10))
+        routes = [e for batch in slices for e in batch if not isinstance(e, NexthopChanged)]
+        assert len(routes) == 30, slices
+        assert all(len(batch) <= 10 for batch in slices)
+        assert len([b for b in slices if b]) >= 3

@@ -426,6 +426,10 @@ def _bucket_nh_id(data: bytes, offset: int, length: int) -> int | None:
     return None
 
 
+#: Notifications one `NexthopMonitor.read` takes at most (decoding one costs ~20-50 us).
+READ_LIMIT = 2000
+
+
 class NexthopMonitor:
     """Multicast listener for nexthop and route notifications (blocking or non-blocking)."""
 
@@ -455,9 +459,12 @@ class NexthopMonitor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def read(self) -> list[KernelEvent]:
-        """Everything pending, without blocking. After ENOBUFS (lost events) `overruns` grows:
-        the caller should then resynchronise by dumping.
+    def read(self, limit: int = READ_LIMIT) -> list[KernelEvent]:
+        """What is pending, without blocking: at most `limit` notifications, so that a burst
+        (the kernel re-announces every route of a group replaced in place: 100k of them) never
+        holds an event loop for long; the rest stays queued in the socket, which stays readable.
+        After ENOBUFS (lost events) `overruns` grows: the caller should then resynchronise by
+        dumping.
 
         Notifications whose nlmsg_pid is in `ignore_pids` (the kernel puts the port id of the
         socket whose request caused the change there) and those of other types than
@@ -465,7 +472,7 @@ class NexthopMonitor:
         `skipped` and dropped from their 20-byte header, without decoding them."""
         events: list[KernelEvent] = []
         ignore = self.ignore_pids
-        while True:
+        for _ in range(limit):  # each recv is one datagram: one notification
             try:
                 data = self._sock.recv(1 << 20)
             except BlockingIOError:
@@ -488,6 +495,7 @@ class NexthopMonitor:
                     event = decode_event(msg)
                     if event is not None:
                         events.append(event)
+        return events
 
     def wait(self, timeout: float | None) -> list[KernelEvent]:
         """Block up to `timeout` seconds for notifications, then return all pending ones."""
