@@ -173,3 +173,26 @@ def test_monitor_reads_a_burst_in_bounded_slices(router):
         assert len(routes) == 30, slices
         assert all(len(batch) <= 10 for batch in slices)
         assert len([b for b in slices if b]) >= 3
+
+
+def test_our_own_changes_are_dropped_in_the_kernel(router):
+    """With `ignore_pids` set, the echo of our own requests never reaches the monitor's socket
+    (a socket filter drops it: nothing to read, nothing skipped), while changes by anyone else
+    still arrive."""
+    import select
+
+    ns, oif = router
+    with NexthopSocket(ns.name) as nl, NexthopMonitor(ns.name) as mon:
+        mon.ignore_pids = frozenset({nl.portid})
+        nl.add_nexthop(61, gateway="192.0.2.2", oif=oif, protocol=PROTO)
+        for i in range(20):
+            nl.add_route(f"198.51.100.{150 + i}/32", nh_id=61, protocol=PROTO)
+        assert select.select([mon], [], [], 0.5)[0] == []
+        assert mon.read() == [] and mon.skipped == 0
+        ns.exec("ip", "route", "del", "198.51.100.150/32")
+        events = []
+        for _ in range(20):
+            events += mon.wait(0.1)
+            if events:
+                break
+        assert any(isinstance(e, RouteDeleted) for e in events), events

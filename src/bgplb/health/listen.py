@@ -15,12 +15,10 @@ port, e.g. with SO_REUSEPORT); the notification only says "look now". Without CA
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import itertools
 import logging
 import socket
-import struct
 
 from bgplb.config import ListenCheck
 from bgplb.health.probe import ProbeResult
@@ -38,10 +36,10 @@ from bgplb.health.sockdiag import (
     parse,
     serves,
 )
+from bgplb.linux.sockfilter import attach_filter
 
 log = logging.getLogger("bgplb.health")
 
-SO_ATTACH_FILTER = 26
 _RECV = 1 << 16
 _seq = itertools.count(1)
 
@@ -50,13 +48,6 @@ def netlink_socket(nonblocking: bool = False) -> socket.socket:
     """A NETLINK_SOCK_DIAG socket."""
     kind = socket.SOCK_RAW | (socket.SOCK_NONBLOCK if nonblocking else 0)
     return socket.socket(socket.AF_NETLINK, kind, NETLINK_SOCK_DIAG)
-
-
-def attach_filter(sock: socket.socket, count: int, code: bytes) -> None:
-    """SO_ATTACH_FILTER with a classic BPF program (the kernel copies it)."""
-    program = ctypes.create_string_buffer(code)
-    fprog = struct.pack("HL", count, ctypes.addressof(program))  # struct sock_fprog
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 def dump(sock: socket.socket, family: int, protocol: int) -> list[DiagSocket]:

@@ -13,6 +13,7 @@ For many changes at once, `NexthopSocket.transact` sends hand-encoded requests
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select
 import socket
@@ -36,7 +37,7 @@ from pyroute2.netlink import (
 )
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from bgplb.linux import nlbatch
+from bgplb.linux import nlbatch, sockfilter
 from bgplb.linux.nexthop_msg import *  # noqa: F403  (re-export the codec)
 from bgplb.linux.nexthop_msg import (
     NETLINK_CAP_ACK,
@@ -110,6 +111,8 @@ def _open_socket(netns: str | None) -> socket.socket:
     )
     return sock
 
+
+log = logging.getLogger("bgplb.linux")
 
 BUFFER_SIZE = 4 << 20  # SO_SNDBUF / SO_RCVBUF of a NexthopSocket (answers of big batches)
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # asm-generic/socket.h: above wmem/rmem_max
@@ -444,9 +447,25 @@ class NexthopMonitor:
             self._sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
         self._sock.setblocking(False)
         self.overruns = 0  # times the socket buffer overflowed (ENOBUFS): events were lost
-        self.ignore_pids: frozenset[int] = frozenset()  # nlmsg_pid of changes not to report
+        self._ignore_pids: frozenset[int] = frozenset()
         self.skipped = 0  # notifications dropped undecoded (ignored pid, or not an event type)
         self._buffer = bytearray(1 << 20)  # larger than any notification
+
+    @property
+    def ignore_pids(self) -> frozenset[int]:
+        """nlmsg_pid of changes not to report: the port ids of our own request sockets."""
+        return self._ignore_pids
+
+    @ignore_pids.setter
+    def ignore_pids(self, pids: frozenset[int]) -> None:
+        # Dropped in the kernel by a socket filter: after a big change the echo of our own
+        # requests is ~100k notifications, a system call each if read only to be thrown away.
+        # `read` checks the pid too (the filter is an optimisation, not the rule).
+        self._ignore_pids = frozenset(pids)
+        try:
+            sockfilter.attach(self._sock, sockfilter.drop_netlink_pids(self._ignore_pids))
+        except OSError as exc:
+            log.debug("netlink monitor: no socket filter (%s): reading every notification", exc)
 
     def fileno(self) -> int:
         return self._sock.fileno()
