@@ -24,13 +24,9 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from agent_lab import VIP4, VIP6, Server, add_servers, wait_for
 
 from bgplb.lab.netns import Namespace, Topology
