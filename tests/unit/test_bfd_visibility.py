@@ -29,6 +29,15 @@ def test_bfd_cell() -> None:
     assert bfd_text({"state": "down", "state_code": 1, "downs": 0}).plain == "down"
 
 
+def test_bfd_cell_says_when_the_peer_never_answered() -> None:
+    """A router without BFD: no packet ever came back, so there is no detection time to show
+    ("detect 0ms" misled operators); the cell says what usually causes it."""
+    silent = UP | {"state": "down", "downs": 0, "last_down_diag": None, "packets_received": 0}
+    text = bfd_text(silent).plain
+    assert text == "down tx 100ms, no packet from the peer yet (BFD not configured there?)"
+    assert "detect" in bfd_text(UP | {"packets_received": 12}).plain
+
+
 def test_bfd_metrics() -> None:
     server = MetricsServer()
     rows = [("192.0.2.1", UP), ("192.0.2.5", {"state": "down", "state_code": 1, "downs": 0})]

@@ -26,7 +26,12 @@ def bfd_text(bfd: Mapping[str, Any] | None) -> Text:
         return Text("-")
     text = Text(bfd["state"], style=_STATE_STYLE.get(bfd["state"], "yellow"))
     if bfd.get("tx_interval_ms") is not None:
-        text.append(f" tx {bfd['tx_interval_ms']:g}ms, detect {bfd['detection_time_ms']:g}ms")
+        text.append(f" tx {bfd['tx_interval_ms']:g}ms")
+        if bfd.get("packets_received") == 0:
+            # no detection time without the peer's timers: say what that usually means
+            text.append(", no packet from the peer yet (BFD not configured there?)")
+        else:
+            text.append(f", detect {bfd['detection_time_ms']:g}ms")
     if bfd.get("last_down_diag"):
         text.append(f"\nlast down: {bfd['last_down_diag']} ({bfd['downs']}x)")
     return text
