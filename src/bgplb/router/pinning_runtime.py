@@ -222,7 +222,6 @@ async def sync(
 
     pinning: RouterPinning | None = getattr(router, "pinning", None)
     if pinning is None:
-
         # in the worker thread: O(changes) of Python; the FIB takes Prefix keys as they are
         def plain() -> FibResult:
             return fib_step(
