@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 from bgplb import __version__
 from bgplb.cli_agent import add_agent_commands
+from bgplb.cli_completion import add_completion_command
 from bgplb.cli_lab import add_lab_commands
 from bgplb.cli_router import add_router_commands
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_router_commands(sub)
     add_lab_commands(sub)
     _add_watch(sub)
+    add_completion_command(sub, parser)  # last: it describes every command above
     return parser
 
 
