@@ -11,7 +11,9 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 DEFAULT_SOCKETS = (Path("/run/bgplb/agent.sock"), Path("/run/bgplb/router.sock"))
 DEFAULT_STATE = Path("/var/lib/bgplb/agent-state.json")
@@ -85,13 +87,53 @@ def _drain(args: argparse.Namespace, command: str) -> int:
         print(f"bgplb {command}: {exc}", file=sys.stderr)
         return 1
     if command == "drain":
-        for name in result.get("drained", []):
+        names = result.get("drained", [])
+        for name in names:
             seconds = result.get("drain_time", {}).get(name)
             print(f"{name}: draining (GRACEFUL_SHUTDOWN now, withdrawal in {seconds:g}s)")
+        if args.wait:
+            limit = max(result.get("drain_time", {}).values(), default=0.0) + args.timeout
+            return _wait_withdrawn(args, names, limit)
     else:
         for name in result.get("undrained", []):
             print(f"{name}: undrained (announced again while healthy)")
     return 0
+
+
+def _still_announced(status: dict[str, Any], names: list[str]) -> list[str]:
+    """The services of `names` whose withdrawal has not yet left for every router: a VIP is
+    still announced, draining, or its withdrawal is not yet written to every peer."""
+    busy = {"adding", "announced", "draining", "withdrawing"}
+    return [
+        s["name"]
+        for s in status.get("services", [])
+        if s["name"] in names and any(v["phase"] in busy for v in s.get("vips", []))
+    ]
+
+
+def _wait_withdrawn(args: argparse.Namespace, names: list[str], limit: float) -> int:
+    """``drain --wait``: return once every drained service is withdrawn on the wire."""
+    from bgplb.control.socket import ControlError, request
+
+    loop_start = time.monotonic()
+    while True:
+        try:
+            left = _still_announced(request(_socket(args), "status"), names)
+        except ControlError as exc:
+            print(f"bgplb drain --wait: {exc}", file=sys.stderr)
+            return 1
+        if not left:
+            waited = time.monotonic() - loop_start
+            for name in names:
+                print(f"{name}: withdrawn: the withdrawal left for every peer ({waited:.1f}s)")
+            return 0
+        if time.monotonic() - loop_start > limit:
+            print(
+                f"bgplb drain --wait: still announced after {limit:g}s: {', '.join(left)}",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(0.05)
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
@@ -137,6 +179,18 @@ def add_agent_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
 
     p = subparsers.add_parser("drain", help="GRACEFUL_SHUTDOWN, wait drain_time, withdraw")
     p.add_argument("service", nargs="?", help="one service (default: all)")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="return only once the withdrawal has left for every peer (e.g. in ExecStop=)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --wait: give up (exit 1) this long after drain_time (default 30)",
+    )
     _socket_option(p)
     p.set_defaults(func=cmd_drain)
 

@@ -199,3 +199,39 @@ async def test_unusable_control_socket_does_not_start(tmp_path: Path) -> None:
     run.cfg.control.socket.write_text("a file, not a socket")
     assert await run.daemon.run() == 1
     assert run.cfg.control.socket.read_text() == "a file, not a socket"
+
+
+async def test_drain_wait_returns_once_the_withdrawal_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bgplb drain web --wait` (e.g. in a unit's ExecStop=) blocks through drain_time and
+    returns only when the withdrawal is written to every peer; it gives up with exit 1 when it
+    does not come within drain_time + --timeout."""
+    from bgplb.cli import main
+
+    run = Run(tmp_path)
+    await run.start()
+    await until(lambda: run.lo.present == {WEB4, WEB6, DNS})
+    sock = str(run.cfg.control.socket)
+    waiting = asyncio.ensure_future(
+        asyncio.to_thread(main, ["drain", "web", "--wait", "--socket", sock])
+    )
+    await asyncio.sleep(0.3)  # several polls: still draining (the fake clock has not moved)
+    assert not waiting.done()
+    run.clock.advance(2.0)  # drain_time: the withdrawal goes out
+    assert await asyncio.wait_for(waiting, 10) == 0
+    out = capsys.readouterr().out
+    assert "web: draining" in out and "web: withdrawn: the withdrawal left for every peer" in out
+    status = await run.ask("status")
+    assert status["services"][0]["status"] == "drained"  # type: ignore[index]
+
+    # again, on a clock that never moves: --timeout 0 gives up after drain_time (2 s)
+    await run.ask("undrain", service="web")
+    await until(lambda: WEB4 in run.lo.present and not run.daemon.state.drained())
+    await settle()
+    code = await asyncio.to_thread(
+        main, ["drain", "web", "--wait", "--timeout", "0", "--socket", sock]
+    )
+    assert code == 1
+    assert "still announced after 2s: web" in capsys.readouterr().err
+    assert await run.stop() == 0
