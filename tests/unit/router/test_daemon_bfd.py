@@ -39,6 +39,9 @@ class FakeLink:
 
 
 class FakeService:
+    def __init__(self, realtime_priority: int | None = None) -> None:
+        self.realtime_priority = realtime_priority
+
     def close(self) -> None:
         pass
 
