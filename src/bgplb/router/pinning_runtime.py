@@ -38,14 +38,19 @@ ADOPT_GRACE = 120.0
 
 
 class RouterPinning:
-    def __init__(self, fib: Any, netns: str | None = None) -> None:
-        from bgplb.linux.pinroutes import KernelPins
+    """The planner and the kernel's pins (`kernel`: KernelPins by default; tests pass an
+    in-memory one with the same methods)."""
 
+    def __init__(self, fib: Any, netns: str | None = None, kernel: Any = None) -> None:
         self.config = fib
         self.planner = Planner(fib.mark_mask, tuple(fib.pin_tables), fib.drain_linger)
-        self.kernel = KernelPins(
-            fib.mark_mask, tuple(fib.pin_tables), fib.pin_rule_priority, fib.nft_table, netns
-        )
+        if kernel is None:
+            from bgplb.linux.pinroutes import KernelPins
+
+            kernel = KernelPins(
+                fib.mark_mask, tuple(fib.pin_tables), fib.pin_rule_priority, fib.nft_table, netns
+            )
+        self.kernel = kernel
         self.pins: tuple[Pin, ...] = ()
         self.entries: dict[Any, Any] = {}  # VIP network -> FIB entry, kept by sync()
         self.plan: PinPlan | None = None

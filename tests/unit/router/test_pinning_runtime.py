@@ -1,0 +1,223 @@
+"""The router's connection-pinning runtime without root: the real planner and the real
+in-memory FIB (MemoryFib), an in-memory stand-in for the kernel's pins (rules, tables, nftables
+marks), and the module hooks the router calls (open, sync, due, status, close)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from ipaddress import ip_address
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from bgplb.bgp.prefix import Prefix
+from bgplb.config.router import FibConfig
+from bgplb.linux.memfib import MemoryFib, MemoryKernel
+from bgplb.linux.nftables import PinMark
+from bgplb.linux.pinroutes import PinSpec
+from bgplb.router import pinning_runtime as runtime
+from bgplb.router.rib import FibNexthop
+
+A, B = ip_address("192.0.2.10"), ip_address("192.0.2.11")
+VIP1, VIP2 = Prefix.parse("198.51.100.1/32"), Prefix.parse("198.51.100.2/32")
+IFINDEX = 7
+
+
+class MemoryPins:
+    """What KernelPins holds, in memory; `fail` makes the next call of that name raise."""
+
+    def __init__(self, marks: Sequence[PinMark] = ()) -> None:
+        self.marks = list(marks)
+        self.pins: list[PinSpec] = []
+        self.history: list[list[PinSpec]] = []
+        self.cleaned = self.closed = False
+        self.src_valid_mark_checks = 0
+        self.conntrack: dict[int, int] = {}
+        self.fail: set[str] = set()
+
+    def _maybe_fail(self, name: str) -> None:
+        if name in self.fail:
+            self.fail.discard(name)
+            raise OSError(f"{name} failed")
+
+    def installed_marks(self) -> list[PinMark]:
+        self._maybe_fail("installed_marks")
+        return list(self.marks)
+
+    def apply(self, pins: Sequence[PinSpec]) -> int:
+        self._maybe_fail("apply")
+        self.pins = list(pins)
+        self.history.append(list(pins))
+        return len(pins)
+
+    def ensure_src_valid_mark(self) -> bool:
+        self.src_valid_mark_checks += 1
+        return False
+
+    def counts(self) -> dict[int, int]:
+        self._maybe_fail("counts")
+        return dict(self.conntrack)
+
+    def cleanup(self) -> int:
+        self._maybe_fail("cleanup")
+        self.cleaned = True
+        self.pins = []
+        return 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def nexthop(address: Any, *, draining: bool = False, peer: str | None = None) -> FibNexthop:
+    return FibNexthop(address, IFINDEX, 1, draining, False, (peer or str(address),))
+
+
+def make_router(
+    pins: MemoryPins, **fib: Any
+) -> tuple[SimpleNamespace, runtime.RouterPinning, MemoryKernel]:
+    config = FibConfig(pinning=True, drain_linger=30.0, **fib)
+    kernel = MemoryKernel()
+    memfib = MemoryFib(kernel, buckets=16)
+    pinning = runtime.RouterPinning(config, kernel=pins)
+    peers = {str(A): SimpleNamespace(established=True), str(B): SimpleNamespace(established=True)}
+    router = SimpleNamespace(
+        config=SimpleNamespace(fib=config),
+        fib=memfib,
+        pinning=pinning,
+        rib=SimpleNamespace(peers=peers),
+        queue=asyncio.Queue(),
+    )
+    return router, pinning, kernel
+
+
+def forwarding(kernel: MemoryKernel) -> dict[str, set[Any]]:
+    return {str(k): set(v) for k, v in kernel.forwarding().items()}
+
+
+def test_pins_are_installed_around_the_group_change_and_drained_servers_linger() -> None:
+    pins = MemoryPins()
+    router, pinning, kernel = make_router(pins)
+
+    async def go() -> None:
+        t = asyncio.get_running_loop().time()  # `due` compares with the loop's clock
+        # two servers: both pinned, both in the groups
+        changes = {VIP1: (nexthop(A), nexthop(B)), VIP2: (nexthop(A),)}
+        await runtime.sync(router, changes, t)  # type: ignore[arg-type]
+        assert {p.gateway for p in pins.pins} == {A, B}
+        assert forwarding(kernel) == {str(VIP1.network): {A, B}, str(VIP2.network): {A}}
+        assert pins.src_valid_mark_checks == 1
+        # B drains: it leaves the group at once, its pin stays (connections keep flowing)
+        await runtime.sync(router, {VIP1: (nexthop(A), nexthop(B, draining=True))}, t + 1)  # type: ignore[arg-type]
+        assert forwarding(kernel)[str(VIP1.network)] == {A}
+        assert B in {p.gateway for p in pins.pins}
+        # B withdraws: its pin lingers for drain_linger, then goes; the RIB task is woken
+        await runtime.sync(router, {VIP1: (nexthop(A),)}, t + 2)  # type: ignore[arg-type]
+        states = runtime.status(router, counts=False)["servers"]
+        assert {s["address"]: s["vips"] for s in states}[str(B)] == {str(VIP1.network): "linger"}
+        assert not runtime.due(router)  # nothing due before the deadline
+        assert pinning.planner.next_deadline() == pytest.approx(t + 32)
+        await runtime.sync(router, {}, t + 33)  # type: ignore[arg-type]
+        assert {p.gateway for p in pins.pins} == {A}
+        runtime.close(router)  # type: ignore[arg-type]
+
+    asyncio.run(go())
+    assert pins.cleaned and pins.closed and router.pinning is None
+
+
+def test_status_counts_connections_per_mark_and_survives_conntrack_trouble(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pins = MemoryPins()
+    router, _, _ = make_router(pins)
+
+    async def go() -> None:
+        await runtime.sync(router, {VIP1: (nexthop(A),)}, 100.0)  # type: ignore[arg-type]
+
+    asyncio.run(go())
+    (pin,) = pins.pins
+    pins.conntrack = {pin.mark: 5, 0x00FE0000: 2}  # 2 connections of a mark no server holds
+    st = runtime.status(router)  # type: ignore[arg-type]
+    assert st["enabled"] is True and st["orphan_connections"] == 2
+    (server,) = st["servers"]
+    assert server["connections"] == 5 and server["mark"] == f"{pin.mark:#x}"
+    pins.fail.add("counts")
+    with caplog.at_level(logging.DEBUG, "bgplb.router"):
+        st = runtime.status(router)  # type: ignore[arg-type]
+    assert st["servers"][0]["connections"] == 0 and "conntrack counts" in caplog.text
+    assert runtime.status(SimpleNamespace(pinning=None)) == {"enabled": False}  # type: ignore[arg-type]
+
+
+def test_adopted_slots_keep_their_marks_after_a_restart() -> None:
+    """A restart finds our nftables rules: the same server gets the same slot (and mark), so
+    the conntrack marks of its established connections keep meaning it."""
+    old = MemoryPins()
+    router, _, _ = make_router(old)
+
+    async def first() -> None:
+        await runtime.sync(router, {VIP1: (nexthop(B),), VIP2: (nexthop(A),)}, 100.0)  # type: ignore[arg-type]
+
+    asyncio.run(first())
+    marks = [PinMark(p.gateway, p.oif, p.mark, p.slot) for p in old.pins]
+
+    pins = MemoryPins(marks)
+    router, pinning, _ = make_router(pins)
+
+    async def second() -> None:
+        pinning.adopt()
+        # the servers come back in the other order: the slots stay theirs
+        await runtime.sync(router, {VIP2: (nexthop(A),), VIP1: (nexthop(B),)}, 200.0)  # type: ignore[arg-type]
+
+    asyncio.run(second())
+    assert {(p.gateway, p.mark) for p in pins.pins} == {(m.gateway, m.mark) for m in marks}
+
+
+def test_errors_are_logged_and_close_keeps_the_pins_when_asked(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pins = MemoryPins()
+    pins.fail.add("installed_marks")
+    router, _, _ = make_router(pins, keep_on_exit=True)
+    router.pinning = None
+    real = runtime.RouterPinning
+    monkeypatch.setattr(runtime, "RouterPinning", lambda config: real(config, kernel=pins))
+    with caplog.at_level(logging.ERROR, "bgplb.router"):
+        asyncio.run(_open(router))
+    assert "reading our nftables table failed" in caplog.text
+    assert router.pinning is not None  # pinning still runs: it starts without adopted slots
+    runtime.close(router)  # type: ignore[arg-type]
+    assert not pins.cleaned and pins.closed  # keep_on_exit: rules and tables stay
+
+    monkeypatch.undo()
+    pins = MemoryPins()
+    pins.fail.add("cleanup")
+    router, _, _ = make_router(pins)
+    with caplog.at_level(logging.ERROR, "bgplb.router"):
+        runtime.close(router)  # type: ignore[arg-type]
+    assert "pinning: cleanup failed" in caplog.text and pins.closed
+    runtime.close(router)  # type: ignore[arg-type]  # closing twice is harmless
+
+
+async def _open(router: SimpleNamespace) -> None:
+    runtime.open(router)  # type: ignore[arg-type]
+
+
+def test_a_sync_after_close_does_nothing_and_pinning_off_is_plain() -> None:
+    pins = MemoryPins()
+    router, pinning, kernel = make_router(pins)
+    pinning.close(keep=False)
+
+    async def go() -> None:
+        result = await runtime.sync(router, {VIP1: (nexthop(A),)}, 100.0)  # type: ignore[arg-type]
+        assert result.ops == [] and pins.history == []
+        # without pinning the FIB gets the changes as they are
+        router.pinning = None
+        await runtime.sync(router, {VIP1: (nexthop(A),)}, 100.0)  # type: ignore[arg-type]
+
+    asyncio.run(go())
+    assert forwarding(kernel) == {str(VIP1.network): {A}}
+    off = SimpleNamespace(config=SimpleNamespace(fib=FibConfig(pinning=False)))
+    runtime.open(off)  # type: ignore[arg-type]
+    assert not hasattr(off, "pinning") and runtime.due(off) is False  # type: ignore[arg-type]
