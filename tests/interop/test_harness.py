@@ -206,9 +206,15 @@ def test_tshark_check_reports_a_malformed_message(two_hosts, tmp_path):
     try:
         with Capture(left.ns, left.ifname, pcap):
             payload = "b'\\xff'*16 + bytes([0, 10, 4])"
+            # the listener may not be listening yet: retry the connect, bounded (5 s)
             left.ns.exec(
                 "/usr/bin/python3", "-c",
-                "import socket,time; c=socket.create_connection(('192.0.2.2', 179), 5); "
+                "import socket,time\n"
+                "for _ in range(50):\n"
+                "    try:\n"
+                "        c=socket.create_connection(('192.0.2.2', 179), 5); break\n"
+                "    except ConnectionRefusedError:\n"
+                "        time.sleep(0.1)\n"
                 f"c.sendall({payload}); time.sleep(0.3)",
             )  # fmt: skip
     finally:

@@ -74,7 +74,13 @@ class RouterProc:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        wait_for("the router's control socket", lambda: self.try_status() is not None, 15)
+        try:
+            wait_for("the router's control socket", lambda: self.try_status() is not None, 15)
+        except BaseException:  # never leave a router running behind a failed start
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(5)
+            raise
 
     def try_status(self) -> dict | None:
         if self.proc is not None and self.proc.poll() is not None:
