@@ -37,8 +37,8 @@ def state_file(option: str | None, configured: Path | None) -> Path:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from bgplb.agent.daemon import AgentDaemon
-    from bgplb.agent.logs import setup
     from bgplb.config import ConfigError, load_agent_config
+    from bgplb.logs import setup
 
     try:
         config = load_agent_config(args.config)

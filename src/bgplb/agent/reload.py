@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bgplb.agent.checks import HealthChecks
-from bgplb.agent.logs import setup as setup_logging
 from bgplb.agent.runtime import Clock, CurrentConfig
 from bgplb.agent.sessions import PeerSessions
 from bgplb.agent.state import AgentState, ServiceSpec
 from bgplb.config import AgentConfig, ConfigError, ControlConfig, PeerConfig, load_agent_config
+from bgplb.logs import setup as setup_logging
 
 log = logging.getLogger("bgplb.agent")
 

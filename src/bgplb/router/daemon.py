@@ -506,7 +506,7 @@ FAMILIES = (IPV4_UNICAST, IPV6_UNICAST)
 
 def setup_logging(level: str, json_output: bool = False) -> None:
     """Plain lines or one JSON object per line (``[logging] json``), as the agent does."""
-    from bgplb.agent.logs import setup
+    from bgplb.logs import setup
 
     setup(level, json_output)
 

@@ -14,7 +14,8 @@ import pytest
 from agent_fakes import FakeClock, FakeProbe, config, fake_peers
 from test_daemon import Run, until
 
-from bgplb.agent import logs, peers
+from bgplb import logs
+from bgplb.agent import peers
 from bgplb.agent.lifecycle import STOP_MARGIN, sd_notify
 from bgplb.agent.runtime import Tasks
 from bgplb.bgp.families import AFI

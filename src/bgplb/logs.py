@@ -1,4 +1,4 @@
-"""Logging for the daemons: plain lines or one JSON object per line (``[logging] json``)."""
+"""Logging for both daemons: plain lines or one JSON object per line (``[logging] json``)."""
 
 from __future__ import annotations
 
