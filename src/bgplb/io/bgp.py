@@ -67,6 +67,13 @@ class Transport:
         return socket.AF_INET6 if self.remote.version == 6 else socket.AF_INET
 
 
+#: Why a GTSM session may never hear from its peer (RFC 5082: both sides send TTL 255).
+GTSM_HINT = (
+    " (ttl_security is on: the peer must send with TTL 255 - GTSM on its side too - or the"
+    " kernel drops its packets silently; see nstat TcpExtTCPMinTTLDrop)"
+)
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, peer: BgpPeer) -> None:
         self.peer = peer
@@ -311,8 +318,18 @@ class BgpPeer:
             elif isinstance(event, InternalSessionError):
                 log.error("%s: session reset by an internal error:\n%s", self.name, event.traceback)
             elif isinstance(event, SessionDown):
+                why = event.reason
+                if (
+                    self.transport.ttl_security
+                    and not event.was_established
+                    and why == "hold timer expired"
+                    and session.last_error == why
+                ):
+                    # no OPEN ever came: with GTSM the kernel drops a peer's packets sent with a
+                    # lower TTL, silently (last_error is what status shows)
+                    why = session.last_error = why + GTSM_HINT
                 level = logging.INFO if not event.was_established else logging.WARNING
-                log.log(level, "%s: session down: %s", self.name, event.reason)
+                log.log(level, "%s: session down: %s", self.name, why)
             elif isinstance(event, RoutesReceived) and event.update.ignored_families:
                 self._log_ignored(event)
             self.events_delivered += 1
@@ -438,12 +455,15 @@ class BgpPeer:
 
     def _timeout_message(self) -> str:
         t = self.transport
-        hint = (
-            " (TCP-MD5 is configured: a wrong or missing key on either side looks exactly like"
-            " this, the kernel drops the segments silently; see nstat TcpExtTCPMD5*)"
-            if t.password
-            else " (peer down, filtered, or not listening)"
-        )
+        if t.password:
+            hint = (
+                " (TCP-MD5 is configured: a wrong or missing key on either side looks exactly"
+                " like this, the kernel drops the segments silently; see nstat TcpExtTCPMD5*)"
+            )
+        elif t.ttl_security:
+            hint = GTSM_HINT
+        else:
+            hint = " (peer down, filtered, or not listening)"
         return f"connect to {t.remote}:{t.port} timed out{hint}"
 
     def _connect_failed(self, reason: str) -> None:

@@ -15,6 +15,7 @@ from bgplb.bgp.session import (
     RoutesReceived,
     Session,
     SessionConfig,
+    SessionDown,
     SessionEstablished,
 )
 from bgplb.io.bgp import BgpListener, BgpPeer, Transport
@@ -167,3 +168,72 @@ def test_routes_held_back_while_sending_are_reported_at_once():
     assert list(held) == [Prefix.parse("2001:db8:100::10/128")]
     reported = [e for e in seen if isinstance(e, RoutesHeldBack)]
     assert [dict(e.held) for e in reported] == [held], seen
+
+
+async def gtsm_scenario() -> tuple[str | None, State]:
+    """A GTSM client against a peer that sends with the default TTL (64, on loopback)."""
+    server_session = Session(cfg(65010, "192.0.2.1", 65020, passive=True))
+    server_peer = BgpPeer(server_session, Transport(remote=LOOP))
+    listener = BgpListener(["127.0.0.1"], 0, lambda transport, proto, remote: server_peer)
+    await listener.start()
+    server_peer.start()
+    session = Session(
+        SessionConfig(
+            local_asn=65020,
+            router_id=ipaddress.IPv4Address("192.0.2.2"),
+            peer_asn=65010,
+            open_hold_time=0.5,
+            connect_retry_time=30,
+        )
+    )
+    client = BgpPeer(
+        session,
+        Transport(LOOP, port=listener.bound[0][1], ttl_security=True, connect_timeout=0.5),
+    )
+    client.start()
+    try:
+        for _ in range(100):  # bounded: 10 s
+            if session.last_error and "ttl_security" in session.last_error:
+                break
+            await asyncio.sleep(0.1)
+        return session.last_error, session.state
+    finally:
+        await client.stop("done")
+        await server_peer.stop("done")
+        await listener.close()
+
+
+def test_a_gtsm_session_that_never_hears_its_peer_says_why():
+    """With ttl_security the kernel drops the peer's packets sent with TTL < 255 without a
+    trace: the session's last error (what status shows) names GTSM and the counter to read."""
+    error, state = asyncio.run(gtsm_scenario())
+    assert error is not None and "ttl_security is on" in error, error
+    assert "TcpExtTCPMinTTLDrop" in error
+    assert state is not State.ESTABLISHED
+
+
+def test_a_gtsm_session_whose_open_never_comes_says_why():
+    """Connected, but the peer's OPEN is dropped by the kernel (its TTL < 255): the OpenSent
+    hold timer expires, and the last error names GTSM (sans-IO session, no socket)."""
+
+    async def main() -> tuple[str | None, list[object]]:
+        session = Session(
+            SessionConfig(
+                local_asn=65020,
+                router_id=ipaddress.IPv4Address("192.0.2.2"),
+                peer_asn=65010,
+                open_hold_time=3.0,
+            )
+        )
+        seen: list[object] = []
+        peer = BgpPeer(session, Transport(LOOP, ttl_security=True), lambda p, e: seen.append(e))
+        session.start(0.0)
+        session.connection_made(0.0)
+        assert session.state is State.OPEN_SENT
+        session.handle_timer(3.5)  # no OPEN from the peer within the OpenSent hold time
+        peer._deliver_events()
+        return session.last_error, seen
+
+    error, seen = asyncio.run(main())
+    assert error is not None and error.startswith("hold timer expired (ttl_security is on")
+    assert any(isinstance(e, SessionDown) for e in seen)
