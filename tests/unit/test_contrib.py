@@ -35,6 +35,7 @@ from bgplb.config.router import RouterBgp, RouterControlConfig
 from bgplb.control.metrics import BfdCollector, Family, MetricsServer, SnapshotCollector
 from bgplb.control.router_status import metric_families
 from bgplb.io.loopwatch import LoopWatch
+from bgplb.linux.memfib import MemoryFib, MemoryKernel
 from bgplb.router.daemon import Router
 from prerequisites import require_binary
 
@@ -266,6 +267,7 @@ def registered_series() -> dict[str, set[str]]:
 
     router = Router(load_router_config(ROOT / "examples" / "router.toml"))
     router.loop_watch = LoopWatch(period=0.05)
+    router.fib = MemoryFib(MemoryKernel())  # the FIB's counters are exported when it is open
     server = MetricsServer()
     BfdCollector(server, "router", _bfd_row)
     SnapshotCollector(server).set(_filled(metric_families(router, {"servers": []})))
@@ -288,6 +290,9 @@ def test_registered_series_cover_both_daemons() -> None:
     assert "task" in series["bgplb_router_internal_errors_total"]
     assert "bgplb_router_bfd_state" in series and "bgplb_agent_bfd_downs_total" in series
     assert "bgplb_router_loop_lateness_seconds" in series
+    assert (
+        "bgplb_router_fib_retries_total" in series and "bgplb_router_gc_pause_max_seconds" in series
+    )
 
 
 def dashboard_queries() -> list[tuple[str, str, str]]:

@@ -616,16 +616,55 @@ def metric_families(router: Router, pins: Any = None) -> list[Family]:
             ],
         ),
     ]
+    engine = getattr(router.fib, "engine", None)  # the FIB's counters, read without its lock
+    if engine is not None:
+        families += [
+            (
+                "counter",
+                "router_fib_retries",
+                "Retries of VIPs the kernel refused",
+                (),
+                [((), float(engine.retries))],
+            ),
+            (
+                "gauge",
+                "router_fib_failing_vips",
+                "VIPs whose last kernel change failed (retried with backoff)",
+                (),
+                [((), float(len(engine.failed)))],
+            ),
+            (
+                "counter",
+                "router_fib_fast_drops",
+                "Group-level removals of a lost server's gateway (fast path)",
+                (),
+                [((), float(engine.fast_drops))],
+            ),
+        ]
     if loop is not None:
-        families.append(
+        families += [
             (
                 "gauge",
                 "router_loop_lateness_seconds",
                 "How late the event loop wakes a timer",
                 ("stat",),
                 [(("max",), loop["max_ms"] / 1000), (("p99",), loop["p99_ms"] / 1000)],
-            )
-        )
+            ),
+            (
+                "gauge",
+                "router_gc_pause_max_seconds",
+                "Longest garbage collection since start (it stops every thread)",
+                (),
+                [((), loop["gc_max_ms"] / 1000)],
+            ),
+            (
+                "counter",
+                "router_gc_full_collections",
+                "Full (generation 2) garbage collections",
+                (),
+                [((), float(loop["gc_full"]))],
+            ),
+        ]
     return families
 
 
