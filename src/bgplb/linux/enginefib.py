@@ -45,18 +45,6 @@ class EngineFib:
         with self._lock:
             return self._engine().update(resolved, self._now(now))
 
-    def try_update(self, changes: ChangesInput, now: float | None = None) -> FibResult | None:
-        """`update`, or None at once if the FIB is busy (an apply, a resync or a fast-path drop
-        in another thread): for a caller that must not wait (an event loop), which then hands
-        the same `update` to a worker thread."""
-        resolved = resolve_changes(changes, self._link, self.engine.interned, self.engine.networks)
-        if not self._lock.acquire(blocking=False):
-            return None
-        try:
-            return self._engine().update(resolved, self._now(now))
-        finally:
-            self._lock.release()
-
     def drop_gateways(
         self, gateways: Iterable[d.IPAddress], now: float | None = None
     ) -> FibResult | None:

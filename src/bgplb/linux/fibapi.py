@@ -167,10 +167,6 @@ class Fib(Protocol):
         VIPs are planned (plus VIPs of a shared group that must move off it)."""
         ...
 
-    def try_update(self, changes: ChangesInput, now: float | None = None) -> FibResult | None:
-        """`update` without waiting: None if the FIB is busy in another thread."""
-        ...
-
     def drop_gateways(
         self, gateways: Iterable[d.IPAddress], now: float | None = None
     ) -> FibResult | None:

@@ -35,8 +35,6 @@ log = logging.getLogger("bgplb.router")
 
 #: After a restart, adopted slots wait this long for their server to announce again.
 ADOPT_GRACE = 120.0
-#: Syncs of at most this many VIPs run on the event loop when the FIB is free (no pinning).
-FIB_INLINE = 64
 
 
 class RouterPinning:
@@ -229,26 +227,6 @@ async def sync(
 
     pinning: RouterPinning | None = getattr(router, "pinning", None)
     if pinning is None:
-        # A few VIPs (one withdrawal, one server's return...): on the event loop, if the FIB is
-        # free — a netlink batch of a few messages; the hop to a worker thread and back cost
-        # more than the work (withdrawal on the wire -> kernel). Busy or big: the thread.
-        retry = fib.next_retry()
-        if (
-            0 < len(changes) <= FIB_INLINE
-            and not release
-            and not finish_deferral
-            and (retry is None or retry > now)
-        ):
-            inline: FibResult | None = fib.try_update(
-                {
-                    vip: [(n.address, n.ifindex, n.weight) for n in entry]
-                    for vip, entry in changes.items()
-                },
-                now,
-            )
-            if inline is not None:
-                return inline
-
         # in the worker thread: O(changes) of Python; the FIB takes Prefix keys as they are
         def plain() -> FibResult:
             return fib_step(

@@ -335,30 +335,3 @@ def test_resolve_changes_normalises_like_desired_state_and_interns():
         resolve_changes({"198.51.100.10/32": [("192.0.2.2", 2, 0)]}, int)
     with pytest.raises(ValueError):
         resolve_changes({"198.51.100.300/32": []}, int)
-
-
-def test_try_update_never_waits_for_a_busy_fib():
-    """An event loop may apply a few VIPs itself only if no other thread holds the FIB (a
-    resync, a fast-path drop): then `try_update` says so at once instead of blocking."""
-    import threading
-
-    kernel, fib = make()
-    held, release = threading.Event(), threading.Event()
-
-    def busy() -> None:
-        with fib._lock:
-            held.set()
-            release.wait(10)
-
-    worker = threading.Thread(target=busy)
-    worker.start()
-    try:
-        assert held.wait(10)
-        assert fib.try_update({VIPS[0]: paths(0)}) is None
-        assert kernel.forwarding() == {}
-    finally:
-        release.set()
-        worker.join(10)
-    result = fib.try_update({VIPS[0]: paths(0)})
-    assert result is not None and not result.failed
-    assert kernel.forwarding() == {VIPS[0]: fwd(0)}

@@ -196,7 +196,6 @@ def test_a_peer_that_withdrew_everything_leaves_the_groups_before_the_per_vip_wo
         return real(changes, now)
 
     router.memfib.update = update  # type: ignore[method-assign]
-    router.memfib.try_update = update  # type: ignore[method-assign]  # small syncs: inline
     router.rib.update(str(A), [], PathAttributes(), VIPS + SOLO, router.clock)
 
     async def sync():
@@ -247,7 +246,6 @@ def test_a_big_peer_is_dropped_from_a_worker_thread_before_the_sync(monkeypatch)
         return real_update(changes, now)
 
     router.memfib.update = update  # type: ignore[method-assign]
-    router.memfib.try_update = update  # type: ignore[method-assign]  # small syncs: inline
 
     async def go():
         router._fib_peer_lost(str(A), graceful=False)

@@ -48,7 +48,6 @@ class FakeRouter(KernelSide):
             return real(changes, now)
 
         self.memfib.update = counting  # type: ignore[method-assign]
-        self.memfib.try_update = counting  # type: ignore[method-assign]  # small syncs: inline
 
     def _fib_now(self) -> float:
         return self.clock
