@@ -20,7 +20,7 @@ Setups (all check the same local HTTP server; the ExaBGP ones run
                   timeout 5 s).
 
 Both ExaBGP setups add --withdraw-on-down: by default the healthcheck never withdraws, it
-re-announces with MED 1000 (INTEROP-NOTES).
+re-announces with MED 1000 (docs/dev/interop.md).
 
 Idle cost: s1 runs 10 services (10 VIPs, checks of the local HTTP server) with 2 BGP peers (the
 router's IPv4 and IPv6 addresses); after --idle-seconds we report RSS, PSS and CPU of the whole
