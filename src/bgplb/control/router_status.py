@@ -549,6 +549,13 @@ def metric_families(router: Router, pins: Any = None) -> list[Family]:
         ),
         (
             "gauge",
+            "router_vips_by_nexthops",
+            "Installed VIPs by their number of next hops (1: one server left)",
+            ("nexthops",),
+            [((k,), float(v)) for k, v in sorted(list(router.nexthop_counts.items())) if v],
+        ),
+        (
+            "gauge",
             "router_paths",
             "Paths in the RIB",
             (),

@@ -25,6 +25,7 @@ and reload are in :mod:`bgplb.router.ranges`, the FIB and connected subnets in
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import logging
@@ -141,6 +142,7 @@ class Router(Supervised, PeerRanges, KernelSide):
         self.stop_event = asyncio.Event()
         self.router_id = config.bgp.router_id
         self.installed: dict[Prefix, tuple[Any, ...]] = {}
+        self.nexthop_counts: collections.Counter[str] = collections.Counter()
         self._connected: list[Connected] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.reloads = 0

@@ -35,6 +35,7 @@ import gc
 import ipaddress
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -58,6 +59,11 @@ CONNECTED_POLL = 2.0
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 SYNC_INLINE = 256
+def _bucket(entry: tuple[Any, ...]) -> str:
+    """The `nexthops` label of a VIP's FIB entry: its number of next hops, "8+" from 8 on."""
+    return str(len(entry)) if len(entry) < 8 else "8+"
+
+
 #: After a sync of at least this many VIPs, what it built is long-lived: ``gc.freeze()`` takes it
 #: out of the cyclic collector's full collections (objects are still freed by refcount).
 FREEZE_AFTER = 10_000
@@ -170,6 +176,7 @@ class KernelSide:
     rib: Rib
     counters: Counters
     installed: dict[Prefix, tuple[Any, ...]]
+    nexthop_counts: Counter[str]  # installed VIPs by number of next hops (see _bucket)
     queue: asyncio.Queue[tuple[PeerEntry | None, Event | str]]
     _connected: list[Connected]
     _fib_defer: StartupDeferral | None = None
@@ -446,14 +453,21 @@ class KernelSide:
         """The new FIB entry of each dirty VIP whose entry changed (() when gone), kept in
         `self.installed`."""
         changes: dict[Prefix, tuple[Any, ...]] = {}
+        counts = self.nexthop_counts
         for vip in dirty:
             entry = self.rib.fib_entry(vip)
+            old = self.installed.get(vip)
             if entry:
-                if self.installed.get(vip) != entry:
+                if old != entry:
                     self.installed[vip] = entry
                     changes[vip] = entry
+                    counts[_bucket(entry)] += 1
+                    if old:
+                        counts[_bucket(old)] -= 1
             elif self.installed.pop(vip, None) is not None:
                 changes[vip] = ()
+                if old:
+                    counts[_bucket(old)] -= 1
         return changes
 
     def fib_status(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ stays."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 from ipaddress import ip_address, ip_network
 from pathlib import Path
@@ -44,6 +45,7 @@ class FakeRouter(KernelSide):
         self.rib = Rib([Connected(SUBNET, IFINDEX, ip_address("192.0.2.1"))], max_stale_time=120)
         self.counters = Counters()
         self.installed = {}
+        self.nexthop_counts = collections.Counter()
         self.queue = asyncio.Queue()
         self.pinning = None
         self.clock = 100.0

@@ -5,6 +5,7 @@ adopted routes until End-of-RIB or startup_defer, and status comes from counters
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 from ipaddress import ip_address, ip_network
 from types import SimpleNamespace
@@ -36,6 +37,7 @@ class FakeRouter(KernelSide):
         self.rib = Rib([Connected(SUBNET, IFINDEX, ip_address("192.0.2.1"))])
         self.counters = Counters()
         self.installed = {}
+        self.nexthop_counts = collections.Counter()
         self.queue = asyncio.Queue()
         self.pinning = None
         self.clock = 100.0
@@ -335,3 +337,30 @@ def test_a_big_sync_freezes_what_it_built(monkeypatch):
     finally:
         gc.unfreeze()
     assert counts[0] == 0 and counts[1] > 0, counts
+
+
+def test_installed_vips_are_counted_by_their_number_of_next_hops():
+    """`bgplb_router_vips_by_nexthops` comes from counts kept as entries change (no walk)."""
+    kernel = MemoryKernel()
+    router = FakeRouter(kernel)
+
+    def counts():
+        return {k: v for k, v in router.nexthop_counts.items() if v}
+
+    async def go():
+        router._open_fib(router.memfib)
+        router.announce(str(A), VIPS)
+        await router._sync_fib()
+        assert counts() == {"1": len(VIPS)}
+        router.announce(str(B), VIPS[:2])
+        await router._sync_fib()
+        assert counts() == {"1": len(VIPS) - 2, "2": 2}
+        router.withdraw(str(A), VIPS)
+        await router._sync_fib()
+        assert counts() == {"1": 2}  # only the two B carries are left, each via B alone
+        router.withdraw(str(B), VIPS[:2])
+        await router._sync_fib()
+        assert counts() == {}
+        router._close_fib()
+
+    run(go)
