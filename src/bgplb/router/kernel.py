@@ -59,6 +59,8 @@ CONNECTED_POLL = 2.0
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 SYNC_INLINE = 256
+
+
 def _bucket(entry: tuple[Any, ...]) -> str:
     """The `nexthops` label of a VIP's FIB entry: its number of next hops, "8+" from 8 on."""
     return str(len(entry)) if len(entry) < 8 else "8+"
