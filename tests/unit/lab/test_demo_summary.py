@@ -77,3 +77,27 @@ def test_drain_rows_split_at_the_withdrawal() -> None:
     assert row("srv1 since the drain began").endswith("7/10")  # the drained server's share
     assert row("srv1 once out of the route").endswith("0/12")
     assert row("withdrawn by its agent").endswith("6.01 s")
+
+
+def test_a_reset_when_a_server_rejoins_a_plain_multipath_route_is_counted_apart() -> None:
+    """With a plain multipath route (BIRD) the kernel re-hashes every flow when a server
+    re-joins: a request in flight then may be reset. It is counted as such, not excused
+    silently, and only near that moment; with resilient groups (no `rejoined`) it is unexplained."""
+    from bgplb.lab.demo import _client_text, _window
+    from bgplb.lab.probes import Answer
+
+    answers = [
+        Answer(10.00, 1, 2.0),
+        Answer(10.05, None, 1.0, error="refused"),  # the stop: in the window
+        Answer(12.01, None, 3.0, error="reset"),  # 10 ms after srv1 re-joined at 12.00
+        Answer(13.50, None, 3.0, error="reset"),  # unexplained
+        Answer(14.00, 2, 2.0),
+    ]
+    figs, outside = _window(answers, 10.0, 10.2, rejoined=12.0)
+    assert figs["failed"] == 3 and figs["errors_at_rejoin"] == 1
+    assert figs["errors_outside_window"] == 1 and [a.t for a in outside] == [13.5]
+    figs, outside = _window(answers[:3] + answers[4:], 10.0, 10.2, rejoined=12.0)
+    assert figs["errors_outside_window"] == 0 and figs["error_window_ms"] == 50
+    assert "1 in flight when srv1 re-joined" in _client_text(figs, outside, "the stop")
+    figs, _ = _window(answers[:3] + answers[4:], 10.0, 10.2)  # resilient: nothing excused
+    assert figs["errors_outside_window"] == 1 and figs["errors_at_rejoin"] == 0
