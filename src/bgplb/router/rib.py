@@ -87,6 +87,7 @@ from dataclasses import dataclass, field
 from bgplb.bgp.attributes import GRACEFUL_SHUTDOWN, PathAttributes
 from bgplb.bgp.families import AFI, SAFI, Family
 from bgplb.bgp.prefix import Prefix
+from bgplb.router.failopen import RETURN_GRACE, FailOpen, Failure
 from bgplb.router.policy import gateway_refusal, special_purpose
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -177,6 +178,8 @@ class PeerState:
     third_party_next_hop: bool = False
     allow_default: bool = False
     stale_count: int = 0  # paths with .stale, kept up to date by the Rib
+    # its stale paths are kept by fail-open (bgplb.router.failopen), not Graceful Restart
+    fail_open_until: float | None = None
     interned: dict[tuple[IPAddress | None, float | None, bool, bool], Path] = field(
         default_factory=dict
     )
@@ -227,9 +230,17 @@ class Rib:
     """Paths per VIP from all peers, and the desired FIB. See the module docstring."""
 
     def __init__(
-        self, connected: Iterable[Connected] = (), *, max_stale_time: float | None = None
+        self,
+        connected: Iterable[Connected] = (),
+        *,
+        max_stale_time: float | None = None,
+        fail_open: FailOpen | None = None,
     ) -> None:
         self.peers: dict[PeerId, PeerState] = {}
+        #: None: fail-open off (every failure purges at once)
+        self.fail_open = fail_open
+        self.fail_open_vips = 0  # VIPs holding kept paths, as of the last fail_open_check
+        self._kept_changed = False
         # per VIP its paths, one per peer (a tuple: the common case is one or two)
         self.vips: dict[Prefix, tuple[Path, ...]] = {}
         self.max_stale_time = max_stale_time
@@ -303,6 +314,9 @@ class Rib:
             for afi in _BITS:
                 if Prefix(afi, 0, 0) in state.paths:
                     self._remove(state, Prefix(afi, 0, 0))
+        if state.fail_open_until is not None:
+            self._fail_open_back(state, now)
+            return
         if state.stale_count:
             # RFC 4724 §4.2: families it no longer preserves lose their stale routes now.
             for prefix, path in list(state.paths.items()):
@@ -338,6 +352,14 @@ class Rib:
         added = dropped = refused_count = 0
         refused: list[tuple[Prefix, str]] = []
         exceeded = bad_bandwidth = False
+        # fail-open: a usable path from a peer outside the episode ends it for its VIPs
+        fresh: list[Prefix] | None = (
+            []
+            if self.fail_open is not None
+            and self.fail_open.event is not None
+            and state.fail_open_until is None
+            else None
+        )
         if attributes is not None:
             raw = link_bandwidth(attributes)
             bandwidth = raw if _usable_bandwidth(raw) else None
@@ -371,6 +393,8 @@ class Rib:
                     dropped += 1
                     continue
                 added += 1
+                if fresh is not None:
+                    fresh.append(prefix)
                 if prefix in paths:
                     self._set(state, prefix, path)  # a replacement: the general case
                     continue
@@ -389,8 +413,12 @@ class Rib:
                     vips[prefix] = grown
                 paths[prefix] = path
                 dirty.add(prefix)
+        if fresh:
+            self._real_path_appeared(fresh)
         if not state.stale_count:
             state.stale_deadline = None  # every stale path was replaced or withdrawn
+            if state.fail_open_until is not None:
+                self._fail_open_done(state, "came back")
         return UpdateResult(
             added, removed, exceeded, dropped, tuple(refused), refused_count, bad_bandwidth
         )
@@ -405,13 +433,20 @@ class Rib:
         self._purge(state, stale)
         if not state.stale_count:
             state.stale_deadline = None
+            if state.fail_open_until is not None:
+                self._fail_open_done(state, "came back")
             if not state.established:  # nothing left of a peer that is down
                 del self.peers[peer]
         return len(stale)
 
-    def peer_down(self, peer: PeerId, now: float, *, graceful: bool) -> int:
+    def peer_down(
+        self, peer: PeerId, now: float, *, graceful: bool, failure: str | None = None
+    ) -> int:
         """The session with `peer` went down. `graceful`: the transport was closed by FIN/RST
-        (not hold expiry, not BFD, not a NOTIFICATION). Returns how many paths were kept stale.
+        (not hold expiry, not BFD, not a NOTIFICATION). Returns how many paths were kept stale
+        for Graceful Restart. `failure`: why it is a failure
+        (:func:`bgplb.router.failopen.failure_kind`), None when it is not: with fail-open on,
+        VIPs it leaves without a usable path keep their paths (see :mod:`~bgplb.router.failopen`).
         """
         state = self.peers.get(peer)
         if state is None:
@@ -420,6 +455,11 @@ class Rib:
         hold = self._stale_time(state)
         keep = graceful and bool(hold) and bool(state.gr_families)
         kept = 0
+        if state.fail_open_until is not None:
+            self._fail_open_done(state, "failed again" if failure else "closed again")
+        if not keep and failure is not None and self.fail_open is not None:
+            self._fail(state, now, failure)
+            return 0
         if keep:
             kept_afis = {afi for afi, safi in state.gr_families if safi == SAFI.UNICAST}
             gone = [p for p in state.paths if p[0] not in kept_afis]
@@ -438,6 +478,8 @@ class Rib:
         """Purge every path of `peer` at once (deconfigured, or stopped by us)."""
         state = self.peers.pop(peer, None)
         if state is not None:
+            if state.fail_open_until is not None:
+                self._fail_open_done(state, "removed")
             self._purge(state, list(state.paths))
 
     def expire(self, now: float) -> list[PeerId]:
@@ -447,8 +489,18 @@ class Rib:
             for s in self.peers.values()
             if s.stale_deadline is not None and s.stale_deadline <= now
         ]
+        kept_by_fail_open = []
         for peer in expired:
             state = self.peers[peer]
+            if state.fail_open_until is not None:
+                kept_by_fail_open.append(peer)
+                ran_out = state.fail_open_until <= now
+                self._fail_open_done(
+                    state,
+                    "fail_open_hold ran out"
+                    if ran_out
+                    else f"not back within {RETURN_GRACE:g} s of the first one back",
+                )
             # a peer that is down holds only stale paths; purge all of it, never leave paths
             # behind a forgotten PeerState
             if state.established:
@@ -458,12 +510,140 @@ class Rib:
             state.stale_deadline = None
             if not state.established:
                 del self.peers[peer]
-        return expired
+        return [p for p in expired if p not in kept_by_fail_open]
 
     def next_deadline(self) -> float | None:
         """When :meth:`expire` must next be called, or None."""
         deadlines = [s.stale_deadline for s in self.peers.values() if s.stale_deadline is not None]
         return min(deadlines) if deadlines else None
+
+    # -- fail-open (bgplb.router.failopen) ------------------------------------------------------
+
+    def fail_open_check(self, now: float) -> list[tuple[str, str]]:
+        """After a batch of inputs: forget fail-open marks of peers with no kept path left,
+        count the VIPs still holding kept paths (:attr:`fail_open_vips`), and return the
+        (level, message) lines to log (episode started, grew, ended). O(peers), plus the
+        episode's VIPs when kept paths changed."""
+        fo = self.fail_open
+        if fo is None or fo.event is None:
+            return fo.take_logs() if fo is not None else []
+        kept_peers = 0
+        for state in list(self.peers.values()):
+            if state.fail_open_until is None:
+                continue
+            if state.stale_count:
+                kept_peers += 1
+            else:
+                self._fail_open_done(state, "came back" if state.established else "gone")
+                if not state.established and not state.paths:
+                    del self.peers[state.peer]
+        if self._kept_changed or not kept_peers:
+            self._kept_changed = False
+            self.fail_open_vips = sum(1 for v in fo.event.vips if self._kept_in(v))
+        fo.check(kept_peers, now)
+        return fo.take_logs()
+
+    def fail_open_until(self, vip: Prefix) -> float | None:
+        """When the last kept path of `vip` goes at the latest, or None (status): O(its paths)."""
+        deadlines = []
+        for path in self.vips.get(vip, ()):
+            state = self.peers.get(path.peer) if path.stale else None
+            if state is not None and state.fail_open_until is not None:
+                deadlines.append(state.stale_deadline or state.fail_open_until)
+        return max(deadlines) if deadlines else None
+
+    def _kept_in(self, vip: Prefix) -> bool:
+        return any(p.stale and self._is_kept(p.peer) for p in self.vips.get(vip, ()))
+
+    def _is_kept(self, peer: PeerId) -> bool:
+        state = self.peers.get(peer)
+        return state is not None and state.fail_open_until is not None
+
+    def _real(self, paths: tuple[Path, ...], version: int) -> bool:
+        """Whether `paths` hold a usable path of IP `version` that fail-open is not keeping."""
+        for p in paths:
+            hop = p.next_hop
+            if p.stale and self._is_kept(p.peer):
+                continue
+            if hop is not None and hop.version == version and self._verdict(p)[1] is None:
+                return True
+        return False
+
+    def _fail(self, state: PeerState, now: float, kind: str) -> None:
+        """`state`'s session failed (`kind`): purge its paths; the VIPs this leaves without a
+        real usable path get back the paths they lost to failures within the window."""
+        fo = self.fail_open
+        assert fo is not None
+        snapshot = {p: path for p, path in state.paths.items() if not path.draining}
+        fo.failed(Failure(state.peer, now, kind, snapshot, state))
+        orphans: list[Prefix] = []
+        self._purge(state, list(state.paths), orphans)
+        state.stale_deadline = None
+        del self.peers[state.peer]
+        if not orphans:
+            return
+        recent = list(fo.recent(now))
+        for prefix in orphans:
+            for failure in recent:
+                path = failure.paths.get(prefix)
+                if path is None:
+                    continue
+                kept_state = self._kept_state(failure, now)
+                if kept_state is None or prefix in kept_state.paths:
+                    continue
+                kept = self._intern(kept_state, path.next_hop, path.bandwidth, False, True)
+                self._set(kept_state, prefix, kept)
+                fo.kept(prefix, failure, now)
+        self._kept_changed = True
+
+    def _kept_state(self, failure: Failure, now: float) -> PeerState | None:
+        """The state that holds `failure`'s kept paths (its own, put back), or None when the
+        peer has a session again (its own routes count, not the old ones)."""
+        assert self.fail_open is not None
+        state = self.peers.get(failure.peer)
+        if state is None:
+            own: PeerState = failure.state
+            state = self.peers[failure.peer] = own
+        elif state is not failure.state or state.established:
+            return None
+        if state.fail_open_until is None:
+            state.fail_open_until = now + self.fail_open.hold
+            state.stale_deadline = state.fail_open_until
+        return state
+
+    def _fail_open_back(self, state: PeerState, now: float) -> None:
+        """A peer holding kept paths is Established again: its fresh routes replace them, its
+        End-of-RIB purges the rest; every kept peer (itself included) now has RETURN_GRACE
+        seconds at most (the router runs again: who does not come back now is gone)."""
+        until = now + RETURN_GRACE
+        for other in self.peers.values():
+            if other.fail_open_until is not None and other.stale_deadline is not None:
+                other.stale_deadline = min(other.stale_deadline, until)
+
+    def _fail_open_done(self, state: PeerState, why: str) -> None:
+        if self.fail_open is not None:
+            self.fail_open.note_end(state.peer, why)
+        state.fail_open_until = None
+        self._kept_changed = True
+
+    def _real_path_appeared(self, prefixes: list[Prefix]) -> None:
+        """A peer outside the fail-open episode announced `prefixes`: where its path is usable,
+        the kept paths of those VIPs go."""
+        for prefix in prefixes:
+            paths = self.vips.get(prefix, ())
+            if not any(p.stale and self._is_kept(p.peer) for p in paths):
+                continue
+            if not self._real(paths, _VERSION[prefix[0]]):
+                continue
+            for p in paths:
+                state = self.peers.get(p.peer)
+                if p.stale and state is not None and state.fail_open_until is not None:
+                    self._remove(state, prefix)
+                    if not state.stale_count:
+                        self._fail_open_done(state, "a usable path from outside the episode")
+                        if not state.established:
+                            del self.peers[state.peer]
+            self._kept_changed = True
 
     # -- outputs --------------------------------------------------------------------------------
 
@@ -715,10 +895,17 @@ class Rib:
         state.stale_count += path.stale - (old.stale if old is not None else False)
         self._dirty.add(prefix)
 
-    def _purge(self, state: PeerState, prefixes: Iterable[Prefix]) -> int:
+    def _purge(
+        self,
+        state: PeerState,
+        prefixes: Iterable[Prefix],
+        orphans: list[Prefix] | None = None,
+    ) -> int:
         """Remove `state`'s paths of `prefixes`, in bulk: ~0.3 us per prefix, so that a peer
         leaving with 100k paths holds the caller for tens of ms, not hundreds. Returns how many
-        were removed."""
+        were removed. `orphans`: gets the VIPs this leaves without a real usable path that had
+        one (fail-open)."""
+        orphan_of: dict[tuple[tuple[Path, ...], int], bool] = {}
         vips, paths, dirty, keys = self.vips, state.paths, self._dirty, self._keys
         # a VIP's tuple holds one path per peer: what is left without this peer's path depends
         # on the tuple alone, and VIPs with the same paths share their tuple
@@ -737,6 +924,15 @@ class Rib:
                 after = rest[before] = tuple(p for p in before if p is not old)
                 if after:
                     after = rest[before] = self._shared(after)
+            if orphans is not None:
+                version = _VERSION[prefix[0]]
+                lost = orphan_of.get((before, version))
+                if lost is None:
+                    lost = orphan_of[(before, version)] = self._real(
+                        before, version
+                    ) and not self._real(after, version)
+                if lost:
+                    orphans.append(prefix)
             if after:
                 vips[prefix] = after
             else:

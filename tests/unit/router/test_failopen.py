@@ -1,0 +1,323 @@
+"""Fail open (bgplb.router.failopen + its hooks in bgplb.router.rib): paths that all fail at once
+by BFD / hold timer are kept; one failure among others fails over at once; withdrawals, drains
+and Cease are never kept. Pure: a fake clock is a float."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address, ip_network
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bgplb.bgp.attributes import (
+    GRACEFUL_SHUTDOWN,
+    AsPathSegment,
+    AsPathSegmentType,
+    Origin,
+    PathAttributes,
+)
+from bgplb.bgp.errors import CeaseSubcode, ErrorCode
+from bgplb.bgp.events import SessionDown
+from bgplb.bgp.messages import Notification
+from bgplb.bgp.prefix import Prefix
+from bgplb.router.failopen import (
+    BFD_DOWN,
+    HOLD_EXPIRED,
+    PEER_BFD_DOWN,
+    PEER_HOLD_EXPIRED,
+    RETURN_GRACE,
+    FailOpen,
+    default_window,
+    failure_kind,
+)
+from bgplb.router.rib import Connected, Rib
+
+VIP = Prefix.parse("198.51.100.10/32")
+VIP2 = Prefix.parse("198.51.100.11/32")
+CONNECTED = [Connected(ip_network("192.0.2.0/24"), 3, ip_address("192.0.2.1"))]
+SERVERS = ("192.0.2.11", "192.0.2.12", "192.0.2.13")
+HOLD = 9.0
+WINDOW = 0.5
+
+
+def attrs(next_hop: str, *, communities: tuple[int, ...] = ()) -> PathAttributes:
+    return PathAttributes(
+        origin=Origin.IGP,
+        as_path=(AsPathSegment(AsPathSegmentType.AS_SEQUENCE, (65000,)),),
+        next_hop=ip_address(next_hop),
+        communities=communities,
+    )
+
+
+def make_rib(*servers: str, fail_open: bool = True, vips: tuple[Prefix, ...] = (VIP,)) -> Rib:
+    rib = Rib(CONNECTED, fail_open=FailOpen(HOLD, WINDOW) if fail_open else None)
+    for peer in servers:
+        rib.peer_up(peer, 0.0, asn=65000, source=ip_address(peer))
+        rib.update(peer, list(vips), attrs(peer), [], 0.0)
+    rib.take_dirty()
+    return rib
+
+
+def members(rib: Rib, vip: Prefix = VIP) -> list[str]:
+    return [str(n.address) for n in rib.fib_entry(vip)]
+
+
+# -- what is a failure -----------------------------------------------------------------------
+
+
+def down(**kw: object) -> SessionDown:
+    return SessionDown("x", True, **kw)  # type: ignore[arg-type]
+
+
+def test_failure_kinds() -> None:
+    assert failure_kind(down(), bfd_down=True) == BFD_DOWN
+    assert failure_kind(down(hold_expired=True), bfd_down=False) == HOLD_EXPIRED
+    received_hold = Notification(ErrorCode.HOLD_TIMER_EXPIRED, 0)
+    assert failure_kind(down(notification=received_hold, local=False), False) == PEER_HOLD_EXPIRED
+    bfd_cease = Notification(ErrorCode.CEASE, CeaseSubcode.BFD_DOWN)
+    assert failure_kind(down(notification=bfd_cease, local=False), False) == PEER_BFD_DOWN
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        down(connection_lost=True),  # FIN/RST without NOTIFICATION: the host answered
+        down(
+            notification=Notification(ErrorCode.CEASE, CeaseSubcode.ADMINISTRATIVE_SHUTDOWN),
+            local=False,
+        ),
+        down(
+            notification=Notification(ErrorCode.CEASE, CeaseSubcode.ADMINISTRATIVE_RESET),
+            local=False,
+        ),
+        down(notification=Notification(ErrorCode.CEASE, CeaseSubcode.MAX_PREFIXES), local=True),
+        down(notification=Notification(ErrorCode.UPDATE_MESSAGE, 1), local=True),
+        # a Cease/BFD Down we sent is only a failure through our own BFD state (bfd_down)
+        down(notification=Notification(ErrorCode.CEASE, CeaseSubcode.BFD_DOWN), local=True),
+    ],
+)
+def test_not_failures(event: SessionDown) -> None:
+    assert failure_kind(event, bfd_down=False) is None
+
+
+def test_default_window() -> None:
+    assert default_window([]) == 0.5
+    assert default_window([0.3, 0.9]) == 0.9
+
+
+def test_bad_policy_refused() -> None:
+    with pytest.raises(ValueError):
+        FailOpen(0, 1)
+    with pytest.raises(ValueError):
+        FailOpen(1, -1)
+
+
+# -- the RIB ---------------------------------------------------------------------------------
+
+
+def test_one_failure_among_others_fails_over_at_once() -> None:
+    rib = make_rib(*SERVERS)
+    rib.peer_down(SERVERS[0], 1.0, graceful=False, failure=BFD_DOWN)
+    assert members(rib) == list(SERVERS[1:])
+    assert rib.fail_open_check(1.0) == []
+    assert rib.fail_open.event is None  # type: ignore[union-attr]
+    assert SERVERS[0] not in rib.peers
+
+
+def test_all_fail_in_one_batch_are_kept_until_hold() -> None:
+    rib = make_rib(*SERVERS, vips=(VIP, VIP2))
+    for i, peer in enumerate(SERVERS):
+        rib.peer_down(peer, 1.0 + i * 0.01, graceful=False, failure=BFD_DOWN)
+    assert members(rib) == list(SERVERS)
+    assert members(rib, VIP2) == list(SERVERS)
+    assert all(n.stale for n in rib.fib_entry(VIP))
+    assert rib.fail_open_until(VIP) == pytest.approx(1.02 + HOLD, abs=0.03)
+    logs = rib.fail_open_check(1.03)
+    assert len(logs) == 1 and logs[0][0] == "warning"
+    assert "fail-open: 2 VIPs lost every path to failures within 0.02 s" in logs[0][1]
+    assert "BFD Down: 192.0.2.11, 192.0.2.12, 192.0.2.13" in logs[0][1]
+    assert "keeping them for 9 s" in logs[0][1]
+    assert rib.fail_open_vips == 2
+    # nothing before the hold
+    assert rib.expire(1.0 + HOLD - 0.1) == []
+    assert members(rib) == list(SERVERS)
+    deadline = rib.next_deadline()
+    assert deadline is not None and deadline <= 1.02 + HOLD + 1e-9
+    assert rib.expire(1.03 + HOLD) == []  # not reported as graceful restart
+    assert members(rib) == [] and VIP not in rib.vips
+    logs = rib.fail_open_check(1.03 + HOLD)
+    assert len(logs) == 1 and "fail-open over after" in logs[0][1]
+    assert "fail_open_hold ran out" in logs[0][1]
+    assert rib.fail_open.event is None  # type: ignore[union-attr]
+    assert rib.fail_open_vips == 0 and rib.peers == {}
+
+
+def test_failures_in_separate_batches_within_the_window() -> None:
+    rib = make_rib(*SERVERS)
+    rib.peer_down(SERVERS[0], 1.0, graceful=False, failure=BFD_DOWN)
+    rib.fail_open_check(1.0)
+    assert members(rib) == list(SERVERS[1:])  # went at once: nothing said yet
+    rib.peer_down(SERVERS[1], 1.2, graceful=False, failure=HOLD_EXPIRED)
+    rib.peer_down(SERVERS[2], 1.3, graceful=False, failure=PEER_BFD_DOWN)
+    assert members(rib) == list(SERVERS)  # the first one is back, kept
+    (_level, message), *_ = rib.fail_open_check(1.3)
+    assert "within 0.30 s" in message and "hold timer expired: 192.0.2.12" in message
+
+
+def test_failure_older_than_the_window_is_not_brought_back() -> None:
+    rib = make_rib(*SERVERS)
+    rib.peer_down(SERVERS[0], 1.0, graceful=False, failure=BFD_DOWN)
+    rib.peer_down(SERVERS[1], 1.0 + WINDOW + 0.1, graceful=False, failure=BFD_DOWN)
+    rib.peer_down(SERVERS[2], 1.0 + WINDOW + 0.2, graceful=False, failure=BFD_DOWN)
+    assert members(rib) == list(SERVERS[1:])
+
+
+@pytest.mark.parametrize("how", ["withdraw", "cease", "internal", "drain"])
+def test_not_a_failure_is_never_kept(how: str) -> None:
+    rib = make_rib(*SERVERS[:2])
+    rib.peer_down(SERVERS[0], 1.0, graceful=False, failure=BFD_DOWN)
+    if how == "withdraw":
+        rib.update(SERVERS[1], [], None, [VIP], 1.1)
+    elif how == "drain":
+        rib.update(SERVERS[1], [VIP], attrs(SERVERS[1], communities=(GRACEFUL_SHUTDOWN,)), [], 1.05)
+        rib.peer_down(SERVERS[1], 1.1, graceful=False, failure=BFD_DOWN)
+    else:  # Cease from the peer, our own reset: failure None
+        rib.peer_down(SERVERS[1], 1.1, graceful=False, failure=None)
+    if how == "drain":
+        # the draining path is not kept; the other one, lost to failure just before, is
+        assert members(rib) == [SERVERS[0]]
+    else:
+        assert members(rib) == []
+        assert VIP not in rib.vips
+
+
+def test_off_purges_as_before() -> None:
+    rib = make_rib(*SERVERS, fail_open=False)
+    for peer in SERVERS:
+        rib.peer_down(peer, 1.0, graceful=False, failure=BFD_DOWN)
+    assert members(rib) == [] and rib.peers == {}
+    assert rib.fail_open_check(1.0) == []
+
+
+def test_peers_come_back_fresh_routes_replace_kept_ones() -> None:
+    rib = make_rib(*SERVERS)
+    for peer in SERVERS:
+        rib.peer_down(peer, 1.0, graceful=False, failure=BFD_DOWN)
+    rib.fail_open_check(1.0)
+    for i, peer in enumerate(SERVERS):
+        now = 2.0 + i * 0.1
+        rib.peer_up(peer, now, asn=65000, source=ip_address(peer))
+        assert members(rib) == list(SERVERS)  # kept while it sends its routes
+        rib.update(peer, [VIP], attrs(peer), [], now)
+        assert not rib.fib_entry(VIP)[i].stale
+    assert not any(n.stale for n in rib.fib_entry(VIP))
+    logs = rib.fail_open_check(2.3)
+    assert len(logs) == 1 and "fail-open over" in logs[0][1] and "came back" in logs[0][1]
+    assert rib.next_deadline() is None
+
+
+def test_one_back_others_get_the_grace() -> None:
+    rib = make_rib(*SERVERS)
+    for peer in SERVERS:
+        rib.peer_down(peer, 1.0, graceful=False, failure=BFD_DOWN)
+    rib.peer_up(SERVERS[0], 2.0, asn=65000, source=ip_address(SERVERS[0]))
+    rib.update(SERVERS[0], [VIP], attrs(SERVERS[0]), [], 2.0)
+    assert members(rib) == list(SERVERS)
+    assert rib.next_deadline() == pytest.approx(2.0 + RETURN_GRACE)
+    rib.expire(2.0 + RETURN_GRACE)
+    assert members(rib) == [SERVERS[0]]
+    logs = rib.fail_open_check(2.0 + RETURN_GRACE)
+    assert "not back within 5 s" in logs[-1][1]
+
+
+def test_end_of_rib_purges_kept_paths_not_announced_again() -> None:
+    rib = make_rib(SERVERS[0], vips=(VIP, VIP2))
+    rib.peer_down(SERVERS[0], 1.0, graceful=False, failure=BFD_DOWN)
+    assert members(rib, VIP2) == [SERVERS[0]]
+    rib.peer_up(SERVERS[0], 2.0, asn=65000, source=ip_address(SERVERS[0]))
+    rib.update(SERVERS[0], [VIP], attrs(SERVERS[0]), [], 2.0)
+    rib.end_of_rib(SERVERS[0], (VIP.afi, 1), 2.1)  # type: ignore[arg-type]
+    assert members(rib) == [SERVERS[0]] and members(rib, VIP2) == []
+    assert "came back" in rib.fail_open_check(2.1)[-1][1]
+
+
+def test_a_real_path_from_another_server_ends_it_for_that_vip() -> None:
+    rib = make_rib(*SERVERS[:2], vips=(VIP, VIP2))
+    for peer in SERVERS[:2]:
+        rib.peer_down(peer, 1.0, graceful=False, failure=BFD_DOWN)
+    rib.fail_open_check(1.0)
+    new = SERVERS[2]
+    rib.peer_up(new, 2.0, asn=65000, source=ip_address(new))
+    rib.update(new, [VIP], attrs(new), [], 2.0)
+    assert members(rib) == [new]
+    assert members(rib, VIP2) == list(SERVERS[:2])  # still kept
+    rib.fail_open_check(2.0)
+    assert rib.fail_open_vips == 1
+    rib.update(new, [VIP2], attrs(new), [], 2.1)
+    assert members(rib, VIP2) == [new]
+    logs = rib.fail_open_check(2.1)
+    assert "usable path from outside the episode" in logs[-1][1]
+    assert set(rib.peers) == {new}
+
+
+def test_graceful_restart_still_applies_to_a_closed_connection() -> None:
+    rib = Rib(CONNECTED, max_stale_time=120, fail_open=FailOpen(HOLD, WINDOW))
+    rib.peer_up(
+        "192.0.2.11",
+        0.0,
+        source=ip_address("192.0.2.11"),
+        restart_time=30,
+        gr_families=[(VIP.afi, 1)],
+    )  # type: ignore[list-item]
+    rib.update("192.0.2.11", [VIP], attrs("192.0.2.11"), [], 0.0)
+    assert rib.peer_down("192.0.2.11", 1.0, graceful=True, failure=None) == 1
+    assert rib.fail_open.event is None  # type: ignore[union-attr]
+    assert rib.next_deadline() == 31.0
+
+
+def test_kept_peer_failing_again_after_return() -> None:
+    rib = make_rib(*SERVERS[:2])
+    for peer in SERVERS[:2]:
+        rib.peer_down(peer, 1.0, graceful=False, failure=BFD_DOWN)
+    rib.peer_up(SERVERS[0], 2.0, asn=65000, source=ip_address(SERVERS[0]))
+    rib.update(SERVERS[0], [VIP], attrs(SERVERS[0]), [], 2.0)
+    rib.peer_down(SERVERS[0], 2.1, graceful=False, failure=BFD_DOWN)
+    # its fresh path is the only real one: kept again, with the other kept one
+    assert members(rib) == list(SERVERS[:2])
+    rib.fail_open_check(2.1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 5),
+    fail=st.lists(st.tuples(st.integers(0, 4), st.floats(0, 2), st.booleans()), max_size=8),
+)
+def test_property_never_keeps_what_was_not_lost_to_failure(
+    n: int, fail: list[tuple[int, float, bool]]
+) -> None:
+    """Whatever the order: a VIP with a real path left is exactly the real paths; kept paths
+    belong to peers lost by failure; a VIP with no kept path is what fail-open off gives."""
+    servers = [f"192.0.2.{20 + i}" for i in range(n)]
+    on, off = make_rib(*servers), make_rib(*servers, fail_open=False)
+    now = 1.0
+    failed: set[str] = set()
+    for index, gap, is_failure in fail:
+        peer = servers[index % n]
+        if peer not in on.peers or not on.peers[peer].established:
+            continue
+        now += gap
+        kind = BFD_DOWN if is_failure else None
+        on.peer_down(peer, now, graceful=False, failure=kind)
+        off.peer_down(peer, now, graceful=False, failure=kind)
+        if is_failure:
+            failed.add(peer)
+        on.fail_open_check(now)
+    live = members(off)
+    if live:
+        assert members(on) == live
+    else:
+        assert set(members(on)) <= failed
+        assert all(n.stale for n in on.fib_entry(VIP))
+    on.expire(now + HOLD + 1)
+    assert members(on) == live
