@@ -174,6 +174,8 @@ def render_status(status: dict[str, Any], console: Console | None = None) -> Non
             vips.add_row(v["vip"], "(no usable nexthop)", "", "", "", "")
         for i, n in enumerate(v["nexthops"]):
             state = "draining" if n["draining"] else "stale" if n["stale"] else "active"
+            if n.get("fail_open"):
+                state = f"fail-open until +{v['fail_open_until']:g}s"
             vips.add_row(
                 v["vip"] if i == 0 else "",
                 n["address"],

@@ -161,6 +161,12 @@ class FibConfig(Section):
     # With objects of a previous run in the kernel (keep_on_exit, kill -9): keep them until
     # every peer of that run has sent End-of-RIB, at most this long (RFC 4724 §4.1 deferral).
     startup_defer: Duration = 60.0
+    # Fail open (bgplb.router.failopen): when every path of a VIP is lost to failures (BFD Down,
+    # hold timer) within fail_open_window, keep them for fail_open_hold rather than blackhole
+    # the service because the router itself stalled. None: the defaults below.
+    fail_open: bool = True
+    fail_open_hold: PositiveDuration | None = None  # default: [bgp] hold_time (9 s if 0)
+    fail_open_window: PositiveDuration | None = None  # default: longest BFD detection, >= 0.5 s
 
     @field_validator("idle_timer", "unbalanced_timer")
     @classmethod
@@ -168,6 +174,15 @@ class FibConfig(Section):
         # The kernel keeps these timers in clock_t (1/100 s) in a u32.
         if value > 0xFFFFFFFF / 100:
             raise ValueError(f"{value:g}s is too long for the kernel")
+        return value
+
+    @field_validator("fail_open_window")
+    @classmethod
+    def _window(cls, value: float | None) -> float | None:
+        if value is not None and value > 60:
+            raise ValueError(
+                f"{value:g}s is too long: failures that far apart are not one event (at most 60s)"
+            )
         return value
 
 

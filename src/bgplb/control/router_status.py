@@ -135,7 +135,7 @@ def peer_rows(router: Router) -> list[dict[str, Any]]:
                 {
                     "address": key,
                     "asn": state.asn,
-                    "state": "restarting",
+                    "state": "fail-open" if state.fail_open_until is not None else "restarting",
                     "established": False,
                     "prefixes": state.prefix_count,
                     "stale": _stale(state),
@@ -175,10 +175,16 @@ def vip_row(router: Router, vip: Any, by_vip: dict[Any, dict[Any, int]]) -> dict
             for k, p in paths.items()
             if rib.resolve(p.next_hop) is None
         }
+    kept_until = rib.fail_open_until(vip) if rib.fail_open is not None else None
+    kept = {p.peer for p in paths.values() if p.stale} if kept_until is not None else set()
     return {
         "vip": str(vip),
         "installed": bool(entry) and router.config.fib.install,
         "paths": len(paths),
+        # fail-open (bgplb.router.failopen): seconds its kept paths have left at most
+        "fail_open_until": None
+        if kept_until is None
+        else round(max(0.0, kept_until - asyncio.get_running_loop().time()), 1),
         "unusable": [
             {
                 "peer": peer,
@@ -194,6 +200,8 @@ def vip_row(router: Router, vip: Any, by_vip: dict[Any, dict[Any, int]]) -> dict
                 "weight": n.weight,
                 "draining": n.draining,
                 "stale": n.stale,
+                "fail_open": n.stale
+                and any(p in kept and rib.kept_by_fail_open(p) for p in n.peers),
                 "peers": list(n.peers),
                 "buckets": share.get(n.address) if share else None,
                 "share": round(share.get(n.address, 0) / total, 4) if total else None,
@@ -494,10 +502,15 @@ def metric_families(router: Router, pins: Any = None) -> list[Family]:
         flow = router.flows.get(id(entry))
         refused.append((peer, float(flow.refused if flow and flow.entry is entry else 0)))
     restarting = sum(
-        1 for s in rib.peers.values() if not s.established and s.stale_deadline is not None
+        1
+        for s in rib.peers.values()
+        if not s.established and s.stale_deadline is not None and s.fail_open_until is None
     )
     if restarting:
         by_state["restarting"] = restarting
+    kept_peers = sum(1 for s in rib.peers.values() if s.fail_open_until is not None)
+    if kept_peers:
+        by_state["fail-open"] = kept_peers
     queue = router.queue_stats()
     loop = router.loop_watch.read() if router.loop_watch is not None else None
     if pins is None:
@@ -540,6 +553,13 @@ def metric_families(router: Router, pins: Any = None) -> list[Family]:
             [((k,), float(v)) for k, v in sorted(router._admission().refused.items())],
         ),
         ("gauge", "router_vips", "VIPs in the RIB", (), [((), float(len(rib.vips)))]),
+        (
+            "gauge",
+            "router_fail_open_vips",
+            "VIPs whose paths are kept by fail-open (all lost to failures at once)",
+            (),
+            [((), float(rib.fail_open_vips))],
+        ),
         (
             "gauge",
             "router_vips_installed",

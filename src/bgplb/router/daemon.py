@@ -54,6 +54,7 @@ from bgplb.control.socket import ControlError
 from bgplb.io.bgp import BgpListener, IPAddress
 from bgplb.io.sdnotify import sd_notify
 from bgplb.router import bfd as router_bfd
+from bgplb.router import failopen
 from bgplb.router.kernel import CONNECTED_POLL, KernelSide, default_router_id, read_connected
 from bgplb.router.ranges import (
     OUR_RESTART_TIME,
@@ -128,7 +129,7 @@ class Router(Supervised, PeerRanges, KernelSide):
         self.config_path = config_path
         self.ranges = compile_ranges(config)
         self.peers: dict[IPAddress, PeerEntry] = {}
-        self.rib = self._new_rib()
+        self.rib = self._new_rib(failopen.from_config(config))
         self._probe_rib = self._new_rib()
         self._probed: set[tuple[Any, ...]] = set()  # UPDATE paths that passed _probe
         self.counters = Counters()
@@ -150,11 +151,14 @@ class Router(Supervised, PeerRanges, KernelSide):
         self.pinning: Any = None  # router/pinning_runtime.py when [fib] pinning
         self.loop_watch: Any = None  # bgplb.io.loopwatch.LoopWatch while running
 
-    def _new_rib(self) -> Rib:
+    def _new_rib(self, fail_open: failopen.FailOpen | None = None) -> Rib:
         # graceful_restart = false: we do not advertise the capability, so we are no helper
         # either (RFC 4724 §4.2): a closed session purges at once
         bgp = self.config.bgp
-        return Rib(max_stale_time=bgp.max_stale_time if bgp.graceful_restart else 0.0)
+        return Rib(
+            max_stale_time=bgp.max_stale_time if bgp.graceful_restart else 0.0,
+            fail_open=fail_open,
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -295,6 +299,8 @@ class Router(Supervised, PeerRanges, KernelSide):
             expired = self.rib.expire(loop.time())
             for peer in expired:
                 log.warning("%s: graceful restart time ran out: stale routes purged", peer)
+            for level, message in self.rib.fail_open_check(loop.time()):
+                log.log(logging.getLevelName(level.upper()), "%s", message)
             await self._sync_fib()
 
     def _handle_item(self, entry: PeerEntry | None, event: Event | str, now: float) -> None:
@@ -344,10 +350,12 @@ class Router(Supervised, PeerRanges, KernelSide):
             graceful = (
                 event.connection_lost and not event.hold_expired and not entry.bfd_down
             ) and not failed
+            # fail-open: BFD Down / hold timer (ours or the peer's), not a Cease or an error
+            failure = None if failed else failopen.failure_kind(event, entry.bfd_down)
             router_bfd.detach(entry)
             if event.was_established and (current or not failed):
-                self._fib_peer_lost(key, graceful)  # kernel first, then the per-VIP purge
-                kept = self.rib.peer_down(key, now, graceful=graceful)
+                self._fib_peer_lost(key, graceful, failure)  # kernel first, then the purge
+                kept = self.rib.peer_down(key, now, graceful=graceful, failure=failure)
                 if kept:
                     log.info(
                         "%s: connection closed; graceful restart: keeping %d stale route(s)",

@@ -41,6 +41,7 @@ from typing import Any
 
 from bgplb.bgp.errors import CeaseSubcode, ErrorCode
 from bgplb.bgp.events import SessionDown
+from bgplb.config import RouterConfig
 
 RETURN_GRACE = 5.0
 """Seconds the other kept peers of an event get to come back once one of them is back."""
@@ -73,6 +74,21 @@ def failure_kind(event: SessionDown, bfd_down: bool) -> str | None:
 def default_window(detection_times: list[float]) -> float:
     """The default ``fail_open_window``: the longest BFD detection time, at least MIN_WINDOW."""
     return max([MIN_WINDOW, *detection_times])
+
+
+def from_config(config: RouterConfig) -> FailOpen | None:
+    """The router's fail-open policy from ``[fib] fail_open*`` (None when off): hold defaults
+    to ``[bgp] hold_time`` (9 s when it is 0), window to :func:`default_window` of the
+    ranges' BFD detection times."""
+    fib = config.fib
+    if not fib.fail_open:
+        return None
+    hold = fib.fail_open_hold or float(config.bgp.hold_time or 9)
+    detection = [
+        r.bfd.interval_ms * r.bfd.multiplier / 1000 for r in config.peer_ranges if r.bfd is not None
+    ]
+    window = fib.fail_open_window or default_window(detection)
+    return FailOpen(hold, window)
 
 
 @dataclass(slots=True)

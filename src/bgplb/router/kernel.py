@@ -187,6 +187,8 @@ class KernelSide:
     # class defaults, replaced (never mutated) by the methods that change them:
     _fib_drops_pending: list[asyncio.Future[None]] = []  # fast-path requests in threads
     _fib_with_paths: dict[str, int] = {}  # paths per peer at the last sync
+    # fail-open: fast-path removals of failed peers, decided at the end of the batch
+    _fib_failed: list[tuple[str, Any, set[IPAddress], int]] = []
 
     def _fib_now(self) -> float:
         """The clock of deferral and retries: the event loop's (tests replace it)."""
@@ -283,11 +285,13 @@ class KernelSide:
             self._fib_defer = None
 
     # -- fast path of a server's loss (hook for the RIB task) -----------------------------------
-    def _fib_peer_lost(self, key: str, graceful: bool) -> None:
-        """Call before `Rib.peer_down(key, graceful=graceful)`: if the RIB will purge the
-        peer's paths (all of them: no family kept stale for Graceful Restart), remove its
-        gateways from the kernel's groups at once. A gateway another peer also announces
-        (the same next hop) stays. Never raises: the normal path follows anyway."""
+    def _fib_peer_lost(self, key: str, graceful: bool, failure: str | None = None) -> None:
+        """Call before `Rib.peer_down(key, graceful=graceful, failure=failure)`: if the RIB
+        will purge the peer's paths (all of them: no family kept stale for Graceful Restart),
+        remove its gateways from the kernel's groups at once. A gateway another peer also
+        announces (the same next hop) stays. Never raises: the normal path follows anyway.
+        A failure with fail-open on is decided at the start of the next sync, once the batch's
+        other failures are in (`_fib_failed_drops`): fail-open may keep its paths."""
         state = self.rib.peers.get(key)
         if self.fib is None or state is None or not state.paths:
             return
@@ -296,7 +300,19 @@ class KernelSide:
             hold = min(hold, self.rib.max_stale_time)
         if graceful and hold > 0 and state.gr_families:
             return  # RFC 4724 §4.2 helper: (some of) its paths stay, stale, on purpose
+        if failure is not None and self.rib.fail_open is not None:
+            entry = (key, state, _gateways_of(state), len(state.paths))
+            self._fib_failed = [*self._fib_failed, entry]
+            return
         self._fib_drop(key, state, _gateways_of(state), "lost", len(state.paths))
+
+    def _fib_failed_drops(self) -> None:
+        """Fail-open: the failed peers of the batch that kept nothing (not in the RIB any
+        more) leave the groups now, as `_fib_peer_lost` does for other losses."""
+        failed, self._fib_failed = self._fib_failed, []
+        for key, state, gateways, routes in failed:
+            if key not in self.rib.peers:
+                self._fib_drop(key, state, gateways, "lost", routes)
 
     def _fib_emptied(self) -> None:
         """At the start of a sync, before the per-VIP work: an Established peer that had
@@ -398,6 +414,7 @@ class KernelSide:
     async def _sync_fib(self) -> None:
         """Hand the FIB the entries of the VIPs the RIB marked dirty (and nothing else), retry
         the failed VIPs that are due, end the deferral when it is over."""
+        self._fib_failed_drops()  # failed peers fail-open did not keep: group-level first
         self._fib_emptied()  # a peer that withdrew everything: group-level first
         if self._fib_drops_pending:  # fast-path requests in worker threads go first
             pending, self._fib_drops_pending = self._fib_drops_pending, []

@@ -553,9 +553,10 @@ class Rib:
         return max(deadlines) if deadlines else None
 
     def _kept_in(self, vip: Prefix) -> bool:
-        return any(p.stale and self._is_kept(p.peer) for p in self.vips.get(vip, ()))
+        return any(p.stale and self.kept_by_fail_open(p.peer) for p in self.vips.get(vip, ()))
 
-    def _is_kept(self, peer: PeerId) -> bool:
+    def kept_by_fail_open(self, peer: PeerId) -> bool:
+        """Whether `peer`'s stale paths are kept by fail-open (not Graceful Restart)."""
         state = self.peers.get(peer)
         return state is not None and state.fail_open_until is not None
 
@@ -563,7 +564,7 @@ class Rib:
         """Whether `paths` hold a usable path of IP `version` that fail-open is not keeping."""
         for p in paths:
             hop = p.next_hop
-            if p.stale and self._is_kept(p.peer):
+            if p.stale and self.kept_by_fail_open(p.peer):
                 continue
             if hop is not None and hop.version == version and self._verdict(p)[1] is None:
                 return True
@@ -631,7 +632,7 @@ class Rib:
         the kept paths of those VIPs go."""
         for prefix in prefixes:
             paths = self.vips.get(prefix, ())
-            if not any(p.stale and self._is_kept(p.peer) for p in paths):
+            if not any(p.stale and self.kept_by_fail_open(p.peer) for p in paths):
                 continue
             if not self._real(paths, _VERSION[prefix[0]]):
                 continue

@@ -5,6 +5,7 @@ and Cease are never kept. Pure: a fake clock is a float."""
 from __future__ import annotations
 
 from ipaddress import ip_address, ip_network
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -21,6 +22,7 @@ from bgplb.bgp.errors import CeaseSubcode, ErrorCode
 from bgplb.bgp.events import SessionDown
 from bgplb.bgp.messages import Notification
 from bgplb.bgp.prefix import Prefix
+from bgplb.config import ConfigError, RouterConfig, load_router_config
 from bgplb.router.failopen import (
     BFD_DOWN,
     HOLD_EXPIRED,
@@ -30,6 +32,7 @@ from bgplb.router.failopen import (
     FailOpen,
     default_window,
     failure_kind,
+    from_config,
 )
 from bgplb.router.rib import Connected, Rib
 
@@ -321,3 +324,55 @@ def test_property_never_keeps_what_was_not_lost_to_failure(
         assert all(n.stale for n in on.fib_entry(VIP))
     on.expire(now + HOLD + 1)
     assert members(on) == live
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+ROUTER_TOML = """
+[bgp]
+asn = 65530
+hold_time = {hold}
+
+[[peer_ranges]]
+prefix = "192.0.2.0/24"
+asn = "any"
+accept = ["198.51.100.0/24 le 32"]
+{bfd}
+
+[fib]
+{fib}
+"""
+
+
+def load(tmp_path: Path, fib: str = "", hold: int = 9, bfd: str = "") -> RouterConfig:
+    path = tmp_path / "router.toml"
+    path.write_text(ROUTER_TOML.format(fib=fib, hold=hold, bfd=bfd))
+    return load_router_config(path)
+
+
+def test_config_defaults(tmp_path: Path) -> None:
+    policy = from_config(load(tmp_path))
+    assert policy is not None and (policy.hold, policy.window) == (9.0, 0.5)
+    bfd = "bfd = { interval_ms = 300, multiplier = 4 }"
+    policy = from_config(load(tmp_path, hold=30, bfd=bfd))
+    assert policy is not None and (policy.hold, policy.window) == (30.0, 1.2)
+    assert from_config(load(tmp_path, hold=0)).hold == 9.0  # type: ignore[union-attr]
+    assert from_config(load(tmp_path, fib="fail_open = false")) is None
+    policy = from_config(load(tmp_path, fib='fail_open_hold = "90s"\nfail_open_window = "2s"'))
+    assert policy is not None and (policy.hold, policy.window) == (90.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("fib", "message"),
+    [
+        ('fail_open_hold = "0s"', "fib.fail_open_hold"),
+        ('fail_open_window = "0"', "fib.fail_open_window"),
+        ('fail_open_window = "2m"', "at most 60s"),
+        ('fail_open = "maybe"', "fib.fail_open"),
+        ('fail_open_holdd = "9s"', "fail_open_holdd"),
+    ],
+)
+def test_config_errors_name_the_key_and_file(tmp_path: Path, fib: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, fib=fib)
+    assert message in str(info.value) and "router.toml" in str(info.value)

@@ -306,9 +306,9 @@ def test_session_down_takes_the_gateway_out_before_the_purge(tmp_path):
     seen = []
     real = router.rib.peer_down
 
-    def peer_down(key, now, *, graceful):
+    def peer_down(key, now, *, graceful, **kw):
         seen.append(forwarding(kernel)[str(VIPS[0].network)])
-        return real(key, now, graceful=graceful)
+        return real(key, now, graceful=graceful, **kw)
 
     router.rib.peer_down = peer_down  # type: ignore[method-assign]
     router.installed = {v: (object(),) for v in VIPS}  # what the FIB was handed before
