@@ -1,0 +1,221 @@
+"""A stalled router: failed client requests with and without fail-open, side by side.
+
+Namespaces: a client `cl` (198.18.0.2/30) behind the router `rt` (`bgplb router`, BFD
+100 ms x 3 in its peer range) and three servers s1..s3, each running `bgplb agent` (BFD
+100 ms x 3, hold time 3 s) that announces the VIP 198.51.100.10/32 and puts it on its loopback,
+and a web server on the VIP (python http.server on port 80; the agent checks another one on
+127.0.0.1:8080). The client sends HTTP GETs to the VIP at a fixed rate (--rate per second,
+--seconds long, each on a new connection, 1 s timeout; bounded in count and time). At 1.5 s the
+router is stopped (SIGSTOP) for --stall seconds (default three BFD detection times), then
+continued: every BFD session fails together (the agents see the silence and tear their
+sessions down; the router, running again, sees its own BFD Down and their Cease/BFD Down).
+The kernel forwards all the while; what matters is what the router does with its routes when
+it runs again. Each mode (`[fib] fail_open` true / false) runs --runs times in fresh
+namespaces, alternating, and the failed requests are reported per run and as a median.
+
+Usage (root): .venv/bin/python benchmarks/router_stall.py [--runs 3] [--rate 200]
+    [--seconds 6] [--stall 0.9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "interop"))
+
+from agent_lab import VIP4, add_servers, wait_for  # noqa: E402
+from test_router_interop import RouterProc, hops, router_config  # noqa: E402
+
+from bgplb.lab.netns import Topology  # noqa: E402
+
+BFD = "bfd = { interval_ms = 100, multiplier = 3 }"
+RANGES = f"""
+[[peer_ranges]]
+prefix = "192.0.2.0/24"
+asn = "any"
+accept = ["198.51.100.0/24 le 32"]
+{BFD}
+"""
+VIP = VIP4.split("/")[0]
+STALL_AT = 1.5
+
+# The client, run inside `cl`: one GET per 1/rate s on a new connection, 1 s timeout each.
+CLIENT = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    vip, rate, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+
+    async def one(t0, out):
+        start = time.monotonic() - t0
+        try:
+            async with asyncio.timeout(1.0):
+                r, w = await asyncio.open_connection(vip, 80)
+                w.write(b"GET / HTTP/1.0\\r\\nHost: vip\\r\\n\\r\\n")
+                data = await r.read()
+                w.close()
+            ok = data.startswith(b"HTTP/1.0 200") or data.startswith(b"HTTP/1.1 200")
+            out.append((start, ok, None if ok else "bad answer"))
+        except Exception as exc:
+            out.append((start, False, type(exc).__name__))
+
+    async def main():
+        out, tasks = [], []
+        t0 = time.monotonic()
+        n = int(rate * seconds)
+        for i in range(n):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(t0, out)))
+        await asyncio.gather(*tasks)
+        failed = sorted((t, why) for t, ok, why in out if not ok)
+        print(json.dumps({"sent": n, "failed": len(failed),
+                          "first_failure": failed[0][0] if failed else None,
+                          "last_failure": failed[-1][0] if failed else None,
+                          "why": sorted({w for _, w in failed})}))
+
+    asyncio.run(main())
+    """
+)
+
+
+def one_run(fail_open: bool, args: argparse.Namespace) -> dict[str, object]:
+    topo = Topology(prefix="b")
+    workdir = Path(tempfile.mkdtemp(prefix="bgplb-stall-"))
+    servers = []
+    router = None
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        rt = topo.add("rt")
+        rt.sysctl("net.ipv4.ip_forward", 1)
+        rt.sysctl("net.ipv4.fib_multipath_hash_policy", 1)
+        cl = topo.add("cl")
+        topo.link(rt, cl, ["198.18.0.1/30"], ["198.18.0.2/30"], "eth-cl", "eth-rt")
+        cl.exec("ip", "route", "add", "default", "via", "198.18.0.1")
+        fib = "" if fail_open else "fail_open = false"
+        router = RouterProc(rt, workdir, router_config(RANGES, fib, listen=("0.0.0.0",)))
+        servers = add_servers(topo, rt, count=3)
+        router.start()
+        for s in servers:
+            s.peer_extra = BFD
+            s.ns.exec("ip", "route", "add", "default", "via", s.router)
+            s.write_config(s.service())
+            s.start_http()
+            web = s.workdir / "vip-www"
+            web.mkdir()
+            (web / "index.html").write_text(f"Welcome to {s.name}\n")
+            procs.append(
+                s.ns.popen(
+                    sys.executable,
+                    "-m",
+                    "http.server",
+                    "--bind",
+                    "0.0.0.0",
+                    "--directory",
+                    str(web),
+                    "80",
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            s.start_agent()
+        want = [s.address for s in servers]
+        for s in servers:
+            router.wait_established(s.address, timeout=25)
+        wait_for(lambda: hops(rt, VIP4) == want, 20, "three nexthops")
+        for s in servers:
+            wait_for(
+                lambda s=s: ((router.peer(s.address) or {}).get("bfd") or {}).get("state") == "up",
+                15,
+                "BFD Up",
+            )
+        time.sleep(1.0)
+        client = cl.popen(
+            sys.executable,
+            "-c",
+            CLIENT,
+            VIP,
+            str(args.rate),
+            str(args.seconds),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        procs.append(client)
+        time.sleep(STALL_AT)
+        assert router.proc is not None
+        router.proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(args.stall)
+        finally:
+            router.proc.send_signal(signal.SIGCONT)
+        out, _err = client.communicate(timeout=args.seconds + 30)
+        result = json.loads(out.decode().strip().splitlines()[-1])
+        log = router.log_text()
+        result["fail_open_logged"] = "fail-open: " in log
+        result["peers_back"] = all(
+            (router.peer(s.address) or {}).get("established") for s in servers
+        )
+        return result
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+        for s in servers:
+            s.stop()
+        if router is not None and router.proc is not None:
+            router.proc.send_signal(signal.SIGCONT)
+            router.stop()
+        for s in servers:
+            shutil.rmtree(s.workdir, ignore_errors=True)
+        topo.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    parser.add_argument("--seconds", type=float, default=6.0, help="client load duration")
+    parser.add_argument("--stall", type=float, default=0.9, help="SIGSTOP duration (s)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("router_stall.py: needs root (network namespaces)")
+    if not 1 <= args.rate * args.seconds <= 20_000:
+        sys.exit("router_stall.py: rate x seconds must be 1..20000 requests")
+    results: dict[bool, list[dict[str, object]]] = {True: [], False: []}
+    for run in range(args.runs):
+        for mode in (True, False):
+            r = one_run(mode, args)
+            results[mode].append(r)
+            print(f"run {run + 1} fail_open={str(mode).lower():5}: {json.dumps(r)}", flush=True)
+    print()
+    print(
+        f"{args.rate:g} req/s for {args.seconds:g} s, router stopped {args.stall:g} s at "
+        f"{STALL_AT:g} s, BFD 100 ms x 3, {args.runs} runs each"
+    )
+    print("| fail_open | failed requests per run | median | sent per run |")
+    print("|---|---|---|---|")
+    for mode in (True, False):
+        failed = [int(r["failed"]) for r in results[mode]]  # type: ignore[call-overload]
+        sent = results[mode][0]["sent"] if results[mode] else 0
+        print(
+            f"| {str(mode).lower()} | {', '.join(map(str, failed))} | "
+            f"{statistics.median(failed) if failed else '-'} | {sent} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
