@@ -353,13 +353,9 @@ class Rib:
         refused: list[tuple[Prefix, str]] = []
         exceeded = bad_bandwidth = False
         # fail-open: a usable path from a peer outside the episode ends it for its VIPs
-        fresh: list[Prefix] | None = (
-            []
-            if self.fail_open is not None
-            and self.fail_open.event is not None
-            and state.fail_open_until is None
-            else None
-        )
+        # (a peer of the episode coming back is not: the others get RETURN_GRACE)
+        event = self.fail_open.event if self.fail_open is not None else None
+        fresh: list[Prefix] | None = [] if event is not None and peer not in event.peers else None
         if attributes is not None:
             raw = link_bandwidth(attributes)
             bandwidth = raw if _usable_bandwidth(raw) else None
@@ -494,13 +490,13 @@ class Rib:
             state = self.peers[peer]
             if state.fail_open_until is not None:
                 kept_by_fail_open.append(peer)
-                ran_out = state.fail_open_until <= now
-                self._fail_open_done(
-                    state,
-                    "fail_open_hold ran out"
-                    if ran_out
-                    else f"not back within {RETURN_GRACE:g} s of the first one back",
-                )
+                if state.established:
+                    why = "came back (kept paths it did not announce again purged)"
+                elif state.fail_open_until <= now:
+                    why = "fail_open_hold ran out"
+                else:
+                    why = f"not back within {RETURN_GRACE:g} s of the first one back"
+                self._fail_open_done(state, why)
             # a peer that is down holds only stale paths; purge all of it, never leave paths
             # behind a forgotten PeerState
             if state.established:
