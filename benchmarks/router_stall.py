@@ -10,11 +10,13 @@ router is stopped (SIGSTOP) for --stall seconds (default three BFD detection tim
 continued: every BFD session fails together (the agents see the silence and tear their
 sessions down; the router, running again, sees its own BFD Down and their Cease/BFD Down).
 The kernel forwards all the while; what matters is what the router does with its routes when
-it runs again. Each mode (`[fib] fail_open` true / false) runs --runs times in fresh
-namespaces, alternating, and the failed requests are reported per run and as a median.
+it runs again. Each mode (`[fib] fail_open` true / false; with --bird also BIRD 2 as the
+router: `bfd on` at 100 ms x 3, kernel protocol with `merge paths on`, the BIRD process
+stopped instead) runs --runs times in fresh namespaces, alternating, and the failed requests
+are reported per run and as a median.
 
 Usage (root): .venv/bin/python benchmarks/router_stall.py [--runs 3] [--rate 200]
-    [--seconds 6] [--stall 0.9]
+    [--seconds 6] [--stall 0.9] [--bird]
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
-from agent_lab import VIP4, add_servers, wait_for  # noqa: E402
+from agent_lab import ROUTER_AS, SERVER_AS, VIP4, add_servers, wait_for  # noqa: E402
 from test_router_interop import RouterProc, hops, router_config  # noqa: E402
 
 from bgplb.lab.netns import Topology  # noqa: E402
+from bgplb.lab.peers import Bird  # noqa: E402
+
+MODES = ("bgplb fail_open = true", "bgplb fail_open = false", "BIRD 2, bfd on")
 
 BFD = "bfd = { interval_ms = 100, multiplier = 3 }"
 RANGES = f"""
@@ -91,11 +96,12 @@ CLIENT = textwrap.dedent(
 )
 
 
-def one_run(fail_open: bool, args: argparse.Namespace) -> dict[str, object]:
+def one_run(mode: str, args: argparse.Namespace) -> dict[str, object]:
     topo = Topology(prefix="b")
     workdir = Path(tempfile.mkdtemp(prefix="bgplb-stall-"))
     servers = []
     router = None
+    bird = None
     procs: list[subprocess.Popen[bytes]] = []
     try:
         rt = topo.add("rt")
@@ -104,10 +110,16 @@ def one_run(fail_open: bool, args: argparse.Namespace) -> dict[str, object]:
         cl = topo.add("cl")
         topo.link(rt, cl, ["198.18.0.1/30"], ["198.18.0.2/30"], "eth-cl", "eth-rt")
         cl.exec("ip", "route", "add", "default", "via", "198.18.0.1")
-        fib = "" if fail_open else "fail_open = false"
-        router = RouterProc(rt, workdir, router_config(RANGES, fib, listen=("0.0.0.0",)))
         servers = add_servers(topo, rt, count=3)
-        router.start()
+        if mode == MODES[2]:
+            bird = Bird(rt, workdir / "bird", ROUTER_AS, "192.0.2.1")
+            for s in servers:
+                bird.add_neighbor(s.address, SERVER_AS, passive=True, hold_time=9, bfd=True)
+            bird.start()
+        else:
+            fib = "" if mode == MODES[0] else "fail_open = false"
+            router = RouterProc(rt, workdir, router_config(RANGES, fib, listen=("0.0.0.0",)))
+            router.start()
         for s in servers:
             s.peer_extra = BFD
             s.ns.exec("ip", "route", "add", "default", "via", s.router)
@@ -133,11 +145,11 @@ def one_run(fail_open: bool, args: argparse.Namespace) -> dict[str, object]:
             s.start_agent()
         want = [s.address for s in servers]
         for s in servers:
-            router.wait_established(s.address, timeout=25)
+            (bird or router).wait_established(s.address, timeout=25)  # type: ignore[union-attr]
         wait_for(lambda: hops(rt, VIP4) == want, 20, "three nexthops")
-        for s in servers:
+        for s in servers:  # the agents' side of BFD
             wait_for(
-                lambda s=s: ((router.peer(s.address) or {}).get("bfd") or {}).get("state") == "up",
+                lambda s=s: (s.status()["peers"][0].get("bfd") or {}).get("state") == "up",
                 15,
                 "BFD Up",
             )
@@ -154,18 +166,20 @@ def one_run(fail_open: bool, args: argparse.Namespace) -> dict[str, object]:
         )
         procs.append(client)
         time.sleep(STALL_AT)
-        assert router.proc is not None
-        router.proc.send_signal(signal.SIGSTOP)
+        # `ip netns exec` execs: the PIDs are the daemons' own
+        proc = bird._procs[0] if bird is not None else router.proc  # type: ignore[union-attr]
+        assert proc is not None
+        proc.send_signal(signal.SIGSTOP)
         try:
             time.sleep(args.stall)
         finally:
-            router.proc.send_signal(signal.SIGCONT)
+            proc.send_signal(signal.SIGCONT)
         out, _err = client.communicate(timeout=args.seconds + 30)
         result = json.loads(out.decode().strip().splitlines()[-1])
-        log = router.log_text()
-        result["fail_open_logged"] = "fail-open: " in log
-        result["peers_back"] = all(
-            (router.peer(s.address) or {}).get("established") for s in servers
+        if router is not None:
+            result["fail_open_logged"] = "fail-open: " in router.log_text()
+        result["bfd_downs_seen_by_agents"] = sum(
+            (s.status()["peers"][0].get("bfd") or {}).get("downs", 0) for s in servers
         )
         return result
     finally:
@@ -178,6 +192,11 @@ def one_run(fail_open: bool, args: argparse.Namespace) -> dict[str, object]:
         if router is not None and router.proc is not None:
             router.proc.send_signal(signal.SIGCONT)
             router.stop()
+        if bird is not None:
+            for p in bird._procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGCONT)
+            bird.stop()
         for s in servers:
             shutil.rmtree(s.workdir, ignore_errors=True)
         topo.close()
@@ -190,29 +209,31 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
     parser.add_argument("--seconds", type=float, default=6.0, help="client load duration")
     parser.add_argument("--stall", type=float, default=0.9, help="SIGSTOP duration (s)")
+    parser.add_argument("--bird", action="store_true", help="also BIRD 2 as the router")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("router_stall.py: needs root (network namespaces)")
     if not 1 <= args.rate * args.seconds <= 20_000:
         sys.exit("router_stall.py: rate x seconds must be 1..20000 requests")
-    results: dict[bool, list[dict[str, object]]] = {True: [], False: []}
+    modes = MODES if args.bird else MODES[:2]
+    results: dict[str, list[dict[str, object]]] = {m: [] for m in modes}
     for run in range(args.runs):
-        for mode in (True, False):
+        for mode in modes:
             r = one_run(mode, args)
             results[mode].append(r)
-            print(f"run {run + 1} fail_open={str(mode).lower():5}: {json.dumps(r)}", flush=True)
+            print(f"run {run + 1} {mode}: {json.dumps(r)}", flush=True)
     print()
     print(
         f"{args.rate:g} req/s for {args.seconds:g} s, router stopped {args.stall:g} s at "
         f"{STALL_AT:g} s, BFD 100 ms x 3, {args.runs} runs each"
     )
-    print("| fail_open | failed requests per run | median | sent per run |")
+    print("| router | failed requests per run | median | sent per run |")
     print("|---|---|---|---|")
-    for mode in (True, False):
+    for mode in modes:
         failed = [int(r["failed"]) for r in results[mode]]  # type: ignore[call-overload]
         sent = results[mode][0]["sent"] if results[mode] else 0
         print(
-            f"| {str(mode).lower()} | {', '.join(map(str, failed))} | "
+            f"| {mode} | {', '.join(map(str, failed))} | "
             f"{statistics.median(failed) if failed else '-'} | {sent} |"
         )
 
