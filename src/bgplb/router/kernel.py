@@ -25,6 +25,9 @@ capability), the gateways only that peer provides are first taken out of every i
 group that keeps another member (``Fib.drop_gateways``: one in-place replace per group, one
 batch), before any per-VIP work; the RIB's per-VIP results then find the kernel as they want
 it. A peer whose paths are kept stale is not touched: they stay in the kernel by design.
+With fail-open (:mod:`bgplb.router.failopen`), a peer lost to a failure is decided at the start
+of the next sync, once the batch's other failures are in: only if fail-open kept none of its
+paths do its gateways leave the groups that way.
 """
 
 from __future__ import annotations
