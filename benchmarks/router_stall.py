@@ -9,7 +9,8 @@ and a web server on the VIP (python http.server on port 80; the agent checks ano
 router is stopped (SIGSTOP) for --stall seconds (default three BFD detection times), then
 continued: every BFD session fails together (the agents see the silence and tear their
 sessions down; the router, running again, sees its own BFD Down and their Cease/BFD Down).
-The kernel forwards all the while; what matters is what the router does with its routes when
+Failures before the stall (``failed_before_stall``: noise of a loaded machine) are counted
+apart. The kernel forwards all the while; what matters is what the router does with its routes when
 it runs again. Each mode (`[fib] fail_open` true / false; with --bird also BIRD 2 as the
 router: `bfd on` at 100 ms x 3, kernel protocol with `merge paths on`, the BIRD process
 stopped instead) runs --runs times in fresh namespaces, alternating, and the failed requests
@@ -78,6 +79,7 @@ CLIENT = textwrap.dedent(
     async def main():
         out, tasks = [], []
         t0 = time.monotonic()
+        print("go", flush=True)
         n = int(rate * seconds)
         for i in range(n):
             delay = t0 + i / rate - time.monotonic()
@@ -86,7 +88,9 @@ CLIENT = textwrap.dedent(
             tasks.append(asyncio.create_task(one(t0, out)))
         await asyncio.gather(*tasks)
         failed = sorted((t, why) for t, ok, why in out if not ok)
+        stall_at = float(sys.argv[4])
         print(json.dumps({"sent": n, "failed": len(failed),
+                          "failed_before_stall": sum(1 for t, _ in failed if t < stall_at),
                           "first_failure": failed[0][0] if failed else None,
                           "last_failure": failed[-1][0] if failed else None,
                           "why": sorted({w for _, w in failed})}))
@@ -161,10 +165,13 @@ def one_run(mode: str, args: argparse.Namespace) -> dict[str, object]:
             VIP,
             str(args.rate),
             str(args.seconds),
+            str(STALL_AT),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
         procs.append(client)
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == b"go"  # the client's t0
         time.sleep(STALL_AT)
         # `ip netns exec` execs: the PIDs are the daemons' own
         proc = bird._procs[0] if bird is not None else router.proc  # type: ignore[union-attr]
