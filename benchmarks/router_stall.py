@@ -185,6 +185,7 @@ def one_run(mode: str, args: argparse.Namespace) -> dict[str, object]:
         result = json.loads(out.decode().strip().splitlines()[-1])
         if router is not None:
             result["fail_open_logged"] = "fail-open: " in router.log_text()
+        result["loadavg_1min"] = round(os.getloadavg()[0], 1)
         result["bfd_downs_seen_by_agents"] = sum(
             (s.status()["peers"][0].get("bfd") or {}).get("downs", 0) for s in servers
         )

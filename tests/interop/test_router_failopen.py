@@ -190,7 +190,10 @@ def test_one_server_dying_fails_over_at_once_with_fail_open(topo):
             s.start_agent()
         wait_all_up(router, rt, servers)
         s1, s2, s3 = servers
-        s1.ns.drop_all_traffic()  # a dead host: nothing in or out
+        s1.ns.drop_all_traffic()  # a dead host: nothing in or out, then its agent killed
+        assert s1.agent is not None
+        s1.agent.kill()  # its FIN/RST cannot leave: like a crashed machine
+        s1.agent.wait(5)
         # the BGP hold time (3 s, the agents') is not waited for: BFD's 300 ms
         wait_for(lambda: hops(rt, VIP4) == [s2.address, s3.address], 2.5, "s1's nexthop gone")
         log = router.log_text()
@@ -200,6 +203,7 @@ def test_one_server_dying_fails_over_at_once_with_fail_open(topo):
         st = router.status()
         assert st["vips"][0]["fail_open_until"] is None
         s1.ns.allow_all_traffic()
+        s1.start_agent()
         wait_all_up(router, rt, servers)
     finally:
         close(router, servers, workdir)
