@@ -376,3 +376,71 @@ def test_config_errors_name_the_key_and_file(tmp_path: Path, fib: str, message: 
     with pytest.raises(ConfigError) as info:
         load(tmp_path, fib=fib)
     assert message in str(info.value) and "router.toml" in str(info.value)
+
+
+def consistent(rib: Rib) -> None:
+    """The RIB's tables agree: every path of a VIP is its peer's, stale counts are right,
+    only peers marked kept hold stale paths while down."""
+    for vip, paths in rib.vips.items():
+        assert paths, vip
+        for p in paths:
+            assert rib.peers[p.peer].paths[vip] is p
+    for peer, state in rib.peers.items():
+        for vip, p in state.paths.items():
+            assert p in rib.vips[vip]
+        assert state.stale_count == sum(p.stale for p in state.paths.values()), peer
+        if not state.established:
+            assert state.paths and state.stale_deadline is not None, peer
+            assert all(p.stale for p in state.paths.values())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["fail", "cease", "back", "new", "withdraw", "expire", "eor"]),
+            st.integers(0, 3),
+            st.floats(0, 3),
+        ),
+        max_size=14,
+    )
+)
+def test_property_tables_stay_consistent_and_everything_kept_ends(
+    steps: list[tuple[str, int, float]],
+) -> None:
+    servers = [f"192.0.2.{30 + i}" for i in range(4)]
+    rib = make_rib(*servers[:3], vips=(VIP, VIP2))
+    now = 1.0
+    for action, index, gap in steps:
+        now += gap
+        peer = servers[index]
+        state = rib.peers.get(peer)
+        up = state is not None and state.established
+        if action in ("fail", "cease") and up:
+            failure = BFD_DOWN if action == "fail" else None
+            rib.peer_down(peer, now, graceful=False, failure=failure)
+        elif action in ("back", "new") and not up:
+            rib.peer_up(peer, now, asn=65000, source=ip_address(peer))
+            vips = [VIP] if action == "new" else [VIP, VIP2]
+            rib.update(peer, vips, attrs(peer), [], now)
+        elif action == "withdraw" and up:
+            rib.update(peer, [], None, [VIP2], now)
+        elif action == "eor" and up:
+            rib.end_of_rib(peer, (VIP.afi, 1), now)  # type: ignore[arg-type]
+        elif action == "expire":
+            rib.expire(now)
+        rib.fail_open_check(now)
+        consistent(rib)
+        for vip in (VIP, VIP2):
+            entry = rib.fib_entry(vip)
+            real = [n for n in entry if not n.stale]
+            if real and any(n.stale for n in entry):
+                # kept next to a real path only while episode peers are coming back
+                assert rib.fail_open is not None and rib.fail_open.event is not None
+    now += HOLD + 1
+    rib.expire(now)
+    rib.fail_open_check(now)
+    consistent(rib)
+    assert not any(p.stale for paths in rib.vips.values() for p in paths)
+    assert rib.fail_open is not None and rib.fail_open.event is None
+    assert rib.fail_open_vips == 0
