@@ -23,6 +23,7 @@ Usage (root): .venv/bin/python benchmarks/router_stall.py [--runs 3] [--rate 200
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import shutil
@@ -100,6 +101,23 @@ CLIENT = textwrap.dedent(
 )
 
 
+def route_absent(lines: list[str]) -> tuple[float, int]:
+    """From `ip -ts -o monitor route` lines: seconds the VIP had no route, and how many times
+    it went (a deletion until the next addition)."""
+    gone_at: float | None = None
+    absent, losses = 0.0, 0
+    for line in lines:
+        if not line.startswith("[") or f" {VIP} " not in f" {line} ":
+            continue
+        t = datetime.datetime.fromisoformat(line[1 : line.index("]")]).timestamp()
+        deleted = line[line.index("]") + 1 :].lstrip().startswith("Deleted")
+        if deleted and gone_at is None:
+            gone_at, losses = t, losses + 1
+        elif not deleted and gone_at is not None:
+            absent, gone_at = absent + t - gone_at, None
+    return absent, losses
+
+
 def one_run(mode: str, args: argparse.Namespace) -> dict[str, object]:
     topo = Topology(prefix="b")
     workdir = Path(tempfile.mkdtemp(prefix="bgplb-stall-"))
@@ -158,6 +176,11 @@ def one_run(mode: str, args: argparse.Namespace) -> dict[str, object]:
                 "BFD Up",
             )
         time.sleep(1.0)
+        monitor = rt.popen(
+            "ip", "-ts", "-o", "monitor", "route", stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        procs.append(monitor)
         client = cl.popen(
             sys.executable,
             "-c",
@@ -183,6 +206,11 @@ def one_run(mode: str, args: argparse.Namespace) -> dict[str, object]:
             proc.send_signal(signal.SIGCONT)
         out, _err = client.communicate(timeout=args.seconds + 30)
         result = json.loads(out.decode().strip().splitlines()[-1])
+        monitor.terminate()
+        events, _ = monitor.communicate(timeout=10)
+        absent, losses = route_absent(events.decode(errors="replace").splitlines())
+        result["route_lost"] = losses
+        result["route_absent_ms"] = round(absent * 1000)
         if router is not None:
             result["fail_open_logged"] = "fail-open: " in router.log_text()
         result["loadavg_1min"] = round(os.getloadavg()[0], 1)
@@ -235,14 +263,15 @@ def main() -> None:
         f"{args.rate:g} req/s for {args.seconds:g} s, router stopped {args.stall:g} s at "
         f"{STALL_AT:g} s, BFD 100 ms x 3, {args.runs} runs each"
     )
-    print("| router | failed requests per run | median | sent per run |")
-    print("|---|---|---|---|")
+    print("| router | failed requests per run | median | VIP route absent per run (ms) | sent |")
+    print("|---|---|---|---|---|")
     for mode in modes:
         failed = [int(r["failed"]) for r in results[mode]]  # type: ignore[call-overload]
+        absent = [str(r["route_absent_ms"]) for r in results[mode]]
         sent = results[mode][0]["sent"] if results[mode] else 0
         print(
             f"| {mode} | {', '.join(map(str, failed))} | "
-            f"{statistics.median(failed) if failed else '-'} | {sent} |"
+            f"{statistics.median(failed) if failed else '-'} | {', '.join(absent)} | {sent} |"
         )
 
 
