@@ -37,11 +37,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bgplb.bgp.errors import CeaseSubcode, ErrorCode
 from bgplb.bgp.events import SessionDown
-from bgplb.config import RouterConfig
+
+if TYPE_CHECKING:  # the RIB, which imports this module, stays free of the config layer
+    from bgplb.config import RouterConfig
 
 RETURN_GRACE = 5.0
 """Seconds the other kept peers of an event get to come back once one of them is back."""

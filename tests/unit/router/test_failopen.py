@@ -444,3 +444,16 @@ def test_property_tables_stay_consistent_and_everything_kept_ends(
     assert not any(p.stale for paths in rib.vips.values() for p in paths)
     assert rib.fail_open is not None and rib.fail_open.event is None
     assert rib.fail_open_vips == 0
+
+
+def test_failopen_module_is_pure() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bgplb.router.rib; "
+        "bad = [m for m in ('asyncio', 'socket', 'subprocess', 'pyroute2', 'pydantic', "
+        "'bgplb.config') if m in sys.modules]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
