@@ -101,9 +101,10 @@ CLIENT = textwrap.dedent(
 )
 
 
-def route_absent(lines: list[str]) -> tuple[float, int]:
-    """From `ip -ts -o monitor route` lines: seconds the VIP had no route, and how many times
-    it went (a deletion until the next addition)."""
+def route_absent(lines: list[str], end: float) -> tuple[float, int, bool]:
+    """From `ip -ts -o monitor route` lines: seconds the VIP had no route (a deletion until the
+    next addition, or until `end`), how many times it went, and whether it was back at the
+    end."""
     gone_at: float | None = None
     absent, losses = 0.0, 0
     for line in lines:
@@ -115,7 +116,9 @@ def route_absent(lines: list[str]) -> tuple[float, int]:
             gone_at, losses = t, losses + 1
         elif not deleted and gone_at is not None:
             absent, gone_at = absent + t - gone_at, None
-    return absent, losses
+    if gone_at is not None:
+        absent += max(0.0, end - gone_at)
+    return absent, losses, gone_at is None
 
 
 def one_run(mode: str, args: argparse.Namespace) -> dict[str, object]:
@@ -206,11 +209,13 @@ def one_run(mode: str, args: argparse.Namespace) -> dict[str, object]:
             proc.send_signal(signal.SIGCONT)
         out, _err = client.communicate(timeout=args.seconds + 30)
         result = json.loads(out.decode().strip().splitlines()[-1])
+        end = time.time()
         monitor.terminate()
         events, _ = monitor.communicate(timeout=10)
-        absent, losses = route_absent(events.decode(errors="replace").splitlines())
+        absent, losses, back = route_absent(events.decode(errors="replace").splitlines(), end)
         result["route_lost"] = losses
         result["route_absent_ms"] = round(absent * 1000)
+        result["route_back_at_end"] = back
         if router is not None:
             result["fail_open_logged"] = "fail-open: " in router.log_text()
         result["loadavg_1min"] = round(os.getloadavg()[0], 1)
@@ -267,7 +272,10 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for mode in modes:
         failed = [int(r["failed"]) for r in results[mode]]  # type: ignore[call-overload]
-        absent = [str(r["route_absent_ms"]) for r in results[mode]]
+        absent = [
+            f"{r['route_absent_ms']}{'' if r['route_back_at_end'] else ' (not back)'}"
+            for r in results[mode]
+        ]
         sent = results[mode][0]["sent"] if results[mode] else 0
         print(
             f"| {mode} | {', '.join(map(str, failed))} | "
