@@ -291,9 +291,11 @@ class Harness:
         self.fib = MemoryFib(
             buckets=64, idle_timer=1.0, unbalanced_timer=0.0, clock=lambda: self.now
         )
-        router._fib_now = lambda: self.now  # type: ignore[method-assign]
-        if "fib" in inspect.signature(router._open_fib).parameters:
-            loop.run_until_complete(_call(router._open_fib, self.fib))
+        # the FIB's part of the router (bgplb.router.kernel.KernelSide); older routers: itself
+        self.kernel = side = getattr(router, "kernel", router)
+        side._fib_now = lambda: self.now
+        if "fib" in inspect.signature(side._open_fib).parameters:
+            loop.run_until_complete(_call(side._open_fib, self.fib))
         else:  # an older router: no FIB injection, no adoption
             self.fib.start_watching()
             router.fib = self.fib
@@ -376,7 +378,7 @@ class Harness:
         kernel.faults[:] = list(faults)
         try:
             self.router.rib.expire(self.now)
-            self.loop.run_until_complete(self.router._sync_fib())
+            self.loop.run_until_complete(self.kernel._sync_fib())
         except Exception as exc:
             self.out.add(*_exc_kind("fib-sync", exc))
         kernel.faults.clear()
@@ -442,7 +444,7 @@ class Harness:
         ours may be left in the kernel."""
         kernel = self.fib.kernel
         try:
-            self.loop.run_until_complete(_call(self.router._close_fib))
+            self.loop.run_until_complete(_call(self.kernel._close_fib))
         except Exception as exc:
             self.out.add(*_exc_kind("close-fib", exc))
         left = kernel.forwarding()
@@ -558,8 +560,9 @@ _LOOP: asyncio.AbstractEventLoop | None = None
 async def _watcher(router: Router) -> None:
     """The watch socket became readable: the router's callback, then the re-install it may
     have started in a task (``_fib_resync_task``), to its end."""
-    router._kernel_events()
-    task = getattr(router, "_fib_resync_task", None)
+    side: Any = getattr(router, "kernel", router)  # its FIB's part (older routers: itself)
+    side._kernel_events()
+    task = getattr(side, "_fib_resync_task", None)
     if task is not None:
         await task
 

@@ -270,7 +270,7 @@ def registered_series() -> dict[str, set[str]]:
     router.fib = MemoryFib(MemoryKernel())  # the FIB's counters are exported when it is open
     server = MetricsServer()
     BfdCollector(server, "router", _bfd_row)
-    SnapshotCollector(server).set(_filled(metric_families(router, {"servers": []})))
+    SnapshotCollector(server).set(_filled(metric_families(router)))
 
     series: dict[str, set[str]] = dict(PROMETHEUS_SERIES)
     for registry in (agent.registry, server.registry):
