@@ -35,13 +35,14 @@ from typing import Any
 
 from bgplb.bfd import Diag
 from bgplb.bgp.fsm import State as BgpState
+from bgplb.config import RouterConfig
 from bgplb.io.bfd import BfdService
 from bgplb.io.bgp import IPAddress
 from bgplb.io.bgp_bfd import BfdLink, diag_text, tear_down
 from bgplb.router.entry import PeerEntry
 from bgplb.router.rib import Connected
 
-__all__ = ["RouterBfd", "detach"]
+__all__ = ["RouterBfd", "detach", "make_service"]
 
 log = logging.getLogger("bgplb.router")
 
@@ -58,6 +59,12 @@ def _local_of(transport: Any) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     return str(ip)
+
+
+def make_service(config: RouterConfig) -> BfdService:
+    """The router's BFD service: timers in their own thread (bgplb.io.bfd_timing), SCHED_FIFO
+    when ``[bfd] realtime_priority`` asks for it (off by default)."""
+    return BfdService(realtime_priority=config.bfd.realtime_priority)
 
 
 def detach(entry: PeerEntry) -> None:
@@ -86,11 +93,6 @@ class RouterBfd:
         self.realtime_priority = realtime_priority
         self.service: BfdService | None = None
 
-    def make_service(self) -> BfdService:
-        """The router's BFD service: timers in their own thread (bgplb.io.bfd_timing), SCHED_FIFO
-        when ``[bfd] realtime_priority`` asks for it (off by default)."""
-        return BfdService(realtime_priority=self.realtime_priority)
-
     def attach(self, entry: PeerEntry, transport: Any, replaces: PeerEntry | None = None) -> None:
         """A connection was just accepted: no BFD yet (see :meth:`established`). The BFD request
         of the connection it ``replaces`` is released: that session is over, and the new one
@@ -111,7 +113,7 @@ class RouterBfd:
         if cfg is None:
             return
         if self.service is None:
-            self.service = self.make_service()
+            self.service = BfdService(realtime_priority=self.realtime_priority)
         address = entry.address
         single_hop = any(address in c.network for c in self.connected())
         try:

@@ -252,3 +252,30 @@ def test_a_sync_after_close_does_nothing_and_pinning_off_is_plain() -> None:
     assert forwarding(kernel) == {str(VIP1.network): {A}}
     assert runtime.open(FibConfig(pinning=False)) is None
     assert runtime.due(None, 0.0) is False
+
+
+def test_no_free_slot_is_reported_and_a_gone_vip_leaves_the_plan(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One pin table: the second server gets no slot (a warning, once, and in the status); a
+    VIP withdrawn leaves the planner's input; a linger timer is cancelled at close."""
+    pins = MemoryPins()
+    router, pinning, kernel = make_router(pins, pin_tables=(20000, 20000))
+
+    async def go() -> None:
+        t = asyncio.get_running_loop().time()
+        with caplog.at_level(logging.WARNING, "bgplb.router"):
+            await sync(router, {VIP1: (nexthop(A),), VIP2: (nexthop(B),)}, t)
+            await sync(router, {VIP1: (nexthop(A),), VIP2: (nexthop(B),)}, t)
+        assert caplog.text.count("pinning: ") == 1
+        assert status(router, counts=False).refused
+        await sync(router, {VIP2: ()}, t + 1)
+        assert set(pinning.entries) == {VIP1.network}
+        assert forwarding(kernel) == {str(VIP1.network): {A}}
+        await sync(router, {VIP1: (nexthop(A, draining=True),)}, t + 2)
+        await sync(router, {VIP1: ()}, t + 3)  # A lingers: a timer wakes the RIB task
+        assert pinning._timer is not None
+        close(router)
+        assert pinning._timer.cancelled()
+
+    asyncio.run(go())
