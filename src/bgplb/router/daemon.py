@@ -6,7 +6,7 @@ Structure (one owner per table):
   ``[[peer_ranges]]`` prefix (most specific range wins) gets a passive
   :class:`~bgplb.bgp.session.Session` of its own (dynamic neighbor); a source outside every range
   is refused with a log line and nothing else happens;
-* every session event goes into one queue; a single task (:meth:`Router._rib_task`) owns the pure
+* every session event goes into one queue; a single task (:meth:`RibTask.run`) owns the pure
   :class:`~bgplb.router.rib.Rib`, applies policy (``accept``, ``max_prefixes``), and after each
   batch of events pushes the desired state to the FIB (:class:`~bgplb.linux.fibapi.Fib`:
   :class:`~bgplb.linux.fib.KernelFib`, or :class:`~bgplb.linux.memfib.MemoryFib` in tests);
@@ -30,8 +30,10 @@ constructor (no part reaches into another through the daemon):
 * :class:`~bgplb.router.report.RouterReport` (``report``): the typed status
   (:mod:`bgplb.router.status`), served by :class:`~bgplb.control.router_status.RouterStatusServer`.
 
-This module wires them, runs start-up and shutdown, and holds the RIB task (policy, the scratch
-RIB that blames a bad path on its peer, max_prefixes).
+* :class:`RibTask` (``rib_task``, here): the only writer of the RIB (policy, the scratch RIB
+  that blames a bad path on its peer, max_prefixes).
+
+:class:`Router` wires them and runs start-up and shutdown.
 """
 
 from __future__ import annotations
@@ -69,7 +71,6 @@ from bgplb.linux.fibapi import Fib
 from bgplb.router.bfd import RouterBfd, detach
 from bgplb.router.entry import Counters
 from bgplb.router.kernel import CONNECTED_POLL, KernelSide, default_router_id, read_connected
-from bgplb.router.pinning_runtime import RouterPinning
 from bgplb.router.ranges import (
     OUR_RESTART_TIME,
     PeerEntry,
@@ -78,7 +79,7 @@ from bgplb.router.ranges import (
     compile_ranges,
 )
 from bgplb.router.report import RouterReport
-from bgplb.router.rib import Connected, Rib, UpdateResult
+from bgplb.router.rib import Rib, UpdateResult
 from bgplb.router.supervisor import (
     BATCH,
     MAX_PENDING,
@@ -102,6 +103,7 @@ __all__ = [
     "PeerEntry",
     "PeerRanges",
     "RangeState",
+    "RibTask",
     "Router",
     "RouterBfd",
     "RouterReport",
@@ -131,10 +133,7 @@ class Router:
         bgp = config.bgp
         # graceful_restart = false: we do not advertise the capability, so we are no helper
         # either (RFC 4724 §4.2): a closed session purges at once
-        self._max_stale = bgp.max_stale_time if bgp.graceful_restart else 0.0
-        rib = self._new_rib()
-        self._probe_rib = self._new_rib()
-        self._probed: set[tuple[Any, ...]] = set()  # UPDATE paths that passed _probe
+        rib = Rib(max_stale_time=bgp.max_stale_time if bgp.graceful_restart else 0.0)
         self.bfd = RouterBfd(
             self.peers,
             lambda: self.kernel.connected,
@@ -148,6 +147,9 @@ class Router:
         )
         self.kernel = KernelSide(
             config.fib, rib, self.counters, self.queue, self.supervisor._internal_error
+        )
+        self.rib_task = RibTask(
+            self.peers, rib, self.counters, self.supervisor, self.kernel, self.sessions
         )
         self.loop_watch: LoopWatch | None = None  # while running
         self.report = RouterReport(
@@ -191,7 +193,7 @@ class Router:
 
     @rib.setter
     def rib(self, rib: Rib) -> None:
-        self.kernel.rib = self.supervisor.rib = rib
+        self.kernel.rib = self.supervisor.rib = self.rib_task.rib = rib
 
     @property
     def fib(self) -> Fib | None:
@@ -202,46 +204,12 @@ class Router:
         self.kernel.fib = fib
 
     @property
-    def pinning(self) -> RouterPinning | None:
-        return self.kernel.pinning
-
-    @property
-    def installed(self) -> dict[Prefix, tuple[Any, ...]]:
-        return self.kernel.installed
-
-    @property
-    def _connected(self) -> list[Connected]:
-        return self.kernel.connected
-
-    @_connected.setter
-    def _connected(self, connected: list[Connected]) -> None:
-        self.kernel.connected = connected
-
-    @property
-    def flows(self) -> dict[int, Flow]:
-        return self.supervisor.flows
-
-    @property
     def fatal(self) -> str | None:
         return self.supervisor.fatal
 
     @property
     def stop_event(self) -> asyncio.Event:
         return self.supervisor.stop_event
-
-    def _internal_error(
-        self, task: str, exc: BaseException, entry: PeerEntry | None = None, *, fatal: bool = False
-    ) -> None:
-        self.supervisor._internal_error(task, exc, entry, fatal=fatal)
-
-    def warn_limited(self, peer: str, kind: str, msg: str, *args: Any) -> None:
-        self.supervisor.warn_limited(peer, kind, msg, *args)
-
-    def queue_stats(self) -> dict[str, int]:
-        return self.supervisor.queue_stats()
-
-    def _new_rib(self) -> Rib:
-        return Rib(max_stale_time=self._max_stale)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -264,7 +232,7 @@ class Router:
         connected = await asyncio.to_thread(read_connected)
         kernel.connected = connected
         self.rib.set_connected(connected)
-        self._probe_rib.set_connected(connected)
+        self.rib_task.probe_rib.set_connected(connected)
         if sessions.router_id is None:
             sessions.router_id = default_router_id(connected)
         if kernel.fib_config.install:
@@ -295,7 +263,7 @@ class Router:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, handler)
         self._tasks = [
-            loop.create_task(sup._supervise("rib", self._rib_task, restartable=False)),
+            loop.create_task(sup._supervise("rib", self.rib_task.run, restartable=False)),
             loop.create_task(sup._supervise("connected", kernel._connected_task)),
         ]
         log.info(
@@ -343,7 +311,38 @@ class Router:
             signal.Signals(sig).name,
         )
 
-    # -- the RIB task ---------------------------------------------------------------------------
+
+class RibTask:
+    """The RIB task: the only writer of the :class:`~bgplb.router.rib.Rib`. It takes the
+    sessions' events from the supervisor's queue, applies the ranges' policy (``accept``,
+    ``max_prefixes``), tries each new path alone in a scratch RIB first (an error is blamed on
+    its peer), and after each batch has the kernel side sync the FIB.
+
+    `peers`: the neighbors (a session that ended leaves them here); `sessions`: reload;
+    `supervisor`: flows and internal errors; `kernel`: the fast path of a lost peer, End-of-RIB,
+    the FIB sync."""
+
+    def __init__(
+        self,
+        peers: dict[IPAddress, PeerEntry],
+        rib: Rib,
+        counters: Counters,
+        supervisor: Supervisor,
+        kernel: KernelSide,
+        sessions: PeerRanges,
+    ) -> None:
+        self.peers = peers
+        self.rib = rib
+        self.counters = counters
+        self.supervisor = supervisor
+        self.kernel = kernel
+        self.sessions = sessions
+        self.queue = supervisor.queue
+        self.probe_rib = Rib(max_stale_time=rib.max_stale_time)
+        self._probed: set[tuple[Any, ...]] = set()  # UPDATE paths that passed _probe
+
+    def warn_limited(self, peer: str, kind: str, msg: str, *args: Any) -> None:
+        self.supervisor.warn_limited(peer, kind, msg, *args)
 
     def _wait_timeout(self, now: float) -> float | None:
         # stale paths to expire; failed VIPs to retry, the end of the startup deferral
@@ -352,7 +351,7 @@ class Router:
         # at least 1 ms: a deadline already due must not keep queued events from being taken
         return max(0.001, min(present) - now) if present else None
 
-    async def _rib_task(self) -> None:
+    async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             item: Item | None
@@ -393,7 +392,7 @@ class Router:
             if event == "reload":
                 self.sessions.reload()
             elif event == "connected":
-                self._probe_rib.set_connected(self.kernel.connected)
+                self.probe_rib.set_connected(self.kernel.connected)
                 self._probed.clear()
             return
         key = str(entry.address)
@@ -483,7 +482,7 @@ class Router:
         )
         if seen in self._probed:
             return
-        rib, key = self._probe_rib, "probe"
+        rib, key = self.probe_rib, "probe"
         try:
             rib.peer_up(
                 key,

@@ -117,7 +117,7 @@ def test_metrics_count_internal_errors_by_task(
 ) -> None:
     async def main() -> str:
         async with Lab(tmp_path, monkeypatch) as lab:
-            lab.router._internal_error("connected", RuntimeError("test"))
+            lab.router.supervisor._internal_error("connected", RuntimeError("test"))
             server = MetricsServer()
             SnapshotCollector(server).set(metric_families(lab.router))
             return generate_latest(server.registry).decode()

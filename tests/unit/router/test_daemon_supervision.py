@@ -412,7 +412,7 @@ def test_a_path_the_weight_arithmetic_chokes_on_is_blamed_on_its_peer(
             good, bad = await lab.client(2), await lab.client(3)
             good.announce(VIP)
             await until(lambda: lab.hops() == ["192.0.2.2"], "good's VIP")
-            probe = router._probe_rib
+            probe = router.rib_task.probe_rib
             real = probe.fib_entry
 
             def fib_entry(vip: Prefix) -> Any:

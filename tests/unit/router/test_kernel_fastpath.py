@@ -304,7 +304,7 @@ def test_session_down_takes_the_gateway_out_before_the_purge(tmp_path):
 
     async def go():
         down = SessionDown("hold timer expired", True, hold_expired=True)
-        router._handle(entry, down, 1.0)
+        router.rib_task._handle(entry, down, 1.0)
         assert seen == [{B}]  # the kernel had lost A when the purge started
         assert A not in router.peers and str(A) not in router.rib.peers
         assert router.fib.engine.fast_drops == 1
