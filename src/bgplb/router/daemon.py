@@ -164,20 +164,8 @@ class Router:
         return self.sessions.config  # a reload replaces it
 
     @property
-    def config_path(self) -> str | Path | None:
-        return self.sessions.config_path
-
-    @property
-    def ranges(self) -> list[RangeState]:
-        return self.sessions.ranges
-
-    @property
     def listeners(self) -> list[BgpListener]:
         return self.sessions.listeners
-
-    @property
-    def reloads(self) -> int:
-        return self.sessions.reloads
 
     @property
     def router_id(self) -> ipaddress.IPv4Address | None:
@@ -270,7 +258,7 @@ class Router:
             "router AS %s id %s: %d peer range(s), fib %s",
             self.config.bgp.asn,
             self.router_id,
-            len(self.ranges),
+            len(sessions.ranges),
             f"{self.config.fib.group} table {self.config.fib.table}"
             if self.config.fib.install
             else "not installed",
