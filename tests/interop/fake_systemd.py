@@ -3,14 +3,18 @@ LoadUnit/GetUnit/Subscribe and Unit objects whose ActiveState emits PropertiesCh
 does. For tests and benchmarks of the ``systemd`` check (no systemd as PID 1 needed).
 
 :func:`private_bus` starts the bus daemon (killed by its PID at the end) and yields its address;
-:func:`serve` exports the fake systemd on it from the running event loop.
+:func:`serve` exports the fake systemd on it from the running event loop; :class:`ThreadedSystemd`
+does it from a thread of its own, for callers that block.
 """
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 from dbus_fast import DBusError
 from dbus_fast.aio import MessageBus
@@ -88,3 +92,39 @@ async def serve(
     bus.export(UNIT_PATH, fake)
     await bus.request_name("org.freedesktop.systemd1")
     return bus, fake
+
+
+async def close(bus: MessageBus) -> None:
+    """Disconnect and wait until the socket is closed (no unclosed-socket warning later)."""
+    bus.disconnect()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(bus.wait_for_disconnect(), 5)  # type: ignore[no-untyped-call]
+
+
+class ThreadedSystemd:
+    """The fake systemd served from its own thread and event loop, for callers that block
+    (namespace tests, benchmarks): ``set(state)`` changes the unit's ActiveState."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.bus, self.unit = self._run(serve(address))
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def set(self, state: str) -> None:
+        async def go(unit: FakeUnit) -> None:
+            unit.set(state)
+
+        self._run(go(self.unit))
+
+    def close(self) -> None:
+        try:
+            self._run(close(self.bus))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()

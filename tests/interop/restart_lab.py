@@ -21,47 +21,18 @@ every wait is bounded.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-from fake_systemd import FakeUnit, private_bus, serve
+from fake_systemd import ThreadedSystemd, private_bus
 
 from bgplb.lab.probes import Answer, NsLoop, Stream
 from bgplb.lab.topology import BGPLB, VIP4, Lab, _python_env, server_addrs
 
 MODES = ("drain", "systemd", "naive")
 HOST = VIP4.split("/")[0]
-
-
-class _Systemd:
-    """The fake systemd, served from its own thread and loop (the caller blocks)."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.bus, self.unit = self._run(serve(address))
-
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def set(self, state: str) -> None:
-        async def go(unit: FakeUnit) -> None:
-            unit.set(state)
-
-        self._run(go(self.unit))
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.bus.disconnect)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 class RestartLab(Lab):
@@ -180,7 +151,7 @@ def _run(
         check_interval_ms=100,
     )  # fmt: skip
     lab.systemd_bus = bus
-    systemd = _Systemd(bus) if bus is not None else None
+    systemd = ThreadedSystemd(bus) if bus is not None else None
     loop: NsLoop | None = None
     try:
         lab.build()

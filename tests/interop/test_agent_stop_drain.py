@@ -5,53 +5,25 @@ BIRD receive s1's route with GRACEFUL_SHUTDOWN (65535:0) before the withdrawal t
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from agent_lab import VIP4, build_lab, wait_for
-from fake_systemd import FakeUnit, private_bus, serve
+from fake_systemd import ThreadedSystemd, private_bus
 
 from prerequisites import require_binary
 
 pytestmark = pytest.mark.interop
 
 
-class FakeSystemd:
-    """The fake systemd served from a thread with its own event loop (the test blocks)."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.bus, self.unit = self._run(serve(address))
-
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def set(self, state: str) -> None:
-        async def go(unit: FakeUnit) -> None:
-            unit.set(state)
-
-        self._run(go(self.unit))
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.bus.disconnect)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 @pytest.fixture
-def systemd() -> Iterator[FakeSystemd]:
+def systemd() -> Iterator[ThreadedSystemd]:
     if shutil.which("dbus-daemon") is None:
         require_binary("dbus-daemon")
     with private_bus() as address:
-        fake = FakeSystemd(address)
+        fake = ThreadedSystemd(address)
         try:
             yield fake
         finally:

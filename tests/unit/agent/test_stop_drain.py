@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from agent_fakes import FakeClock, FakeProbe, config, fake_peers, settle
-from fake_systemd import private_bus, serve
+from fake_systemd import close, private_bus, serve
 
 from bgplb.agent.checks import HealthChecks
 from bgplb.agent.daemon import AgentDaemon
@@ -312,7 +312,7 @@ def test_daemon_systemctl_stop_drains_then_withdraws(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.005)
         assert await asyncio.wait_for(task, 10) == 0
-        service.disconnect()
+        await close(service)
 
     with private_bus() as bus:
         asyncio.run(main(bus))
