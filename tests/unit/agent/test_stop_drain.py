@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from agent_fakes import FakeClock, FakeProbe, config, fake_peers, settle
 from fake_systemd import close, private_bus, serve
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bgplb.agent.checks import HealthChecks
 from bgplb.agent.daemon import AgentDaemon
@@ -134,6 +136,86 @@ def test_stopping_an_unknown_or_unhealthy_service_does_nothing() -> None:
     assert steps(s) == []
     s.set_health("web", True, 2.0)  # healthy while stopping: not announced
     assert steps(s) == []
+
+
+STOP_EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(["up", "down", "stop", "stopped", "drain", "undrain", "tick", "confirm"]),
+        st.floats(min_value=0.0, max_value=3.0),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(STOP_EVENTS)
+def test_stop_drain_invariants_under_any_sequence(events: list[tuple[str, float]]) -> None:
+    """Never a plain announcement while stopping or drained (65535:0 only); announce only what
+    is on lo and healthy; RemoveVip only after a confirmed withdrawal; the stop is never in the
+    persisted drain state; a stop drain withdraws by drain_time; shutdown ends idle."""
+    st_ = AgentState()
+    st_.configure([web(drain_time=2.0, drain_vip_linger=1.0)], 0.0)
+    on_lo: set[object] = set()
+    announced: dict[object, bool] = {}  # vip -> graceful_shutdown
+    pending: set[object] = set()
+    healthy = stopping = drained = False
+    stop_since: float | None = None
+    now = 0.0
+
+    def run() -> None:
+        for a in st_.actions():
+            if isinstance(a, AddVip):
+                on_lo.add(a.vip)
+                st_.vip_added(a.vip, now)
+                run()
+            elif isinstance(a, Announce):
+                assert a.vip in on_lo and healthy
+                assert a.graceful_shutdown or not (stopping or drained)
+                announced[a.vip] = a.graceful_shutdown
+            elif isinstance(a, Withdraw):
+                announced.pop(a.vip, None)
+                pending.add(a.vip)
+            elif isinstance(a, RemoveVip):
+                assert a.vip not in announced and a.vip not in pending
+                on_lo.discard(a.vip)
+
+    for kind, dt in events:
+        now += dt
+        if kind in ("up", "down"):
+            healthy = kind == "up"
+            st_.set_health("web", healthy, now)
+        elif kind in ("stop", "stopped"):
+            stopping = kind == "stop"
+            if stopping and stop_since is None:
+                stop_since = now
+            elif not stopping:
+                stop_since = None
+            st_.set_stopping("web", stopping, now)
+        elif kind in ("drain", "undrain"):
+            drained = kind == "drain"
+            (st_.drain if drained else st_.undrain)("web", now)
+        elif kind == "tick":
+            st_.handle_timer(now)
+        run()
+        if kind == "confirm" and pending:
+            done, pending_now = set(pending), pending
+            pending_now.clear()
+            st_.withdrawn(done, now)  # type: ignore[arg-type]
+            run()
+        assert st_.drained() == (["web"] if drained else [])
+        if kind == "tick" and stop_since is not None and now >= stop_since + 2.0:
+            assert not announced, "still announced drain_time after the stop began"
+    st_.shutdown(now, drain_time=1.0)
+    run()
+    for _ in range(4):
+        now += 1.0
+        st_.handle_timer(now)
+        run()
+        done = set(pending)
+        pending.clear()
+        st_.withdrawn(done, now)  # type: ignore[arg-type]
+        run()
+    assert st_.idle and not announced and not on_lo
 
 
 # -- the glue on probe results -----------------------------------------------------------------
