@@ -74,7 +74,8 @@ def test_deactivating_drains_with_graceful_shutdown_before_the_withdrawal(lab, s
         timeout=5,
         what="GRACEFUL_SHUTDOWN from s1",
     )
-    assert s1.status()["services"][0]["status"] == "draining"
+    web = s1.status()["services"][0]
+    assert web["status"] == "draining" and "unit deactivating" in web["reason"], web
     assert s1.has_vip(VIP4)  # still serving while it drains
     assert s1.status()["services"][0]["drained"] is False  # not the operator's drain
     systemd.set("inactive")  # the unit stopped: withdrawn at once (drain_time is 30 s)
