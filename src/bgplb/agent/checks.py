@@ -112,7 +112,8 @@ class HealthChecks:
                 down = ", ".join(self.describe(_key(k)) for k in health.down_checks())
                 self.state.set_health(s.name, False, now, f"{reason}: waiting for {down}")
             stopping = any(key in self.stopping for key in keys)
-            self.state.set_stopping(s.name, stopping, now, f"{reason}: unit deactivating")
+            what = "unit deactivating" if stopping else "no stop under way"
+            self.state.set_stopping(s.name, stopping, now, f"{reason}: {what}")
 
     def describe(self, key: CheckKey) -> str:
         try:

@@ -398,3 +398,20 @@ def test_daemon_systemctl_stop_drains_then_withdraws(tmp_path: Path) -> None:
 
     with private_bus() as bus:
         asyncio.run(main(bus))
+
+
+@pytest.mark.anyio
+async def test_glue_reload_keeps_the_stop_and_removing_the_check_ends_it(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    await rig.up()
+    rig.result(1, False, DEACTIVATING)
+    assert rig.gs() == {True}
+    await rig.checks.sync(rig.cfg)  # SIGHUP, same config: the stop goes on
+    rig.checks.rebuild(rig.cfg, "reload")
+    assert rig.gs() == set() and rig.state.services["web"].stopping
+    _, without = config(tmp_path)  # the systemd check removed from the config
+    await rig.checks.sync(without)
+    rig.checks.rebuild(without, "reload")
+    assert rig.gs() == {False}  # the remaining check is up: announced again as before
+    assert rig.checks.stopping == set()
+    assert rig.state.services["web"].reason == "reload: no stop under way"
