@@ -1,7 +1,8 @@
 """The router daemon's connection pinning: the pure planner (:mod:`bgplb.router.pinning`) and
 the kernel (:mod:`bgplb.linux.pinroutes`, :mod:`bgplb.linux.nftables`) tied to the RIB task.
 
-Hooks called by :class:`bgplb.router.daemon.Router` (kept small on purpose):
+Hooks called by the router's kernel side (:class:`bgplb.router.kernel.KernelSide`, which owns
+the :class:`RouterPinning`; kept small on purpose):
 
 * :func:`open` after the FIB is opened — adopts the slots our nftables table still holds (a
   restart after kill -9 or ``keep_on_exit``) so conntrack marks keep meaning the same server;
@@ -23,13 +24,12 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Collection, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bgplb.linux.fibapi import FibResult
+from bgplb.config.router import FibConfig
+from bgplb.linux.fibapi import Fib, FibResult
 from bgplb.router.pinning import Pin, PinPlan, Planner, Server
-
-if TYPE_CHECKING:
-    from bgplb.router.daemon import Router
+from bgplb.router.status import PinnedServer, PinningStatus
 
 log = logging.getLogger("bgplb.router")
 
@@ -41,14 +41,14 @@ class RouterPinning:
     """The planner and the kernel's pins (`kernel`: KernelPins by default; tests pass an
     in-memory one with the same methods)."""
 
-    def __init__(self, fib: Any, netns: str | None = None, kernel: Any = None) -> None:
+    def __init__(self, fib: FibConfig, netns: str | None = None, kernel: Any = None) -> None:
         self.config = fib
-        self.planner = Planner(fib.mark_mask, tuple(fib.pin_tables), fib.drain_linger)
+        self.planner = Planner(fib.mark_mask, fib.pin_tables, fib.drain_linger)
         if kernel is None:
             from bgplb.linux.pinroutes import KernelPins
 
             kernel = KernelPins(
-                fib.mark_mask, tuple(fib.pin_tables), fib.pin_rule_priority, fib.nft_table, netns
+                fib.mark_mask, fib.pin_tables, fib.pin_rule_priority, fib.nft_table, netns
             )
         self.kernel = kernel
         self.pins: tuple[Pin, ...] = ()
@@ -152,7 +152,7 @@ class RouterPinning:
         finally:
             self.kernel.close()
 
-    def status(self, counts: bool = True) -> dict[str, Any]:
+    def status(self, counts: bool = True) -> PinningStatus:
         conns: dict[int, int] = {}
         if counts:
             try:
@@ -160,59 +160,61 @@ class RouterPinning:
             except Exception as exc:  # status must not break on conntrack trouble
                 log.debug("conntrack counts: %s", exc)
         states = self.plan.states if self.plan is not None else {}
-        servers = []
-        for p in self.pins:
-            servers.append(
-                {
-                    "address": str(p.server.address),
-                    "ifindex": p.server.ifindex,
-                    "slot": p.slot,
-                    "mark": f"{p.mark:#x}",
-                    "table": p.table,
-                    "vips": {str(v): str(states.get((p.server, v), "pinned")) for v in p.vips},
-                    "connections": conns.get(p.mark, 0) if counts else None,
-                }
+        servers = tuple(
+            PinnedServer(
+                address=str(p.server.address),
+                ifindex=p.server.ifindex,
+                slot=p.slot,
+                mark=f"{p.mark:#x}",
+                table=p.table,
+                vips={str(v): str(states.get((p.server, v), "pinned")) for v in p.vips},
+                connections=conns.get(p.mark, 0) if counts else None,
             )
+            for p in self.pins
+        )
         known = {p.mark for p in self.pins}
-        return {
-            "enabled": True,
-            "mark_mask": f"{self.config.mark_mask:#x}",
-            "tables": list(self.config.pin_tables),
-            "drain_linger": self.config.drain_linger,
-            "servers": servers,
-            "orphan_connections": sum(v for k, v in conns.items() if k not in known),
-            "refused": sorted(self.refused),
-            "errors": self.errors,
-        }
+        return PinningStatus(
+            enabled=True,
+            mark_mask=f"{self.config.mark_mask:#x}",
+            tables=tuple(self.config.pin_tables),
+            drain_linger=self.config.drain_linger,
+            servers=servers,
+            orphan_connections=sum(v for k, v in conns.items() if k not in known),
+            refused=tuple(sorted(self.refused)),
+            errors=self.errors,
+        )
 
 
-# -- hooks for Router (bgplb.router.daemon) -------------------------------------------------------
+# -- hooks for the kernel side (bgplb.router.kernel) --------------------------------------------
 
 
-def open(router: Router) -> None:
-    """After the FIB is opened: make the pinning owner if ``[fib] pinning``."""
-    if not router.config.fib.pinning:
-        return
-    pinning = RouterPinning(router.config.fib)
+def open(config: FibConfig) -> RouterPinning | None:
+    """After the FIB is opened: the pinning owner if ``[fib] pinning``, else None."""
+    if not config.pinning:
+        return None
+    pinning = RouterPinning(config)
     try:
         pinning.adopt()
     except Exception as exc:
         log.error("pinning: reading our nftables table failed: %s", exc)
-    router.pinning = pinning
+    return pinning
 
 
 async def sync(
-    router: Router,
+    fib: Fib,
+    pinning: RouterPinning | None,
     changes: Mapping[Any, Any],
     now: float,
+    established: Callable[[], set[str]],
+    wake: Callable[[], None],
     finish_deferral: bool = False,
     release: Collection[tuple[Any, int]] = (),
 ) -> FibResult:
-    """Instead of ``fib.update(changes)``: with pinning, plan and apply pins around it. Then
-    drop from adopted VIPs the gateways in `release` (their peers sent End-of-RIB), retry the
-    failed VIPs that are due and, with `finish_deferral`, end the startup deferral (a full
-    reconcile). Runs the FIB in a worker thread."""
-    fib = router.fib
+    """Instead of ``fib.update(changes)``: with pinning, plan and apply pins around it
+    (`established`: the peers whose session is up; `wake`: asks the RIB task for a sync at the
+    next linger deadline). Then drop from adopted VIPs the gateways in `release` (their peers
+    sent End-of-RIB), retry the failed VIPs that are due and, with `finish_deferral`, end the
+    startup deferral (a full reconcile). Runs the FIB in a worker thread."""
 
     def fib_step(fib_changes: dict[Any, list[tuple[Any, int, int]]]) -> FibResult:
         result = fib.update(fib_changes, now) if fib_changes else FibResult()
@@ -225,7 +227,6 @@ async def sync(
             result.failed.update(extra.failed)
         return result
 
-    pinning: RouterPinning | None = getattr(router, "pinning", None)
     if pinning is None:
         # in the worker thread: O(changes) of Python; the FIB takes Prefix keys as they are
         def plain() -> FibResult:
@@ -238,38 +239,33 @@ async def sync(
 
         return await asyncio.to_thread(plain)
     loop = asyncio.get_running_loop()
-    established = {k for k, s in router.rib.peers.items() if s.established}
     try:
         result: FibResult = await asyncio.to_thread(
-            pinning.sync, changes, established, now, fib_step
+            pinning.sync, changes, established(), now, fib_step
         )
     finally:
-        pinning.arm(loop, lambda: router.queue.put_nowait((None, "pinning")))
+        pinning.arm(loop, wake)
     return result
 
 
-def due(router: Router) -> bool:
+def due(pinning: RouterPinning | None, now: float) -> bool:
     """True when a linger deadline has passed (the RIB task must sync even if nothing changed)."""
-    pinning: RouterPinning | None = getattr(router, "pinning", None)
     if pinning is None:
         return False
     deadline = pinning.planner.next_deadline()
-    return deadline is not None and deadline <= asyncio.get_running_loop().time()
+    return deadline is not None and deadline <= now
 
 
-def close(router: Router) -> None:
-    pinning: RouterPinning | None = getattr(router, "pinning", None)
+def close(pinning: RouterPinning | None, keep: bool) -> None:
     if pinning is None:
         return
     try:
-        pinning.close(keep=router.config.fib.keep_on_exit)
+        pinning.close(keep=keep)
     except Exception as exc:
         log.error("pinning: cleanup failed: %s", exc)
-    router.pinning = None
 
 
-def status(router: Router, counts: bool = True) -> dict[str, Any]:
-    pinning: RouterPinning | None = getattr(router, "pinning", None)
+def status(pinning: RouterPinning | None, counts: bool = True) -> PinningStatus:
     if pinning is None:
-        return {"enabled": False}
+        return PinningStatus(enabled=False)
     return pinning.status(counts)

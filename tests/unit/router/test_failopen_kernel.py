@@ -5,14 +5,13 @@ leaves the groups at the end of the batch (the fast path, decided once the batch
 from __future__ import annotations
 
 import asyncio
-import collections
 from ipaddress import ip_address, ip_network
-from types import SimpleNamespace
 
 from bgplb.bgp.attributes import PathAttributes
 from bgplb.bgp.prefix import Prefix
 from bgplb.config.router import FibConfig
 from bgplb.linux.memfib import MemoryFib, MemoryKernel
+from bgplb.router.entry import Counters
 from bgplb.router.failopen import BFD_DOWN, HOLD_EXPIRED, FailOpen
 from bgplb.router.kernel import KernelSide
 from bgplb.router.rib import Connected, Rib
@@ -26,19 +25,12 @@ SOLO = [Prefix.parse(f"198.51.100.{i}/32") for i in range(101, 104)]  # A alone
 
 class FakeRouter(KernelSide):
     def __init__(self, kernel: MemoryKernel, fail_open: bool) -> None:
-        self.config = SimpleNamespace(fib=FibConfig())  # type: ignore[assignment]
-        self.rib = Rib(
+        rib = Rib(
             [Connected(SUBNET, IFINDEX, ip_address("192.0.2.1"))],
             max_stale_time=120,
             fail_open=FailOpen(9.0, 0.5) if fail_open else None,
         )
-        self.counters = SimpleNamespace(  # type: ignore[assignment]
-            fib_applies=0, fib_errors=0, last_apply_ops=0
-        )
-        self.installed = {}
-        self.nexthop_counts = collections.Counter()
-        self.queue = asyncio.Queue()
-        self.pinning = None
+        super().__init__(FibConfig(), rib, Counters(), asyncio.Queue())
         self.clock = 100.0
         self.memfib = MemoryFib(kernel, buckets=32, clock=lambda: self.clock)
 

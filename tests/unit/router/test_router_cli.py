@@ -7,7 +7,7 @@ import io
 from rich.console import Console
 
 from bgplb.cli import build_parser, main
-from bgplb.control.router_status import render_status
+from bgplb.cli_router import render_status
 
 STATUS = {
     "role": "router",
