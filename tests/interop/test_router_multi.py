@@ -1,0 +1,82 @@
+"""Two load-balancer routers behind an upstream's ECMP (tests/interop/multirouterlab.py): a flow
+may arrive at either router at any time, and survives only if both send it to the same server.
+
+240 long-lived connections, one echo each every 0.5 s, then six steps, each followed by a count
+of the connections it broke: upstream moves every flow to router B; back to both; server s3
+leaves (withdrawn on both routers); s3 returns; router A is killed with kill -9 and started
+again; upstream moves every flow to router A.
+
+* `group = "consistent"`, with and without pinning: 0 broken connections to the servers that did
+  not change, at every step (s3's own connections may break when it leaves).
+* The control: two routers with the resilient group (each router's own history and hash) break
+  connections as soon as the upstream moves flows — so the lab does tell two routers apart, and
+  the consistent test can fail.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from multirouterlab import (
+    CHANGED,
+    MultiRouterLab,
+    consistent_available,
+    do_step,
+    run_scenario,
+)
+
+from prerequisites import require_binary
+
+pytestmark = [pytest.mark.interop, pytest.mark.serial]
+
+CONNS = 240
+
+
+def table(result: dict) -> str:
+    return "\n".join(
+        f"{s['step']:>7}: others {s['others']:3d}  s{CHANGED} {s['changed']:3d}  {s['reasons']}"
+        for s in result["steps"]
+    )
+
+
+@pytest.mark.parametrize("kind", ["consistent", "consistent+pinning"])
+def test_consistent_routers_send_every_flow_to_the_same_server(
+    topo, tmp_path: Path, kind: str
+) -> None:
+    require_binary("nft")
+    if not consistent_available():
+        pytest.skip('this bgplb has no [fib] group = "consistent"')
+    with MultiRouterLab(topo, tmp_path, kind) as lab:
+        lab.start()
+        if lab.kind.pinning:
+            # one direction per router: conntrack must accept it (the router turns this on)
+            for ns in lab.rns.values():
+                assert ns.exec("sysctl", "-n", "net.netfilter.nf_conntrack_tcp_be_liberal") == "1\n"
+        lab.start_client()
+        result = run_scenario(lab, CONNS)
+        opened = result["opened"]
+        assert "failed" not in opened and set(opened) == {"s1", "s2", "s3"}, opened
+        assert result["before"] == {}, result
+        print(table(result))
+        for s in result["steps"]:
+            assert s["others"] == 0, f"step {s['step']} broke others' connections\n{table(result)}"
+            if s["step"] != "leave":
+                assert s["changed"] == 0, f"step {s['step']}\n{table(result)}"
+        # every connection not to s3 is alive at the end, and answered
+        assert result["alive"] >= CONNS - opened["s3"], result
+
+
+def test_two_resilient_routers_disagree_when_the_upstream_moves_flows(topo, tmp_path: Path) -> None:
+    """The control: each router builds its resilient group from its own history and hashes with
+    its own seed, so moving every flow to B breaks the connections A and B map differently."""
+    with MultiRouterLab(topo, tmp_path, "resilient") as lab:
+        lab.start()
+        lab.start_client()
+        opened = lab.open(CONNS)
+        assert "failed" not in opened, opened
+        assert lab.check()["new"] == {}
+        do_step(lab, "to-b")
+        broken = sum(lab.check()["new"].values())
+        # about half the flows came through A, and B maps ~2/3 of those elsewhere
+        assert broken >= CONNS // 10, broken
