@@ -478,25 +478,31 @@ def run_scenario(
 ) -> dict[str, Any]:
     """Open `conns` connections, then make each step and count the connections it broke:
     `others` (to servers that did not change) and `changed` (to s3, which left in "leave").
-    Returns {"opened": {server: n}, "steps": [{"step", "others", "changed", "reasons"}],
-    "alive": n}."""
+    Returns {"opened": {server: n}, "before": {server: n broken before any step}, "steps":
+    [{"step", "others", "others_alive", "changed", "changed_alive", "new", "reasons",
+    "stalled"}], "alive": n}; `*_alive` count the live connections just before the step."""
     opened = lab.open(conns)
     first = lab.check()
     out: dict[str, Any] = {"opened": opened, "before": first["new"], "steps": []}
+    alive = first["ok"]
     for step in steps:
         do_step(lab, step)
         r = lab.check()
         new = r["new"]
         changed = new.get(f"s{CHANGED}", 0)
+        was = alive.get(f"s{CHANGED}", 0)
         out["steps"].append(
             {
                 "step": step,
                 "others": sum(new.values()) - changed,
+                "others_alive": sum(alive.values()) - was,
                 "changed": changed,
+                "changed_alive": was,
                 "new": new,
                 "reasons": r["reasons"],
                 "stalled": r["stalled"],
             }
         )
+        alive = r["ok"]
     out["alive"] = sum(r["ok"].values())
     return out
