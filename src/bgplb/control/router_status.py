@@ -13,7 +13,8 @@ The answer of ``{"command": "status"}`` (optional ``vips_offset``, ``vips_limit`
      "vips": [{"vip": "198.51.100.10/32", "installed", "paths",
                "unusable": [{"peer", "next_hop", "reason"}],
                "nexthops": [{"address", "ifindex", "weight", "draining", "stale", "peers",
-                             "buckets", "share"}]}],
+                             "buckets", "share"}],
+               "consistent": None or {"size", "seed", "fingerprint", "shares"}}],
      "vips_total": 100000, "vips_offset": 0, "vips_omitted": 99900,
      "queue": {"depth", "peak", "paused_peers", "pauses", "max_pending"},
      "loop": LoopWatch figures, "pinning": {...},
@@ -200,6 +201,7 @@ def vip_row(router: Router, vip: Any, by_vip: dict[Any, dict[Any, int]]) -> dict
             }
             for n in entry
         ],
+        "consistent": router_pinning.consistent_status(router, vip.network),
     }
 
 

@@ -26,7 +26,8 @@ from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from bgplb.linux.fibapi import FibResult
-from bgplb.router.pinning import Pin, PinPlan, Planner, Server
+from bgplb.router.consistent import ConsistentStatus, ConsistentTables
+from bgplb.router.pinning import GroupMember, Pin, PinPlan, Planner, Server
 
 if TYPE_CHECKING:
     from bgplb.router.daemon import Router
@@ -43,14 +44,25 @@ class RouterPinning:
 
     def __init__(self, fib: Any, netns: str | None = None, kernel: Any = None) -> None:
         self.config = fib
-        self.planner = Planner(fib.mark_mask, tuple(fib.pin_tables), fib.drain_linger)
+        # consistent mode without pinning uses the slots (mark + table per server) only: no
+        # conntrack, a draining server keeps its place (weight 1) and no pin lingers
+        self.pinning = bool(fib.pinning)
+        self.consistent = (
+            ConsistentTables(fib.consistent_table_size, fib.consistent_seed)
+            if fib.group == "consistent"
+            else None
+        )
+        linger = fib.drain_linger if self.pinning else 0.0
+        self.planner = Planner(fib.mark_mask, tuple(fib.pin_tables), linger)
         if kernel is None:
             from bgplb.linux.pinroutes import KernelPins
 
             kernel = KernelPins(
                 fib.mark_mask, tuple(fib.pin_tables), fib.pin_rule_priority, fib.nft_table, netns
             )
+            kernel.pinning = self.pinning
         self.kernel = kernel
+        self._be_liberal = False
         self.pins: tuple[Pin, ...] = ()
         self.entries: dict[Any, Any] = {}  # VIP network -> FIB entry, kept by sync()
         self.plan: PinPlan | None = None
@@ -116,19 +128,38 @@ class RouterPinning:
                 for p in pins
             ]
 
-        self.kernel.ensure_src_valid_mark()
+        groups: Mapping[Any, tuple[GroupMember, ...]] = plan.groups
+        if not self.pinning:  # consistent mode alone: the groups are the RIB's entries
+            groups = {
+                net: tuple(GroupMember(n.address, n.ifindex, n.weight) for n in entry)
+                for net, entry in self.entries.items()
+            }
+        if self.pinning:
+            self.kernel.ensure_src_valid_mark()
         before = plan.before(self.pins)
-        self.kernel.apply(specs(before))
+        if self.consistent is None:
+            self.kernel.apply(specs(before))
+        else:
+            # the tables only use marks of pins present both before and after the change
+            chains = consistent_chains(self.consistent.plan(groups, plan.pins))
+            self.kernel.apply(specs(before), chains)
+            if self.pinning and not self._be_liberal:
+                self.kernel.ensure_be_liberal()
+                self._be_liberal = True
         self.pins = before
         result = apply_fib(
-            {
-                net: [(m.address, m.ifindex, m.weight) for m in plan.groups.get(net, ())]
-                for net in nets
-            }
+            {net: [(m.address, m.ifindex, m.weight) for m in groups.get(net, ())] for net in nets}
         )
-        self.kernel.apply(specs(plan.pins))
+        if self.consistent is None:
+            self.kernel.apply(specs(plan.pins))
+        else:
+            self.kernel.apply(specs(plan.pins), chains)
         self.pins = plan.pins
         return result
+
+    def consistent_status(self, vip: Any) -> ConsistentStatus | None:
+        """The Maglev table of `vip` (a network), None when it has none."""
+        return None if self.consistent is None else self.consistent.status(vip)
 
     def arm(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
         """Wake the RIB task at the next linger deadline."""
@@ -154,6 +185,7 @@ class RouterPinning:
 
     def status(self, counts: bool = True) -> dict[str, Any]:
         conns: dict[int, int] = {}
+        counts = counts and self.pinning
         if counts:
             try:
                 conns = self.kernel.counts()
@@ -175,7 +207,7 @@ class RouterPinning:
             )
         known = {p.mark for p in self.pins}
         return {
-            "enabled": True,
+            "enabled": self.pinning,
             "mark_mask": f"{self.config.mark_mask:#x}",
             "tables": list(self.config.pin_tables),
             "drain_linger": self.config.drain_linger,
@@ -189,9 +221,16 @@ class RouterPinning:
 # -- hooks for Router (bgplb.router.daemon) -------------------------------------------------------
 
 
+def consistent_chains(plans: Any) -> list[Any]:
+    from bgplb.linux.nft_consistent import ConsistentChain
+
+    return [ConsistentChain(p.name, p.version, p.table.seed, p.marks, p.vips) for p in plans]
+
+
 def open(router: Router) -> None:
-    """After the FIB is opened: make the pinning owner if ``[fib] pinning``."""
-    if not router.config.fib.pinning:
+    """After the FIB is opened: make the pinning owner if ``[fib] pinning`` or ``group =
+    "consistent"`` (which needs the per-server slots too)."""
+    if not router.config.fib.pinning and router.config.fib.group != "consistent":
         return
     pinning = RouterPinning(router.config.fib)
     try:
@@ -266,6 +305,13 @@ def close(router: Router) -> None:
     except Exception as exc:
         log.error("pinning: cleanup failed: %s", exc)
     router.pinning = None
+
+
+def consistent_status(router: Router, vip: Any) -> dict[str, Any] | None:
+    """``bgplb status``'s ``"consistent"`` of one VIP (a network), None outside that mode."""
+    pinning: RouterPinning | None = getattr(router, "pinning", None)
+    st = pinning.consistent_status(vip) if pinning is not None else None
+    return None if st is None else st.as_dict()
 
 
 def status(router: Router, counts: bool = True) -> dict[str, Any]:

@@ -1,0 +1,137 @@
+"""``[fib] group = "consistent"``, pure: from each VIP's group members and the pin slots to the
+Maglev tables (:mod:`bgplb.router.maglev`) the kernel must hold, one per distinct path set.
+
+A VIP's backends are its group's members — exactly what the other modes put in the nexthop
+group: without pinning a draining member stays with weight 1; with pinning it leaves (its pins
+keep its established connections) — keyed by next-hop address, with their RIB weights, and
+only those that hold a pin slot for the VIP (the slot's mark selects the per-server table).
+A member without one (an IPv4 VIP via an IPv6 next hop, no free slot) is left out of the
+table; the VIP's packets still reach it through the main table's group only for what the table
+does not match.
+
+The table is a pure function of (backends, weights, size, seed): every router with the same
+paths computes the same table, whatever happened before. The marks are local (each router
+numbers its slots its own way); they never enter the fingerprint.
+
+No I/O, no clock. Checked with ``mypy --strict``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from bgplb.router.maglev import Backend, Table, build_table, check_seed, check_size
+from bgplb.router.pinning import GroupMember, Pin
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistentStatus:
+    """One VIP's table as ``bgplb status`` shows it."""
+
+    size: int
+    seed: int
+    fingerprint: str
+    shares: dict[str, float]  # next-hop address -> fraction of the table's slots
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "size": self.size,
+            "seed": self.seed,
+            "fingerprint": self.fingerprint,
+            "shares": dict(self.shares),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TablePlan:
+    """One table for the kernel: its chain name, the pin mark of every slot, its VIPs."""
+
+    name: str
+    table: Table
+    marks: tuple[int, ...]
+    vips: tuple[IPNetwork, ...]
+
+    @property
+    def version(self) -> int:
+        return self.table.backends[0].address.version
+
+
+def _net_key(net: IPNetwork) -> tuple[int, int, int]:
+    return (net.version, int(net.network_address), net.prefixlen)
+
+
+@dataclass(slots=True)
+class ConsistentTables:
+    """Builds (and caches, by path set) the tables of every VIP."""
+
+    size: int
+    seed: int
+    _cache: dict[tuple[Backend, ...], Table] = field(default_factory=dict)
+    by_vip: dict[IPNetwork, Table] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_size(self.size)
+        check_seed(self.seed)
+
+    def table(self, backends: tuple[Backend, ...]) -> Table:
+        t = self._cache.get(backends)
+        if t is None:
+            t = self._cache[backends] = build_table(backends, self.size, self.seed)
+        return t
+
+    def plan(
+        self, groups: Mapping[IPNetwork, Sequence[GroupMember]], pins: Iterable[Pin]
+    ) -> tuple[TablePlan, ...]:
+        """The tables for `groups` (VIP -> members), given the pins the kernel holds."""
+        mark_of: dict[tuple[IPAddress, IPNetwork], int] = {}
+        for p in pins:
+            for v in p.vips:
+                mark_of.setdefault((p.server.address, v), p.mark)
+        by_key: dict[tuple[tuple[Backend, ...], tuple[int, ...]], list[IPNetwork]] = {}
+        by_vip: dict[IPNetwork, Table] = {}
+        used: dict[tuple[Backend, ...], Table] = {}
+        for vip, members in groups.items():
+            weights: dict[IPAddress, int] = {}
+            for m in members:
+                if (m.address, vip) in mark_of:
+                    weights[m.address] = weights.get(m.address, 0) + m.weight
+            if not weights:
+                continue
+            backends = tuple(
+                sorted((Backend(a, w) for a, w in weights.items()), key=Backend.sort_key)
+            )
+            t = used[backends] = self.table(backends)
+            by_vip[vip] = t
+            marks = tuple(mark_of[(b.address, vip)] for b in t.backends)
+            by_key.setdefault((backends, marks), []).append(vip)
+        self._cache = used  # only the path sets in use stay cached
+        self.by_vip = by_vip
+        out: list[TablePlan] = []
+        names: set[str] = set()
+        for (backends, marks), vips in by_key.items():
+            t = used[backends]
+            name = f"cset_{t.fingerprint()[:16]}"
+            n = 2
+            while name in names:  # same table, other marks (a server on two interfaces)
+                name = f"cset_{t.fingerprint()[:16]}_{n}"
+                n += 1
+            names.add(name)
+            slot_marks = tuple(marks[i] for i in t.entries)
+            out.append(TablePlan(name, t, slot_marks, tuple(sorted(vips, key=_net_key))))
+        return tuple(sorted(out, key=lambda p: p.name))
+
+    def status(self, vip: IPNetwork) -> ConsistentStatus | None:
+        t = self.by_vip.get(vip)
+        if t is None:
+            return None
+        return ConsistentStatus(
+            t.size,
+            t.seed,
+            t.fingerprint(),
+            {str(a): round(s, 4) for a, s in t.shares().items()},
+        )
