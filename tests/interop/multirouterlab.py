@@ -305,6 +305,7 @@ drain_time = "2s"
 type = "exec"
 command = ["test", "!", "-e", "{d / "down"}"]
 interval = "200ms"
+timeout = "2s"
 rise = 1
 fall = 1
 damping = false
