@@ -2,7 +2,7 @@
 nftables cost, and the per-packet forwarding cost against a resilient group.
 
 Part 1 — pure (bgplb.router.maglev), no root needed. For table sizes M and N = 2..16 equal
-backends (weight 64): the imbalance (largest share × N), and per change the fraction of slots
+backends (weight 64): the imbalance (largest share x N), and per change the fraction of slots
 (= of flows) that move: removing one backend (every slot of it moves, by necessity: 1/N; the
 "extra" column is the slots of *other* backends that moved too, worst over which one leaves),
 adding one (ideal 1/(N+1)), and one backend draining to weight 1 (without pinning). Also the
