@@ -26,6 +26,7 @@ from test_router_interop import OPEN_RANGES, VIP, RouterProc, router_config, wai
 from bgplb.lab.speaker import SpeakerProcess
 from bgplb.router.maglev import Backend, build_table
 
+HERE = Path(__file__).resolve().parent
 VIP_ADDR = VIP.split("/")[0]
 CLIENT = "203.0.113.100"
 PORT = 9000
@@ -126,6 +127,7 @@ class ConsistentLab:
             self.servers.append(s)
             self.recv_files.append(f)
         self.names = list(routers)
+        self.client: subprocess.Popen[bytes] | None = None
 
     # -- routers --------------------------------------------------------------------------------
     def start_router(self, name: str) -> RouterProc:
@@ -212,6 +214,39 @@ class ConsistentLab:
                 pass
         return read()
 
+    # -- TCP: echo servers and a client of long-lived connections (tests/interop/pinclient.py) --
+    def start_tcp(self) -> None:
+        """An echo server on VIP:8080 in every server (it greets with its name, "s1"...), the
+        servers' replies routed through the first router (return path asymmetric when the
+        client sends through the second), and the client process."""
+        from pinlab import ECHO
+
+        script = self.workdir / "echo.py"
+        script.write_text(ECHO)
+        for i, s in enumerate(self.servers, start=1):
+            s.exec("ip", "addr", "add", "2001:db8:100::10/128", "dev", "lo", "nodad")
+            s.exec("ip", "route", "replace", "default", "via", router_addr(self.names[0]))
+            p = s.popen(sys.executable, str(script), f"s{i}", stdout=subprocess.PIPE)
+            self.procs.append(p)
+            assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
+        self.via(self.names[0])
+        self.client = self.cl.popen(
+            sys.executable, str(HERE / "pinclient.py"), VIP_ADDR, "8080", "--lifetime", "600",
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        self.procs.append(self.client)
+
+    def ask(self, **cmd: Any) -> dict[str, Any]:
+        c = self.client
+        assert c is not None and c.stdin is not None and c.stdout is not None
+        c.stdin.write(json.dumps(cmd).encode() + b"\n")
+        c.stdin.flush()
+        line = c.stdout.readline()
+        if not line:
+            raise AssertionError("the client exited")
+        out: dict[str, Any] = json.loads(line)
+        return out
+
     # -- traffic --------------------------------------------------------------------------------
     def via(self, name: str) -> None:
         k = self.names.index(name)
@@ -253,6 +288,13 @@ class ConsistentLab:
             self.close()
 
     def close(self) -> None:
+        if self.client is not None and self.client.poll() is None:
+            try:
+                self.ask(quit=True)
+            except (AssertionError, OSError, ValueError):
+                pass
+        if self.client is not None and self.client.stdin is not None:
+            self.client.stdin.close()
         for sp in self.speakers.values():
             try:
                 sp.stop()

@@ -131,3 +131,38 @@ def test_two_routers_map_every_flow_to_the_same_server_whatever_their_history(
         assert lab.status_fingerprint("ra", fp) == fp
         assert lab.flows("ra", "a4", FLOWS) == before
         assert lab.flows("rb", "b4", FLOWS) == before
+
+
+@pytest.mark.serial
+def test_pinned_connections_move_between_routers_without_breaking(topo, tmp_path: Path) -> None:
+    """With pinning: 90 idle TCP connections opened through ra, then the client's route moves
+    to rb (which has never seen them; the servers still answer through ra, so rb sees one
+    direction only): rb hashes them to the same servers (tcp_be_liberal keeps their packets
+    valid) and pins them; none breaks. Then back to ra: none breaks."""
+    require_binary("nft")
+    with ConsistentLab(topo, tmp_path, fib="pinning = true") as lab:
+        lab.start_router("ra")
+        lab.start_router("rb")
+        for name in ("ra", "rb"):
+            for i in (1, 2, 3):
+                lab.announce(name, i)
+        fp = lab.wait_table("ra", [1, 2, 3])
+        assert lab.wait_table("rb", [1, 2, 3]) == fp
+        lab.start_tcp()
+        opened = lab.ask(open=90)["opened"]
+        assert None not in opened and set(opened) == {"s1", "s2", "s3"}, opened
+        r = lab.ask(probe=True)
+        assert r["broken"] == {} and r["alive"] == 90, r
+        assert (
+            lab.rns["rb"].exec("sysctl", "-n", "net.netfilter.nf_conntrack_tcp_be_liberal").strip()
+            == "1"
+        )
+        lab.via("rb")
+        r = lab.ask(probe=True)
+        assert r["broken"] == {} and r["alive"] == 90, r
+        # rb pinned them (conntrack entries with a pin mark) to the servers ra had chosen
+        pins = lab.routers["rb"].status()["pinning"]["servers"]
+        assert sum(s["connections"] or 0 for s in pins) >= 90, pins
+        lab.via("ra")
+        r = lab.ask(probe=True)
+        assert r["broken"] == {} and r["alive"] == 90, r
