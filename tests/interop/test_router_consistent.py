@@ -166,3 +166,56 @@ def test_pinned_connections_move_between_routers_without_breaking(topo, tmp_path
         lab.via("ra")
         r = lab.ask(probe=True)
         assert r["broken"] == {} and r["alive"] == 90, r
+
+
+@pytest.mark.serial
+def test_ipv6_vip_gets_an_ip6_table_and_reaches_every_server(topo, tmp_path: Path) -> None:
+    """IPv6: `ip6 daddr vmap` -> a chain hashing `ip6 saddr . th sport . ip6 daddr . th dport`;
+    its marks are the pin slots whose tables route VIP6 to the servers; 90 TCP connections to
+    the IPv6 VIP reach all three servers (one router, a link per server)."""
+    from ipaddress import ip_address
+
+    from pinlab import VIP6, PinLab, server_addrs, wait_for
+
+    from bgplb.router.maglev import Backend, build_table
+
+    require_binary("nft")
+    with PinLab(topo, tmp_path) as lab:
+        lab.start_router("consistent", pinning=False)
+        lab.start_servers(ipv6=True)
+        for i in (1, 2, 3):
+            lab.announce(i, v6=True)
+        lab.wait_members([1, 2, 3], VIP6)
+        v6 = [server_addrs(i)[3] for i in (1, 2, 3)]
+        table = build_table([Backend(ip_address(a), 64) for a in v6])
+        chain = f"cset_{table.fingerprint()[:16]}"
+        vip6 = VIP6.split("/")[0]
+
+        def target() -> str | None:
+            items = json.loads(lab.rtr.exec("nft", "-j", "list", "table", "inet", "bgplb"))
+            for item in items["nftables"]:
+                for e in (item.get("rule") or {}).get("expr", []):
+                    if "vmap" in e and e["vmap"]["key"]["payload"]["protocol"] == "ip6":
+                        for key, verdict in e["vmap"]["data"]["set"]:
+                            if key == vip6:
+                                return str(verdict["jump"]["target"])
+            return None
+
+        wait_for("the IPv6 VIP's table", lambda: target() == chain, 30)
+        by_mark: dict[int, str] = {}
+        for rule in json.loads(lab.rtr.exec("ip", "-6", "-j", "rule", "show")):
+            if rule.get("priority") == 1000 and "fwmark" in rule:
+                for r in json.loads(
+                    lab.rtr.exec("ip", "-6", "-j", "route", "show", "table", str(rule["table"]))
+                ):
+                    if r["dst"] == vip6:
+                        by_mark[int(rule["fwmark"], 16)] = r["gateway"]
+        out = lab.rtr.exec("nft", "-j", "list", "chain", "inet", "bgplb", chain)
+        rule = next(i["rule"] for i in json.loads(out)["nftables"] if "rule" in i)
+        m = rule["expr"][0]["mangle"]["value"]["map"]
+        assert m["key"]["jhash"]["expr"]["concat"][0]["payload"]["protocol"] == "ip6"
+        marks = [int(v) for _, v in sorted(m["data"]["set"], key=lambda p: p[0])]
+        assert [by_mark[k] for k in marks] == [str(a) for a in table.addresses()]
+        lab.start_client(vip6)
+        spread = lab.open(90)
+        assert set(spread) == {"s1", "s2", "s3"}, spread
