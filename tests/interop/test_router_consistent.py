@@ -219,3 +219,35 @@ def test_ipv6_vip_gets_an_ip6_table_and_reaches_every_server(topo, tmp_path: Pat
         lab.start_client(vip6)
         spread = lab.open(90)
         assert set(spread) == {"s1", "s2", "s3"}, spread
+
+
+def test_tcp_be_liberal_is_saved_and_restored_even_after_kill(topo, tmp_path: Path) -> None:
+    """Consistent mode with pinning sets nf_conntrack_tcp_be_liberal = 1 in the router's
+    namespace after saving the value found; a later instance (restart after kill -9) restores
+    it at its cleanup; a value changed by someone since is kept."""
+    from bgplb.linux.pinroutes import KernelPins
+
+    rtr = topo.add("rtr")
+    key = "net.netfilter.nf_conntrack_tcp_be_liberal"
+
+    def value() -> str:
+        return rtr.exec("sysctl", "-n", key).strip()
+
+    rtr.sysctl(key, 0)
+    first = KernelPins(0xFF0000, (20000, 20254), 1000, "bgplb", netns=rtr.name, state_dir=tmp_path)
+    assert first.ensure_be_liberal() is True and value() == "1"
+    state = first.be_liberal_state
+    assert json.loads(state.read_text())["tcp_be_liberal"] == "0"
+    assert first.ensure_be_liberal() is False  # already 1: the saved value is kept
+    again = KernelPins(0xFF0000, (20000, 20254), 1000, "bgplb", netns=rtr.name, state_dir=tmp_path)
+    again.cleanup()  # the first never cleaned up ("kill -9")
+    assert value() == "0" and not state.exists()
+    assert again.ensure_be_liberal() is True
+    rtr.sysctl(key, 0)  # someone set it back to 0 after us: our cleanup leaves it
+    again.cleanup()
+    assert value() == "0" and not state.exists()
+    rtr.sysctl(key, 1)  # someone else's 1, nothing saved: kept
+    again.cleanup()
+    assert value() == "1"
+    first.close()
+    again.close()
