@@ -132,6 +132,13 @@ def test_two_routers_map_every_flow_to_the_same_server_whatever_their_history(
         assert lab.flows("ra", "a4", FLOWS) == before
         assert lab.flows("rb", "b4", FLOWS) == before
 
+        # rb stopped cleanly (our table, rules and routes removed) and started again
+        assert lab.routers["rb"].stop() == 0
+        assert lab.vmap_target("rb") is None
+        lab.start_router("rb")
+        assert lab.wait_table("rb", [1, 2, 3], timeout=60) == fp
+        assert lab.flows("rb", "b5", FLOWS) == before
+
 
 @pytest.mark.serial
 def test_pinned_connections_move_between_routers_without_breaking(topo, tmp_path: Path) -> None:
