@@ -72,6 +72,8 @@ class ConsistentTables:
     size: int
     seed: int
     _cache: dict[tuple[Backend, ...], Table] = field(default_factory=dict)
+    _fingerprints: dict[tuple[Backend, ...], str] = field(default_factory=dict)
+    _status: dict[tuple[Backend, ...], ConsistentStatus] = field(default_factory=dict)
     by_vip: dict[IPNetwork, Table] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -84,41 +86,58 @@ class ConsistentTables:
             t = self._cache[backends] = build_table(backends, self.size, self.seed)
         return t
 
+    def fingerprint(self, table: Table) -> str:
+        fp = self._fingerprints.get(table.backends)
+        if fp is None:
+            fp = self._fingerprints[table.backends] = table.fingerprint()
+        return fp
+
     def plan(
         self, groups: Mapping[IPNetwork, Sequence[GroupMember]], pins: Iterable[Pin]
     ) -> tuple[TablePlan, ...]:
         """The tables for `groups` (VIP -> members), given the pins the kernel holds."""
-        mark_of: dict[tuple[IPAddress, IPNetwork], int] = {}
+        # per address: its pin's mark and the VIPs it is pinned for (first pin of an address
+        # wins: one router sees a server on one interface)
+        pinned: dict[IPAddress, tuple[int, frozenset[IPNetwork]]] = {}
         for p in pins:
-            for v in p.vips:
-                mark_of.setdefault((p.server.address, v), p.mark)
+            pinned.setdefault(p.server.address, (p.mark, frozenset(p.vips)))
+        # VIPs usually share a few member tuples: the work per distinct tuple is done once
+        memo: dict[tuple[GroupMember, ...], tuple[tuple[Backend, ...], tuple[int, ...]]] = {}
         by_key: dict[tuple[tuple[Backend, ...], tuple[int, ...]], list[IPNetwork]] = {}
         by_vip: dict[IPNetwork, Table] = {}
         used: dict[tuple[Backend, ...], Table] = {}
         for vip, members in groups.items():
-            weights: dict[IPAddress, int] = {}
-            for m in members:
-                if (m.address, vip) in mark_of:
-                    weights[m.address] = weights.get(m.address, 0) + m.weight
-            if not weights:
-                continue
-            backends = tuple(
-                sorted((Backend(a, w) for a, w in weights.items()), key=Backend.sort_key)
+            usable = tuple(
+                m for m in members if (e := pinned.get(m.address)) is not None and vip in e[1]
             )
-            t = used[backends] = self.table(backends)
-            by_vip[vip] = t
-            marks = tuple(mark_of[(b.address, vip)] for b in t.backends)
-            by_key.setdefault((backends, marks), []).append(vip)
-        self._cache = used  # only the path sets in use stay cached
+            if not usable:
+                continue
+            key = memo.get(usable)
+            if key is None:
+                weights: dict[IPAddress, int] = {}
+                for m in usable:
+                    weights[m.address] = weights.get(m.address, 0) + m.weight
+                backends = tuple(
+                    sorted((Backend(a, w) for a, w in weights.items()), key=Backend.sort_key)
+                )
+                t = used[backends] = self.table(backends)
+                key = memo[usable] = (backends, tuple(pinned[b.address][0] for b in t.backends))
+            by_vip[vip] = used[key[0]]
+            by_key.setdefault(key, []).append(vip)
+        # only the path sets in use stay cached
+        self._cache = used
+        self._fingerprints = {b: f for b, f in self._fingerprints.items() if b in used}
+        self._status = {b: st for b, st in self._status.items() if b in used}
         self.by_vip = by_vip
         out: list[TablePlan] = []
         names: set[str] = set()
         for (backends, marks), vips in by_key.items():
             t = used[backends]
-            name = f"cset_{t.fingerprint()[:16]}"
+            fp = self.fingerprint(t)
+            name = f"cset_{fp[:16]}"
             n = 2
             while name in names:  # same table, other marks (a server on two interfaces)
-                name = f"cset_{t.fingerprint()[:16]}_{n}"
+                name = f"cset_{fp[:16]}_{n}"
                 n += 1
             names.add(name)
             slot_marks = tuple(marks[i] for i in t.entries)
@@ -129,9 +148,12 @@ class ConsistentTables:
         t = self.by_vip.get(vip)
         if t is None:
             return None
-        return ConsistentStatus(
-            t.size,
-            t.seed,
-            t.fingerprint(),
-            {str(a): round(s, 4) for a, s in t.shares().items()},
-        )
+        st = self._status.get(t.backends)  # computed once per path set (status runs per VIP)
+        if st is None:
+            st = self._status[t.backends] = ConsistentStatus(
+                t.size,
+                t.seed,
+                self.fingerprint(t),
+                {str(a): round(s, 4) for a, s in t.shares().items()},
+            )
+        return st

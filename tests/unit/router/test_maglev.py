@@ -89,9 +89,10 @@ def test_removing_a_backend_moves_its_entries_and_few_others(ids: list[int], dat
     before, after = t.addresses(), t2.addresses()
     others = sum(1 for x, y in zip(before, after, strict=True) if x != addr(gone) and x != y)
     # every entry of the removed backend moved (it is gone), and only a small fraction of the
-    # others: measured <= 2.2 % with M = 4093 and N <= 16 (docs/kernel.md)
+    # others: typically 0-3 % with M = 4093 and N <= 16, worst 5.7 % over 300 random sets
+    # (docs/kernel.md)
     assert addr(gone) not in after
-    assert others / DEFAULT_SIZE <= 0.04, others
+    assert others / DEFAULT_SIZE <= 0.08, others
 
 
 @settings(max_examples=30, deadline=None)
@@ -102,8 +103,9 @@ def test_adding_a_backend_moves_about_one_share(ids: list[int], data) -> None:
     t2 = build_table(equal([*ids, new]), DEFAULT_SIZE)
     n = len(ids) + 1
     frac = moved(t, t2)
-    # ideal 1/(N+1); Maglev is not perfectly minimal: measured at most 1/(N+1) + 0.015 here
-    assert 1 / n - 0.02 <= frac <= 1 / n + 0.03, (n, frac)
+    # ideal 1/(N+1); Maglev is not perfectly minimal: typically 1/(N+1) + 0-1.5 %, worst
+    # + 5.1 % over 300 random sets
+    assert 1 / n - 0.02 <= frac <= 1 / n + 0.07, (n, frac)
     # what moved went to the new backend, mostly
     to_new = sum(
         1 for x, y in zip(t.addresses(), t2.addresses(), strict=True) if x != y and y == addr(new)
