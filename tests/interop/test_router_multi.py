@@ -7,7 +7,8 @@ leaves (withdrawn on both routers); s3 returns; router A is killed with kill -9 
 again; upstream moves every flow to router A.
 
 * `group = "consistent"`, with and without pinning: 0 broken connections to the servers that did
-  not change, at every step (s3's own connections may break when it leaves). One documented
+  not change, at every step (s3's own connections may break when it leaves); without pinning,
+  when s3 leaves, at most the few the Maglev table moves (6 %, docs/kernel.md). One documented
   limit: in the seconds after router A's restart its tables follow a RIB that fills server by
   server (docs/kernel.md); connections broken then make the test xfail, with their count, once
   every other check passed.
@@ -34,6 +35,7 @@ from prerequisites import require_binary
 pytestmark = [pytest.mark.interop, pytest.mark.serial]
 
 CONNS = 240
+MAGLEV_LEAVE = 0.06  # share of the others' connections a leave may move without pinning
 
 
 def table(result: dict) -> str:
@@ -74,11 +76,19 @@ def test_consistent_routers_send_every_flow_to_the_same_server(
                 # servers learned so far
                 window = s["others"]
                 continue
+            if s["step"] == "leave" and not lab.kind.pinning:
+                # Maglev moves a few of the others' slots when a server leaves (docs/kernel.md:
+                # 0-3 % of the flows, worst 5.7 %); both routers move the same ones. Pinning
+                # keeps established connections where they are: there it must be 0.
+                bound = MAGLEV_LEAVE * s["others_alive"]
+                assert s["others"] <= bound, f"leave: more than {bound:.0f}\n{table(result)}"
+                continue
             assert s["others"] == 0, f"step {s['step']} broke others' connections\n{table(result)}"
             if s["step"] != "leave":
                 assert s["changed"] == 0, f"step {s['step']}\n{table(result)}"
-        # every connection not to s3, and not broken in the restart window, is alive and answers
-        assert result["alive"] == CONNS - opened["s3"] - (window or 0), result
+        # every connection to s1 and s2 not counted broken above is alive and answers
+        others_broken = sum(s["others"] for s in result["steps"])
+        assert result["alive"] == CONNS - opened["s3"] - others_broken, result
         if window:
             pytest.xfail(
                 f"router A's restart broke {window} connections: its tables follow its RIB, "
