@@ -107,6 +107,8 @@ class ConsistentLab:
             topo.link(
                 ns, cl, [f"203.0.113.{4 * k + 1}/30"], [f"203.0.113.{4 * k + 2}/30"], "cl", name
             )
+            # every client address (either link's, the loopback one) through this link
+            ns.exec("ip", "route", "add", "203.0.113.0/24", "via", f"203.0.113.{4 * k + 2}")
         self.servers = []
         self.recv_files: list[Path] = []
         (workdir / "recv.py").write_text(RECEIVER)

@@ -174,6 +174,15 @@ def test_pinned_connections_move_between_routers_without_breaking(topo, tmp_path
         r = lab.ask(probe=True)
         assert r["broken"] == {} and r["alive"] == 90, r
 
+        # 90 new connections through rb, the servers answering through ra: rb sees the SYN but
+        # not the SYN-ACK, so conntrack finds the client's next packets INVALID (no entry, no
+        # pin); they still follow rb's table, the SYN's server, and nothing breaks
+        lab.via("rb")
+        opened = lab.ask(open=90)["opened"]
+        assert None not in opened and set(opened) == {"s1", "s2", "s3"}, opened
+        r = lab.ask(probe=True)
+        assert r["broken"] == {} and r["alive"] == 180, r
+
 
 @pytest.mark.serial
 def test_ipv6_vip_gets_an_ip6_table_and_reaches_every_server(topo, tmp_path: Path) -> None:
