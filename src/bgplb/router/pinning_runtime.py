@@ -15,6 +15,13 @@ Hooks called by :class:`bgplb.router.daemon.Router` (kept small on purpose):
   ``keep_on_exit``);
 * :func:`status` for ``bgplb status`` — per server: slot, mark, table, VIPs, state, and the
   number of conntrack entries carrying its mark.
+
+``[fib] group = "consistent"`` runs here too, with or without ``pinning``: it needs the same
+per-server slots (mark, ``ip rule``, table). Each sync also derives the Maglev tables
+(:mod:`bgplb.router.consistent`) from the groups — the RIB's entries without pinning, the
+planner's groups with it — and the pins, and hands them to the kernel with the pins
+(:mod:`bgplb.linux.nft_consistent`); :func:`consistent_status` shows a VIP's table. Without
+pinning no conntrack rule is written and no pin lingers.
 """
 
 from __future__ import annotations
