@@ -158,6 +158,10 @@ class ConsistentLab:
             sp.wait_for(lambda e: e.get("event") == "established", 30)
         return self.speakers[key]
 
+    def drop_speaker(self, name: str, i: int) -> None:
+        """Stop server i's speaker towards router `name` (its next one is a new process)."""
+        self.speakers.pop((name, i)).stop()
+
     def announce(self, name: str, i: int) -> None:
         self.speaker(name, i).send(announce=VIP)
 
