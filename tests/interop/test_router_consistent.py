@@ -4,7 +4,10 @@ same server, whatever their history (paths learned in another order, a server le
 returning on one router only, a router killed with SIGKILL and restarted).
 
 Flows are UDP datagrams with distinct source ports from one client address; a receiver in each
-server namespace logs which flows it got (tests/interop/consistentlab.py).
+server namespace logs which flows it got (tests/interop/consistentlab.py). Also: pinned TCP
+connections moving between the routers (and opened through the one that does not see the
+replies), an IPv6 VIP, the table held by the FIB's startup deferral after a kill -9, and
+tcp_be_liberal saved and restored.
 """
 
 from __future__ import annotations
