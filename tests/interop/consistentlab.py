@@ -107,6 +107,8 @@ class ConsistentLab:
             topo.link(
                 ns, cl, [f"203.0.113.{4 * k + 1}/30"], [f"203.0.113.{4 * k + 2}/30"], "cl", name
             )
+            # every client address (either link's, the loopback one) through this link
+            ns.exec("ip", "route", "add", "203.0.113.0/24", "via", f"203.0.113.{4 * k + 2}")
         self.servers = []
         self.recv_files: list[Path] = []
         (workdir / "recv.py").write_text(RECEIVER)
@@ -155,6 +157,10 @@ class ConsistentLab:
             self.speakers[key] = sp
             sp.wait_for(lambda e: e.get("event") == "established", 30)
         return self.speakers[key]
+
+    def drop_speaker(self, name: str, i: int) -> None:
+        """Stop server i's speaker towards router `name` (its next one is a new process)."""
+        self.speakers.pop((name, i)).stop()
 
     def announce(self, name: str, i: int) -> None:
         self.speaker(name, i).send(announce=VIP)

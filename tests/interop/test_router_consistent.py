@@ -4,7 +4,10 @@ same server, whatever their history (paths learned in another order, a server le
 returning on one router only, a router killed with SIGKILL and restarted).
 
 Flows are UDP datagrams with distinct source ports from one client address; a receiver in each
-server namespace logs which flows it got (tests/interop/consistentlab.py).
+server namespace logs which flows it got (tests/interop/consistentlab.py). Also: pinned TCP
+connections moving between the routers (and opened through the one that does not see the
+replies), an IPv6 VIP, the table held by the FIB's startup deferral after a kill -9, and
+tcp_be_liberal saved and restored.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from consistentlab import VIP_ADDR, ConsistentLab, expected_fingerprint, server_addr
+from test_router_interop import wait_for
 
 from prerequisites import require_binary
 
@@ -174,6 +178,15 @@ def test_pinned_connections_move_between_routers_without_breaking(topo, tmp_path
         r = lab.ask(probe=True)
         assert r["broken"] == {} and r["alive"] == 90, r
 
+        # 90 new connections through rb, the servers answering through ra: rb sees the SYN but
+        # not the SYN-ACK, so conntrack finds the client's next packets INVALID (no entry, no
+        # pin); they still follow rb's table, the SYN's server, and nothing breaks
+        lab.via("rb")
+        opened = lab.ask(open=90)["opened"]
+        assert None not in opened and set(opened) == {"s1", "s2", "s3"}, opened
+        r = lab.ask(probe=True)
+        assert r["broken"] == {} and r["alive"] == 180, r
+
 
 @pytest.mark.serial
 def test_ipv6_vip_gets_an_ip6_table_and_reaches_every_server(topo, tmp_path: Path) -> None:
@@ -258,3 +271,38 @@ def test_tcp_be_liberal_is_saved_and_restored_even_after_kill(topo, tmp_path: Pa
     assert value() == "1"
     first.close()
     again.close()
+
+
+@pytest.mark.serial
+def test_after_a_kill_the_table_holds_the_servers_not_yet_relearned(topo, tmp_path: Path) -> None:
+    """kill -9, then only s1's session comes back: while the FIB's startup deferral holds the
+    adopted paths of s2 and s3, the table is still that of {s1, s2, s3} (not {s1}), so every
+    flow keeps its server; when s2 and s3 announce again nothing changes either."""
+    require_binary("nft")
+    with ConsistentLab(topo, tmp_path, routers=("ra",), fib='startup_defer = "60s"') as lab:
+        lab.start_router("ra")
+        for i in (1, 2, 3):
+            lab.announce("ra", i)
+        fp = lab.wait_table("ra", [1, 2, 3])
+        before = lab.flows("ra", "a1", FLOWS)
+        assert len(before) == FLOWS and set(before.values()) == {1, 2, 3}
+        lab.kill9("ra")
+        lab.drop_speaker("ra", 2)
+        lab.drop_speaker("ra", 3)
+        lab.start_router("ra")
+
+        def relearned_s1_only() -> bool:
+            v = lab.vip_status("ra")
+            return bool(v and v["paths"] == 1 and (v.get("consistent") or {}).get("fingerprint"))
+
+        wait_for("ra re-learned s1 and planned its table", relearned_s1_only, 30)
+        assert lab.status_fingerprint("ra") == fp
+        assert lab.vmap_target("ra") == f"cset_{fp[:16]}"
+        assert lab.flows("ra", "a2", FLOWS) == before
+        lab.announce("ra", 2)
+        lab.announce("ra", 3)
+        wait_for(
+            "ra re-learned all three", lambda: (lab.vip_status("ra") or {}).get("paths") == 3, 30
+        )
+        assert lab.status_fingerprint("ra", fp) == fp
+        assert lab.flows("ra", "a3", FLOWS) == before

@@ -9,16 +9,17 @@ table T: ``VIP via SERVER``, the same per-server tables as connection pinning).
                       map { 0 : MARK_a, 1 : MARK_b, ... }         # M entries
       }
       chain prerouting { type filter hook prerouting priority mangle;
-        [ct mark & mask == 0]  meta l4proto { tcp, udp, sctp }
-                               ip daddr vmap { VIP : jump cset_<fp>, ... }
+        meta l4proto { tcp, udp, sctp } ip daddr vmap { VIP : jump cset_<fp>, ... }
         [ip6: ip6 saddr/daddr, ip6 daddr vmap]
         ... the pinning rules (with pinning = true) ...
       }
     }
 
-With pinning the vmap rules only see connections that are not pinned yet (``ct mark & mask ==
-0``); the pinning forward rule then pins them to the server the table chose. Packets that match
-no rule (ICMP, other protocols, a VIP without a table) follow the main table's nexthop group.
+With pinning, the pinning rules come after: a pinned connection (``ct mark & mask != 0``) gets
+its pin's mark instead, an unpinned one keeps the table's and the forward rule pins it to the
+server the table chose. A packet conntrack finds INVALID has no entry — no rule reading ``ct
+mark`` matches it — and keeps the table's mark. Packets that match no rule (ICMP, other
+protocols, a VIP without a table) follow the main table's nexthop group.
 
 nftables cannot OR a map's result into the existing mark ("Right hand side of binary operation
 (|) must be constant", nft 1.0.6): the consistent rule *overwrites* the packet mark of the VIP's
@@ -150,11 +151,10 @@ def consistent_ruleset(
         if not elems:
             continue
         elems.sort(key=lambda e: str(e[0]))
-        expr: list[dict[str, Any]] = []
-        if pinning:
-            ct_bits = {"&": [{"ct": {"key": "mark"}}, mask]}
-            expr.append({"match": {"op": "==", "left": ct_bits, "right": 0}})
-        expr += [
+        # no conntrack condition, even with pinning: a pinned connection's mark is then
+        # overwritten by pinning's rules below, and a packet conntrack found INVALID (it has
+        # no entry, so no rule reading `ct mark` can match it) still follows the table
+        expr: list[dict[str, Any]] = [
             {
                 "match": {
                     "op": "==",
@@ -182,8 +182,8 @@ def consistent_ruleset(
                 }
             }
         )
-    # before the first prerouting rule (pinning's "ct mark & mask == 0 return"): an unpinned
-    # connection gets its table's mark; a pinned one skips these rules and keeps its pin
+    # before the first prerouting rule (pinning's "ct mark & mask == 0 return"): every packet
+    # gets its table's mark; pinning's rules then give a pinned connection its pin's mark
     at = next(
         (
             i

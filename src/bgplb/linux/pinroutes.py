@@ -18,7 +18,11 @@ remembered in a small file under ``/run/bgplb/`` named after the network namespa
 (``src_valid_mark.net<INODE>.json``: /run is emptied at boot, as the sysctl is reset), written
 *before* the sysctl is changed, so a run killed with SIGKILL leaves it for the next run, which
 keeps it and restores that value at its cleanup. It is restored only if the sysctl still holds
-the 1 we wrote (someone who changed it since wins).
+the 1 we wrote (someone who changed it since wins). ``net.netfilter.nf_conntrack_tcp_be_liberal``
+(consistent group with pinning, :meth:`KernelPins.ensure_be_liberal`) is handled the same way
+(``tcp_be_liberal.net<INODE>.json``). With ``group = "consistent"`` the nftables table also holds
+the Maglev chains (:mod:`bgplb.linux.nft_consistent`); ``pinning = False`` then leaves out every
+conntrack rule.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from bgplb.router.maglev import Backend, Table, build_table, check_seed, check_size
 from bgplb.router.pinning import GroupMember, Pin
+from bgplb.router.rib import FibNexthop
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -157,3 +158,23 @@ class ConsistentTables:
                 {str(a): round(s, 4) for a, s in t.shares().items()},
             )
         return st
+
+
+def with_held(
+    entries: Mapping[IPNetwork, Sequence[FibNexthop]],
+    held: Mapping[IPNetwork, Sequence[tuple[IPAddress, int, int]]],
+) -> dict[IPNetwork, Sequence[FibNexthop]]:
+    """`entries` (VIP -> the RIB's FIB entry) plus, per VIP, the `held` paths (address, ifindex,
+    weight) of an address its entry lacks: after a restart, the paths the kernel's adopted
+    groups still hold while the FIB defers (RFC 4724 §4.1), so the tables stay those of the
+    previous run instead of shrinking to the servers re-learned so far."""
+    out: dict[IPNetwork, Sequence[FibNexthop]] = dict(entries)
+    for net, paths in held.items():
+        entry = out.get(net, ())
+        have = {n.address for n in entry}
+        extra = tuple(
+            FibNexthop(a, oif, w, False, False, ()) for a, oif, w in paths if a not in have
+        )
+        if extra:
+            out[net] = (*entry, *extra)
+    return out

@@ -15,6 +15,13 @@ Hooks called by :class:`bgplb.router.daemon.Router` (kept small on purpose):
   ``keep_on_exit``);
 * :func:`status` for ``bgplb status`` — per server: slot, mark, table, VIPs, state, and the
   number of conntrack entries carrying its mark.
+
+``[fib] group = "consistent"`` runs here too, with or without ``pinning``: it needs the same
+per-server slots (mark, ``ip rule``, table). Each sync also derives the Maglev tables
+(:mod:`bgplb.router.consistent`) from the groups — the RIB's entries without pinning, the
+planner's groups with it — and the pins, and hands them to the kernel with the pins
+(:mod:`bgplb.linux.nft_consistent`); :func:`consistent_status` shows a VIP's table. Without
+pinning no conntrack rule is written and no pin lingers.
 """
 
 from __future__ import annotations
@@ -26,8 +33,8 @@ from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from bgplb.linux.fibapi import FibResult
-from bgplb.router.consistent import ConsistentStatus, ConsistentTables
-from bgplb.router.pinning import GroupMember, Pin, PinPlan, Planner, Server
+from bgplb.router.consistent import ConsistentStatus, ConsistentTables, with_held
+from bgplb.router.pinning import GroupMember, Pin, PinPlan, Planner, Server, merge_pins
 
 if TYPE_CHECKING:
     from bgplb.router.daemon import Router
@@ -36,6 +43,50 @@ log = logging.getLogger("bgplb.router")
 
 #: After a restart, adopted slots wait this long for their server to announce again.
 ADOPT_GRACE = 120.0
+
+#: What the FIB's startup deferral holds: (a token that changes when it lets paths go, {VIP
+#: network: [(address, ifindex, weight)]}), or None when it holds nothing.
+Held = tuple[object, dict[Any, list[tuple[Any, int, int]]]] | None
+
+
+def held_paths(fib: Any) -> Held:
+    """The adopted paths the FIB (its engine: `adopted`, `released`, `gone`) still holds while
+    it defers after a restart; None when it does not defer."""
+    engine: Any = getattr(fib, "engine", None)
+    adopted = getattr(engine, "adopted", None)
+    if not adopted:
+        return None
+    released = set(engine.released)
+    gone = frozenset(engine.gone)
+    memo: dict[int, list[tuple[Any, int, int]]] = {}  # adopted path sets are shared objects
+    out: dict[Any, list[tuple[Any, int, int]]] = {}
+    for net, pset in list(adopted.items()):
+        key = id(pset) * 2 + (net.version == 6)
+        paths = memo.get(key)
+        if paths is None:
+            paths = memo[key] = [
+                (gw.address, gw.oif, w)
+                for gw, w in pset
+                if (gw.address, net.version) not in released and gw.address not in gone
+            ]
+        if paths:
+            out[net] = paths
+    return (id(adopted), len(released), gone), out
+
+
+def _rib_only(groups: Mapping[Any, tuple[GroupMember, ...]], entries: Mapping[Any, Any]) -> Any:
+    """`groups` without the members the RIB's entries lack (held adopted paths stay out of
+    what the FIB is told to want); a VIP left with none gets its entry's members."""
+    out: dict[Any, tuple[GroupMember, ...]] = {}
+    for net, members in groups.items():
+        entry = entries.get(net, ())
+        have = {(n.address, n.ifindex) for n in entry}
+        keep = tuple(m for m in members if (m.address, m.ifindex) in have)
+        if not keep:
+            keep = tuple(GroupMember(n.address, n.ifindex, n.weight) for n in entry)
+        if keep:
+            out[net] = keep
+    return out
 
 
 class RouterPinning:
@@ -87,13 +138,15 @@ class RouterPinning:
         established: set[str],
         now: float,
         apply_fib: Callable[[dict[Any, list[tuple[Any, int, int]]]], FibResult],
+        held: Callable[[], Held] | None = None,
     ) -> FibResult:
         """Blocking (run it in a thread): plan, pins before, groups, pins after. `changes`:
-        {VIP prefix: FIB entry, () when gone} of the VIPs that changed since the last sync."""
+        {VIP prefix: FIB entry, () when gone} of the VIPs that changed since the last sync.
+        `held` (consistent group): the paths the FIB's startup deferral still holds."""
         with self._lock:
             if self.closed:
                 return FibResult()
-            return self._sync(changes, established, now, apply_fib)
+            return self._sync(changes, established, now, apply_fib, held)
 
     def _sync(
         self,
@@ -101,6 +154,7 @@ class RouterPinning:
         established: set[str],
         now: float,
         apply_fib: Callable[[dict[Any, list[tuple[Any, int, int]]]], FibResult],
+        held: Callable[[], Held] | None = None,
     ) -> FibResult:
         from bgplb.linux.pinroutes import PinSpec
 
@@ -109,7 +163,12 @@ class RouterPinning:
                 self.entries[vip.network] = entry
             else:
                 self.entries.pop(vip.network, None)
-        plan = self.planner.plan(self.entries, established, now)
+        # consistent group after a restart: while the FIB defers, the tables (and the pins
+        # they need) also count the adopted paths not re-learned yet; the nexthop groups
+        # handed to the FIB stay the RIB's (the FIB unites them with the adopted ones itself)
+        hold = held() if held is not None and self.consistent is not None else None
+        entries = with_held(self.entries, hold[1]) if hold else self.entries
+        plan = self.planner.plan(entries, established, now)
         self.plan = plan
         for reason in set(plan.refused) - self.refused:
             log.warning("pinning: %s", reason)
@@ -129,11 +188,12 @@ class RouterPinning:
             ]
 
         groups: Mapping[Any, tuple[GroupMember, ...]] = plan.groups
-        if not self.pinning:  # consistent mode alone: the groups are the RIB's entries
+        if not self.pinning:  # consistent mode alone: the groups are the entries
             groups = {
                 net: tuple(GroupMember(n.address, n.ifindex, n.weight) for n in entry)
-                for net, entry in self.entries.items()
+                for net, entry in entries.items()
             }
+        fib_groups = groups if not hold else _rib_only(groups, self.entries)
         if self.pinning:
             self.kernel.ensure_src_valid_mark()
         before = plan.before(self.pins)
@@ -148,10 +208,29 @@ class RouterPinning:
                 self._be_liberal = True
         self.pins = before
         result = apply_fib(
-            {net: [(m.address, m.ifindex, m.weight) for m in groups.get(net, ())] for net in nets}
+            {
+                net: [(m.address, m.ifindex, m.weight) for m in fib_groups.get(net, ())]
+                for net in nets
+            }
         )
         if self.consistent is None:
             self.kernel.apply(specs(plan.pins))
+        elif hold and held is not None and ((after := held()) is None or after[0] != hold[0]):
+            # the FIB released adopted paths (End-of-RIB) or ended its deferral in this very
+            # step: plan again without what it let go
+            entries = with_held(self.entries, after[1]) if after else self.entries
+            plan = self.planner.plan(entries, established, now)
+            self.plan = plan
+            if self.pinning:
+                groups = plan.groups
+            else:
+                groups = {
+                    net: tuple(GroupMember(n.address, n.ifindex, n.weight) for n in entry)
+                    for net, entry in entries.items()
+                }
+            chains = consistent_chains(self.consistent.plan(groups, plan.pins))
+            self.kernel.apply(specs(merge_pins(self.pins, plan.pins)), chains)
+            self.kernel.apply(specs(plan.pins), chains)
         else:
             self.kernel.apply(specs(plan.pins), chains)
         self.pins = plan.pins
@@ -280,7 +359,7 @@ async def sync(
     established = {k for k, s in router.rib.peers.items() if s.established}
     try:
         result: FibResult = await asyncio.to_thread(
-            pinning.sync, changes, established, now, fib_step
+            pinning.sync, changes, established, now, fib_step, lambda: held_paths(fib)
         )
     finally:
         pinning.arm(loop, lambda: router.queue.put_nowait((None, "pinning")))

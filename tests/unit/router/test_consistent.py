@@ -74,9 +74,10 @@ def test_ruleset_with_and_without_pinning() -> None:
     cmds = consistent_ruleset("bgplb", 0xFF0000, marks, [N1, N2], [chain], pinning=True)
     rules = [c["add"]["rule"] for c in cmds if "rule" in c.get("add", {})]
     pre = [r for r in rules if r["chain"] == "prerouting"]
-    # the consistent rule comes first and only for connections not pinned yet
+    # the consistent rule comes first, for every packet (no conntrack condition: INVALID
+    # packets have no entry); pinning's rules follow and override it for pinned connections
     assert pre[0]["comment"] == "bgplb-consistent ipv4"
-    assert pre[0]["expr"][0]["match"]["right"] == 0 and "ct" in str(pre[0]["expr"][0])
+    assert "'ct'" not in str(pre[0]["expr"])
     assert pre[1]["expr"][1] == {"return": None}
     vmap = pre[0]["expr"][-1]["vmap"]
     assert vmap["data"]["set"] == [
@@ -180,3 +181,35 @@ def test_runtime_drain_follows_the_mode(pinning: bool) -> None:
         runtime.close(router)  # type: ignore[arg-type]
 
     asyncio.run(go())
+
+
+def test_tables_keep_the_adopted_paths_while_the_fib_defers() -> None:
+    """After a restart the RIB re-learns servers one by one; while the FIB's startup deferral
+    holds the previous run's paths, the tables count them too (the same table as before the
+    restart), the FIB is only told the RIB's members, and when the deferral ends within a sync
+    the tables are planned again without them."""
+    pins = ChainPins()
+    config = FibConfig(group="consistent", consistent_table_size=1021)
+    rp = runtime.RouterPinning(config, kernel=pins)
+    state: dict[str, Any] = {"hold": (1, {VIP1.network: [(A, 7, 1), (B, 7, 1)]})}
+    told: list[dict[Any, Any]] = []
+
+    def apply_fib(changes: dict[Any, Any]) -> Any:
+        told.append(changes)
+        if state.get("end"):
+            state["hold"] = None
+        from bgplb.linux.fibapi import FibResult
+
+        return FibResult()
+
+    # only A re-learned: the table is still {A, B}; the FIB is told {A}
+    rp.sync({VIP1: (nexthop(A),)}, {str(A)}, 1.0, apply_fib, lambda: state["hold"])
+    assert set(backends(pins, VIP1)) == {A, B}
+    assert [a for a, _, _ in told[-1][VIP1.network]] == [A]
+    full = rp.consistent_status(VIP1.network)
+    assert full is not None and set(full.shares) == {str(A), str(B)}
+    # the deferral ends during the next sync: planned again, B leaves the table and its pin
+    state["end"] = True
+    rp.sync({VIP2: (nexthop(A),)}, {str(A)}, 2.0, apply_fib, lambda: state["hold"])
+    assert set(backends(pins, VIP1)) == {A}
+    assert {p.gateway for p in pins.pins} == {A}
