@@ -116,14 +116,15 @@ def main() -> int:
         f"step · to s{CHANGED} / alive before (sums over runs)"
     )
     steps = [s for s, _ in STEPS]
-    head = f"| router | {' | '.join(SHORT[s] for s in steps)} | others, all steps |"
+    head = f"| router | failed to open | {' | '.join(SHORT[s] for s in steps)} | others, all |"
     print(head)
-    print("|---" * (len(steps) + 2) + "|")
+    print("|---" * (len(steps) + 3) + "|")
     for k in kinds:
         all_steps = [s for r in results[k] for s in r["steps"]]
         total = sum(s["others"] for s in all_steps)
+        failed = sum(r["opened"].get("failed", 0) for r in results[k])
         cells = " | ".join(cell(all_steps, s) for s in steps)
-        print(f"| {LABEL[k]} | {cells} | **{total}** |")
+        print(f"| {LABEL[k]} | {failed}/{a.runs * a.conns} | {cells} | **{total}** |")
     if a.json:
         Path(a.json).write_text(json.dumps({"command": command, "results": results}, indent=1))
     return 0
