@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -65,14 +66,16 @@ SHORT = {
 
 
 def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
-    with Topology(prefix="bmr") as topo:
-        wd = Path(tempfile.mkdtemp(prefix="bgplb-bench-multi-"))
-        with MultiRouterLab(topo, wd, kind, hash=a.hash) as lab:
+    wd = Path(tempfile.mkdtemp(prefix="bgplb-bench-multi-"))
+    try:
+        with Topology(prefix="bmr") as topo, MultiRouterLab(topo, wd, kind, hash=a.hash) as lab:
             lab.start()
             lab.start_client(period=a.period)
             result = run_scenario(lab, a.conns)
             result["seeds"] = lab.seeds
             return result
+    finally:
+        shutil.rmtree(wd, ignore_errors=True)
 
 
 def cell(steps: list[dict[str, Any]], step: str) -> str:
