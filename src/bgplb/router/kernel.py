@@ -224,7 +224,9 @@ class KernelSide:
 
             fib = KernelFib(
                 table=f.table,
-                group=f.group,
+                # consistent: the Maglev table is in nftables; the main table keeps a
+                # resilient group for what it does not match (ICMP, other protocols)
+                group="resilient" if f.group == "consistent" else f.group,
                 buckets=f.buckets,
                 idle_timer=f.idle_timer,
                 unbalanced_timer=f.unbalanced_timer,

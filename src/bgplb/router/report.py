@@ -278,6 +278,7 @@ class RouterReport:
                 )
                 for n in entry
             ),
+            consistent=router_pinning.consistent_status(self.kernel.pinning, vip.network),
         )
 
     # -- the document ----------------------------------------------------------------------------

@@ -181,6 +181,16 @@ class NexthopStatus:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ConsistentStatus:
+    """One VIP's Maglev table (``[fib] group = "consistent"``)."""
+
+    size: int
+    seed: int
+    fingerprint: str
+    shares: Mapping[str, float]  # next-hop address -> fraction of the table's slots
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class VipStatus:
     vip: str
     installed: bool
@@ -188,6 +198,7 @@ class VipStatus:
     fail_open_until: float | None
     unusable: tuple[UnusablePath, ...]
     nexthops: tuple[NexthopStatus, ...]
+    consistent: ConsistentStatus | None = dataclasses.field(default=None, metadata=OPTIONAL)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
