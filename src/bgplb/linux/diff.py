@@ -608,6 +608,49 @@ def drop_gateways(model: FibModel, addresses: Collection[IPAddress]) -> list[Ste
     return steps
 
 
+def regroup(
+    model: FibModel,
+    moves: Iterable[tuple[PathSet, PathSet, int]],
+    params: GroupParams,
+) -> list[Step]:
+    """Group-level fast path of many VIPs changing the same way (a server withdrawing or
+    announcing every VIP of a path set at once): for each (old set, new set, count) — `count`
+    VIPs whose installed set is `old` now want `new` — if the routed groups with key `old`
+    hold exactly `count` VIPs between them (so the movers are all their VIPs), each is replaced
+    in place with `new` (members it keeps keep their nexthop ids: a resilient group's buckets
+    of the servers that stay do not move), after the single nexthops `new` needs. Anything
+    else (a group also serving VIPs that do not change, a change of group shape, an empty set)
+    is left to `plan()`, which then finds these VIPs' groups as they want them. O(moves +
+    members), never O(VIPs). Ids are allocated from `model` (`model.release` those whose object
+    was never created)."""
+    pk = params_key(params)
+    replace: dict[int, PathSet] = {}
+    for old, new, count in moves:
+        if not old or not new or old == new:
+            continue
+        for gw, weight in new:
+            if not 1 <= weight <= MAX_WEIGHT:
+                raise ValueError(f"weight {weight} of {gw.address} outside 1..256")
+        groups = model.by_key.get((old, pk), ())
+        routed = [g for g in groups if g not in replace and model.vips_of.get(g)]
+        if not routed or sum(len(model.vips_of[g]) for g in routed) != count:
+            continue
+        if all(params.same_shape(model.groups[g].params) for g in routed):
+            replace.update((g, new) for g in routed)
+    steps: list[Step] = []
+    new_gw: dict[Gateway, int] = {}
+    wanted_gws = {gw for pset in replace.values() for gw, _ in pset}
+    for gw in sorted(wanted_gws - model.gw_id.keys(), key=Gateway.sort_key):
+        new_gw[gw] = model.alloc()
+        steps.append(Step(AddNexthop(new_gw[gw], gw), PHASE_NEXTHOPS))
+    new_ids = set(new_gw.values())
+    for g, pset in sorted(replace.items()):
+        members = model.members_for(pset, model.groups[g], new_gw)
+        needs = tuple(m for m, _ in members if m in new_ids)
+        steps.append(Step(ReplaceGroup(g, members, params), PHASE_REPLACE, (), needs))
+    return steps
+
+
 def _flat(key: GroupKey) -> tuple[int, ...]:
     out: list[int] = []
     for gw, w in key[0]:

@@ -442,6 +442,7 @@ class Router(Supervised, PeerRanges, KernelSide):
             )
         if accepted and update.attributes is not None:
             self._probe(entry, accepted, update.attributes)
+        self._fib_withdrawing(key, accepted, update.all_withdrawn)  # kernel first, if all go
         result = self.rib.update(key, accepted, update.attributes, update.all_withdrawn, now)
         self._refusals(entry, key, result)
         if result.exceeded:

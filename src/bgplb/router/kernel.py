@@ -71,6 +71,10 @@ def _bucket(entry: tuple[Any, ...]) -> str:
 FREEZE_AFTER = 10_000
 """Dirty VIPs turned into FIB entries on the event loop; more go to a worker thread."""
 
+REGROUP_MIN = 64
+"""VIPs making one same move (old entry -> new entry) in a sync from which `_fib_regroup`
+tries to replace their group in place before the per-VIP work."""
+
 DROP_INLINE = 20_000
 """Routes of a lost peer above which its fast-path request goes from a worker thread."""
 
@@ -318,6 +322,35 @@ class KernelSide:
                 gateways = {state.source} if state.source is not None else set()
                 self._fib_drop(key, state, gateways, "withdrew everything", count)
 
+    def _fib_withdrawing(self, key: str, announced: Any, withdrawn: Any) -> None:
+        """Call before `Rib.update` of an UPDATE from peer `key`: if it withdraws every path
+        the peer has and announces nothing (a server stopping: its agent withdraws every VIP
+        in one burst), the peer's gateway leaves the groups at once, as in `_fib_peer_lost`,
+        before the RIB's per-VIP work. O(withdrawn prefixes), dict lookups only. Peers using
+        third-party next hops are left to the normal path."""
+        state = self.rib.peers.get(key)
+        if (
+            announced
+            or self.fib is None
+            or state is None
+            or not state.paths
+            or not state.established
+            or state.third_party_next_hop
+            or len(withdrawn) < len(state.paths)
+        ):
+            return
+        paths = state.paths
+        gone = set(withdrawn)  # an UPDATE may name a prefix twice
+        if len(gone) < len(paths):
+            return
+        if not (all(p in paths for p in gone) if len(gone) == len(paths) else paths.keys() <= gone):
+            return
+        count = len(paths)
+        if self._fib_with_paths.get(key):  # `_fib_emptied` has nothing more to do for it
+            self._fib_with_paths = {k: n for k, n in self._fib_with_paths.items() if k != key}
+        gateways = {state.source} if state.source is not None else set()
+        self._fib_drop(key, state, gateways, "withdraws everything", count)
+
     def _fib_drop(
         self, key: str, state: Any, gateways: set[IPAddress], why: str, routes: int = 0
     ) -> None:
@@ -404,15 +437,24 @@ class KernelSide:
             await asyncio.gather(*pending, return_exceptions=True)
         dirty = self.rib.take_dirty()
         due = router_pinning.due(cast("Router", self))  # a drained server's pins: drain_linger
+        now = self._fib_now()
         if len(dirty) > SYNC_INLINE:
-            # ~30 us per VIP: 100k dirty VIPs would hold the event loop for seconds. The RIB
+            # ~2 us per VIP: 100k dirty VIPs would hold the event loop too long. The RIB
             # is only changed by the RIB task, which waits here; status only reads it.
-            changes = await asyncio.to_thread(self._fib_changes, dirty)
+            regroup = getattr(self, "pinning", None) is None and self.fib is not None
+
+            def changes_of() -> dict[Prefix, tuple[Any, ...]]:
+                moves: dict[tuple[int, int], list[Any]] | None = {} if regroup else None
+                out = self._fib_changes(dirty, moves)
+                if moves:
+                    self._fib_regroup(moves, now)  # group-level first, in this thread
+                return out
+
+            changes = await asyncio.to_thread(changes_of)
         else:
             changes = self._fib_changes(dirty)
         if self.fib is None:
             return
-        now = self._fib_now()
         defer = self._fib_defer
         if defer is not None:
             defer.release(self.rib.peers, now)
@@ -451,26 +493,74 @@ class KernelSide:
             log.warning("fib: kernel refused %d VIP(s): %s%s", len(result.failed), shown, more)
         log.debug("fib: %d operation(s)", len(result.ops))
 
-    def _fib_changes(self, dirty: Iterable[Prefix]) -> dict[Prefix, tuple[Any, ...]]:
+    def _fib_changes(
+        self, dirty: Iterable[Prefix], moves: dict[tuple[int, int], list[Any]] | None = None
+    ) -> dict[Prefix, tuple[Any, ...]]:
         """The new FIB entry of each dirty VIP whose entry changed (() when gone), kept in
-        `self.installed`."""
+        `self.installed`. With `moves`: the VIPs that change from one installed entry to
+        another are counted there by (id(old entry), id(new entry)) — the RIB shares one
+        entry object per path set — as [a VIP, old entry, new entry, count]."""
         changes: dict[Prefix, tuple[Any, ...]] = {}
         counts = self.nexthop_counts
+        installed = self.installed
+        fib_entry = self.rib.fib_entry
         for vip in dirty:
-            entry = self.rib.fib_entry(vip)
-            old = self.installed.get(vip)
+            entry = fib_entry(vip)
+            old = installed.get(vip)
             if entry:
                 if old != entry:
-                    self.installed[vip] = entry
+                    installed[vip] = entry
                     changes[vip] = entry
                     counts[_bucket(entry)] += 1
                     if old:
                         counts[_bucket(old)] -= 1
-            elif self.installed.pop(vip, None) is not None:
+                        if moves is not None:
+                            move = moves.get((id(old), id(entry)))
+                            if move is None:
+                                moves[(id(old), id(entry))] = [vip, old, entry, 1]
+                            else:
+                                move[3] += 1
+            elif installed.pop(vip, None) is not None:
                 changes[vip] = ()
                 if old:
                     counts[_bucket(old)] -= 1
         return changes
+
+    def _fib_regroup(self, moves: dict[tuple[int, int], list[Any]], now: float) -> None:
+        """Blocking (the sync's worker thread, before the FIB update of the same VIPs): many
+        VIPs moving from one entry to another together (a server announcing again every VIP
+        of a path set, or withdrawing them) — a group all of whose VIPs make the same move is
+        replaced in place at once (`Fib.regroup`), before the per-VIP work of the FIB's own
+        planning, which then finds these groups as it wants them. Never raises."""
+        regroup = getattr(self.fib, "regroup", None)
+        big = [m for m in moves.values() if m[3] >= REGROUP_MIN]
+        if regroup is None or not big:
+            return
+        started = time.perf_counter()
+        try:
+            result = regroup(
+                [
+                    (
+                        vip,
+                        [(n.address, n.ifindex, n.weight) for n in old],
+                        [(n.address, n.ifindex, n.weight) for n in new],
+                        count,
+                    )
+                    for vip, old, new, count in big
+                ],
+                now,
+            )
+        except Exception as exc:  # the FIB update that follows does the same, per VIP
+            self.counters.fib_errors += 1
+            log.error("fib: group-level move failed: %s", exc)
+            return
+        if result.ops:
+            log.info(
+                "fib: %d VIP(s) moved with %d group(s) replaced in place at once (%.1f ms)",
+                sum(m[3] for m in big),
+                sum(1 for op in result.ops if type(op).__name__ == "ReplaceGroup"),
+                (time.perf_counter() - started) * 1000,
+            )
 
     def fib_status(self) -> dict[str, Any]:
         """FIB counters for `bgplb status` (no kernel read, no walk over VIPs)."""

@@ -275,3 +275,88 @@ def test_vips_given_as_prefixes_are_one_network_object_from_call_to_call():
     assert all(any(w is nets[p] for w in fib.engine.wanted) for p in prefixes[:3])
     fib.update({p: [] for p in prefixes})  # withdrawn: forgotten
     assert fib.engine.networks == {} and kernel.forwarding() == {}
+
+
+# -- regroup: many VIPs changing the same way -------------------------------------------------
+
+
+def test_a_server_announcing_every_vip_of_a_group_again_replaces_it_in_place():
+    kernel, fib, batches = make()
+    fib.update({v: paths(B, C) for v in ALL3} | {v: paths(B, C) for v in TWO})
+    group = group_of(kernel, ALL3[0])
+    buckets = list(kernel.nexthops[group].buckets)
+    ids = gateway_ids(kernel)
+    batches.clear()
+
+    result = fib.regroup([(ALL3[0], paths(B, C), paths(A, B, C), len(ALL3) + len(TWO))])
+
+    assert [type(op).__name__ for batch in batches for op in batch] == [
+        "AddNexthop",
+        "ReplaceGroup",
+    ]
+    assert len(result.ops) == 2 and fib.engine.fast_moves == 1
+    assert group_of(kernel, ALL3[0]) == group  # no route moved
+    after = kernel.nexthops[group].buckets
+    # buckets only went to A: none moved between B and C
+    assert all(a == b for a, b in zip(after, buckets, strict=True) if a in (ids[B], ids[C]))
+    assert set(kernel.forwarding()[ALL3[0]]) == {A, B, C}
+    batches.clear()
+    assert fib.update({v: paths(A, B, C) for v in ALL3 + TWO}).ops == []
+    assert batches == []
+
+
+def test_a_group_whose_vips_do_not_all_move_is_left_to_update():
+    kernel, fib, batches = make()
+    fib.update({v: paths(B, C) for v in ALL3})
+    batches.clear()
+    assert fib.regroup([(ALL3[0], paths(B, C), paths(A, B, C), len(ALL3) - 1)]).ops == []
+    assert batches == [] and fib.engine.fast_moves == 0
+    changes = {v: paths(A, B, C) for v in ALL3[:-1]}
+    fib.update(changes)
+    fwd = kernel.forwarding()
+    assert all(set(fwd[v]) == {A, B, C} for v in ALL3[:-1])
+    assert set(fwd[ALL3[-1]]) == {B, C}
+
+
+def test_a_withdrawal_of_every_vip_of_a_group_replaces_it_without_the_server():
+    kernel, fib, batches = make()
+    fib.update(layout())
+    group = group_of(kernel, TWO[0])
+    buckets = list(kernel.nexthops[group].buckets)
+    ids = gateway_ids(kernel)
+    fib.regroup([(TWO[0], paths(A, B), paths(B), len(TWO))])
+    after = kernel.nexthops[group].buckets
+    assert group_of(kernel, TWO[0]) == group
+    assert all(a == b for a, b in zip(after, buckets, strict=True) if b == ids[B])
+    batches.clear()
+    assert fib.update({v: paths(B) for v in TWO}).ops == []
+    assert {set(kernel.forwarding()[v]) == {A, B, C} for v in ALL3} == {True}
+
+
+def test_regroup_skips_empty_sets_a_refused_replace_and_while_deferring():
+    kernel, fib, _ = make()
+    fib.update({v: paths(B, C) for v in ALL3})
+    assert fib.regroup([(ALL3[0], paths(B, C), [], len(ALL3))]).ops == []
+    assert fib.regroup([(ALL3[0], [], paths(B, C), len(ALL3))]).ops == []
+    kernel.inject(Fault(22, op=d.ReplaceGroup, once=True))
+    ops = fib.regroup([(ALL3[0], paths(B, C), paths(A, B, C), len(ALL3))]).ops
+    assert [type(op) for op in ops] == [d.AddNexthop]  # the replace was refused
+    assert fib.engine.fast_moves == 0
+    result = fib.update({v: paths(A, B, C) for v in ALL3})  # the normal path does it
+    assert not result.failed
+    assert all(set(kernel.forwarding()[v]) == {A, B, C} for v in ALL3)
+    fib.engine.adopted = {}
+    assert fib.regroup([(ALL3[0], paths(A, B, C), paths(B, C), len(ALL3))]).ops == []
+
+
+def test_regroup_after_a_drop_names_the_gateway_again():
+    kernel, fib, batches = make()
+    fib.update({v: paths(A, B, C) for v in ALL3})
+    group = group_of(kernel, ALL3[0])
+    fib.drop_gateways([A])
+    fib.update({v: paths(B, C) for v in ALL3})  # the RIB's results: nothing to do
+    assert fib.regroup([(ALL3[0], paths(B, C), paths(A, B, C), len(ALL3))]).ops
+    assert group_of(kernel, ALL3[0]) == group
+    assert all(set(kernel.forwarding()[v]) == {A, B, C} for v in ALL3)
+    batches.clear()
+    assert fib.update({v: paths(A, B, C) for v in ALL3}).ops == []

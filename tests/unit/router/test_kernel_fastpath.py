@@ -328,3 +328,91 @@ def test_session_down_takes_the_gateway_out_before_the_purge(tmp_path):
         assert result.ops == [] and kernel.requests == requests  # the purge: nothing to do
 
     run(go)
+
+
+# -- an UPDATE withdrawing everything; a whole group announced again -------------------------
+
+
+def test_an_update_withdrawing_everything_takes_the_gateway_out_before_the_rib():
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+    requests = kernel.requests
+    router._fib_withdrawing(str(A), [], VIPS + SOLO + VIPS[:3])  # duplicates are harmless
+    assert all(forwarding(kernel)[str(v.network)] == {B, C} for v in VIPS)
+    assert len(router.rib.peers[str(A)].paths) == len(VIPS) + len(SOLO)  # RIB untouched
+    assert kernel.requests - requests == 1  # one in-place replace
+
+    async def rest():
+        router.rib.update(str(A), [], PathAttributes(), VIPS + SOLO, router.clock)
+        await router._sync_fib()
+
+    run(rest)
+    # the per-VIP results: SOLO's routes, their group and A's nexthop; no second fast drop
+    assert kernel.requests - requests == 1 + len(SOLO) + 2
+    assert router.fib_status()["fast_drops"] == 1
+    assert forwarding(kernel) == {str(v.network): {B, C} for v in VIPS}
+
+
+def test_an_update_leaving_a_path_or_announcing_is_not_taken_early():
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+    requests = kernel.requests
+    router._fib_withdrawing(str(A), [], VIPS)  # SOLO stays
+    router._fib_withdrawing(str(A), [], VIPS + VIPS[:5])  # as many prefixes, not all of them
+    router._fib_withdrawing(str(A), [SOLO[0]], VIPS + SOLO)  # announces one again
+    router._fib_withdrawing(str(B), [], [])  # nothing
+    assert kernel.requests == requests
+
+
+def test_a_peer_announcing_every_vip_of_a_group_again_moves_the_group_in_place(monkeypatch):
+    monkeypatch.setattr(kernel_module, "SYNC_INLINE", 8)  # a worker thread: the real path
+    monkeypatch.setattr(kernel_module, "REGROUP_MIN", 4)
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+    group = kernel.routes[(254, VIPS[0].network)].nh_id
+
+    async def withdraw_and_announce():
+        router.rib.update(str(A), [], PathAttributes(), VIPS + SOLO, router.clock)
+        await router._sync_fib()
+        before = list(kernel.nexthops[group].buckets)
+        seen = []
+        real = router.memfib.update
+
+        def update(changes, now=None):
+            seen.append(forwarding(kernel)[str(VIPS[0].network)])  # the kernel at that moment
+            return real(changes, now)
+
+        router.memfib.update = update  # type: ignore[method-assign]
+        requests = kernel.requests
+        router.announce(str(A), VIPS)
+        await router._sync_fib()
+        return before, seen, kernel.requests - requests
+
+    before, seen, requests = run(withdraw_and_announce)
+    assert seen == [{A, B, C}]  # in place before the per-VIP work
+    assert requests == 2  # A's nexthop, the replace; the per-VIP update: nothing
+    assert kernel.routes[(254, VIPS[0].network)].nh_id == group
+    after = kernel.nexthops[group].buckets
+    a_id = next(nh.id for nh in kernel.nexthops.values() if nh.gateway and nh.gateway.address == A)
+    assert all(x == y for x, y in zip(after, before, strict=True) if x != a_id)  # B, C stay put
+    assert router.fib_status()["fast_moves"] == 1
+    assert forwarding(kernel) == {str(v.network): {A, B, C} for v in VIPS}
+
+
+def test_a_group_half_announced_again_takes_the_normal_path(monkeypatch):
+    monkeypatch.setattr(kernel_module, "SYNC_INLINE", 8)
+    monkeypatch.setattr(kernel_module, "REGROUP_MIN", 4)
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+
+    async def go():
+        router.rib.update(str(A), [], PathAttributes(), VIPS + SOLO, router.clock)
+        await router._sync_fib()
+        router.announce(str(A), VIPS[:20])
+        await router._sync_fib()
+
+    run(go)
+    assert router.fib_status()["fast_moves"] == 0
+    fwd = forwarding(kernel)
+    assert all(fwd[str(v.network)] == {A, B, C} for v in VIPS[:20])
+    assert all(fwd[str(v.network)] == {B, C} for v in VIPS[20:])
