@@ -191,6 +191,7 @@ class KernelSide:
     # class defaults, replaced (never mutated) by the methods that change them:
     _fib_drops_pending: list[asyncio.Future[None]] = []  # fast-path requests in threads
     _fib_with_paths: dict[str, int] = {}  # paths per peer at the last sync
+    pinning: Any = None  # router/pinning_runtime.py when [fib] pinning
 
     def _fib_now(self) -> float:
         """The clock of deferral and retries: the event loop's (tests replace it)."""
@@ -441,7 +442,7 @@ class KernelSide:
         if len(dirty) > SYNC_INLINE:
             # ~2 us per VIP: 100k dirty VIPs would hold the event loop too long. The RIB
             # is only changed by the RIB task, which waits here; status only reads it.
-            regroup = getattr(self, "pinning", None) is None and self.fib is not None
+            regroup = self.pinning is None and self.fib is not None
 
             def changes_of() -> dict[Prefix, tuple[Any, ...]]:
                 moves: dict[tuple[int, int], list[Any]] | None = {} if regroup else None
@@ -451,6 +452,11 @@ class KernelSide:
                 return out
 
             changes = await asyncio.to_thread(changes_of)
+        elif len(dirty) >= REGROUP_MIN and self.fib is not None and self.pinning is None:
+            moves: dict[tuple[int, int], list[Any]] = {}
+            changes = self._fib_changes(dirty, moves)
+            if any(m[3] >= REGROUP_MIN for m in moves.values()):
+                await asyncio.to_thread(self._fib_regroup, moves, now)
         else:
             changes = self._fib_changes(dirty)
         if self.fib is None:
