@@ -47,6 +47,17 @@ class EngineFib:
         with self._lock:
             return self._engine().update(resolved, self._now(now))
 
+    def update_nowait(self, changes: ChangesInput, now: float | None = None) -> FibResult | None:
+        """`update()` without waiting: None if the FIB is busy (an apply or a resync in
+        another thread), nothing done. For a few VIPs from an event loop: their change goes
+        to the kernel at once, without a hop to a worker thread."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self.update(changes, now)
+        finally:
+            self._lock.release()
+
     def drop_gateways(
         self, gateways: Iterable[d.IPAddress], now: float | None = None
     ) -> FibResult | None:

@@ -416,3 +416,41 @@ def test_a_group_half_announced_again_takes_the_normal_path(monkeypatch):
     fwd = forwarding(kernel)
     assert all(fwd[str(v.network)] == {A, B, C} for v in VIPS[:20])
     assert all(fwd[str(v.network)] == {B, C} for v in VIPS[20:])
+
+
+# -- a few VIPs: the FIB update on the event loop ---------------------------------------------
+
+
+def test_a_small_sync_updates_the_fib_on_the_loop_and_a_busy_fib_goes_to_a_thread():
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+    threads = []
+    real = router.memfib.update
+
+    def update(changes, now=None):
+        threads.append(threading.get_ident())
+        return real(changes, now)
+
+    router.memfib.update = update  # type: ignore[method-assign]
+
+    async def one(vip):
+        router.rib.update(str(B), [], PathAttributes(), [vip], router.clock)
+        await router._sync_fib()
+        return threading.get_ident()
+
+    loop_thread = run(lambda: one(VIPS[0]))
+    assert threads == [loop_thread]  # no hop to a worker thread
+    assert forwarding(kernel)[str(VIPS[0].network)] == {A, C}
+    with router.memfib._lock:  # e.g. a resync in another thread: the loop must not wait
+
+        def busy():
+            return run(lambda: one(VIPS[1]))
+
+        done = []
+        worker = threading.Thread(target=lambda: done.append(busy()))
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive()  # waiting in the worker thread, not on the loop
+    worker.join(5)
+    assert len(threads) == 2 and threads[1] != done[0]
+    assert forwarding(kernel)[str(VIPS[1].network)] == {A, C}
