@@ -360,3 +360,39 @@ def test_regroup_after_a_drop_names_the_gateway_again():
     assert all(set(kernel.forwarding()[v]) == {A, B, C} for v in ALL3)
     batches.clear()
     assert fib.update({v: paths(A, B, C) for v in ALL3}).ops == []
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_group_moves_change_only_the_movers_and_keep_the_stayers_buckets(seed):
+    rnd = random.Random(seed)
+    gws = [A, B, C, D]
+    kernel, fib, _ = make(buckets=32)
+    sets = [tuple(g for g in gws if rnd.random() < 0.6) or (A,) for _ in range(6)]
+    want = {v: paths(*rnd.choice(sets)) for v in vips(0, 60)}
+    fib.update(want)
+    old_set = rnd.choice(sorted({tuple(p) for p in want.values()}))
+    movers = [v for v, p in want.items() if tuple(p) == old_set]
+    if rnd.random() < 0.3 and len(movers) > 1:
+        movers = movers[1:]  # not every VIP of the group: regroup must leave it alone
+    new_set = paths(*(tuple(g for g in gws if rnd.random() < 0.5) or (B,)))
+    before = {g: list(nh.buckets) for g, nh in kernel.nexthops.items() if nh.members}
+    others = {v: kernel.forwarding()[v] for v in want if v not in movers}
+    routes = {v: group_of(kernel, v) for v in want}
+    fib.regroup([(movers[0], list(old_set), new_set, len(movers))])
+    after = kernel.forwarding()
+    whole = len(movers) == sum(1 for p in want.values() if tuple(p) == old_set)
+    changed = sorted(new_set) != sorted(old_set)
+    assert fib.engine.fast_moves == (1 if whole and changed else 0)
+    assert {v: after[v] for v in others} == others  # nobody else's forwarding changed
+    for g, old in before.items():  # a member that stays keeps every bucket it had
+        if g not in kernel.nexthops:
+            continue
+        new = kernel.nexthops[g].buckets
+        members = {m for m, _ in kernel.nexthops[g].members}
+        assert all(n == o for n, o in zip(new, old, strict=True) if o in members)
+    assert {v: group_of(kernel, v) for v in want} == routes  # no route moved
+    fib.update({v: new_set for v in movers})
+    final = kernel.forwarding()
+    wanted = {ip_address(g): w for g, _, w in new_set}
+    assert all(final[v] == wanted for v in movers)
+    assert {v: final[v] for v in others} == others
