@@ -255,6 +255,7 @@ class FibModel:
         "by_key",
         "foreign_ids",
         "groups",
+        "gw_count",
         "gw_id",
         "id_base",
         "key_of",
@@ -289,6 +290,9 @@ class FibModel:
         self.key_of: dict[int, GroupKey] = {}
         self.by_key: dict[GroupKey, set[int]] = {}
         self.gw_id: dict[Gateway, int] = {}
+        self.gw_count: dict[Gateway, int] = {}  # our nexthops per gateway (more than 1: debris)
+        for gw in self.nexthops.values():
+            self.gw_count[gw] = self.gw_count.get(gw, 0) + 1
         for group in state.groups.values():
             self._set_group(group)
         for net, nh_id in state.routes.items():
@@ -395,7 +399,11 @@ class FibModel:
         """Record a successful operation."""
         match op:
             case AddNexthop(id=nh_id, gateway=gw):
+                old = self.nexthops.get(nh_id)
+                if old is not None:
+                    self._uncount(old)
                 self.nexthops[nh_id] = gw
+                self.gw_count[gw] = self.gw_count.get(gw, 0) + 1
                 self.used_ids.add(nh_id)
                 self.gw_id.setdefault(gw, nh_id)
             case (
@@ -415,11 +423,19 @@ class FibModel:
                 if nh_id in self.nexthops:
                     gw = self.nexthops.pop(nh_id)
                     self._free(nh_id)
+                    self._uncount(gw)
                     if self.gw_id.get(gw) == nh_id:
                         del self.gw_id[gw]
-                        others = [i for i, g in self.nexthops.items() if g == gw]
-                        if others:  # debris of a crash only
+                        if gw in self.gw_count:  # debris of a crash only: a walk, rarely
+                            others = [i for i, g in self.nexthops.items() if g == gw]
                             self.gw_id[gw] = min(others)
+
+    def _uncount(self, gw: Gateway) -> None:
+        left = self.gw_count.get(gw, 0) - 1
+        if left > 0:
+            self.gw_count[gw] = left
+        else:
+            self.gw_count.pop(gw, None)
 
 
 # --- planning -----------------------------------------------------------------------------------
