@@ -76,11 +76,26 @@ class EngineFib:
         self,
         moves: Iterable[tuple[Any, Iterable[PathSpec], Iterable[PathSpec], int]],
         now: float | None = None,
-    ) -> FibResult:
+        wait: bool = True,
+    ) -> FibResult | None:
         """Fast path of many VIPs changing the same way: `moves` are (one of the VIPs, its old
         paths, its new paths, how many VIPs make that move); every group whose VIPs all make
         the same move is replaced in place at once (`FibEngine.regroup`). Blocking; call it just
-        before `update()` of the same VIPs, which then has nothing left to do for them."""
+        before `update()` of the same VIPs, which then has nothing left to do for them. With
+        `wait` False: None at once if the FIB is busy (an apply or a resync in a thread)."""
+        if not wait and not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._regroup(moves, now)
+        finally:
+            if not wait:
+                self._lock.release()
+
+    def _regroup(
+        self,
+        moves: Iterable[tuple[Any, Iterable[PathSpec], Iterable[PathSpec], int]],
+        now: float | None,
+    ) -> FibResult:
         sets: list[tuple[d.PathSet, d.PathSet, int]] = []
         pool = self.engine.interned
         for vip, old, new, count in moves:

@@ -179,10 +179,12 @@ class Fib(Protocol):
         self,
         moves: Iterable[tuple[Any, Iterable[PathSpec], Iterable[PathSpec], int]],
         now: float | None = None,
-    ) -> FibResult:
+        wait: bool = True,
+    ) -> FibResult | None:
         """Many VIPs change the same way (`moves`: one of them, its old paths, its new paths,
         how many): groups all of whose VIPs move are replaced in place at once, before the
-        `update()` of these VIPs (which then finds them as it wants them)."""
+        `update()` of these VIPs (which then finds them as it wants them). With `wait` False:
+        None at once if the FIB is busy."""
         ...
 
     def apply(self, desired: ChangesInput) -> list[d.Op]:

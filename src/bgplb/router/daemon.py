@@ -442,7 +442,7 @@ class Router(Supervised, PeerRanges, KernelSide):
             )
         if accepted and update.attributes is not None:
             self._probe(entry, accepted, update.attributes)
-        self._fib_withdrawing(key, accepted, update.all_withdrawn)  # kernel first, if all go
+        self._fib_before_update(key, accepted, update.attributes, update.all_withdrawn)
         result = self.rib.update(key, accepted, update.attributes, update.all_withdrawn, now)
         self._refusals(entry, key, result)
         if result.exceeded:

@@ -195,6 +195,8 @@ class KernelSide:
     # class defaults, replaced (never mutated) by the methods that change them:
     _fib_drops_pending: list[asyncio.Future[None]] = []  # fast-path requests in threads
     _fib_with_paths: dict[str, int] = {}  # paths per peer at the last sync
+    # moves (id(old entry), id(new entry)) done before the RIB's work since the last sync
+    _fib_premoved: dict[tuple[int, int], tuple[Any, Any]] = {}
     pinning: Any = None  # router/pinning_runtime.py when [fib] pinning
 
     def _fib_now(self) -> float:
@@ -327,6 +329,52 @@ class KernelSide:
                 gateways = {state.source} if state.source is not None else set()
                 self._fib_drop(key, state, gateways, "withdrew everything", count)
 
+    def _fib_before_update(self, key: str, announced: Any, attributes: Any, withdrawn: Any) -> None:
+        """Call before `Rib.update` of an UPDATE from peer `key` (the RIB task): the
+        group-level fast paths that can be told from the UPDATE alone go to the kernel first —
+        a peer withdrawing everything (`_fib_withdrawing`), a peer announcing every VIP of a
+        group (`_fib_announcing`). Never raises."""
+        if self.fib is None:
+            return
+        if withdrawn:
+            self._fib_withdrawing(key, announced, withdrawn)
+        elif len(announced) >= REGROUP_MIN:
+            try:
+                self._fib_announcing(key, announced, attributes)
+            except Exception as exc:  # the normal path does the same, per VIP
+                self.counters.fib_errors += 1
+                log.error("fib: early group-level move for %s failed: %s", key, exc)
+
+    def _fib_announcing(self, key: str, announced: Any, attributes: Any) -> None:
+        """Peer `key` announces VIPs that all have the same paths now and none from it (a
+        server back announcing its VIPs again): if they are every VIP of their group, the group
+        is replaced in place with the entry they will have (`Rib.entries_after_announce`),
+        before the RIB's per-VIP work (`Fib.regroup`; the sync that follows finds the group as
+        it wants it). O(announced) dict lookups."""
+        if self.pinning is not None or getattr(self.fib, "regroup", None) is None:
+            return
+        found = self.rib.entries_after_announce(key, announced, attributes)
+        if found is None:
+            return
+        old, new = found
+        if not old or not new or old == new:
+            return
+        installed = self.installed
+        vips = set(announced)  # an UPDATE may name a prefix twice
+        if not all(installed.get(v) is old for v in vips):
+            return  # some not installed with that entry (refused, failed, another state)
+        move = {(id(old), id(new)): [next(iter(vips)), old, new, len(vips)]}
+        self._fib_premoved = {**self._fib_premoved, (id(old), id(new)): (old, new)}
+        now = self._fib_now()
+        if len(vips) > DROP_INLINE:  # the kernel re-sends every route of the group: a thread
+            with contextlib.suppress(RuntimeError):  # no running loop: inline below
+                loop = asyncio.get_running_loop()
+                before = self._fib_drops_pending
+                job = loop.run_in_executor(None, self._fib_regroup, move, now)
+                self._fib_drops_pending = [*before, job]
+                return  # the next sync waits for it (_sync_fib)
+        self._fib_regroup(move, now, wait=False)
+
     def _fib_withdrawing(self, key: str, announced: Any, withdrawn: Any) -> None:
         """Call before `Rib.update` of an UPDATE from peer `key`: if it withdraws every path
         the peer has and announces nothing (a server stopping: its agent withdraws every VIP
@@ -443,6 +491,7 @@ class KernelSide:
         dirty = self.rib.take_dirty()
         due = router_pinning.due(cast("Router", self))  # a drained server's pins: drain_linger
         now = self._fib_now()
+        premoved, self._fib_premoved = self._fib_premoved, {}
         if len(dirty) > SYNC_INLINE:
             # ~2 us per VIP: 100k dirty VIPs would hold the event loop too long. The RIB
             # is only changed by the RIB task, which waits here; status only reads it.
@@ -451,6 +500,8 @@ class KernelSide:
             def changes_of() -> dict[Prefix, tuple[Any, ...]]:
                 moves: dict[tuple[int, int], list[Any]] | None = {} if regroup else None
                 out = self._fib_changes(dirty, moves)
+                if moves and premoved:  # done before the RIB's work: not twice
+                    moves = {k: m for k, m in moves.items() if k not in premoved}
                 if moves:
                     self._fib_regroup(moves, now)  # group-level first, in this thread
                 return out
@@ -459,6 +510,7 @@ class KernelSide:
         elif len(dirty) >= REGROUP_MIN and self.fib is not None and self.pinning is None:
             moves: dict[tuple[int, int], list[Any]] = {}
             changes = self._fib_changes(dirty, moves)
+            moves = {k: m for k, m in moves.items() if k not in premoved}
             if any(m[3] >= REGROUP_MIN for m in moves.values()):
                 await asyncio.to_thread(self._fib_regroup, moves, now)
         else:
@@ -561,7 +613,9 @@ class KernelSide:
                     counts[_bucket(old)] -= 1
         return changes
 
-    def _fib_regroup(self, moves: dict[tuple[int, int], list[Any]], now: float) -> None:
+    def _fib_regroup(
+        self, moves: dict[tuple[int, int], list[Any]], now: float, wait: bool = True
+    ) -> None:
         """Blocking (the sync's worker thread, before the FIB update of the same VIPs): many
         VIPs moving from one entry to another together (a server announcing again every VIP
         of a path set, or withdrawing them) — a group all of whose VIPs make the same move is
@@ -584,12 +638,15 @@ class KernelSide:
                     for vip, old, new, count in big
                 ],
                 now,
+                wait,
             )
         except Exception as exc:  # the FIB update that follows does the same, per VIP
             self.counters.fib_errors += 1
             log.error("fib: group-level move failed: %s", exc)
             return
-        if result.ops:
+        if result is None:
+            log.debug("fib: FIB busy, no early group-level move")
+        elif result.ops:
             log.info(
                 "fib: %d VIP(s) moved with %d group(s) replaced in place at once (%.1f ms)",
                 sum(m[3] for m in big),

@@ -454,3 +454,33 @@ def test_a_small_sync_updates_the_fib_on_the_loop_and_a_busy_fib_goes_to_a_threa
     worker.join(5)
     assert len(threads) == 2 and threads[1] != done[0]
     assert forwarding(kernel)[str(VIPS[1].network)] == {A, C}
+
+
+def test_an_update_announcing_every_vip_of_a_group_moves_it_before_the_rib(monkeypatch):
+    monkeypatch.setattr(kernel_module, "REGROUP_MIN", 4)
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+    group = kernel.routes[(254, VIPS[0].network)].nh_id
+    attrs = PathAttributes(next_hop=A)
+
+    async def go():
+        router.rib.update(str(A), [], PathAttributes(), VIPS + SOLO, router.clock)
+        await router._sync_fib()
+        requests = kernel.requests
+        # not every VIP of the group, a prefix twice, a prefix the peer has: nothing early
+        router._fib_before_update(str(A), VIPS[:20], attrs, [])
+        router._fib_before_update(str(A), VIPS[:39] + VIPS[:1], attrs, [])
+        router._fib_before_update(str(B), VIPS, PathAttributes(next_hop=B), [])
+        assert kernel.requests == requests
+        router._fib_before_update(str(A), VIPS, attrs, [])
+        assert forwarding(kernel)[str(VIPS[0].network)] == {A, B, C}  # before the RIB
+        assert str(A) not in {p.peer for p in router.rib.vips[VIPS[0]]}
+        assert kernel.requests - requests == 2  # A's nexthop, the replace
+        router.rib.update(str(A), VIPS, attrs, [], router.clock)
+        await router._sync_fib()
+        return kernel.requests - requests
+
+    assert run(go) == 2  # the sync that follows: nothing more
+    assert kernel.routes[(254, VIPS[0].network)].nh_id == group
+    assert router.fib_status()["fast_moves"] == 1
+    assert forwarding(kernel) == {str(v.network): {A, B, C} for v in VIPS}
