@@ -414,12 +414,18 @@ class KernelSide:
         above DROP_INLINE routes the request goes from a worker thread, not to block the event
         loop that long; the forwarding changes at the start of the request either way."""
         fib = self.fib
-        gone = gateways - {
-            gw
-            for other in self.rib.peers.values()
-            if other is not state
-            for gw in _gateways_of(other)
-        }
+        installed = self.installed
+        if state.paths and not any(len(installed.get(vip, ())) > 1 for vip in state.paths):
+            return  # its VIPs have no other next hop (or are not installed): nothing to keep
+        others: set[IPAddress] = set()
+        for other in self.rib.peers.values():  # who else provides these gateways
+            if other is state:
+                continue
+            if other.third_party_next_hop:
+                others |= _gateways_of(other)
+            elif other.source in gateways and other.paths:
+                others.add(other.source)
+        gone = gateways - others
         drop = getattr(fib, "drop_gateways", None)
         if not gone or drop is None:  # drop None: a FIB without the fast path
             return

@@ -311,7 +311,7 @@ def test_session_down_takes_the_gateway_out_before_the_purge(tmp_path):
         return real(key, now, graceful=graceful)
 
     router.rib.peer_down = peer_down  # type: ignore[method-assign]
-    router.installed = {v: (object(),) for v in VIPS}  # what the FIB was handed before
+    router.installed = {v: (object(), object()) for v in VIPS}  # A and B, handed before
 
     async def go():
         down = SessionDown("hold timer expired", True, hold_expired=True)
@@ -484,3 +484,21 @@ def test_an_update_announcing_every_vip_of_a_group_moves_it_before_the_rib(monke
     assert kernel.routes[(254, VIPS[0].network)].nh_id == group
     assert router.fib_status()["fast_moves"] == 1
     assert forwarding(kernel) == {str(v.network): {A, B, C} for v in VIPS}
+
+
+def test_a_peer_alone_on_its_vips_is_not_dropped_early():
+    kernel = MemoryKernel()
+    router = FakeRouter(kernel)
+
+    async def go():
+        router._open_fib(router.memfib)
+        router.announce(str(A), SOLO)
+        router.announce(str(B), VIPS)
+        await router._sync_fib()
+
+    run(go)
+    calls = []
+    router.memfib.drop_gateways = lambda *a, **k: calls.append(a)  # type: ignore[method-assign]
+    router._fib_withdrawing(str(A), [], SOLO)  # nothing to keep: no FIB call at all
+    router._fib_peer_lost(str(A), graceful=False)
+    assert calls == [] and not router.memfib.engine.gone
