@@ -193,7 +193,7 @@ class KernelSide:
     _fib_resync_task: asyncio.Task[None] | None = None
     _fib_resync_again = False
     # class defaults, replaced (never mutated) by the methods that change them:
-    _fib_drops_pending: list[asyncio.Future[None]] = []  # fast-path requests in threads
+    _fib_drops_pending: list[asyncio.Future[Any]] = []  # fast-path requests in threads
     _fib_with_paths: dict[str, int] = {}  # paths per peer at the last sync
     # moves (id(old entry), id(new entry)) done before the RIB's work since the last sync
     _fib_premoved: dict[tuple[int, int], tuple[Any, Any]] = {}
@@ -364,7 +364,7 @@ class KernelSide:
         if not all(installed.get(v) is old for v in vips):
             return  # some not installed with that entry (refused, failed, another state)
         move = {(id(old), id(new)): [next(iter(vips)), old, new, len(vips)]}
-        self._fib_premoved = {**self._fib_premoved, (id(old), id(new)): (old, new)}
+        done = {**self._fib_premoved, (id(old), id(new)): (old, new)}
         now = self._fib_now()
         if len(vips) > DROP_INLINE:  # the kernel re-sends every route of the group: a thread
             with contextlib.suppress(RuntimeError):  # no running loop: inline below
@@ -372,8 +372,10 @@ class KernelSide:
                 before = self._fib_drops_pending
                 job = loop.run_in_executor(None, self._fib_regroup, move, now)
                 self._fib_drops_pending = [*before, job]
+                self._fib_premoved = done  # if it does nothing, the plan does it all
                 return  # the next sync waits for it (_sync_fib)
-        self._fib_regroup(move, now, wait=False)
+        if self._fib_regroup(move, now, wait=False):
+            self._fib_premoved = done
 
     def _fib_withdrawing(self, key: str, announced: Any, withdrawn: Any) -> None:
         """Call before `Rib.update` of an UPDATE from peer `key`: if it withdraws every path
@@ -621,16 +623,17 @@ class KernelSide:
 
     def _fib_regroup(
         self, moves: dict[tuple[int, int], list[Any]], now: float, wait: bool = True
-    ) -> None:
+    ) -> bool:
         """Blocking (the sync's worker thread, before the FIB update of the same VIPs): many
         VIPs moving from one entry to another together (a server announcing again every VIP
         of a path set, or withdrawing them) — a group all of whose VIPs make the same move is
         replaced in place at once (`Fib.regroup`), before the per-VIP work of the FIB's own
-        planning, which then finds these groups as it wants them. Never raises."""
+        planning, which then finds these groups as it wants them. True if a group was replaced.
+        Never raises."""
         regroup = getattr(self.fib, "regroup", None)
         big = [m for m in moves.values() if m[3] >= REGROUP_MIN]
         if regroup is None or not big:
-            return
+            return False
         started = time.perf_counter()
         try:
             result = regroup(
@@ -649,16 +652,19 @@ class KernelSide:
         except Exception as exc:  # the FIB update that follows does the same, per VIP
             self.counters.fib_errors += 1
             log.error("fib: group-level move failed: %s", exc)
-            return
+            return False
         if result is None:
             log.debug("fib: FIB busy, no early group-level move")
-        elif result.ops:
+            return False
+        replaced = sum(1 for op in result.ops if type(op).__name__ == "ReplaceGroup")
+        if result.ops:
             log.info(
                 "fib: %d VIP(s) moved with %d group(s) replaced in place at once (%.1f ms)",
                 sum(m[3] for m in big),
-                sum(1 for op in result.ops if type(op).__name__ == "ReplaceGroup"),
+                replaced,
                 (time.perf_counter() - started) * 1000,
             )
+        return replaced > 0
 
     def fib_status(self) -> dict[str, Any]:
         """FIB counters for `bgplb status` (no kernel read, no walk over VIPs)."""
