@@ -25,6 +25,9 @@ capability), the gateways only that peer provides are first taken out of every i
 group that keeps another member (``Fib.drop_gateways``: one in-place replace per group, one
 batch), before any per-VIP work; the RIB's per-VIP results then find the kernel as they want
 it. A peer whose paths are kept stale is not touched: they stay in the kernel by design.
+The same holds for an UPDATE withdrawing every path of its peer, and groups all of whose VIPs
+move from one entry to another together are replaced in place before the per-VIP work
+(`bgplb.router.fastpath`, `_fib_before_update`, `_fib_regroup`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from bgplb.bgp.families import AFI, Family
 from bgplb.bgp.prefix import Prefix
 from bgplb.bgp.session import Event
 from bgplb.config import RouterConfig
+from bgplb.router import fastpath
 from bgplb.router import pinning_runtime as router_pinning
 from bgplb.router.rib import Connected, Rib
 
@@ -70,14 +74,6 @@ def _bucket(entry: tuple[Any, ...]) -> str:
 #: out of the cyclic collector's full collections (objects are still freed by refcount).
 FREEZE_AFTER = 10_000
 """Dirty VIPs turned into FIB entries on the event loop; more go to a worker thread."""
-
-UPDATE_INLINE = 8
-"""Changed VIPs of a sync up to which the FIB update runs on the event loop (one group replace
-or a few routes: well under a millisecond), not in a worker thread."""
-
-REGROUP_MIN = 64
-"""VIPs making one same move (old entry -> new entry) in a sync from which `_fib_regroup`
-tries to replace their group in place before the per-VIP work."""
 
 DROP_INLINE = 20_000
 """Routes of a lost peer above which its fast-path request goes from a worker thread."""
@@ -332,13 +328,20 @@ class KernelSide:
     def _fib_before_update(self, key: str, announced: Any, attributes: Any, withdrawn: Any) -> None:
         """Call before `Rib.update` of an UPDATE from peer `key` (the RIB task): the
         group-level fast paths that can be told from the UPDATE alone go to the kernel first —
-        a peer withdrawing everything (`_fib_withdrawing`), a peer announcing every VIP of a
-        group (`_fib_announcing`). Never raises."""
+        a peer withdrawing everything (its gateway leaves the groups, as in `_fib_peer_lost`),
+        a peer announcing every VIP of a group (`_fib_announcing`). Never raises."""
         if self.fib is None:
             return
         if withdrawn:
-            self._fib_withdrawing(key, announced, withdrawn)
-        elif len(announced) >= REGROUP_MIN:
+            state = self.rib.peers.get(key)
+            if state is not None and fastpath.withdraws_everything(state, announced, withdrawn):
+                if self._fib_with_paths.get(key):  # `_fib_emptied` has nothing more to do
+                    self._fib_with_paths = {
+                        k: n for k, n in self._fib_with_paths.items() if k != key
+                    }
+                gateways = {state.source} if state.source is not None else set()
+                self._fib_drop(key, state, gateways, "withdraws everything", len(state.paths))
+        elif self.pinning is None:
             try:
                 self._fib_announcing(key, announced, attributes)
             except Exception as exc:  # the normal path does the same, per VIP
@@ -346,65 +349,29 @@ class KernelSide:
                 log.error("fib: early group-level move for %s failed: %s", key, exc)
 
     def _fib_announcing(self, key: str, announced: Any, attributes: Any) -> None:
-        """Peer `key` announces VIPs that all have the same paths now and none from it (a
+        """Peer `key` announces VIPs that all have the same entry now and none from it (a
         server back announcing its VIPs again): if they are every VIP of their group, the group
-        is replaced in place with the entry they will have (`Rib.entries_after_announce`),
-        before the RIB's per-VIP work (`Fib.regroup`; the sync that follows finds the group as
-        it wants it). O(announced) dict lookups."""
-        if self.pinning is not None or getattr(self.fib, "regroup", None) is None:
+        is replaced in place with the entry they will have before the RIB's per-VIP work (the
+        sync that follows skips that move). Above DROP_INLINE VIPs from a worker thread."""
+        move = fastpath.announce_move(self.rib, self.installed, key, announced, attributes)
+        if move is None:
             return
-        found = self.rib.entries_after_announce(key, announced, attributes)
-        if found is None:
-            return
-        old, new = found
-        if not old or not new or old == new:
-            return
-        installed = self.installed
-        vips = set(announced)  # an UPDATE may name a prefix twice
-        if not all(installed.get(v) is old for v in vips):
-            return  # some not installed with that entry (refused, failed, another state)
-        move = {(id(old), id(new)): [next(iter(vips)), old, new, len(vips)]}
-        done = {**self._fib_premoved, (id(old), id(new)): (old, new)}
+        done = {**self._fib_premoved, (id(move[1]), id(move[2])): (move[1], move[2])}
         now = self._fib_now()
-        if len(vips) > DROP_INLINE:  # the kernel re-sends every route of the group: a thread
+        if move[3] > DROP_INLINE:  # the kernel re-sends every route of the group: a thread
             with contextlib.suppress(RuntimeError):  # no running loop: inline below
                 loop = asyncio.get_running_loop()
                 before = self._fib_drops_pending
-                job = loop.run_in_executor(None, self._fib_regroup, move, now)
+                job = loop.run_in_executor(None, self._fib_regroup, [move], now)
                 self._fib_drops_pending = [*before, job]
                 self._fib_premoved = done  # if it does nothing, the plan does it all
                 return  # the next sync waits for it (_sync_fib)
-        if self._fib_regroup(move, now, wait=False):
+        if self._fib_regroup([move], now, wait=False):
             self._fib_premoved = done
 
     def _fib_withdrawing(self, key: str, announced: Any, withdrawn: Any) -> None:
-        """Call before `Rib.update` of an UPDATE from peer `key`: if it withdraws every path
-        the peer has and announces nothing (a server stopping: its agent withdraws every VIP
-        in one burst), the peer's gateway leaves the groups at once, as in `_fib_peer_lost`,
-        before the RIB's per-VIP work. O(withdrawn prefixes), dict lookups only. Peers using
-        third-party next hops are left to the normal path."""
-        state = self.rib.peers.get(key)
-        if (
-            announced
-            or self.fib is None
-            or state is None
-            or not state.paths
-            or not state.established
-            or state.third_party_next_hop
-            or len(withdrawn) < len(state.paths)
-        ):
-            return
-        paths = state.paths
-        gone = set(withdrawn)  # an UPDATE may name a prefix twice
-        if len(gone) < len(paths):
-            return
-        if not (all(p in paths for p in gone) if len(gone) == len(paths) else paths.keys() <= gone):
-            return
-        count = len(paths)
-        if self._fib_with_paths.get(key):  # `_fib_emptied` has nothing more to do for it
-            self._fib_with_paths = {k: n for k, n in self._fib_with_paths.items() if k != key}
-        gateways = {state.source} if state.source is not None else set()
-        self._fib_drop(key, state, gateways, "withdraws everything", count)
+        """`_fib_before_update` of an UPDATE that withdraws (tests call it alone)."""
+        self._fib_before_update(key, announced, None, withdrawn)
 
     def _fib_drop(
         self, key: str, state: Any, gateways: set[IPAddress], why: str, routes: int = 0
@@ -511,16 +478,16 @@ class KernelSide:
                 if moves and premoved:  # done before the RIB's work: not twice
                     moves = {k: m for k, m in moves.items() if k not in premoved}
                 if moves:
-                    self._fib_regroup(moves, now)  # group-level first, in this thread
+                    self._fib_regroup(moves.values(), now)  # group-level first, here
                 return out
 
             changes = await asyncio.to_thread(changes_of)
-        elif len(dirty) >= REGROUP_MIN and self.fib is not None and self.pinning is None:
+        elif len(dirty) >= fastpath.REGROUP_MIN and self.fib is not None and self.pinning is None:
             moves: dict[tuple[int, int], list[Any]] = {}
             changes = self._fib_changes(dirty, moves)
             moves = {k: m for k, m in moves.items() if k not in premoved}
-            if any(m[3] >= REGROUP_MIN for m in moves.values()):
-                await asyncio.to_thread(self._fib_regroup, moves, now)
+            if any(m[3] >= fastpath.REGROUP_MIN for m in moves.values()):
+                await asyncio.to_thread(self._fib_regroup, list(moves.values()), now)
         else:
             changes = self._fib_changes(dirty)
         if self.fib is None:
@@ -546,7 +513,7 @@ class KernelSide:
         result = None
         if (
             changes
-            and len(changes) <= UPDATE_INLINE
+            and len(changes) <= fastpath.UPDATE_INLINE
             and not finish
             and not release
             and self.pinning is None
@@ -577,16 +544,8 @@ class KernelSide:
         log.debug("fib: %d operation(s)", len(result.ops))
 
     def _fib_update_inline(self, changes: Mapping[Prefix, tuple[Any, ...]], now: float) -> Any:
-        """A few VIPs' changes straight from the event loop (no hop to a worker thread: it costs
-        0.1-3 ms on a busy machine, more than their plan); None if the FIB is busy or cannot
-        (the caller then goes through the thread). Raises what `Fib.update` raises."""
-        nowait = getattr(self.fib, "update_nowait", None)
-        if nowait is None:
-            return None
-        return nowait(
-            {vip: [(n.address, n.ifindex, n.weight) for n in e] for vip, e in changes.items()},
-            now,
-        )
+        """`fastpath.update_inline`: a small sync's FIB update on the loop, or None."""
+        return fastpath.update_inline(self.fib, changes, now)
 
     def _fib_changes(
         self, dirty: Iterable[Prefix], moves: dict[tuple[int, int], list[Any]] | None = None
@@ -610,61 +569,18 @@ class KernelSide:
                     if old:
                         counts[_bucket(old)] -= 1
                         if moves is not None:
-                            move = moves.get((id(old), id(entry)))
-                            if move is None:
-                                moves[(id(old), id(entry))] = [vip, old, entry, 1]
-                            else:
-                                move[3] += 1
+                            fastpath.count_move(moves, vip, old, entry)
             elif installed.pop(vip, None) is not None:
                 changes[vip] = ()
                 if old:
                     counts[_bucket(old)] -= 1
         return changes
 
-    def _fib_regroup(
-        self, moves: dict[tuple[int, int], list[Any]], now: float, wait: bool = True
-    ) -> bool:
-        """Blocking (the sync's worker thread, before the FIB update of the same VIPs): many
-        VIPs moving from one entry to another together (a server announcing again every VIP
-        of a path set, or withdrawing them) — a group all of whose VIPs make the same move is
-        replaced in place at once (`Fib.regroup`), before the per-VIP work of the FIB's own
-        planning, which then finds these groups as it wants them. True if a group was replaced.
-        Never raises."""
-        regroup = getattr(self.fib, "regroup", None)
-        big = [m for m in moves.values() if m[3] >= REGROUP_MIN]
-        if regroup is None or not big:
-            return False
-        started = time.perf_counter()
-        try:
-            result = regroup(
-                [
-                    (
-                        vip,
-                        [(n.address, n.ifindex, n.weight) for n in old],
-                        [(n.address, n.ifindex, n.weight) for n in new],
-                        count,
-                    )
-                    for vip, old, new, count in big
-                ],
-                now,
-                wait,
-            )
-        except Exception as exc:  # the FIB update that follows does the same, per VIP
-            self.counters.fib_errors += 1
-            log.error("fib: group-level move failed: %s", exc)
-            return False
-        if result is None:
-            log.debug("fib: FIB busy, no early group-level move")
-            return False
-        replaced = sum(1 for op in result.ops if type(op).__name__ == "ReplaceGroup")
-        if result.ops:
-            log.info(
-                "fib: %d VIP(s) moved with %d group(s) replaced in place at once (%.1f ms)",
-                sum(m[3] for m in big),
-                replaced,
-                (time.perf_counter() - started) * 1000,
-            )
-        return replaced > 0
+    def _fib_regroup(self, moves: Iterable[list[Any]], now: float, wait: bool = True) -> bool:
+        """Blocking (the sync's worker thread, before the FIB update of the same VIPs; or the
+        loop with `wait` False): a group all of whose VIPs make one same move is replaced in
+        place at once (`fastpath.regroup`). True if a group was replaced. Never raises."""
+        return fastpath.regroup(self.fib, moves, now, wait, self.counters)
 
     def fib_status(self) -> dict[str, Any]:
         """FIB counters for `bgplb status` (no kernel read, no walk over VIPs)."""

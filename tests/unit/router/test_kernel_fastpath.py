@@ -20,6 +20,7 @@ from bgplb.bgp.prefix import Prefix
 from bgplb.config import load_router_config
 from bgplb.config.router import FibConfig
 from bgplb.linux.memfib import MemoryFib, MemoryKernel
+from bgplb.router import fastpath as fastpath_module
 from bgplb.router import kernel as kernel_module
 from bgplb.router.daemon import Router
 from bgplb.router.kernel import KernelSide
@@ -366,7 +367,7 @@ def test_an_update_leaving_a_path_or_announcing_is_not_taken_early():
 
 def test_a_peer_announcing_every_vip_of_a_group_again_moves_the_group_in_place(monkeypatch):
     monkeypatch.setattr(kernel_module, "SYNC_INLINE", 8)  # a worker thread: the real path
-    monkeypatch.setattr(kernel_module, "REGROUP_MIN", 4)
+    monkeypatch.setattr(fastpath_module, "REGROUP_MIN", 4)
     kernel = MemoryKernel()
     router = loaded(kernel)
     group = kernel.routes[(254, VIPS[0].network)].nh_id
@@ -401,7 +402,7 @@ def test_a_peer_announcing_every_vip_of_a_group_again_moves_the_group_in_place(m
 
 def test_a_group_half_announced_again_takes_the_normal_path(monkeypatch):
     monkeypatch.setattr(kernel_module, "SYNC_INLINE", 8)
-    monkeypatch.setattr(kernel_module, "REGROUP_MIN", 4)
+    monkeypatch.setattr(fastpath_module, "REGROUP_MIN", 4)
     kernel = MemoryKernel()
     router = loaded(kernel)
 
@@ -457,7 +458,7 @@ def test_a_small_sync_updates_the_fib_on_the_loop_and_a_busy_fib_goes_to_a_threa
 
 
 def test_an_update_announcing_every_vip_of_a_group_moves_it_before_the_rib(monkeypatch):
-    monkeypatch.setattr(kernel_module, "REGROUP_MIN", 4)
+    monkeypatch.setattr(fastpath_module, "REGROUP_MIN", 4)
     kernel = MemoryKernel()
     router = loaded(kernel)
     group = kernel.routes[(254, VIPS[0].network)].nh_id
