@@ -492,6 +492,7 @@ class KernelSide:
             changes = self._fib_changes(dirty)
         if self.fib is None:
             return
+        now = self._fib_now()  # after the work above: deadlines are judged by the present
         defer = self._fib_defer
         if defer is not None:
             defer.release(self.rib.peers, now)
