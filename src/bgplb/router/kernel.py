@@ -352,13 +352,13 @@ class KernelSide:
         """Peer `key` announces VIPs that all have the same entry now and none from it (a
         server back announcing its VIPs again): if they are every VIP of their group, the group
         is replaced in place with the entry they will have before the RIB's per-VIP work (the
-        sync that follows skips that move). Above DROP_INLINE VIPs from a worker thread."""
+        sync that follows skips that move). Above REGROUP_INLINE VIPs from a worker thread."""
         move = fastpath.announce_move(self.rib, self.installed, key, announced, attributes)
         if move is None:
             return
         done = {**self._fib_premoved, (id(move[1]), id(move[2])): (move[1], move[2])}
         now = self._fib_now()
-        if move[3] > DROP_INLINE:  # the kernel re-sends every route of the group: a thread
+        if move[3] > fastpath.REGROUP_INLINE:  # the kernel re-sends every route: a thread
             with contextlib.suppress(RuntimeError):  # no running loop: inline below
                 loop = asyncio.get_running_loop()
                 before = self._fib_drops_pending

@@ -503,3 +503,33 @@ def test_a_peer_alone_on_its_vips_is_not_dropped_early():
     router._fib_withdrawing(str(A), [], SOLO)  # nothing to keep: no FIB call at all
     router._fib_peer_lost(str(A), graceful=False)
     assert calls == [] and not router.memfib.engine.gone
+
+
+def test_a_big_early_group_move_goes_from_a_worker_thread(monkeypatch):
+    monkeypatch.setattr(fastpath_module, "REGROUP_MIN", 4)
+    monkeypatch.setattr(fastpath_module, "REGROUP_INLINE", 10)  # the group has 40 VIPs
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+    threads = []
+    real = router.memfib.regroup
+
+    def regroup(*args, **kwargs):
+        threads.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    router.memfib.regroup = regroup  # type: ignore[method-assign]
+    attrs = PathAttributes(next_hop=A)
+
+    async def go():
+        router.rib.update(str(A), [], PathAttributes(), VIPS + SOLO, router.clock)
+        await router._sync_fib()
+        router._fib_before_update(str(A), VIPS, attrs, [])
+        assert len(router._fib_drops_pending) == 1  # the sync waits for it
+        router.rib.update(str(A), VIPS, attrs, [], router.clock)
+        await router._sync_fib()
+        return threading.get_ident()
+
+    loop_thread = run(go)
+    assert threads and threads[0] != loop_thread
+    assert router.fib_status()["fast_moves"] == 1
+    assert forwarding(kernel) == {str(v.network): {A, B, C} for v in VIPS}
