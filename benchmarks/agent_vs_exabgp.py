@@ -28,10 +28,27 @@ process tree (bgplb: one process; ExaBGP: exabgp + one healthcheck process per s
 curl processes they spawn, counted through cutime/cstime). Setups: bgplb checks at 1 s;
 ExaBGP healthcheck at 1 s (--interval 1 --fast-interval 1) and at its defaults (5 s).
 
+Detection under client load (``--detection``, instead of the two above): a client namespace
+behind the router sends fresh HTTP requests to the VIP at --rate per second (--requests of
+them, 1 s timeout each; L4 multipath hashing spreads them over both servers); s1's web server
+(one process, ``bgplb.lab.webserver`` on port 80, the VIP on lo) is SIGKILLed at a random phase
+of 100 ms; we time the router's kernel route losing s1 (and the withdrawal on the wire) and count
+the failed requests. In one run, interleaved run by run, s1 runs in turn:
+
+* bgplb-listen:  the agent, ``listen`` check of port 80 (socket destroy notifications);
+* bgplb-process: the agent, ``process`` check of the web server's pidfile (pidfd);
+* bgplb-http:    the agent, ``http`` check every 100 ms, timeout 50 ms, fall 2;
+* exabgp-fast:   ExaBGP + healthcheck --interval 0.1 --fast-interval 0.1 --fall 2 (curl).
+
+s2 runs the agent with a listen check throughout. Medians over --runs, and ratios to
+exabgp-fast.
+
 ExaBGP is Debian's /usr/sbin/exabgp run with a system-only PATH (a pip ExaBGP 5 may shadow it).
 
 Usage (root): .venv/bin/python benchmarks/agent_vs_exabgp.py [--runs 5] [--idle-seconds 30]
        [--only bgplb,exabgp-fast,exabgp-default] [--skip-failover] [--skip-idle]
+       .venv/bin/python benchmarks/agent_vs_exabgp.py --detection [--runs 7] [--rate 500]
+       [--requests 1500] [--only bgplb-listen,bgplb-process,bgplb-http,exabgp-fast]
 """
 
 from __future__ import annotations
@@ -56,7 +73,13 @@ sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
 from agent_lab import ROUTER_AS, SERVER_AS, VIP4, AgentLab, Server, build_lab  # noqa: E402
 
-from _agentbench import daemons_factory, time_http_kill  # noqa: E402
+from _agentbench import (  # noqa: E402
+    add_client,
+    daemons_factory,
+    kill_under_load,
+    start_web,
+    time_http_kill,
+)
 from bgplb.lab.netns import Topology  # noqa: E402
 from bgplb.lab.peers import Bird  # noqa: E402
 from bgplb.lab.wait import wait_until  # noqa: E402
@@ -64,7 +87,7 @@ from bgplb.lab.wait import wait_until  # noqa: E402
 EXABGP = "/usr/sbin/exabgp"
 SYSTEM_PYTHON = "/usr/bin/python3"
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-CURL = "curl -sf -o /dev/null --max-time 1 http://127.0.0.1:8080/"
+CURL = "curl -sf -o /dev/null --max-time 1 http://127.0.0.1:{port}/"
 
 HEALTHCHECK_FAST = ["--interval", "0.1", "--fast-interval", "0.1", "--fall", "2", "--rise", "2",
                     "--timeout", "1"]  # fmt: skip
@@ -85,7 +108,9 @@ class Setup:
 # -- speakers ------------------------------------------------------------------------------------
 
 
-def start_bgplb(interval: str, fall: int = 2, rise: int = 2) -> Callable[..., None]:
+def start_bgplb(
+    interval: str, fall: int = 2, rise: int = 2, extra: str = ""
+) -> Callable[..., None]:
     def start(
         server: Server, services: list[tuple[str, str]], peers: list[tuple[str, str]]
     ) -> None:
@@ -96,7 +121,7 @@ def start_bgplb(interval: str, fall: int = 2, rise: int = 2) -> Callable[..., No
         server.write_config(
             "".join(
                 server.service(
-                    name, (vip,), interval=interval, timeout=timeout, fall=fall, rise=rise
+                    name, (vip,), extra, interval=interval, timeout=timeout, fall=fall, rise=rise
                 )
                 for name, vip in services
             )
@@ -106,7 +131,7 @@ def start_bgplb(interval: str, fall: int = 2, rise: int = 2) -> Callable[..., No
     return start
 
 
-def start_exabgp(hc_args: list[str]) -> Callable[..., None]:
+def start_exabgp(hc_args: list[str], port: int = 8080) -> Callable[..., None]:
     def start(
         server: Server, services: list[tuple[str, str]], peers: list[tuple[str, str]]
     ) -> None:
@@ -114,8 +139,9 @@ def start_exabgp(hc_args: list[str]) -> Callable[..., None]:
         names = []
         for name, vip in services:
             script = server.workdir / f"hc-{name}.sh"
+            curl = CURL.format(port=port)
             argv = [SYSTEM_PYTHON, "-m", "exabgp", "healthcheck", "--no-syslog", "--name", name,
-                    "--cmd", CURL, "--ip", vip, "--withdraw-on-down", *hc_args]  # fmt: skip
+                    "--cmd", curl, "--ip", vip, "--withdraw-on-down", *hc_args]  # fmt: skip
             script.write_text(f"#!/bin/sh\nexec {shlex.join(argv)}\n")
             script.chmod(0o755)
             conf.append(f"process hc-{name} {{\n  run {script};\n  encoder text;\n}}\n")
@@ -165,6 +191,57 @@ SETUPS = {
         start_exabgp([]),
         30,
         5.0,
+    ),
+}
+
+
+# ExaBGP's healthcheck announces MED 100: the agents' routes carry the same, or BIRD would
+# prefer the lower MED instead of load-balancing (both servers are in AS 65000).
+MED = "med = 100"
+
+
+def start_bgplb_event(kind: str) -> Callable[..., None]:
+    """The agent with an event-driven check of the web server: ``listen`` or ``process``."""
+
+    def start(
+        server: Server, services: list[tuple[str, str]], peers: list[tuple[str, str]]
+    ) -> None:
+        if kind == "listen":
+            check = f'type = "listen"\nport = {server.http_port}\n'
+        else:
+            check = f'type = "process"\npidfile = "{server.workdir / "http.pid"}"\n'
+        server.write_config(
+            "".join(
+                f'\n[[services]]\nname = "{name}"\nvips = ["{vip}"]\ndrain_time = "2s"\n{MED}\n'
+                f"[[services.checks]]\n{check}rise = 1\ndamping = false\n"
+                for name, vip in services
+            )
+        )
+        server.start_agent()
+
+    return start
+
+
+DETECTION_SETUPS = {
+    "bgplb-listen": Setup(
+        "bgplb-listen", "bgplb agent, listen check", start_bgplb_event("listen"), 10, 0.1
+    ),
+    "bgplb-process": Setup(
+        "bgplb-process", "bgplb agent, process check", start_bgplb_event("process"), 10, 0.1
+    ),
+    "bgplb-http": Setup(
+        "bgplb-http",
+        "bgplb agent, http check 100 ms, fall 2",
+        start_bgplb("100ms", extra=MED),
+        10,
+        0.1,
+    ),
+    "exabgp-fast": Setup(
+        "exabgp-fast",
+        "ExaBGP healthcheck --interval 0.1 --fall 2",
+        start_exabgp(HEALTHCHECK_FAST, port=80),
+        10,
+        0.1,
     ),
 }
 IDLE_SETUPS = {
@@ -223,6 +300,104 @@ def failover(setup: Setup, runs: int) -> tuple[list[float], list[float]]:
                 d.stop()
             shutil.rmtree(workdir, ignore_errors=True)
     return wire, fib
+
+
+# -- detection under client load ---------------------------------------------------------------
+
+
+def _stop_speaker(server: Server) -> None:
+    """SIGKILL s1's speaker with its whole process tree (ExaBGP's healthcheck processes and
+    their curls too) and its web server: only processes this benchmark started."""
+    if server.agent is not None and server.agent.poll() is None:
+        for pid in tree(server.agent.pid):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+    server.stop()
+    server.agent = None
+    server.http = None
+
+
+def detection(
+    names: list[str], runs: int, rate: float, count: int
+) -> dict[str, dict[str, list[float]]]:
+    """Per setup: {"wire": [...ms], "fib": [...ms], "failed": [...], "sent": [...]}."""
+    from bgplb.lab.probes import NsLoop
+
+    out = {n: {"wire": [], "fib": [], "failed": [], "sent": []} for n in names}
+    workdir = Path(tempfile.mkdtemp(prefix="bgplb-detect-"))
+    made: list[Bird] = []
+    loop = None
+    with Topology(prefix="bench") as topo:
+        lab: AgentLab = build_lab(topo, daemons_factory(workdir, made))
+        try:
+            client = add_client(lab)
+            lab.bird.start()
+            s1, s2 = lab.servers
+            start_web(s2, 2, VIP4)
+            DETECTION_SETUPS["bgplb-listen"].start(s2, [("web", VIP4)], [(s2.router, s2.address)])
+            loop = NsLoop(client.name)
+            for run in range(runs):
+                for name in names:  # interleaved: every setup sees the same machine load
+                    setup = DETECTION_SETUPS[name]
+                    _stop_speaker(s1)
+                    start_web(s1, 1, VIP4)
+                    setup.start(s1, [("web", VIP4)], [(s1.router, s1.address)])
+                    lab.wait_nexthops([s1.address, s2.address], timeout=60)
+                    time.sleep(1.0)  # past the start-up
+                    w, f, failed, sent = kill_under_load(
+                        lab, s1, s2, loop, workdir / f"{name}-{run}.pcap", wait=setup.wait,
+                        phase=random.uniform(0, setup.period), rate=rate, count=count, vip=VIP4,
+                    )  # fmt: skip
+                    for key, value in (("wire", w), ("fib", f)):
+                        if value is not None:
+                            out[name][key].append(value)
+                    out[name]["failed"].append(failed)
+                    out[name]["sent"].append(sent)
+                    print(
+                        f"  run {run} {name:14s}: fib "
+                        f"{f if f is not None else float('nan'):6.1f} ms, wire "
+                        f"{w if w is not None else float('nan'):6.1f} ms, "
+                        f"{failed} failed of {sent}",
+                        flush=True,
+                    )
+        finally:
+            if loop is not None:
+                loop.close()
+            _stop_speaker(lab.servers[0])
+            lab.close()
+            for d in made:
+                d.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
+def detection_report(out: dict[str, dict[str, list[float]]], rate: float) -> None:
+    base = out.get("exabgp-fast")
+    med = statistics.median
+    print(
+        f"web server killed under load ({rate:g} req/s) -> router kernel nexthop gone; "
+        "failed requests (medians; ratio = exabgp-fast / setup)"
+    )
+    for name, r in out.items():
+        fib = med(r["fib"]) if r["fib"] else float("nan")
+        wire = med(r["wire"]) if r["wire"] else float("nan")
+        failed = med(r["failed"]) if r["failed"] else float("nan")
+        ratio = ""
+        if base and base["fib"] and r["fib"] and name != "exabgp-fast":
+            ratio = f"  x{med(base['fib']) / fib:.1f} faster"
+            if failed > 0:
+                ratio += f", x{med(base['failed']) / failed:.1f} fewer failed"
+            else:
+                ratio += f", exabgp-fast {med(base['failed']):g} failed"
+        print(
+            f"  {DETECTION_SETUPS[name].describe:45s} fib {fib:6.1f} ms "
+            f"({min(r['fib'], default=float('nan')):.1f}-{max(r['fib'], default=float('nan')):.1f})"
+            f"  wire {wire:6.1f} ms  failed {failed:g} "
+            f"({min(r['failed'], default=0):g}-{max(r['failed'], default=0):g}) of "
+            f"{med(r['sent']) if r['sent'] else 0:g}{ratio}"
+        )
 
 
 # -- idle ----------------------------------------------------------------------------------------
@@ -320,9 +495,18 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated setup names")
     parser.add_argument("--skip-failover", action="store_true")
     parser.add_argument("--skip-idle", action="store_true")
+    parser.add_argument("--detection", action="store_true", help="detection under client load")
+    parser.add_argument("--rate", type=float, default=500.0, help="--detection: requests/s")
+    parser.add_argument("--requests", type=int, default=1500, help="--detection: per kill")
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
     print(f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {os.uname().release}")
+    if args.detection:
+        if args.rate > 1000 or args.requests > 5000:
+            parser.error("keep the load bounded: at most 5,000 requests at 1,000/s")
+        names = [n for n in DETECTION_SETUPS if not only or n in only]
+        detection_report(detection(names, args.runs, args.rate, args.requests), args.rate)
+        return
     results = []
     if not args.skip_failover:
         for setup in SETUPS.values():

@@ -16,6 +16,9 @@ UPDATE on the router's interface and the router's kernel route losing the nextho
 per run, side by side in the same run: ``http`` at --interval-ms / fall 2 (the polled baseline),
 ``process`` (the HTTP server's pid in a pidfile) and ``listen`` (its port).
 
+The same kill under client load, with failed requests counted and ExaBGP's healthcheck side
+by side: ``benchmarks/agent_vs_exabgp.py --detection``.
+
 Usage: .venv/bin/python benchmarks/check_latency.py [--runs 20] [--wire] [--wire-runs 5]
 """
 

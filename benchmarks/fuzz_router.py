@@ -283,17 +283,23 @@ class Harness:
         config = router_config(bool(header & H_WIDE), bool(header & H_SMALL_MAX))
         self.router = router = Router(config)
         router.router_id = ROUTER_ID
-        router._connected = list(CONNECTED)
+        # the router's parts (bgplb.router.daemon); an older router is all of them itself
+        self.kernel = side = getattr(router, "kernel", router)  # the FIB's part
+        self.rib_task = getattr(router, "rib_task", router)  # the RIB's
+        if hasattr(side, "connected"):
+            side.connected = list(CONNECTED)
+        else:
+            side._connected = list(CONNECTED)
         router.rib.set_connected(CONNECTED)
-        probe = getattr(router, "_probe_rib", None)
+        probe = getattr(self.rib_task, "probe_rib", getattr(router, "_probe_rib", None))
         if probe is not None:
             probe.set_connected(CONNECTED)
         self.fib = MemoryFib(
             buckets=64, idle_timer=1.0, unbalanced_timer=0.0, clock=lambda: self.now
         )
-        router._fib_now = lambda: self.now  # type: ignore[method-assign]
-        if "fib" in inspect.signature(router._open_fib).parameters:
-            loop.run_until_complete(_call(router._open_fib, self.fib))
+        side._fib_now = lambda: self.now
+        if "fib" in inspect.signature(side._open_fib).parameters:
+            loop.run_until_complete(_call(side._open_fib, self.fib))
         else:  # an older router: no FIB injection, no adoption
             self.fib.start_watching()
             router.fib = self.fib
@@ -364,7 +370,7 @@ class Harness:
                     event, SessionEstablished | RoutesReceived | EndOfRibReceived | SessionDown
                 ):
                     try:
-                        self.router._handle(self.entry, event, self.now)
+                        self.rib_task._handle(self.entry, event, self.now)
                     except Exception as exc:
                         self.out.add(*_exc_kind("router", exc))
         self.out.add("event-storm", "session kept producing events")
@@ -376,7 +382,7 @@ class Harness:
         kernel.faults[:] = list(faults)
         try:
             self.router.rib.expire(self.now)
-            self.loop.run_until_complete(self.router._sync_fib())
+            self.loop.run_until_complete(self.kernel._sync_fib())
         except Exception as exc:
             self.out.add(*_exc_kind("fib-sync", exc))
         kernel.faults.clear()
@@ -430,7 +436,7 @@ class Harness:
         """No more input: run the RIB task's timed wake-ups (retries of failed VIPs, end of
         the deferral, stale paths expiring) as its `_wait_timeout` schedules them."""
         for _ in range(20):
-            wait = getattr(self.router, "_wait_timeout", None)
+            wait = getattr(self.rib_task, "_wait_timeout", None)
             timeout = wait(self.now) if wait is not None else None
             if timeout is None:
                 return
@@ -442,7 +448,7 @@ class Harness:
         ours may be left in the kernel."""
         kernel = self.fib.kernel
         try:
-            self.loop.run_until_complete(_call(self.router._close_fib))
+            self.loop.run_until_complete(_call(self.kernel._close_fib))
         except Exception as exc:
             self.out.add(*_exc_kind("close-fib", exc))
         left = kernel.forwarding()
@@ -558,8 +564,9 @@ _LOOP: asyncio.AbstractEventLoop | None = None
 async def _watcher(router: Router) -> None:
     """The watch socket became readable: the router's callback, then the re-install it may
     have started in a task (``_fib_resync_task``), to its end."""
-    router._kernel_events()
-    task = getattr(router, "_fib_resync_task", None)
+    side: Any = getattr(router, "kernel", router)  # its FIB's part (older routers: itself)
+    side._kernel_events()
+    task = getattr(side, "_fib_resync_task", None)
     if task is not None:
         await task
 

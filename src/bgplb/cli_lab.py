@@ -45,7 +45,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         hold_time=args.hold_time,
         check_interval_ms=args.check_interval_ms,
         plot=Path(args.plot) if args.plot else None,
+        routers=args.routers,
+        group=args.group,
+        long_lived=args.long_lived or (60 if args.routers == 2 else 20),
     )
+    if args.routers == 2 and args.plot:
+        print("bgplb demo: --plot is not available with --routers 2", file=sys.stderr)
+        return 2
     return demo.main(opts, json_out=args.json)
 
 
@@ -78,6 +84,19 @@ def _topology_options(p: argparse.ArgumentParser) -> None:
         help="BFD between agents and router: auto = use it when this build has it (default)",
     )
     p.add_argument(
+        "--routers",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: two routers behind an upstream's ECMP (docs/demo.md, Two routers)",
+    )
+    p.add_argument(
+        "--group",
+        choices=("auto", "consistent", "resilient"),
+        default="auto",
+        help="--routers 2 with bgplb router: its [fib] group (auto: consistent)",
+    )
+    p.add_argument(
         "--web",
         choices=("auto", "nginx", "builtin"),
         default="auto",
@@ -101,6 +120,10 @@ def add_lab_commands(subparsers: Any) -> None:
         "--check-interval-ms", type=int, default=200, metavar="MS", help="HTTP check interval"
     )
     p.add_argument("--plot", metavar="FILE.png", help="write a timeline (needs matplotlib)")
+    p.add_argument(
+        "--long-lived", type=int, default=0, metavar="N",
+        help="long-lived connections (20; 60 with --routers 2)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     p.set_defaults(func=cmd_demo)
 

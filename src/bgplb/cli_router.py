@@ -183,6 +183,13 @@ def render_status(status: dict[str, Any], console: Console | None = None) -> Non
                 "-" if n["share"] is None else f"{100 * n['share']:.1f}%",
             )
     console.print(vips)
+    for v in status["vips"]:
+        if c := v.get("consistent"):
+            shares = ", ".join(f"{a} {100 * x:.1f}%" for a, x in c["shares"].items())
+            console.print(
+                f"consistent {v['vip']}: table {c['size']} seed {c['seed']:#x} "
+                f"fingerprint {c['fingerprint']}: {shares}"
+            )
     if status.get("vips_omitted"):
         shown, offset = len(status["vips"]), status.get("vips_offset", 0)
         console.print(

@@ -699,3 +699,34 @@ def test_bfd_realtime_priority_is_a_checked_process_wide_key(tmp_path):
     with pytest.raises(Exception) as err:
         load_agent_config(path)
     assert "bfd.realtime_priority" in str(err.value) and str(path) in str(err.value)
+
+
+def test_router_consistent_group_keys(tmp_path) -> None:
+    from bgplb.config.load import ConfigError, load_router_config
+    from bgplb.router.maglev import DEFAULT_SEED, DEFAULT_SIZE
+
+    base = (
+        '[bgp]\nasn = 65000\n[[peer_ranges]]\nprefix = "192.0.2.0/24"\nasn = "any"\n'
+        'accept = ["198.51.100.0/24 le 32"]\n[fib]\ngroup = "consistent"\n'
+    )
+    p = tmp_path / "r.toml"
+    p.write_text(base)
+    fib = load_router_config(p).fib
+    assert (fib.group, fib.consistent_seed, fib.consistent_table_size) == (
+        "consistent",
+        DEFAULT_SEED,
+        DEFAULT_SIZE,
+    )
+    p.write_text(base + 'consistent_seed = "0x10"\nconsistent_table_size = 1021\n')
+    fib = load_router_config(p).fib
+    assert (fib.consistent_seed, fib.consistent_table_size) == (16, 1021)
+    for bad, key in (
+        ("consistent_table_size = 4000", "consistent_table_size"),
+        ("consistent_table_size = 3", "consistent_table_size"),
+        ("consistent_seed = -1", "consistent_seed"),
+        ("consistent_seed = 4294967296", "consistent_seed"),
+    ):
+        p.write_text(base + bad + "\n")
+        with pytest.raises(ConfigError, match=key) as err:
+            load_router_config(p)
+        assert str(p) in str(err.value)

@@ -17,7 +17,6 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,16 @@ from bgplb.control.router_status import metric_families
 from bgplb.io.loopwatch import LoopWatch
 from bgplb.linux.memfib import MemoryFib, MemoryKernel
 from bgplb.router.daemon import Router
+from contrib_queries import (
+    ALERTS,
+    GRAFANA,
+    PROMETHEUS_SERIES,
+    TARGET_LABELS,
+    alert_queries,
+    dashboard_queries,
+    selectors,
+    usage_problems,
+)
 from prerequisites import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,14 +243,6 @@ def test_the_router_unit_points_at_the_sysctl_file() -> None:
 
 # -- dashboards and alerts: every metric they use is one the daemons register ----------------
 
-GRAFANA = ROOT / "contrib" / "grafana" / "bgplb.json"
-ALERTS = ROOT / "contrib" / "prometheus" / "bgplb-alerts.yml"
-#: labels Prometheus adds to every scraped series, and its own series
-TARGET_LABELS = {"job", "instance"}
-PROMETHEUS_SERIES = {"up": TARGET_LABELS}
-#: Grafana's interval variables, replaced by a duration before parsing
-GRAFANA_INTERVALS = re.compile(r"\$__(rate_interval|interval|range)\b")
-
 
 def _filled(families: list[Family]) -> list[Family]:
     """The families with one sample each, so that collect() shows every sample name and label."""
@@ -270,7 +271,7 @@ def registered_series() -> dict[str, set[str]]:
     router.fib = MemoryFib(MemoryKernel())  # the FIB's counters are exported when it is open
     server = MetricsServer()
     BfdCollector(server, "router", _bfd_row)
-    SnapshotCollector(server).set(_filled(metric_families(router, {"servers": []})))
+    SnapshotCollector(server).set(_filled(metric_families(router)))
 
     series: dict[str, set[str]] = dict(PROMETHEUS_SERIES)
     for registry in (agent.registry, server.registry):
@@ -295,84 +296,12 @@ def test_registered_series_cover_both_daemons() -> None:
     )
 
 
-def dashboard_queries() -> list[tuple[str, str, str]]:
-    """(where, PromQL, legend) of every panel target and every query variable."""
-    board = json.loads(GRAFANA.read_text())
-    out: list[tuple[str, str, str]] = []
-
-    def panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for item in items:
-            yield item
-            yield from panels(item.get("panels", []))
-
-    for p in panels(board["panels"]):
-        for t in p.get("targets", []):
-            out.append((f"panel {p['title']!r} {t['refId']}", t["expr"], t.get("legendFormat", "")))
-    for var in board["templating"]["list"]:
-        if var["type"] == "query":
-            query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
-            inner = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query)
-            assert inner, f"variable {var['name']}: {query}"
-            out.append((f"variable {var['name']}", inner[1], "{{" + inner[2] + "}}"))
-    return out
-
-
-def alert_queries() -> list[tuple[str, str, str]]:
-    rules = yaml.safe_load(ALERTS.read_text())
-    out = []
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            text = " ".join(str(v) for v in rule.get("annotations", {}).values())
-            labels = " ".join(re.findall(r"\$labels\.(\w+)", text))
-            out.append((f"alert {rule['alert']}", rule["expr"], labels))
-    return out
-
-
-def selectors(expr: str) -> tuple[list[tuple[str, set[str]]], set[str]]:
-    """The (metric, matcher labels) of every vector selector of a PromQL expression, and the
-    labels of its `by (...)` clauses; a syntax error fails with the parser's message."""
-    try:
-        ast = promql_parser.parse(GRAFANA_INTERVALS.sub("5m", expr))
-    except Exception as exc:  # the parser raises its own error types
-        pytest.fail(f"{expr!r}: {exc}")
-    found: list[tuple[str, set[str]]] = []
-    grouping: set[str] = set()
-
-    def visit(node: Any) -> bool:
-        if isinstance(node, promql_parser.VectorSelector):
-            found.append((node.name, {m.name for m in node.matchers.matchers}))
-        elif isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
-            grouping.update(node.modifier.labels)
-        return True
-
-    promql_parser.walk(ast, visit)
-    return found, grouping
-
-
 @pytest.mark.parametrize("source", ["dashboard", "alerts"])
 def test_every_metric_and_label_used_exists(source: str) -> None:
     series = registered_series()
     queries = dashboard_queries() if source == "dashboard" else alert_queries()
     assert len(queries) > 10
-    problems = []
-    for where, expr, legend in queries:
-        used, grouping = selectors(expr)
-        assert used, f"{where}: no metric in {expr!r}"
-        known: set[str] = set()
-        for name, labels in used:
-            if name not in series:
-                problems.append(f"{where}: {name} is not a metric of bgplb")
-                continue
-            known |= series[name]
-            if labels - series[name] - {"__name__"}:
-                problems.append(f"{where}: {name} has no label {labels - series[name]}")
-        for label in (
-            grouping
-            | set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
-            | set(legend.split() if source == "alerts" else ())
-        ):
-            if known and label not in known:
-                problems.append(f"{where}: label {label!r} is on none of {[n for n, _ in used]}")
+    problems = usage_problems(series, queries, alerts=source == "alerts")
     assert not problems, "\n".join(problems)
 
 

@@ -148,3 +148,30 @@ def test_sysctl_block_parses(text):
     assert settings["net.ipv4.fib_multipath_hash_policy"] == "1"
     assert settings["net.ipv6.fib_multipath_hash_policy"] == "1"
     assert settings["net.ipv4.ip_forward"] == "1"
+
+
+def document_problems(body: str) -> list[str]:
+    """What is missing from a section's `### Checked against` list: the subsection, a document
+    address, or the line naming what no document was found for."""
+    if "Checked against" not in subsections(body):
+        return ["no '### Checked against' subsection"]
+    checked = body.split("### Checked against", 1)[1].split("\n### ", 1)[0]
+    problems = []
+    if not re.search(r"https?://\S+", checked):
+        problems.append("no document address")
+    if "Not verified against a vendor document" not in checked:
+        problems.append("no 'Not verified against a vendor document' line")
+    return problems
+
+
+@pytest.mark.parametrize("router", ROUTERS[2:])
+def test_untested_vendors_name_their_documents(text, router):
+    """An untested section says which vendor documents it was checked against (with an
+    address), and what it could not check, so a reader knows what to verify first."""
+    assert document_problems(sections(text)[router]) == [], router
+
+
+def test_the_document_check_fails_without_addresses(text):
+    body = re.sub(r"https?://\S+", "", sections(text)["Junos"])
+    assert document_problems(body) == ["no document address"]
+    assert document_problems(body.replace("### Checked against", "### Sources")) != []

@@ -3,6 +3,17 @@
 A :class:`~bgplb.health.CheckRunner` runs every check in its own task; a check transition is
 handed to the state at once (event-driven withdrawal, no polling): ``on_change`` is called in the
 same event-loop step, and the owner pumps the state's actions.
+
+*Stop drain*: a ``systemd`` check whose probe reports ``deactivating`` (:data:`DEACTIVATING`:
+``systemctl stop`` or ``restart`` has begun) is not a failure here: the check counts as up for
+the service's health and the state is told the service is stopping
+(:meth:`~bgplb.agent.state.AgentState.set_stopping`: GRACEFUL_SHUTDOWN, withdrawal after
+``drain_time``). This is decided on every probe result (``on_result``, which the runner calls
+before the transition), so the check's own transition to DOWN that follows changes nothing
+(``fall`` is 1 for a ``systemd`` check). The next result decides how the stop ends: any other
+down state (``inactive``, ``failed``, ``activating`` of a restart, a lost bus) is the check's
+failure, told to the state at once (withdrawal); ``active`` again ends the stop drain once the
+check is UP (after its ``rise``, at once if it never went down).
 """
 
 from __future__ import annotations
@@ -14,8 +25,15 @@ from bgplb.agent.metrics import AgentMetrics
 from bgplb.agent.runtime import Clock
 from bgplb.agent.state import AgentState
 from bgplb.agent.status import CheckStatus
-from bgplb.config import AgentConfig, CheckConfig, ServiceConfig
-from bgplb.health.checks import CheckEvent, CheckRunner, Probe, ProbeResult, make_probe
+from bgplb.config import AgentConfig, CheckConfig, ServiceConfig, SystemdCheck
+from bgplb.health.checks import (
+    DEACTIVATING,
+    CheckEvent,
+    CheckRunner,
+    Probe,
+    ProbeResult,
+    make_probe,
+)
 from bgplb.health.state import ServiceHealth
 
 log = logging.getLogger("bgplb.agent")
@@ -49,6 +67,8 @@ class HealthChecks:
         self.clock = clock
         self.on_change = on_change
         self.health: dict[str, ServiceHealth] = {}
+        # systemd checks whose unit is deactivating: up for the health, the service drains
+        self.stopping: set[CheckKey] = set()
         self.runner = CheckRunner(
             self._on_check, on_result=self._on_result, jitter=jitter, probe_factory=probe_factory
         )
@@ -68,6 +88,7 @@ class HealthChecks:
         for status in self.runner.statuses():
             key = _key(status.key)
             if key not in wanted or wanted[key] != status.check:
+                self.stopping.discard(key)
                 await self.runner.remove(key)
         current = {_key(status.key) for status in self.runner.statuses()}
         for key, check in wanted.items():
@@ -82,7 +103,7 @@ class HealthChecks:
             keys = [(s.name, i) for i in range(len(s.checks))]
             health = ServiceHealth(keys)
             for key in keys:
-                health.update(key, self.runner.status(key).machine.up)
+                health.update(key, self._up(key))
             self.health[s.name] = health
             self.metrics.service_healthy.labels(s.name).set(1 if health.healthy else 0)
             if health.healthy:
@@ -90,6 +111,9 @@ class HealthChecks:
             else:
                 down = ", ".join(self.describe(_key(k)) for k in health.down_checks())
                 self.state.set_health(s.name, False, now, f"{reason}: waiting for {down}")
+            stopping = any(key in self.stopping for key in keys)
+            what = "unit deactivating" if stopping else "no stop under way"
+            self.state.set_stopping(s.name, stopping, now, f"{reason}: {what}")
 
     def describe(self, key: CheckKey) -> str:
         try:
@@ -144,7 +168,7 @@ class HealthChecks:
         health = self.health.get(service)
         if health is None:
             return
-        changed = health.update(key, up)
+        changed = health.update(key, up or key in self.stopping)
         if changed is not None:
             self.metrics.service_healthy.labels(service).set(1 if changed else 0)
             reason = f"{what} {'up' if up else 'down'}: {detail}"
@@ -154,3 +178,45 @@ class HealthChecks:
     def _on_result(self, key: Hashable, result: ProbeResult) -> None:
         service, index = _key(key)
         self.metrics.check_duration.labels(service, str(index)).observe(result.latency)
+        k = (service, index)
+        try:
+            status = self.runner.status(k)
+        except KeyError:
+            return
+        if not isinstance(status.check, SystemdCheck):
+            return
+        if not result.ok and result.detail == DEACTIVATING:
+            if k not in self.stopping:
+                self.stopping.add(k)
+                log.warning(
+                    "service %s: %s: unit deactivating: draining before the stop",
+                    service,
+                    self.describe(k),
+                    extra={"service": service, "check": self.describe(k), "up": False},
+                )
+                self._stopping_changed(service, f"{self.describe(k)}: unit deactivating")
+        elif k in self.stopping:
+            if result.ok and not status.machine.up:
+                return  # active again: the stop drain lasts until the check is UP (rise)
+            self.stopping.discard(k)
+            health = self.health.get(service)
+            what = f"{self.describe(k)} {'up' if result.ok else 'down'}: {result.detail}"
+            if health is not None:
+                changed = health.update(k, status.machine.up)
+                if changed is not None:  # the stop ended in a failure: withdraw at once
+                    self.metrics.service_healthy.labels(service).set(1 if changed else 0)
+                    self.state.set_health(service, changed, self.clock.now(), what)
+            self._stopping_changed(service, what)
+
+    def _up(self, key: CheckKey) -> bool:
+        """The check counts as up for its service: UP, or its unit is deactivating."""
+        try:
+            up = self.runner.status(key).machine.up
+        except KeyError:
+            up = False
+        return up or key in self.stopping
+
+    def _stopping_changed(self, service: str, reason: str) -> None:
+        stopping = any(k[0] == service for k in self.stopping)
+        self.state.set_stopping(service, stopping, self.clock.now(), reason)
+        self.on_change()

@@ -49,6 +49,15 @@ is first re-announced with GRACEFUL_SHUTDOWN (RFC 8326 §3, community 65535:0) a
 ``drain_time`` later; one that stops being wanted because its service is unhealthy (or was removed
 from the config) is withdrawn at once, also in the middle of a drain.
 
+*Stop drain*: a planned stop of the service itself (a ``systemd`` check whose unit entered
+``deactivating``: ``systemctl stop`` or ``restart``) is a drain too (:meth:`set_stopping`):
+GRACEFUL_SHUTDOWN, then the withdrawal after ``drain_time`` or as soon as the service is
+unhealthy (the unit is ``inactive`` or ``failed``), whichever comes first. It is not the
+operator's drain: it is not persisted, ``bgplb undrain`` does not end it, and it ends by itself
+when the stop is over (:meth:`set_stopping` with False, once the unit is back up after its
+``rise``). Its withdrawal lingers on ``lo`` like an operator drain's when the service is still
+healthy at that moment (connections may still be finishing on the stopping server).
+
 Flap damping is applied per check by :mod:`bgplb.health.state` (RFC 2439-like penalty that only
 ever delays the return to UP, never a withdrawal); this module sees the damped health.
 """
@@ -174,6 +183,7 @@ class _Service:
     spec: ServiceSpec
     healthy: bool = False
     drained: bool = False
+    stopping: bool = False  # stop drain: the service itself is being stopped (not persisted)
     reason: str = "starting"
     status: ServiceStatus = ServiceStatus.WITHDRAWN
 
@@ -235,6 +245,19 @@ class AgentState:
             return
         svc.healthy = healthy
         svc.reason = reason or ("healthy" if healthy else "unhealthy")
+        self._update(now, svc.reason)
+
+    def set_stopping(self, service: str, stopping: bool, now: float, reason: str = "") -> None:
+        """Stop drain (see the module docstring): the service is being stopped (True: drain,
+        then withdraw) or the stop is over (False). Unknown services are ignored.
+
+        When a stop ends in a failure, call :meth:`set_health` (False) *before* this, so the
+        end of the drain does not announce again for a moment."""
+        svc = self.services.get(service)
+        if svc is None or svc.stopping == stopping:
+            return
+        svc.stopping = stopping
+        svc.reason = reason or ("service stopping" if stopping else "service stop over")
         self._update(now, svc.reason)
 
     def drain(self, service: str, now: float) -> None:
@@ -359,6 +382,7 @@ class AgentState:
             and svc is not None
             and svc.healthy
             and not svc.drained
+            and not svc.stopping
             and not self.shutting_down
         )
 
@@ -366,13 +390,22 @@ class AgentState:
         """Not wanted only because of a drain or a stop (so GRACEFUL_SHUTDOWN first)."""
         svc = self.services.get(v.service)
         return (
-            v.configured and svc is not None and svc.healthy and (svc.drained or self.shutting_down)
+            v.configured
+            and svc is not None
+            and svc.healthy
+            and (svc.drained or svc.stopping or self.shutting_down)
         )
 
     def _operator_drain(self, v: _Vip) -> bool:
-        """Not wanted only because the operator drained the service (``bgplb drain``)."""
+        """Not wanted only because the operator drained the service (``bgplb drain``) or the
+        service itself is stopping (stop drain), not because the agent stops."""
         svc = self.services.get(v.service)
-        return self._drains(v) and svc is not None and svc.drained and not self.shutting_down
+        return (
+            self._drains(v)
+            and svc is not None
+            and (svc.drained or svc.stopping)
+            and not self.shutting_down
+        )
 
     def _drain_deadline(self, v: _Vip, now: float) -> float:
         deadline = now + self.services[v.service].spec.drain_time

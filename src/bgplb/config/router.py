@@ -38,6 +38,7 @@ from bgplb.config.types import (
     int_in,
     parse_asn,
 )
+from bgplb.router.maglev import DEFAULT_SEED, DEFAULT_SIZE, check_seed, check_size
 
 
 class RouterBgp(Section):
@@ -140,12 +141,28 @@ def _nft_name(value: Any) -> str:
     return value
 
 
+def _consistent_seed(value: Any) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value, 0)
+        except ValueError:
+            raise ValueError(f"expected an integer seed, got {value!r}") from None
+    return check_seed(value)
+
+
+def _consistent_size(value: Any) -> int:
+    return check_size(value)
+
+
 class FibConfig(Section):
     """Kernel installation: one route per VIP via a nexthop group (``ip nexthop``)."""
 
     install: bool = True
     table: Annotated[int, int_in(1, 0xFFFFFFFF)] = 254
-    group: Literal["resilient", "multipath"] = "resilient"
+    # "consistent": Maglev table in nftables, same flow -> server on every router (docs/kernel.md)
+    group: Literal["resilient", "multipath", "consistent"] = "resilient"
+    consistent_seed: Annotated[int, PlainValidator(_consistent_seed)] = DEFAULT_SEED
+    consistent_table_size: Annotated[int, PlainValidator(_consistent_size)] = DEFAULT_SIZE
     # Resilient groups (Linux >= 5.13): NHA_RES_GROUP_BUCKETS is a u16.
     buckets: Annotated[int, int_in(1, 65535)] = 512
     idle_timer: Duration = 10.0

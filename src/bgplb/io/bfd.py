@@ -630,56 +630,48 @@ class BfdService:
         family: int,
         multihop: bool,
     ) -> None:
+        """One received datagram: the transport checks (TTL, format), the demultiplexing,
+        then the session's input. Takes `lock` (re-entrant: `_on_readable` holds it)."""
         with self.lock:
-            self._datagram_locked(data, ancdata, addr, family, multihop)
-
-    def _datagram_locked(
-        self,
-        data: bytes,
-        ancdata: list[tuple[int, int, bytes]],
-        addr: tuple[str, int] | tuple[str, int, int, int],
-        family: int,
-        multihop: bool,
-    ) -> None:
-        ttl, dst = parse_ancillary(ancdata, family)
-        if ttl is None:
-            self.dropped["no_ttl"] += 1
-            return
-        if not multihop and ttl != TTL_MAX:
-            self.dropped["ttl"] += 1  # RFC 5881 §5 (GTSM)
-            return
-        try:
-            pkt = decode_packet(data)
-        except BfdError:
-            self.dropped["malformed"] += 1
-            return
-        src = self._source(addr[0])
-        ep = self._demux(pkt, src, dst, multihop)
-        if ep is None:
-            self.dropped["no_session"] += 1
-            return
-        if ttl < ep.min_ttl:  # multihop: RFC 5883 §2, the session's own minimum
-            self.dropped["ttl"] += 1
-            self._log(
-                logging.DEBUG, "BFD %s: dropped a packet with TTL %d < %d", src, ttl, ep.min_ttl
-            )
-            return
-        now = self._driver.now()
-        changes = ep.session.remote_discriminator_changes
-        try:
-            ep.session.handle_packet(pkt, now)
-        except BfdError as exc:
-            self.dropped["session_discard"] += 1
-            self._log(logging.DEBUG, "BFD %s: packet discarded: %s", src, exc)
-            return
-        if ep.session.remote_discriminator_changes != changes:
-            self._log(
-                logging.INFO,
-                "BFD %s: peer changed its discriminator to %d",
-                src,
-                pkt.my_discriminator,
-            )
-        self._service(ep, now)
+            ttl, dst = parse_ancillary(ancdata, family)
+            if ttl is None:
+                self.dropped["no_ttl"] += 1
+                return
+            if not multihop and ttl != TTL_MAX:
+                self.dropped["ttl"] += 1  # RFC 5881 §5 (GTSM)
+                return
+            try:
+                pkt = decode_packet(data)
+            except BfdError:
+                self.dropped["malformed"] += 1
+                return
+            src = self._source(addr[0])
+            ep = self._demux(pkt, src, dst, multihop)
+            if ep is None:
+                self.dropped["no_session"] += 1
+                return
+            if ttl < ep.min_ttl:  # multihop: RFC 5883 §2, the session's own minimum
+                self.dropped["ttl"] += 1
+                self._log(
+                    logging.DEBUG, "BFD %s: dropped a packet with TTL %d < %d", src, ttl, ep.min_ttl
+                )
+                return
+            now = self._driver.now()
+            changes = ep.session.remote_discriminator_changes
+            try:
+                ep.session.handle_packet(pkt, now)
+            except BfdError as exc:
+                self.dropped["session_discard"] += 1
+                self._log(logging.DEBUG, "BFD %s: packet discarded: %s", src, exc)
+                return
+            if ep.session.remote_discriminator_changes != changes:
+                self._log(
+                    logging.INFO,
+                    "BFD %s: peer changed its discriminator to %d",
+                    src,
+                    pkt.my_discriminator,
+                )
+            self._service(ep, now)
 
     def _source(self, text: str) -> IPAddress:
         """The packet's source address, parsed once per address (a bounded cache)."""

@@ -54,6 +54,8 @@ class Options:
     drain_time: float = 6.0
     long_lived: int = 20
     plot: Path | None = None
+    routers: int = 1  # 2: bgplb.lab.demo_routers (a router dies under long-lived connections)
+    group: str = "auto"  # --routers 2, bgplb router: consistent (auto) or resilient
 
 
 @dataclass
@@ -654,7 +656,12 @@ def main(opts: Options, json_out: bool = False) -> int:
     if not console.is_terminal:
         console.width = 100
     try:
-        figures = run_demo(opts, console)
+        if opts.routers == 2:
+            from bgplb.lab.demo_routers import run_routers_demo
+
+            figures = run_routers_demo(opts, console)
+        else:
+            figures = run_demo(opts, console)
     except LabError as exc:
         console.print(f"[red]bgplb demo: {exc}[/]", highlight=False)
         return 1

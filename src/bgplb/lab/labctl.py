@@ -51,7 +51,8 @@ def status_of(state: LabState) -> dict[str, Any]:
     ]
     servers = []
     for i in range(1, state.servers + 1):
-        row: dict[str, Any] = {"name": f"srv{i}", "address": server_addrs(i)[1]}
+        address = server_addrs(i)[1] if state.routers == 1 else f"192.0.2.{10 + i}"
+        row: dict[str, Any] = {"name": f"srv{i}", "address": address}
         sock = state.agent_socket(i)
         row["socket"] = str(sock)
         try:
@@ -59,16 +60,21 @@ def status_of(state: LabState) -> dict[str, Any]:
             peer = (st.get("peers") or [{}])[0]
             svc = (st.get("services") or [{}])[0]
             row.update(session=peer.get("state"), bfd=peer.get("bfd"), service=svc.get("status"))
+            if state.routers == 2:
+                row["sessions"] = {p.get("address"): p.get("state") for p in st.get("peers", [])}
         except ControlError as exc:
             row["error"] = str(exc)
         servers.append(row)
-    route: list[str] | None = None
-    if nodes.get("router", {}).get("exists"):
-        try:
-            route = _hops(LabNamespace(state.namespaces["router"]), VIP4)
-        except Exception:
-            route = None
+    routes: dict[str, list[str] | None] = {}
+    for node in ("router", "router2"):
+        if nodes.get(node, {}).get("exists"):
+            try:
+                routes[node] = _hops(LabNamespace(state.namespaces[node]), VIP4)
+            except Exception:
+                routes[node] = None
+    route = routes.get("router")
     return {
+        "routers": state.routers,
         "name": state.name,
         "router": state.router,
         "web": state.web,
@@ -79,6 +85,7 @@ def status_of(state: LabState) -> dict[str, Any]:
         "processes": procs,
         "servers": servers,
         "route": route,
+        **({"route2": routes.get("router2")} if state.routers == 2 else {}),
         "healthy": _healthy(state),
     }
 
@@ -96,9 +103,18 @@ def _print_status(st: dict[str, Any]) -> None:
         else:
             bfd = s.get("bfd")
             bfd_text = f", BFD {bfd.get('state') if isinstance(bfd, dict) else bfd}" if bfd else ""
-            print(f"  {s['name']}: session {s['session']}{bfd_text}, service web {s['service']}")
-    route = st["route"]
-    print(f"  router: {st['vip']} via {', '.join(route) if route else '(no route)'}")
+            sessions = s.get("sessions")
+            if sessions:
+                text = ", ".join(f"{a} {state}" for a, state in sessions.items())
+                print(f"  {s['name']}: sessions {text}, service web {s['service']}")
+            else:
+                print(
+                    f"  {s['name']}: session {s['session']}{bfd_text}, service web {s['service']}"
+                )
+    for node, key in (("router", "route"), ("router2", "route2")):
+        if key in st:
+            route = st[key]
+            print(f"  {node}: {st['vip']} via {', '.join(route) if route else '(no route)'}")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -110,7 +126,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 0
         print("bgplb lab: removing an incomplete lab first")
         teardown_state(state)
-    lab = Lab(
+    kw: dict[str, Any] = dict(
         name="lab",
         servers=args.servers,
         router=args.router,
@@ -121,11 +137,29 @@ def cmd_up(args: argparse.Namespace) -> int:
         drain_time=10.0,
         log=lambda text: print(f"  {text}"),
     )
-    print(f"bgplb lab: building client — router ({args.router}) — srv1..srv{args.servers}")
+    routers = getattr(args, "routers", 1)
+    try:
+        if routers == 2:
+            from bgplb.lab.routers2 import TwoRouterLab
+
+            group = "consistent" if args.group == "auto" else args.group
+            lab: Lab = TwoRouterLab(group=group, **{**kw, "bfd": False})
+            print(
+                f"bgplb lab: building client — upstream — router, router2 ({args.router}) — "
+                f"srv1..srv{args.servers}"
+            )
+        else:
+            lab = Lab(**kw)
+            print(f"bgplb lab: building client — router ({args.router}) — srv1..srv{args.servers}")
+    except LabError as exc:
+        print(f"bgplb lab up: {exc}", file=sys.stderr)
+        return 2
     try:
         lab.build()
         want = sorted(lab.server_address(i) for i in range(1, args.servers + 1))
         lab.wait(lambda: lab.nexthops() == want, 30, f"the router's route to {VIP4}")
+        if routers == 2:
+            lab.wait(lab.both_route_to_all, 30, f"both routers' routes to {VIP4}")  # type: ignore[attr-defined]
     except (LabError, OSError) as exc:
         print(f"bgplb lab up: {exc}", file=sys.stderr)
         lab.teardown()

@@ -71,6 +71,7 @@ class LabState:
     procs: list[Proc] = field(default_factory=list)
     rundirs: list[str] = field(default_factory=list)
     created: float = field(default_factory=time.time)
+    routers: int = 1  # 2: bgplb.lab.routers2 (upstream, router, router2, switch)
 
     @property
     def path(self) -> Path:

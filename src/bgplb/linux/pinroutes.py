@@ -18,7 +18,11 @@ remembered in a small file under ``/run/bgplb/`` named after the network namespa
 (``src_valid_mark.net<INODE>.json``: /run is emptied at boot, as the sysctl is reset), written
 *before* the sysctl is changed, so a run killed with SIGKILL leaves it for the next run, which
 keeps it and restores that value at its cleanup. It is restored only if the sysctl still holds
-the 1 we wrote (someone who changed it since wins).
+the 1 we wrote (someone who changed it since wins). ``net.netfilter.nf_conntrack_tcp_be_liberal``
+(consistent group with pinning, :meth:`KernelPins.ensure_be_liberal`) is handled the same way
+(``tcp_be_liberal.net<INODE>.json``). With ``group = "consistent"`` the nftables table also holds
+the Maglev chains (:mod:`bgplb.linux.nft_consistent`); ``pinning = False`` then leaves out every
+conntrack rule.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bgplb.linux.nftables import Nft, PinMark, pin_ruleset
+from bgplb.linux.nft_consistent import ConsistentChain, consistent_ruleset
+from bgplb.linux.nftables import Nft, PinMark
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 PROTOCOL = 200
 STATE_DIR = Path("/run/bgplb")
 SRC_VALID_MARK = "net.ipv4.conf.all.src_valid_mark"
+BE_LIBERAL = "net.netfilter.nf_conntrack_tcp_be_liberal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +113,9 @@ class KernelPins:
         self._sock: Any = None
         self._installed_vips: tuple[IPNetwork, ...] | None = None
         self._installed_marks: tuple[PinMark, ...] | None = None
+        self._installed_chains: tuple[ConsistentChain, ...] | None = None
+        # False: consistent mode without pinning (no conntrack rules, only the tables' marks)
+        self.pinning = True
 
     @property
     def _ipr(self) -> Any:
@@ -162,8 +171,9 @@ class KernelPins:
 
     # -- changing -----------------------------------------------------------------------------
     @_off_loop
-    def apply(self, pins: Sequence[PinSpec]) -> int:
-        """Make the kernel hold exactly `pins`. Returns the number of changes."""
+    def apply(self, pins: Sequence[PinSpec], chains: Sequence[ConsistentChain] = ()) -> int:
+        """Make the kernel hold exactly `pins` (and the consistent-mode `chains`, whose marks
+        must be those of `pins`). Returns the number of changes."""
         want_rules = {
             (fam, p.mark, p.table)
             for p in pins
@@ -181,9 +191,17 @@ class KernelPins:
             changes += 1
         marks = tuple(PinMark(p.gateway, p.oif, p.mark, p.slot) for p in pins)
         vips = tuple(sorted({v for p in pins for v in p.vips}, key=_net_sort))
-        if marks != self._installed_marks or vips != self._installed_vips:
-            self.nft.replace(pin_ruleset(self.nft.table, self.mask, marks, vips))
+        chain_t = tuple(chains)
+        if (
+            marks != self._installed_marks
+            or vips != self._installed_vips
+            or chain_t != self._installed_chains
+        ):
+            self.nft.replace(
+                consistent_ruleset(self.nft.table, self.mask, marks, vips, chain_t, self.pinning)
+            )
             self._installed_marks, self._installed_vips = marks, vips
+            self._installed_chains = chain_t
             changes += 1
         for route in sorted(have_routes - want_routes, key=_route_sort):
             with contextlib.suppress(Exception):
@@ -221,11 +239,15 @@ class KernelPins:
     def cleanup(self) -> int:
         """Remove every rule, route and the nftables table of ours; restore src_valid_mark."""
         self._installed_marks = self._installed_vips = ()  # no need to write an empty table
+        self._installed_chains = ()
         changes = self.apply([])
         if self.nft.delete():
             changes += 1
         self._installed_marks = self._installed_vips = None
+        self._installed_chains = None
         if self.restore_src_valid_mark():
+            changes += 1
+        if self.restore_be_liberal():
             changes += 1
         return changes
 
@@ -327,6 +349,72 @@ class KernelPins:
             return changed
         except OSError as exc:
             log.warning("pinning: cannot restore src_valid_mark: %s", exc)
+            return False
+
+    # -- conntrack window tracking (consistent mode with pinning) ----------------------------
+    @property
+    def be_liberal_state(self) -> Path:
+        return self.state_dir / f"tcp_be_liberal.net{self._netns_id()}.json"
+
+    def _read_be_liberal(self) -> str:
+        if self.netns is None:
+            return Path("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal").read_text().strip()
+        return self._in_netns("sysctl", "-n", BE_LIBERAL).strip()
+
+    def _write_be_liberal(self, value: str) -> None:
+        if self.netns is None:
+            Path("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal").write_text(value + "\n")
+        else:
+            self._in_netns("sysctl", "-qw", f"{BE_LIBERAL}={value}")
+
+    def ensure_be_liberal(self) -> bool:
+        """A connection that comes back from another router (or was first seen mid-stream)
+        must not be INVALID to conntrack's TCP window tracking, or its packets lose their pin:
+        set ``nf_conntrack_tcp_be_liberal = 1`` in our namespace, after saving the value found
+        (restored by :meth:`restore_be_liberal`, also after a kill -9). True if changed."""
+        try:
+            current = self._read_be_liberal()
+            if current == "1":
+                return False
+            state = self.be_liberal_state
+            state.parent.mkdir(parents=True, exist_ok=True)
+            tmp = state.with_name(state.name + ".tmp")
+            tmp.write_text(json.dumps({"tcp_be_liberal": current, "set_by": "bgplb router"}))
+            os.replace(tmp, state)
+            self._write_be_liberal("1")
+            log.info(
+                "consistent: set %s=1 (was %s; restored at exit): flows arriving from another "
+                "router keep their pin",
+                BE_LIBERAL,
+                current,
+            )
+            return True
+        except OSError as exc:
+            log.warning("consistent: cannot check/set %s: %s", BE_LIBERAL, exc)
+        return False
+
+    def restore_be_liberal(self) -> bool:
+        """Put back the value :meth:`ensure_be_liberal` found, if the sysctl still holds our 1."""
+        try:
+            state = self.be_liberal_state
+            try:
+                saved = json.loads(state.read_text()).get("tcp_be_liberal")
+            except FileNotFoundError:
+                return False
+            except (ValueError, AttributeError):
+                saved = None
+            changed = False
+            if isinstance(saved, str) and saved.isdigit():
+                if self._read_be_liberal() == "1" and saved != "1":
+                    self._write_be_liberal(saved)
+                    log.info("consistent: restored %s=%s", BE_LIBERAL, saved)
+                    changed = True
+            else:
+                log.warning("consistent: %s unreadable: %s left as it is", state, BE_LIBERAL)
+            state.unlink()
+            return changed
+        except OSError as exc:
+            log.warning("consistent: cannot restore %s: %s", BE_LIBERAL, exc)
             return False
 
     # -- conntrack ----------------------------------------------------------------------------

@@ -14,6 +14,10 @@ The BFD service runs its transmit and detection timers in a thread of its own, s
 loop (a large RIB update, a FIB apply) does not delay BFD packets; its notifications come back
 to the loop (:mod:`bgplb.io.bfd_timing`).
 
+One :class:`RouterBfd` per daemon: it reads the neighbors (``peers``) and the connected subnets
+it is handed, reports what its callbacks raise to ``on_error`` (the supervisor), and makes the
+:class:`~bgplb.io.bfd.BfdService` on first need.
+
 BFD Up -> Down (not AdminDown from the neighbor): the session is stopped with Cease / BFD Down
 and the connection aborted (:func:`bgplb.io.bgp_bfd.tear_down`); the RIB then drops the
 neighbor's paths at once, like on hold-timer expiry — never kept stale for Graceful Restart
@@ -26,18 +30,24 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from bgplb.bfd import Diag
 from bgplb.bgp.fsm import State as BgpState
 from bgplb.config import RouterConfig
 from bgplb.io.bfd import BfdService
+from bgplb.io.bgp import IPAddress
 from bgplb.io.bgp_bfd import BfdLink, diag_text, tear_down
+from bgplb.router.entry import PeerEntry
+from bgplb.router.rib import Connected
 
-if TYPE_CHECKING:
-    from bgplb.router.daemon import PeerEntry, Router
+__all__ = ["RouterBfd", "detach", "make_service"]
 
 log = logging.getLogger("bgplb.router")
+
+#: What the router does with an exception of a BFD callback: (task, exception, entry).
+OnError = Callable[[str, BaseException, PeerEntry], None]
 
 
 def _local_of(transport: Any) -> str | None:
@@ -57,94 +67,112 @@ def make_service(config: RouterConfig) -> BfdService:
     return BfdService(realtime_priority=config.bfd.realtime_priority)
 
 
-def attach(
-    router: Router, entry: PeerEntry, transport: Any, replaces: PeerEntry | None = None
-) -> None:
-    """A connection was just accepted: no BFD yet (see :func:`established`). The BFD request of
-    the connection it ``replaces`` is released: that session is over, and the new one asks again
-    when it is Established (the neighbor sees AdminDown in between, not a failure: RFC 5882
-    §3.2)."""
-    if replaces is not None:
-        detach(replaces)
-
-
-def established(router: Router, entry: PeerEntry) -> None:
-    """`entry`'s BGP session is Established: request BFD if its range asks for it."""
-    if entry.bfd is not None or router.peers.get(entry.address) is not entry:
-        return
-    local = entry.peer.local_address
-    _attach(router, entry, None if local is None else str(local))
-
-
-def _attach(router: Router, entry: PeerEntry, local: str | None) -> None:
-    cfg = entry.range.config.bfd
-    if cfg is None:
-        return
-    if router.bfd is None:
-        router.bfd = make_service(router.config)
-    address = entry.address
-    single_hop = any(address in c.network for c in router._connected)
-    try:
-        entry.bfd = BfdLink(
-            router.bfd,
-            str(address),
-            local=local,
-            multihop=not single_hop,
-            interval_ms=cfg.interval_ms,
-            multiplier=cfg.multiplier,
-            on_down=lambda diag: _on_down(router, entry, diag),
-            min_ttl=None if single_hop else cfg.min_ttl,
-        )
-    except (OSError, ValueError) as exc:  # e.g. port 3784 taken by another BFD daemon
-        log.error("%s: BFD not started: %s (BGP runs without it)", address, exc)
-
-
 def detach(entry: PeerEntry) -> None:
     """Release the neighbor's BFD request (its BGP session is over)."""
     if entry.bfd is not None:
         entry.bfd.release()
 
 
-def reconfigure(router: Router, entry: PeerEntry, transport: Any = None) -> None:
-    """After a reload: follow the range's new ``bfd`` setting without touching BGP. The new
-    request is made before the old one is released, so a shared session is not interrupted.
-    A session not Established yet gets the new setting when it is."""
-    if entry.peer.session.state is not BgpState.ESTABLISHED:
-        return
-    cfg = entry.range.config.bfd
-    link = entry.bfd
-    if (link is None and cfg is None) or (
-        link is not None
-        and cfg is not None
-        and (link.interval_ms, link.multiplier) == (cfg.interval_ms, cfg.multiplier)
-    ):
-        return
-    old = link
-    entry.bfd = None
-    if cfg is not None:
+class RouterBfd:
+    """BFD for the router's neighbors: requests, releases, reload, and BFD Down.
+
+    `peers`: the daemon's neighbors (read, never changed); `connected`: the current connected
+    subnets (single hop or multihop); `on_error`: the supervisor's handler of internal errors;
+    `realtime_priority`: ``[bfd] realtime_priority`` of the service made on first need."""
+
+    def __init__(
+        self,
+        peers: Mapping[IPAddress, PeerEntry],
+        connected: Callable[[], Sequence[Connected]],
+        on_error: OnError,
+        realtime_priority: int | None = None,
+    ) -> None:
+        self.peers = peers
+        self.connected = connected
+        self.on_error = on_error
+        self.realtime_priority = realtime_priority
+        self.service: BfdService | None = None
+
+    def attach(self, entry: PeerEntry, transport: Any, replaces: PeerEntry | None = None) -> None:
+        """A connection was just accepted: no BFD yet (see :meth:`established`). The BFD request
+        of the connection it ``replaces`` is released: that session is over, and the new one
+        asks again when it is Established (the neighbor sees AdminDown in between, not a
+        failure: RFC 5882 §3.2)."""
+        if replaces is not None:
+            detach(replaces)
+
+    def established(self, entry: PeerEntry) -> None:
+        """`entry`'s BGP session is Established: request BFD if its range asks for it."""
+        if entry.bfd is not None or self.peers.get(entry.address) is not entry:
+            return
+        local = entry.peer.local_address
+        self._attach(entry, None if local is None else str(local))
+
+    def _attach(self, entry: PeerEntry, local: str | None) -> None:
+        cfg = entry.range.config.bfd
+        if cfg is None:
+            return
+        if self.service is None:
+            self.service = BfdService(realtime_priority=self.realtime_priority)
+        address = entry.address
+        single_hop = any(address in c.network for c in self.connected())
+        try:
+            entry.bfd = BfdLink(
+                self.service,
+                str(address),
+                local=local,
+                multihop=not single_hop,
+                interval_ms=cfg.interval_ms,
+                multiplier=cfg.multiplier,
+                on_down=lambda diag: self._on_down(entry, diag),
+                min_ttl=None if single_hop else cfg.min_ttl,
+            )
+        except (OSError, ValueError) as exc:  # e.g. port 3784 taken by another BFD daemon
+            log.error("%s: BFD not started: %s (BGP runs without it)", address, exc)
+
+    def reconfigure(self, entry: PeerEntry, transport: Any = None) -> None:
+        """After a reload: follow the range's new ``bfd`` setting without touching BGP. The new
+        request is made before the old one is released, so a shared session is not interrupted.
+        A session not Established yet gets the new setting when it is."""
+        if entry.peer.session.state is not BgpState.ESTABLISHED:
+            return
+        cfg = entry.range.config.bfd
+        link = entry.bfd
+        if (link is None and cfg is None) or (
+            link is not None
+            and cfg is not None
+            and (link.interval_ms, link.multiplier) == (cfg.interval_ms, cfg.multiplier)
+        ):
+            return
+        old = link
+        entry.bfd = None
+        if cfg is not None:
+            if old is not None:
+                local: object = old.handle.key.local
+            else:
+                local = entry.peer.local_address if transport is None else _local_of(transport)
+            self._attach(entry, None if local is None else str(local))
         if old is not None:
-            local = old.handle.key.local
-        else:
-            local = entry.peer.local_address if transport is None else _local_of(transport)
-        _attach(router, entry, None if local is None else str(local))
-    if old is not None:
-        old.release()
+            old.release()
 
+    def close(self) -> None:
+        """At exit: AdminDown to every BFD neighbor (not a failure for them, RFC 5882 §3.2)."""
+        if self.service is not None:
+            self.service.close()
 
-def _on_down(router: Router, entry: PeerEntry, diag: Diag) -> None:
-    try:
-        _tear_down(router, entry, diag)
-    except Exception as exc:
-        router._internal_error("bfd", exc, entry)
+    def _on_down(self, entry: PeerEntry, diag: Diag) -> None:
+        try:
+            self._tear_down(entry, diag)
+        except Exception as exc:
+            self.on_error("bfd", exc, entry)
 
-
-def _tear_down(router: Router, entry: PeerEntry, diag: Diag) -> None:
-    if router.peers.get(entry.address) is not entry:
-        return  # an older connection of a neighbor that reconnected
-    entry.bfd_down = True
-    if tear_down(entry.peer):
-        log.warning(
-            "%s: BFD down (%s): BGP session closed, its paths removed",
-            entry.address,
-            diag_text(diag),
-        )
+    def _tear_down(self, entry: PeerEntry, diag: Diag) -> None:
+        if self.peers.get(entry.address) is not entry:
+            return  # an older connection of a neighbor that reconnected
+        entry.bfd_down = True
+        if tear_down(entry.peer):
+            log.warning(
+                "%s: BFD down (%s): BGP session closed, its paths removed",
+                entry.address,
+                diag_text(diag),
+            )

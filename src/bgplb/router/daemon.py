@@ -6,9 +6,10 @@ Structure (one owner per table):
   ``[[peer_ranges]]`` prefix (most specific range wins) gets a passive
   :class:`~bgplb.bgp.session.Session` of its own (dynamic neighbor); a source outside every range
   is refused with a log line and nothing else happens;
-* every session event goes into one queue; a single task (:meth:`Router._rib_task`) owns the pure
+* every session event goes into one queue; a single task (:meth:`RibTask.run`) owns the pure
   :class:`~bgplb.router.rib.Rib`, applies policy (``accept``, ``max_prefixes``), and after each
-  batch of events pushes the desired state to :class:`~bgplb.linux.fib.KernelFib`;
+  batch of events pushes the desired state to the FIB (:class:`~bgplb.linux.fibapi.Fib`:
+  :class:`~bgplb.linux.fib.KernelFib`, or :class:`~bgplb.linux.memfib.MemoryFib` in tests);
 * the kernel's nexthop/route notifications are watched: whatever of ours someone deletes is
   re-installed; on start our stale objects are removed (reconcile), on exit ours are removed
   (unless ``[fib] keep_on_exit``);
@@ -16,24 +17,35 @@ Structure (one owner per table):
 
 Supervision (nothing dies silently) and per-peer bounds: :mod:`bgplb.router.supervisor`.
 
-This module holds the start-up/shutdown, the supervision and the RIB task; listening, accepting
-and reload are in :mod:`bgplb.router.ranges`, the FIB and connected subnets in
-:mod:`bgplb.router.kernel`, BFD in :mod:`bgplb.router.bfd`, connection pinning in
-:mod:`bgplb.router.pinning_runtime`, status and metrics in :mod:`bgplb.control.router_status`.
+The router is made of parts, each with one job and its dependencies passed to its
+constructor (no part reaches into another through the daemon):
+
+* :class:`~bgplb.router.ranges.PeerRanges` (``sessions``): listeners, admission, the neighbors,
+  reload;
+* :class:`~bgplb.router.supervisor.Supervisor` (``supervisor``): the RIB task's queue, per-peer
+  flow control, internal errors, the decision to exit;
+* :class:`~bgplb.router.kernel.KernelSide` (``kernel``): the FIB, connection pinning
+  (:mod:`bgplb.router.pinning_runtime`), the connected subnets;
+* :class:`~bgplb.router.bfd.RouterBfd` (``bfd``): BFD of the neighbors;
+* :class:`~bgplb.router.report.RouterReport` (``report``): the typed status
+  (:mod:`bgplb.router.status`), served by :class:`~bgplb.control.router_status.RouterStatusServer`.
+
+* :class:`RibTask` (``rib_task``, here): the only writer of the RIB (policy, the scratch RIB
+  that blames a bad path on its peer, max_prefixes).
+
+:class:`Router` wires them and runs start-up and shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import gc
+import ipaddress
 import logging
 import signal
 import struct
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +62,14 @@ from bgplb.bgp.session import (
     SessionEstablished,
 )
 from bgplb.config import RouterConfig
+from bgplb.control.router_status import RouterStatusServer
 from bgplb.control.socket import ControlError
 from bgplb.io.bgp import BgpListener, IPAddress
+from bgplb.io.loopwatch import LoopWatch
 from bgplb.io.sdnotify import sd_notify
-from bgplb.router import bfd as router_bfd
+from bgplb.linux.fibapi import Fib
+from bgplb.router.bfd import RouterBfd, detach
+from bgplb.router.entry import Counters
 from bgplb.router.kernel import CONNECTED_POLL, KernelSide, default_router_id, read_connected
 from bgplb.router.ranges import (
     OUR_RESTART_TIME,
@@ -62,7 +78,8 @@ from bgplb.router.ranges import (
     RangeState,
     compile_ranges,
 )
-from bgplb.router.rib import Connected, Rib, UpdateResult
+from bgplb.router.report import RouterReport
+from bgplb.router.rib import Rib, UpdateResult
 from bgplb.router.supervisor import (
     BATCH,
     MAX_PENDING,
@@ -70,9 +87,8 @@ from bgplb.router.supervisor import (
     Flow,
     Item,
     LogLimiter,
-    RibQueue,
-    Supervised,
     Supervision,
+    Supervisor,
 )
 
 __all__ = [
@@ -82,11 +98,17 @@ __all__ = [
     "OUR_RESTART_TIME",
     "Counters",
     "Flow",
+    "KernelSide",
     "LogLimiter",
     "PeerEntry",
+    "PeerRanges",
     "RangeState",
+    "RibTask",
     "Router",
+    "RouterBfd",
+    "RouterReport",
     "Supervision",
+    "Supervisor",
     "compile_ranges",
     "default_router_id",
     "read_connected",
@@ -102,59 +124,80 @@ PROBED_MAX = 4096
 GC_THRESHOLD = (100_000, 50, 1000)
 
 
-@dataclass(slots=True)
-class Counters:
-    refused_connections: int = 0
-    filtered_prefixes: int = 0
-    refused_prefixes: int = 0
-    bad_bandwidth: int = 0
-    max_prefix_resets: int = 0
-    fib_applies: int = 0
-    fib_errors: int = 0
-    updates_received: int = 0
-    last_apply_ops: int = 0
-    internal_errors: dict[str, int] = field(default_factory=dict)
-    internal_resets: int = 0  # peers reset after an internal error
-    pauses: int = 0  # times a peer's reading was paused (too many events pending)
-    queue_peak: int = 0  # the most events ever waiting for the RIB task
-    started_at: float = field(default_factory=time.time)
-
-
-class Router(Supervised, PeerRanges, KernelSide):
+class Router:
     """The router daemon. `run()` until `stop` is set (or a signal); returns the exit status."""
 
     def __init__(self, config: RouterConfig, config_path: str | Path | None = None) -> None:
-        self.config = config
-        self.config_path = config_path
-        self.ranges = compile_ranges(config)
         self.peers: dict[IPAddress, PeerEntry] = {}
-        self.rib = self._new_rib()
-        self._probe_rib = self._new_rib()
-        self._probed: set[tuple[Any, ...]] = set()  # UPDATE paths that passed _probe
         self.counters = Counters()
-        self.queue: asyncio.Queue[Item] = RibQueue(self._on_enqueue)
-        self.flows: dict[int, Flow] = {}  # id(entry) -> its flow (the entry keeps the id unique)
-        self.supervision = Supervision()
-        self.limiter = LogLimiter()
-        self.fatal: str | None = None  # why the daemon gave up (exit status 1)
-        self.fib: Any = None  # KernelFib when [fib] install
-        self.listeners: list[BgpListener] = []
-        self.stop_event = asyncio.Event()
-        self.router_id = config.bgp.router_id
-        self.installed: dict[Prefix, tuple[Any, ...]] = {}
-        self.nexthop_counts: collections.Counter[str] = collections.Counter()
-        self._connected: list[Connected] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self.reloads = 0
-        self.bfd: Any = None  # bgplb.io.bfd.BfdService, made by router/bfd.py on first need
-        self.pinning: Any = None  # router/pinning_runtime.py when [fib] pinning
-        self.loop_watch: Any = None  # bgplb.io.loopwatch.LoopWatch while running
-
-    def _new_rib(self) -> Rib:
+        bgp = config.bgp
         # graceful_restart = false: we do not advertise the capability, so we are no helper
         # either (RFC 4724 §4.2): a closed session purges at once
-        bgp = self.config.bgp
-        return Rib(max_stale_time=bgp.max_stale_time if bgp.graceful_restart else 0.0)
+        rib = Rib(max_stale_time=bgp.max_stale_time if bgp.graceful_restart else 0.0)
+        self.bfd = RouterBfd(
+            self.peers,
+            lambda: self.kernel.connected,
+            lambda task, exc, entry: self.supervisor._internal_error(task, exc, entry),
+            config.bfd.realtime_priority,
+        )
+        self.supervisor = Supervisor(self.peers, rib, self.counters, self.bfd)
+        self.queue = self.supervisor.queue
+        self.sessions = PeerRanges(
+            config, config_path, self.peers, self.counters, self.queue, self.bfd
+        )
+        self.kernel = KernelSide(
+            config.fib, rib, self.counters, self.queue, self.supervisor._internal_error
+        )
+        self.rib_task = RibTask(
+            self.peers, rib, self.counters, self.supervisor, self.kernel, self.sessions
+        )
+        self.loop_watch: LoopWatch | None = None  # while running
+        self.report = RouterReport(
+            self.sessions, self.kernel, self.supervisor, lambda: self.loop_watch
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- the parts' state, under the names it always had ----------------------------------------
+
+    @property
+    def config(self) -> RouterConfig:
+        return self.sessions.config  # a reload replaces it
+
+    @property
+    def listeners(self) -> list[BgpListener]:
+        return self.sessions.listeners
+
+    @property
+    def router_id(self) -> ipaddress.IPv4Address | None:
+        return self.sessions.router_id
+
+    @router_id.setter
+    def router_id(self, value: ipaddress.IPv4Address | None) -> None:
+        self.sessions.router_id = value
+
+    @property
+    def rib(self) -> Rib:
+        return self.kernel.rib
+
+    @rib.setter
+    def rib(self, rib: Rib) -> None:
+        self.kernel.rib = self.supervisor.rib = self.rib_task.rib = rib
+
+    @property
+    def fib(self) -> Fib | None:
+        return self.kernel.fib
+
+    @fib.setter
+    def fib(self, fib: Fib | None) -> None:
+        self.kernel.fib = fib
+
+    @property
+    def fatal(self) -> str | None:
+        return self.supervisor.fatal
+
+    @property
+    def stop_event(self) -> asyncio.Event:
+        return self.supervisor.stop_event
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -172,51 +215,50 @@ class Router(Supervised, PeerRanges, KernelSide):
 
     async def _run(self) -> int:
         loop = asyncio.get_running_loop()
-        loop.set_exception_handler(self._loop_exception)
-        self._connected = await asyncio.to_thread(read_connected)
-        self.rib.set_connected(self._connected)
-        self._probe_rib.set_connected(self._connected)
-        if self.router_id is None:
-            self.router_id = default_router_id(self._connected)
-        if self.config.fib.install:
-            self._open_fib()
-        from bgplb.control.router_status import RouterStatusServer
-        from bgplb.io.loopwatch import LoopWatch
-
-        self.loop_watch = LoopWatch(period=0.05)
-        self.loop_watch.start()
-        status = RouterStatusServer(self)
+        sup, kernel, sessions = self.supervisor, self.kernel, self.sessions
+        loop.set_exception_handler(sup._loop_exception)
+        connected = await asyncio.to_thread(read_connected)
+        kernel.connected = connected
+        self.rib.set_connected(connected)
+        self.rib_task.probe_rib.set_connected(connected)
+        if sessions.router_id is None:
+            sessions.router_id = default_router_id(connected)
+        if kernel.fib_config.install:
+            kernel._open_fib()
+        watch = self.loop_watch = LoopWatch(period=0.05)
+        watch.start()
+        status = RouterStatusServer(self.config.control, self.report, sup._supervise)
         try:
             await status.start()
         except (ControlError, OSError) as exc:
             log.error("control socket: %s", exc)
-            await self.loop_watch.stop()
-            self._close_fib()
+            await watch.stop()
+            kernel._close_fib()
             return 1
         try:
-            await self._start_listeners()
+            await sessions._start_listeners()
         except OSError as exc:
             log.error("cannot listen: %s", exc)
             await status.close()
-            await self.loop_watch.stop()
-            self._close_fib()
+            await watch.stop()
+            kernel._close_fib()
             return 1
         for sig, handler in (
-            (signal.SIGTERM, self.stop_event.set),
-            (signal.SIGINT, self.stop_event.set),
-            (signal.SIGHUP, self._on_sighup),
+            (signal.SIGTERM, sup.stop_event.set),
+            (signal.SIGINT, sup.stop_event.set),
+            (signal.SIGHUP, sessions._on_sighup),
         ):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, handler)
         self._tasks = [
-            loop.create_task(self._supervise("rib", self._rib_task, restartable=False)),
-            loop.create_task(self._supervise("connected", self._connected_task)),
+            loop.create_task(sup._supervise("rib", self.rib_task.run, restartable=False)),
+            loop.create_task(sup._supervise("connected", kernel._connected_task)),
         ]
         log.info(
             "router AS %s id %s: %d peer range(s), fib %s",
             self.config.bgp.asn,
             self.router_id,
-            len(self.ranges),
+            len(sessions.ranges),
             f"{self.config.fib.group} table {self.config.fib.table}"
             if self.config.fib.install
             else "not installed",
@@ -229,9 +271,9 @@ class Router(Supervised, PeerRanges, KernelSide):
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._signal_while_stopping, sig)
-        for listener in self.listeners:
+        for listener in sessions.listeners:
             await listener.close()
-        self.abort_candidates()  # connections waiting for their OPEN next to a known session
+        sessions.abort_candidates()  # connections waiting for their OPEN next to a known session
         if self.fatal:  # we will be back: the neighbors should reconnect
             subcode, message = CeaseSubcode.ADMINISTRATIVE_RESET, "router restarting after an error"
         else:
@@ -240,14 +282,13 @@ class Router(Supervised, PeerRanges, KernelSide):
             *(e.peer.stop(message, subcode) for e in list(self.peers.values())),
             return_exceptions=True,
         )
-        if self.bfd is not None:
-            self.bfd.close()  # AdminDown: not a failure for the neighbors (RFC 5882 §3.2)
+        self.bfd.close()  # AdminDown: not a failure for the neighbors (RFC 5882 §3.2)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await status.close()
-        await self.loop_watch.stop()
-        self._close_fib()
+        await watch.stop()
+        kernel._close_fib()
         return 1 if self.fatal else 0
 
     @staticmethod
@@ -258,22 +299,47 @@ class Router(Supervised, PeerRanges, KernelSide):
             signal.Signals(sig).name,
         )
 
-    def _kernel_events(self) -> None:
-        try:
-            super()._kernel_events()
-        except Exception as exc:
-            self._internal_error("kernel-watch", exc)
 
-    # -- the RIB task ---------------------------------------------------------------------------
+class RibTask:
+    """The RIB task: the only writer of the :class:`~bgplb.router.rib.Rib`. It takes the
+    sessions' events from the supervisor's queue, applies the ranges' policy (``accept``,
+    ``max_prefixes``), tries each new path alone in a scratch RIB first (an error is blamed on
+    its peer), and after each batch has the kernel side sync the FIB.
+
+    `peers`: the neighbors (a session that ended leaves them here); `sessions`: reload;
+    `supervisor`: flows and internal errors; `kernel`: the fast path of a lost peer, End-of-RIB,
+    the FIB sync."""
+
+    def __init__(
+        self,
+        peers: dict[IPAddress, PeerEntry],
+        rib: Rib,
+        counters: Counters,
+        supervisor: Supervisor,
+        kernel: KernelSide,
+        sessions: PeerRanges,
+    ) -> None:
+        self.peers = peers
+        self.rib = rib
+        self.counters = counters
+        self.supervisor = supervisor
+        self.kernel = kernel
+        self.sessions = sessions
+        self.queue = supervisor.queue
+        self.probe_rib = Rib(max_stale_time=rib.max_stale_time)
+        self._probed: set[tuple[Any, ...]] = set()  # UPDATE paths that passed _probe
+
+    def warn_limited(self, peer: str, kind: str, msg: str, *args: Any) -> None:
+        self.supervisor.warn_limited(peer, kind, msg, *args)
 
     def _wait_timeout(self, now: float) -> float | None:
         # stale paths to expire; failed VIPs to retry, the end of the startup deferral
-        deadlines = [self.rib.next_deadline(), self._fib_next_deadline()]
+        deadlines = [self.rib.next_deadline(), self.kernel._fib_next_deadline()]
         present = [d for d in deadlines if d is not None]
         # at least 1 ms: a deadline already due must not keep queued events from being taken
         return max(0.001, min(present) - now) if present else None
 
-    async def _rib_task(self) -> None:
+    async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             item: Item | None
@@ -295,33 +361,33 @@ class Router(Supervised, PeerRanges, KernelSide):
             expired = self.rib.expire(loop.time())
             for peer in expired:
                 log.warning("%s: graceful restart time ran out: stale routes purged", peer)
-            await self._sync_fib()
+            await self.kernel._sync_fib()
 
     def _handle_item(self, entry: PeerEntry | None, event: Event | str, now: float) -> None:
         if entry is None:
             self._handle(None, event, now)  # an error here is the task's own: not recoverable
             return
         try:
-            if not self._flow(entry).failed or isinstance(event, SessionDown):
+            if not self.supervisor._flow(entry).failed or isinstance(event, SessionDown):
                 self._handle(entry, event, now)
         except Exception as exc:
-            self._internal_error("rib", exc, entry)
+            self.supervisor._internal_error("rib", exc, entry)
         finally:
-            self._handled(entry)
+            self.supervisor._handled(entry)
 
     def _handle(self, entry: PeerEntry | None, event: Event | str, now: float) -> None:
         if entry is None:
             if event == "reload":
-                self.reload()
+                self.sessions.reload()
             elif event == "connected":
-                self._probe_rib.set_connected(self._connected)
+                self.probe_rib.set_connected(self.kernel.connected)
                 self._probed.clear()
             return
         key = str(entry.address)
         current = self.peers.get(entry.address) is entry
         if event == "replaced":
-            router_bfd.detach(entry)
-            self._fib_peer_lost(key, graceful=True)  # before the per-VIP purge
+            detach(entry)
+            self.kernel._fib_peer_lost(key, graceful=True)  # before the per-VIP purge
             self.rib.peer_down(key, now, graceful=True)
             return
         if isinstance(event, SessionEstablished):
@@ -332,7 +398,7 @@ class Router(Supervised, PeerRanges, KernelSide):
             purged = self.rib.end_of_rib(key, event.family, now)
             if purged:
                 log.info("%s: End-of-RIB: %d stale route(s) purged", key, purged)
-            self._fib_end_of_rib(entry.address, event.family)
+            self.kernel._fib_end_of_rib(entry.address, event.family)
         elif isinstance(event, SessionDown):
             entry.last_error = event.reason
             if isinstance(event, InternalSessionError):
@@ -340,13 +406,13 @@ class Router(Supervised, PeerRanges, KernelSide):
                 errors = self.counters.internal_errors
                 errors["session"] = errors.get("session", 0) + 1
                 log.error("%s: %s (traceback logged by the session)", key, event.reason)
-            failed = self._flow(entry).failed
+            failed = self.supervisor._flow(entry).failed
             graceful = (
                 event.connection_lost and not event.hold_expired and not entry.bfd_down
             ) and not failed
-            router_bfd.detach(entry)
+            detach(entry)
             if event.was_established and (current or not failed):
-                self._fib_peer_lost(key, graceful)  # kernel first, then the per-VIP purge
+                self.kernel._fib_peer_lost(key, graceful)  # kernel first, then the per-VIP purge
                 kept = self.rib.peer_down(key, now, graceful=graceful)
                 if kept:
                     log.info(
@@ -404,7 +470,7 @@ class Router(Supervised, PeerRanges, KernelSide):
         )
         if seen in self._probed:
             return
-        rib, key = self._probe_rib, "probe"
+        rib, key = self.probe_rib, "probe"
         try:
             rib.peer_up(
                 key,
@@ -442,7 +508,8 @@ class Router(Supervised, PeerRanges, KernelSide):
             )
         if accepted and update.attributes is not None:
             self._probe(entry, accepted, update.attributes)
-        self._fib_before_update(key, accepted, update.attributes, update.all_withdrawn)
+        # the group-level fast paths of this UPDATE go to the kernel first
+        self.kernel._fib_before_update(key, accepted, update.attributes, update.all_withdrawn)
         result = self.rib.update(key, accepted, update.attributes, update.all_withdrawn, now)
         self._refusals(entry, key, result)
         if result.exceeded:
@@ -468,7 +535,7 @@ class Router(Supervised, PeerRanges, KernelSide):
 
     def _refusals(self, entry: PeerEntry, key: str, result: UpdateResult) -> None:
         """Count and log (rate-limited) what the RIB refused in an update."""
-        flow = self._flow(entry)
+        flow = self.supervisor._flow(entry)
         if result.refused_count:
             flow.refused += result.refused_count
             self.counters.refused_prefixes += result.refused_count
@@ -492,11 +559,6 @@ class Router(Supervised, PeerRanges, KernelSide):
                 "%s: link bandwidth community not a finite positive number: ignored (equal weight)",
                 key,
             )
-
-    def peer_rows(self) -> list[dict[str, Any]]:
-        from bgplb.control.router_status import peer_rows
-
-        return peer_rows(self)
 
 
 def _some(items: Sequence[object], n: int = 5) -> str:

@@ -1,11 +1,13 @@
 """The router's kernel side: the FIB it installs, and the connected subnets it resolves with.
 
-Part of :class:`~bgplb.router.daemon.Router`. After each batch of events the FIB entries of the
-VIPs the RIB marked dirty — only those — go to the FIB (a :class:`bgplb.linux.fibapi.Fib`,
-:class:`~bgplb.linux.fib.KernelFib` unless one is handed to ``_open_fib``), through connection
-pinning (:mod:`bgplb.router.pinning_runtime`). A VIP the kernel refuses is retried with backoff
-(``_fib_next_deadline`` tells the RIB task when to wake); the kernel's nexthop/route
-notifications are watched and whatever of ours someone deletes is re-installed.
+One :class:`KernelSide` per router daemon, handed the RIB, the counters and the RIB task's queue
+(typed, in its constructor); it owns the FIB and the pinning runtime. After each batch of
+events the FIB entries of the VIPs the RIB marked dirty — only those — go to the FIB (a
+:class:`bgplb.linux.fibapi.Fib`, :class:`~bgplb.linux.fib.KernelFib` unless one is handed to
+``_open_fib``), through connection pinning (:mod:`bgplb.router.pinning_runtime`). A VIP the
+kernel refuses is retried with backoff (``_fib_next_deadline`` tells the RIB task when to
+wake); the kernel's nexthop/route notifications are watched and whatever of ours someone
+deletes is re-installed.
 
 Restart (RFC 4724 §4.1 selection deferral): at start the objects a previous run left (``[fib]
 keep_on_exit``, or kill -9) are adopted, not removed. While deferring, what the RIB learns is
@@ -39,22 +41,20 @@ import ipaddress
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from bgplb.bgp.families import AFI, Family
 from bgplb.bgp.prefix import Prefix
 from bgplb.bgp.session import Event
-from bgplb.config import RouterConfig
+from bgplb.config.router import FibConfig
+from bgplb.linux.fibapi import Fib
 from bgplb.router import fastpath
 from bgplb.router import pinning_runtime as router_pinning
-from bgplb.router.rib import Connected, Rib
-
-if TYPE_CHECKING:
-    from bgplb.linux.fibapi import Fib
-    from bgplb.router.daemon import Counters, Router
-    from bgplb.router.ranges import PeerEntry
+from bgplb.router.entry import Counters, PeerEntry
+from bgplb.router.pinning_runtime import RouterPinning
+from bgplb.router.rib import Connected, PeerState, Rib
 
 log = logging.getLogger("bgplb.router")
 
@@ -107,7 +107,7 @@ def read_connected(netns: str | None = None) -> list[Connected]:
     return out
 
 
-def _gateways_of(state: Any) -> set[IPAddress]:
+def _gateways_of(state: PeerState) -> set[IPAddress]:
     """Next hops a peer's paths can install (a `bgplb.router.rib.PeerState`): its session
     address unless it may use third-party next hops, else those of its paths (one walk over
     them: such peers are rare)."""
@@ -159,7 +159,7 @@ class StartupDeferral:
     def next_deadline(self) -> float:
         return min([self.deadline, *(t + NO_EOR_SETTLE for t in self.settling.values())])
 
-    def release(self, peers: Mapping[str, Any], now: float) -> None:
+    def release(self, peers: Mapping[str, PeerState], now: float) -> None:
         """RFC 4724 §4.1 waits for End-of-RIB only from peers that advertised the Graceful
         Restart capability (others may never send one: GoBGP without graceful restart does
         not). The gateway of such a peer stops holding the deferral NO_EOR_SETTLE seconds
@@ -174,26 +174,43 @@ class StartupDeferral:
                 self.discard(key)
 
 
-class KernelSide:
-    """Opens, watches, syncs and closes the FIB; polls the connected subnets."""
+#: What the kernel side does with an exception of its kernel watcher: (task, exception).
+OnError = Callable[[str, BaseException], None]
 
-    config: RouterConfig
-    fib: Any
-    rib: Rib
-    counters: Counters
-    installed: dict[Prefix, tuple[Any, ...]]
-    nexthop_counts: Counter[str]  # installed VIPs by number of next hops (see _bucket)
-    queue: asyncio.Queue[tuple[PeerEntry | None, Event | str]]
-    _connected: list[Connected]
-    _fib_defer: StartupDeferral | None = None
-    _fib_resync_task: asyncio.Task[None] | None = None
-    _fib_resync_again = False
-    # class defaults, replaced (never mutated) by the methods that change them:
-    _fib_drops_pending: list[asyncio.Future[Any]] = []  # fast-path requests in threads
-    _fib_with_paths: dict[str, int] = {}  # paths per peer at the last sync
-    # moves (id(old entry), id(new entry)) done before the RIB's work since the last sync
-    _fib_premoved: dict[tuple[int, int], tuple[Any, Any]] = {}
-    pinning: Any = None  # router/pinning_runtime.py when [fib] pinning
+
+class KernelSide:
+    """Opens, watches, syncs and closes the FIB; polls the connected subnets.
+
+    `config`: ``[fib]`` (a reload keeps it); `rib`: read for the FIB entries of dirty VIPs;
+    `counters`: FIB applies and errors; `queue`: the RIB task's, woken for connected-subnet
+    changes and pinning deadlines; `on_error`: the supervisor's handler of an exception of the
+    kernel watcher (default: raised)."""
+
+    def __init__(
+        self,
+        config: FibConfig,
+        rib: Rib,
+        counters: Counters,
+        queue: asyncio.Queue[tuple[PeerEntry | None, Event | str]],
+        on_error: OnError | None = None,
+    ) -> None:
+        self.fib_config = config
+        self.rib = rib
+        self.counters = counters
+        self.queue = queue
+        self.on_error = on_error
+        self.fib: Fib | None = None  # while open ([fib] install)
+        self.pinning: RouterPinning | None = None  # while the FIB is open, with [fib] pinning
+        self.installed: dict[Prefix, tuple[Any, ...]] = {}
+        self.nexthop_counts: Counter[str] = Counter()  # installed VIPs by next hops (_bucket)
+        self.connected: list[Connected] = []
+        self._fib_defer: StartupDeferral | None = None
+        self._fib_resync_task: asyncio.Task[None] | None = None
+        self._fib_resync_again = False
+        self._fib_drops_pending: list[asyncio.Future[Any]] = []  # fast-path requests in threads
+        self._fib_with_paths: dict[str, int] = {}  # paths per peer at the last sync
+        # moves (id(old entry), id(new entry)) done before the RIB's work since the last sync
+        self._fib_premoved: dict[tuple[int, int], tuple[Any, Any]] = {}
 
     def _fib_now(self) -> float:
         """The clock of deferral and retries: the event loop's (tests replace it)."""
@@ -202,13 +219,15 @@ class KernelSide:
     def _open_fib(self, fib: Fib | None = None) -> None:
         """Open the FIB (`fib`, or a KernelFib from the config), adopt what a previous run
         left, start watching."""
-        f = self.config.fib
+        f = self.fib_config
         if fib is None:
             from bgplb.linux.fib import KernelFib
 
             fib = KernelFib(
                 table=f.table,
-                group=f.group,
+                # consistent: the Maglev table is in nftables; the main table keeps a
+                # resilient group for what it does not match (ICMP, other protocols)
+                group="resilient" if f.group == "consistent" else f.group,
                 buckets=f.buckets,
                 idle_timer=f.idle_timer,
                 unbalanced_timer=f.unbalanced_timer,
@@ -234,13 +253,23 @@ class KernelSide:
             ops = fib.finish_deferral(self._fib_now()).ops  # nothing to keep: remove debris
             if ops:
                 log.info("fib: removed %d stale kernel object(s) of ours", len(ops))
-        loop.add_reader(fib.watch_fileno(), self._kernel_events)
-        router_pinning.open(cast("Router", self))
+        loop.add_reader(fib.watch_fileno(), self._watch)
+        self.pinning = router_pinning.open(f)
+
+    def _watch(self) -> None:
+        try:
+            self._kernel_events()
+        except Exception as exc:
+            if self.on_error is None:
+                raise
+            self.on_error("kernel-watch", exc)
 
     def _kernel_events(self) -> None:
         """The watch socket is readable: read it here (cheap, no lock); if something of ours
         changed or notifications were lost, re-read the kernel and re-install in a worker
         thread (a dump of every route: never on the event loop). Coalesced: one at a time."""
+        if self.fib is None:
+            return
         try:
             needed = self.fib.poll_events()
         except Exception as exc:
@@ -250,7 +279,7 @@ class KernelSide:
         if not needed:
             return
         self._fib_resync_again = True
-        if getattr(self, "_fib_resync_task", None) is None:
+        if self._fib_resync_task is None:
             loop = asyncio.get_running_loop()
             self._fib_resync_task = loop.create_task(self._fib_resync(), name="fib-resync")
 
@@ -258,7 +287,8 @@ class KernelSide:
         try:
             while self._fib_resync_again and self.fib is not None:
                 self._fib_resync_again = False
-                ops = await asyncio.to_thread(self.fib.resync, self._fib_now())
+                fib = self.fib
+                ops = await asyncio.to_thread(fib.resync, self._fib_now())
                 if ops:
                     log.warning("fib: re-installed %d object(s) someone else removed", len(ops))
         except Exception as exc:
@@ -275,13 +305,18 @@ class KernelSide:
         if self._fib_resync_task is not None:
             self._fib_resync_task.cancel()  # its thread finishes under the FIB lock
         # waits for a sync still running in its thread, then cleans up
-        router_pinning.close(cast("Router", self))
+        router_pinning.close(self.pinning, keep=self.fib_config.keep_on_exit)
+        self.pinning = None
         try:
-            if self.config.fib.keep_on_exit:
+            if self.fib_config.keep_on_exit:
                 log.info("fib: keeping our routes in the kernel (keep_on_exit)")
             else:
                 ops = self.fib.cleanup()
-                log.info("fib: removed %d object(s) of ours (%s)", len(ops), self.fib.status())
+                log.info(
+                    "fib: removed %d object(s) of ours (%s)",
+                    len(ops),
+                    self.fib.status(self._fib_now()),
+                )
         except Exception as exc:
             log.error("fib: cleanup failed: %s", exc)
         finally:
@@ -374,7 +409,7 @@ class KernelSide:
         self._fib_before_update(key, announced, None, withdrawn)
 
     def _fib_drop(
-        self, key: str, state: Any, gateways: set[IPAddress], why: str, routes: int = 0
+        self, key: str, state: PeerState, gateways: set[IPAddress], why: str, routes: int = 0
     ) -> None:
         """`gateways` of peer `key` (its `PeerState`, which had `routes` paths) leave the
         kernel's groups, except those another peer also announces. Never raises. The kernel
@@ -464,7 +499,8 @@ class KernelSide:
             pending, self._fib_drops_pending = self._fib_drops_pending, []
             await asyncio.gather(*pending, return_exceptions=True)
         dirty = self.rib.take_dirty()
-        due = router_pinning.due(cast("Router", self))  # a drained server's pins: drain_linger
+        # a drained server's pins: drain_linger
+        due = self.pinning is not None and router_pinning.due(self.pinning, self._fib_now())
         now = self._fib_now()
         premoved, self._fib_premoved = self._fib_premoved, {}
         if len(dirty) > SYNC_INLINE:
@@ -490,7 +526,8 @@ class KernelSide:
                 await asyncio.to_thread(self._fib_regroup, list(moves.values()), now)
         else:
             changes = self._fib_changes(dirty)
-        if self.fib is None:
+        fib = self.fib
+        if fib is None:
             return
         now = self._fib_now()  # after the work above: deadlines are judged by the present
         defer = self._fib_defer
@@ -500,7 +537,7 @@ class KernelSide:
         release: set[tuple[IPAddress, int]] = set()
         if defer is not None and not finish:
             release, defer.released = defer.released, set()
-        retry = self.fib.next_retry()
+        retry = fib.next_retry()
         idle = not changes and not due and not finish and not release
         if idle and (retry is None or retry > now):
             return
@@ -512,19 +549,20 @@ class KernelSide:
                 "every adopted gateway sent End-of-RIB" if not defer.pending else "startup_defer",
             )
         result = None
-        if (
+        inline = (
             changes
             and len(changes) <= fastpath.UPDATE_INLINE
             and not finish
             and not release
             and self.pinning is None
             and (retry is None or retry > now)
-        ):
-            result = self._fib_update_inline(changes, now)
+        )
         try:
+            if inline:
+                result = self._fib_update_inline(changes, now)
             if result is None:
                 result = await router_pinning.sync(
-                    cast("Router", self), changes, now, finish, release
+                    fib, self.pinning, changes, now, self._established, self._wake, finish, release
                 )
         except Exception as exc:
             self.counters.fib_errors += 1
@@ -543,6 +581,12 @@ class KernelSide:
             more = f" (+{len(result.failed) - 5} more)" if len(result.failed) > 5 else ""
             log.warning("fib: kernel refused %d VIP(s): %s%s", len(result.failed), shown, more)
         log.debug("fib: %d operation(s)", len(result.ops))
+
+    def _established(self) -> set[str]:
+        return {k for k, s in self.rib.peers.items() if s.established}
+
+    def _wake(self) -> None:
+        self.queue.put_nowait((None, "pinning"))
 
     def _fib_update_inline(self, changes: Mapping[Prefix, tuple[Any, ...]], now: float) -> Any:
         """`fastpath.update_inline`: a small sync's FIB update on the loop, or None."""
@@ -611,7 +655,7 @@ class KernelSide:
             except Exception as exc:  # netlink trouble: keep the last view
                 log.debug("reading interface addresses failed: %s", exc)
                 continue
-            if connected != self._connected:
-                self._connected = connected
+            if connected != self.connected:
+                self.connected = connected
                 self.rib.set_connected(connected)
                 self.queue.put_nowait((None, "connected"))

@@ -1,6 +1,9 @@
 """Peer ranges (dynamic neighbors) of the router: listening, accepting sessions, reload.
 
-Part of :class:`~bgplb.router.daemon.Router`. A connection from inside a ``[[peer_ranges]]``
+One :class:`PeerRanges` per router daemon owns the listeners, the neighbors (``peers``), the
+compiled ranges and the running configuration (a reload replaces it); it hands each admitted
+neighbor's events to the RIB task's queue and its BFD to :class:`~bgplb.router.bfd.RouterBfd`,
+both given to its constructor. A connection from inside a ``[[peer_ranges]]``
 prefix (most specific range wins) gets a passive :class:`~bgplb.bgp.session.Session` of its own
 (RFC 4271 §8.2.1 PassiveTcpEstablishment); a source outside every range is refused. TCP MD5
 passwords (RFC 2385) are set per range on every listener. SIGHUP re-reads the ranges: sessions
@@ -56,65 +59,34 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from bgplb.bgp.errors import CeaseSubcode
 from bgplb.bgp.fsm import State, collision_keeps_existing
 from bgplb.bgp.session import Event, Session, SessionConfig, SessionDown, StateChanged
-from bgplb.config import PeerRange, RouterConfig, load_router_config
+from bgplb.config import RouterConfig, load_router_config
 from bgplb.io import sockopt
 from bgplb.io.bgp import BgpListener, BgpPeer, IPAddress
-from bgplb.router import bfd as router_bfd
-from bgplb.router.policy import IPNetwork, PrefixList, match_range
+from bgplb.router.bfd import RouterBfd
+from bgplb.router.entry import Counters, PeerEntry, RangeState
+from bgplb.router.policy import PrefixList, match_range
 
-if TYPE_CHECKING:
-    from bgplb.router.daemon import Counters, Router
+__all__ = [
+    "CONNECT_BURST",
+    "CONNECT_RATE",
+    "OUR_RESTART_TIME",
+    "ConnectRate",
+    "LogThrottle",
+    "PeerEntry",
+    "PeerRanges",
+    "RangeState",
+    "compile_ranges",
+]
 
 log = logging.getLogger("bgplb.router")
 
 #: Restart time we advertise in our own Graceful Restart capability (we are a helper).
 OUR_RESTART_TIME = 120
-
-
-@dataclass(slots=True)
-class RangeState:
-    """One ``[[peer_ranges]]`` entry, compiled."""
-
-    index: int
-    config: PeerRange
-    accept: PrefixList
-
-    @property
-    def network(self) -> IPNetwork:
-        return self.config.prefix
-
-    def key(self) -> tuple[Any, ...]:
-        c = self.config
-        return (
-            str(c.prefix),
-            c.asn,
-            c.password,
-            c.max_prefixes,
-            str(self.accept),
-            c.hold_time,
-            c.ttl_security,  # the accepted socket's minimum TTL was set (or not) at accept
-        )
-
-
-@dataclass(slots=True)
-class PeerEntry:
-    """A dynamic neighbor: the connection's peer and the range it belongs to."""
-
-    address: IPAddress
-    peer: BgpPeer
-    range: RangeState
-    accepted_at: float
-    filtered: int = 0
-    over_limit: bool = False
-    updates: int = 0
-    last_error: str | None = None
-    bfd: Any = None  # bgplb.io.bgp_bfd.BfdLink when the range has `bfd` (router/bfd.py)
-    bfd_down: bool = False  # BFD tore the session down: no Graceful Restart for its paths
 
 
 #: Connection attempts per source address: this many at once, then CONNECT_RATE per second.
@@ -205,23 +177,35 @@ def compile_ranges(config: RouterConfig) -> list[RangeState]:
 
 
 class PeerRanges:
-    """Listeners, the admission of a new connection, and the reload of ``[[peer_ranges]]``."""
+    """Listeners, the admission of a new connection, and the reload of ``[[peer_ranges]]``.
 
-    config: RouterConfig
-    config_path: str | Path | None
-    ranges: list[RangeState]
-    peers: dict[IPAddress, PeerEntry]
-    counters: Counters
-    queue: asyncio.Queue[tuple[PeerEntry | None, Event | str]]
-    listeners: list[BgpListener]
-    router_id: ipaddress.IPv4Address | None
-    reloads: int
+    `peers`: the neighbors, filled here (the RIB task removes those whose session ended);
+    `counters`: refused connections; `queue`: the RIB task's, which gets every admitted
+    neighbor's events and the reload request; `bfd`: BFD of the neighbors (None: without)."""
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        config_path: str | Path | None,
+        peers: dict[IPAddress, PeerEntry],
+        counters: Counters,
+        queue: asyncio.Queue[tuple[PeerEntry | None, Event | str]],
+        bfd: RouterBfd | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.ranges = compile_ranges(config)
+        self.peers = peers
+        self.counters = counters
+        self.queue = queue
+        self.bfd = bfd
+        self.listeners: list[BgpListener] = []
+        self.router_id: ipaddress.IPv4Address | None = config.bgp.router_id
+        self.reloads = 0
+        self.admission = Admission()
 
     def _admission(self) -> Admission:
-        state = self.__dict__.get("_admission_state")
-        if state is None:
-            state = self.__dict__["_admission_state"] = Admission()
-        return cast(Admission, state)
+        return self.admission
 
     async def _start_listeners(self) -> None:
         by_port: dict[int, list[str]] = {}
@@ -347,7 +331,8 @@ class PeerRanges:
         """`entry` becomes the neighbor's session: its events go to the RIB task."""
         entry.peer.on_event = lambda _p, event: self.queue.put_nowait((entry, event))
         self.peers[entry.address] = entry
-        router_bfd.attach(cast("Router", self), entry, transport, replaces=replaces)
+        if self.bfd is not None:
+            self.bfd.attach(entry, transport, replaces=replaces)
 
     def _candidate_event(self, candidate: Candidate, event: Event) -> None:
         remote = candidate.entry.address
@@ -448,7 +433,8 @@ class PeerRanges:
                 entry.peer.kick()
             else:
                 entry.range = found[1]
-                router_bfd.reconfigure(cast("Router", self), entry)
+                if self.bfd is not None:
+                    self.bfd.reconfigure(entry)
         log.info("configuration reloaded from %s", self.config_path)
 
 

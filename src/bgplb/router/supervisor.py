@@ -1,9 +1,10 @@
 """Supervision of the router's tasks and callbacks, and per-peer bounds on its event queue.
 
-Part of :class:`~bgplb.router.daemon.Router` (the :class:`Supervised` mixin); :class:`LogLimiter`
-and :class:`Supervision` are pure (time is a parameter).
+One :class:`Supervisor` per router daemon owns the RIB task's queue, the per-peer flows and the
+decision to give up; :class:`LogLimiter` and :class:`Supervision` are pure (time is a
+parameter).
 
-**Nothing dies silently.** Every long-lived task runs under :meth:`Supervised._supervise`, and every
+**Nothing dies silently.** Every long-lived task runs under :meth:`Supervisor._supervise`, and every
 callback the daemon owns (a session's events, the kernel watcher, BFD) catches what it raises.
 An unexpected exception is logged with its traceback and counted (``internal_errors`` per task,
 metric ``bgplb_router_internal_errors_total{task}``). If it happened while one peer's event was
@@ -40,18 +41,16 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from bgplb.bgp.errors import CeaseSubcode
 from bgplb.bgp.fsm import State
 from bgplb.bgp.session import Event, SessionEstablished
 from bgplb.io.bgp import IPAddress
-from bgplb.router import bfd as router_bfd
-from bgplb.router.ranges import PeerEntry
+from bgplb.router.bfd import RouterBfd, detach
+from bgplb.router.entry import Counters, PeerEntry
 from bgplb.router.rib import Rib
-
-if TYPE_CHECKING:
-    from bgplb.router.daemon import Counters, Router
+from bgplb.router.status import QueueStatus
 
 __all__ = [
     "FAILURE_WINDOW",
@@ -62,8 +61,8 @@ __all__ = [
     "Item",
     "LogLimiter",
     "RibQueue",
-    "Supervised",
     "Supervision",
+    "Supervisor",
 ]
 
 log = logging.getLogger("bgplb.router")
@@ -165,18 +164,26 @@ class RibQueue(asyncio.Queue[Item]):
         self._on_put(item)
 
 
-class Supervised:
-    """Supervision and flow control of the router (a mixin of :class:`Router`)."""
+class Supervisor:
+    """Supervision and flow control of the router: the RIB task's queue, one :class:`Flow` per
+    connection, the tasks' restarts, and the decision to exit (``fatal``, ``stop_event``).
 
-    peers: dict[IPAddress, PeerEntry]
-    rib: Rib
-    counters: Counters
-    queue: asyncio.Queue[Item]
-    flows: dict[int, Flow]
-    supervision: Supervision
-    limiter: LogLimiter
-    fatal: str | None
-    stop_event: asyncio.Event
+    `peers`: the daemon's neighbors (read); `rib`: reset peers are purged from it; `bfd`: a
+    session Established asks it for BFD at once, a reset one releases it."""
+
+    def __init__(
+        self, peers: dict[IPAddress, PeerEntry], rib: Rib, counters: Counters, bfd: RouterBfd
+    ) -> None:
+        self.peers = peers
+        self.rib = rib
+        self.counters = counters
+        self.bfd = bfd
+        self.queue: asyncio.Queue[Item] = RibQueue(self._on_enqueue)
+        self.flows: dict[int, Flow] = {}  # id(entry) -> its flow (the entry keeps the id unique)
+        self.supervision = Supervision()
+        self.limiter = LogLimiter()
+        self.fatal: str | None = None  # why the daemon gave up (exit status 1)
+        self.stop_event = asyncio.Event()
 
     # -- supervision ----------------------------------------------------------------------------
 
@@ -248,7 +255,7 @@ class Supervised:
         key = str(entry.address)
         if self.peers.get(entry.address) is entry:
             self.rib.forget_peer(key)
-        router_bfd.detach(entry)
+        detach(entry)
         log.warning("%s: session reset (Cease/Administrative Reset), its routes purged", key)
         # not from inside the session's own event dispatch (BgpPeer._process): on the next turn
         asyncio.get_running_loop().call_soon(self._stop_peer, entry)
@@ -296,7 +303,7 @@ class Supervised:
             flow.pending += 1
             if isinstance(event, SessionEstablished) and not flow.failed:
                 # BFD for the session from now on (RFC 5882 §4.3), without waiting for the queue
-                router_bfd.established(cast("Router", self), entry)
+                self.bfd.established(entry)
             if flow.pending > MAX_PENDING and not flow.paused:
                 self._pause(flow)
         except Exception as exc:
@@ -326,12 +333,27 @@ class Supervised:
         if flow.pending <= 0 and self.peers.get(entry.address) is not entry:
             del self.flows[id(entry)]
 
-    def queue_stats(self) -> dict[str, int]:
+    def flow_of(self, entry: PeerEntry) -> Flow | None:
+        """`entry`'s flow if it has one (status: never creates one)."""
+        flow = self.flows.get(id(entry))
+        return flow if flow is not None and flow.entry is entry else None
+
+    def queue_status(self) -> QueueStatus:
         flows = list(self.flows.values())
+        return QueueStatus(
+            depth=self.queue.qsize(),
+            peak=self.counters.queue_peak,
+            paused_peers=sum(1 for f in flows if f.paused),
+            pauses=self.counters.pauses,
+            max_pending=MAX_PENDING,
+        )
+
+    def queue_stats(self) -> dict[str, int]:
+        q = self.queue_status()
         return {
-            "depth": self.queue.qsize(),
-            "peak": self.counters.queue_peak,
-            "paused_peers": sum(1 for f in flows if f.paused),
-            "pauses": self.counters.pauses,
-            "max_pending": MAX_PENDING,
+            "depth": q.depth,
+            "peak": q.peak,
+            "paused_peers": q.paused_peers,
+            "pauses": q.pauses,
+            "max_pending": q.max_pending,
         }

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from types import SimpleNamespace
 from typing import Any
 
 from bgplb.bgp.capabilities import FourOctetAS, Multiprotocol
@@ -16,16 +15,17 @@ from bgplb.bgp.fsm import State
 from bgplb.bgp.messages import Keepalive, Notification, Open, decode, encode
 from bgplb.config import RouterConfig
 from bgplb.io.bgp import BgpListener
-from bgplb.router.ranges import CONNECT_BURST, PeerRanges, compile_ranges
+from bgplb.router.entry import Counters
+from bgplb.router.ranges import CONNECT_BURST, PeerRanges
 
 ROUTER_ID = ipaddress.IPv4Address("192.0.2.1")
 
 
 class FakeRouter(PeerRanges):
-    """Just what PeerRanges needs from the Router."""
+    """PeerRanges alone: no RIB task reads its queue, no BFD."""
 
     def __init__(self) -> None:
-        self.config = RouterConfig.model_validate(
+        config = RouterConfig.model_validate(
             {
                 "bgp": {"asn": 65530, "listen": ["127.0.0.1:1179"], "open_timeout": 2},
                 "peer_ranges": [
@@ -33,16 +33,8 @@ class FakeRouter(PeerRanges):
                 ],
             }
         )
-        self.config_path = None
-        self.ranges = compile_ranges(self.config)
-        self.peers = {}
-        self.counters = SimpleNamespace(refused_connections=0)  # type: ignore[assignment]
-        self.queue = asyncio.Queue()
-        self.listeners: list[BgpListener] = []
+        super().__init__(config, None, {}, Counters(), asyncio.Queue())
         self.router_id = ROUTER_ID
-        self.reloads = 0
-        self.bfd = None
-        self._connected: list[Any] = []
 
 
 class Client:

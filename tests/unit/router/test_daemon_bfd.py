@@ -79,7 +79,7 @@ def test_bfd_is_requested_only_once_the_session_is_established(
             await asyncio.sleep(0.2)
             # accepted, OPEN exchanged, not Established: no BFD yet
             assert router.peers[address].bfd is None
-            assert FakeLink.made == [] and router.bfd is None
+            assert FakeLink.made == [] and router.bfd.service is None
             await loop.sock_sendall(sock, encode(Keepalive()))
             await until(lambda: FakeLink.made, "BFD requested")
             (link,) = FakeLink.made

@@ -89,7 +89,8 @@ def test_a_flooding_peer_is_paused_and_others_get_through(
             # thousands one socket read carries)
             assert peak <= MAX_PENDING + MESSAGES_PER_TURN
             assert st["queue"]["max_pending"] == MAX_PENDING
-            await until(lambda: not any(f.paused for f in router.flows.values()), "resumed")
+            flows = router.supervisor.flows
+            await until(lambda: not any(f.paused for f in flows.values()), "resumed")
             assert router.queue.qsize() == 0
             assert router.fatal is None
 

@@ -117,7 +117,7 @@ def test_metrics_count_internal_errors_by_task(
 ) -> None:
     async def main() -> str:
         async with Lab(tmp_path, monkeypatch) as lab:
-            lab.router._internal_error("connected", RuntimeError("test"))
+            lab.router.supervisor._internal_error("connected", RuntimeError("test"))
             server = MetricsServer()
             SnapshotCollector(server).set(metric_families(lab.router))
             return generate_latest(server.registry).decode()
@@ -160,21 +160,21 @@ def test_status_does_not_wait_for_a_slow_kernel_read_of_bucket_shares(
     # still runs starts no other one
     import threading
 
-    from bgplb.control import router_status
+    from bgplb.router.report import RouterReport
 
     release = threading.Event()
     reads: list[Any] = []
 
     finished: list[bool] = []
 
-    def slow_read(router: Any, vips: Any = None) -> Any:
+    def slow_read(report: Any, vips: Any = None) -> Any:
         reads.append(vips)
         release.wait(30)  # bounded; released by the test as soon as it has its answers
         finished.append(True)
         return None
 
-    monkeypatch.setattr(router_status, "read_shares", slow_read)
-    monkeypatch.setattr(router_status, "_wants_shares", lambda router: True)
+    monkeypatch.setattr(RouterReport, "read_shares", slow_read)
+    monkeypatch.setattr(RouterReport, "wants_shares", lambda report: True)
 
     async def main() -> None:
         async with Lab(tmp_path, monkeypatch) as lab:
@@ -200,21 +200,21 @@ def test_status_does_not_wait_for_a_slow_kernel_read_of_bucket_shares(
 def test_the_sorted_page_is_reused_while_the_vips_do_not_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bgplb.control import router_status
+    from bgplb.router import report
 
     async def main() -> None:
         async with Lab(tmp_path, monkeypatch) as lab:
             router = lab.router
             fill(router, 1000)
             scans = 0
-            real = router_status._sorted_page
+            real = report.sorted_page
 
             async def counting(keys: Any, offset: int, limit: int) -> Any:
                 nonlocal scans
                 scans += 1
                 return await real(keys, offset, limit)
 
-            monkeypatch.setattr(router_status, "_sorted_page", counting)
+            monkeypatch.setattr(report, "sorted_page", counting)
             first = await status_answer(router, {"vips_limit": 5})
             again = await status_answer(router, {"vips_limit": 5})
             assert scans == 1 and again["vips"] == first["vips"]
@@ -225,16 +225,16 @@ def test_the_sorted_page_is_reused_while_the_vips_do_not_change(
             smaller = Prefix.parse("198.17.255.255/32")
             peer = "192.0.2.10"
             attrs = PathAttributes(next_hop=ipaddress.IPv4Address(peer))
-            monkeypatch.setattr(router_status, "PAGE_MAX_AGE", 60.0)
+            monkeypatch.setattr(report, "PAGE_MAX_AGE", 60.0)
             router.rib.update(peer, [smaller], attrs, [], 1.0)
             stale = await status_answer(router, {"vips_limit": 6})
             assert scans == 2 and stale["vips_total"] == 1001
             assert stale["vips"][0]["vip"] == "198.18.0.0/32"
-            monkeypatch.setattr(router_status, "PAGE_MAX_AGE", 0.0)
+            monkeypatch.setattr(report, "PAGE_MAX_AGE", 0.0)
             fresh = await status_answer(router, {"vips_limit": 6})
             assert scans == 3 and fresh["vips"][0]["vip"] == "198.17.255.255/32"
             # a VIP gone from a reused page is skipped, and counted as omitted
-            monkeypatch.setattr(router_status, "PAGE_MAX_AGE", 60.0)
+            monkeypatch.setattr(report, "PAGE_MAX_AGE", 60.0)
             router.rib.update(peer, [], None, [smaller], 2.0)
             router.rib.update("192.0.2.11", [], None, [smaller], 2.0)
             gone = await status_answer(router, {"vips_limit": 6})

@@ -315,14 +315,14 @@ def test_an_error_outside_any_peers_event_exits_with_status_1(
     async def main() -> int:
         lab = Lab(tmp_path, monkeypatch)
         broken = False
-        real_sync = lab.router._sync_fib
+        real_sync = lab.router.kernel._sync_fib
 
         async def sync() -> None:
             if broken:
                 raise RuntimeError("the FIB sync is broken")
             await real_sync()
 
-        monkeypatch.setattr(lab.router, "_sync_fib", sync)
+        monkeypatch.setattr(lab.router.kernel, "_sync_fib", sync)
         async with lab:
             client = await lab.client(2)
             broken = True
@@ -358,7 +358,7 @@ def test_a_task_failing_repeatedly_exits_with_status_1(
             await asyncio.sleep(0.01)
             broken_read()
 
-        monkeypatch.setattr(lab.router, "_connected_task", broken_task)
+        monkeypatch.setattr(lab.router.kernel, "_connected_task", broken_task)
         async with lab:
             await asyncio.wait_for(lab.task, 15)  # type: ignore[arg-type]
         assert lab.task is not None
@@ -412,7 +412,7 @@ def test_a_path_the_weight_arithmetic_chokes_on_is_blamed_on_its_peer(
             good, bad = await lab.client(2), await lab.client(3)
             good.announce(VIP)
             await until(lambda: lab.hops() == ["192.0.2.2"], "good's VIP")
-            probe = router._probe_rib
+            probe = router.rib_task.probe_rib
             real = probe.fib_entry
 
             def fib_entry(vip: Prefix) -> Any:

@@ -7,7 +7,6 @@ stays."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import threading
 from ipaddress import ip_address, ip_network
 from pathlib import Path
@@ -23,6 +22,7 @@ from bgplb.linux.memfib import MemoryFib, MemoryKernel
 from bgplb.router import fastpath as fastpath_module
 from bgplb.router import kernel as kernel_module
 from bgplb.router.daemon import Router
+from bgplb.router.entry import Counters
 from bgplb.router.kernel import KernelSide
 from bgplb.router.ranges import PeerEntry
 from bgplb.router.rib import Connected, Rib
@@ -34,21 +34,10 @@ VIPS = [Prefix.parse(f"198.51.100.{i}/32") for i in range(1, 41)]
 SOLO = [Prefix.parse(f"198.51.100.{i}/32") for i in range(101, 106)]  # A alone
 
 
-class Counters(SimpleNamespace):
-    fib_applies = 0
-    fib_errors = 0
-    last_apply_ops = 0
-
-
 class FakeRouter(KernelSide):
     def __init__(self, kernel: MemoryKernel) -> None:
-        self.config = SimpleNamespace(fib=FibConfig())
-        self.rib = Rib([Connected(SUBNET, IFINDEX, ip_address("192.0.2.1"))], max_stale_time=120)
-        self.counters = Counters()
-        self.installed = {}
-        self.nexthop_counts = collections.Counter()
-        self.queue = asyncio.Queue()
-        self.pinning = None
+        rib = Rib([Connected(SUBNET, IFINDEX, ip_address("192.0.2.1"))], max_stale_time=120)
+        super().__init__(FibConfig(), rib, Counters(), asyncio.Queue())
         self.clock = 100.0
         self.memfib = MemoryFib(kernel, buckets=32, clock=lambda: self.clock)
 
@@ -312,16 +301,16 @@ def test_session_down_takes_the_gateway_out_before_the_purge(tmp_path):
         return real(key, now, graceful=graceful)
 
     router.rib.peer_down = peer_down  # type: ignore[method-assign]
-    router.installed = {v: (object(), object()) for v in VIPS}  # A and B, handed before
+    router.kernel.installed = {v: (object(), object()) for v in VIPS}  # A and B, handed before
 
     async def go():
         down = SessionDown("hold timer expired", True, hold_expired=True)
-        router._handle(entry, down, 1.0)
+        router.rib_task._handle(entry, down, 1.0)
         assert seen == [{B}]  # the kernel had lost A when the purge started
         assert A not in router.peers and str(A) not in router.rib.peers
         assert router.fib.engine.fast_drops == 1
         requests = kernel.requests
-        changes = router._fib_changes(router.rib.take_dirty())
+        changes = router.kernel._fib_changes(router.rib.take_dirty())
         assert len(changes) == len(VIPS)
         result = router.fib.update(
             {v.network: [(n.address, n.ifindex, n.weight) for n in e] for v, e in changes.items()}

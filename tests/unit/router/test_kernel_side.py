@@ -5,10 +5,8 @@ adopted routes until End-of-RIB or startup_defer, and status comes from counters
 from __future__ import annotations
 
 import asyncio
-import collections
 import errno
 from ipaddress import ip_address, ip_network
-from types import SimpleNamespace
 
 from bgplb.bgp.attributes import PathAttributes
 from bgplb.bgp.families import IPV4_UNICAST, IPV6_UNICAST
@@ -16,6 +14,7 @@ from bgplb.bgp.prefix import Prefix
 from bgplb.config.router import FibConfig
 from bgplb.linux import diff as d
 from bgplb.linux.memfib import Fault, MemoryFib, MemoryKernel
+from bgplb.router.entry import Counters
 from bgplb.router.kernel import NO_EOR_SETTLE, KernelSide
 from bgplb.router.rib import Connected, Rib
 
@@ -25,21 +24,10 @@ A, B, C = (ip_address(f"192.0.2.{i}") for i in (10, 11, 12))
 VIPS = [Prefix.parse(f"198.51.100.{i}/32") for i in range(1, 31)]
 
 
-class Counters(SimpleNamespace):
-    fib_applies = 0
-    fib_errors = 0
-    last_apply_ops = 0
-
-
 class FakeRouter(KernelSide):
     def __init__(self, kernel: MemoryKernel, **fib_config) -> None:
-        self.config = SimpleNamespace(fib=FibConfig(**fib_config))
-        self.rib = Rib([Connected(SUBNET, IFINDEX, ip_address("192.0.2.1"))])
-        self.counters = Counters()
-        self.installed = {}
-        self.nexthop_counts = collections.Counter()
-        self.queue = asyncio.Queue()
-        self.pinning = None
+        rib = Rib([Connected(SUBNET, IFINDEX, ip_address("192.0.2.1"))])
+        super().__init__(FibConfig(**fib_config), rib, Counters(), asyncio.Queue())
         self.clock = 100.0
         self.memfib = MemoryFib(kernel, buckets=16, clock=lambda: self.clock)
         self.updates: list[set] = []

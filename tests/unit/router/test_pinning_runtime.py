@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from ipaddress import ip_address
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from bgplb.linux.nftables import PinMark
 from bgplb.linux.pinroutes import PinSpec
 from bgplb.router import pinning_runtime as runtime
 from bgplb.router.rib import FibNexthop
+from bgplb.router.status import PinningStatus, plain
 
 A, B = ip_address("192.0.2.10"), ip_address("192.0.2.11")
 VIP1, VIP2 = Prefix.parse("198.51.100.1/32"), Prefix.parse("198.51.100.2/32")
@@ -93,6 +95,35 @@ def make_router(
     return router, pinning, kernel
 
 
+# the kernel side's calls (bgplb.router.kernel.KernelSide), on the fake router
+async def sync(router: SimpleNamespace, changes: Any, now: float) -> Any:
+    return await runtime.sync(
+        router.fib,
+        router.pinning,
+        changes,
+        now,
+        lambda: {k for k, s in router.rib.peers.items() if s.established},
+        lambda: router.queue.put_nowait((None, "pinning")),
+    )
+
+
+def status(router: SimpleNamespace, counts: bool = True) -> PinningStatus:
+    return runtime.status(router.pinning, counts)
+
+
+def due(router: SimpleNamespace) -> bool:
+    return runtime.due(router.pinning, time.monotonic())
+
+
+def close(router: SimpleNamespace) -> None:
+    runtime.close(router.pinning, keep=router.config.fib.keep_on_exit)
+    router.pinning = None
+
+
+def open_pinning(router: SimpleNamespace) -> None:
+    router.pinning = runtime.open(router.config.fib)
+
+
 def forwarding(kernel: MemoryKernel) -> dict[str, set[Any]]:
     return {str(k): set(v) for k, v in kernel.forwarding().items()}
 
@@ -105,23 +136,23 @@ def test_pins_are_installed_around_the_group_change_and_drained_servers_linger()
         t = asyncio.get_running_loop().time()  # `due` compares with the loop's clock
         # two servers: both pinned, both in the groups
         changes = {VIP1: (nexthop(A), nexthop(B)), VIP2: (nexthop(A),)}
-        await runtime.sync(router, changes, t)  # type: ignore[arg-type]
+        await sync(router, changes, t)
         assert {p.gateway for p in pins.pins} == {A, B}
         assert forwarding(kernel) == {str(VIP1.network): {A, B}, str(VIP2.network): {A}}
         assert pins.src_valid_mark_checks == 1
         # B drains: it leaves the group at once, its pin stays (connections keep flowing)
-        await runtime.sync(router, {VIP1: (nexthop(A), nexthop(B, draining=True))}, t + 1)  # type: ignore[arg-type]
+        await sync(router, {VIP1: (nexthop(A), nexthop(B, draining=True))}, t + 1)
         assert forwarding(kernel)[str(VIP1.network)] == {A}
         assert B in {p.gateway for p in pins.pins}
         # B withdraws: its pin lingers for drain_linger, then goes; the RIB task is woken
-        await runtime.sync(router, {VIP1: (nexthop(A),)}, t + 2)  # type: ignore[arg-type]
-        states = runtime.status(router, counts=False)["servers"]
-        assert {s["address"]: s["vips"] for s in states}[str(B)] == {str(VIP1.network): "linger"}
-        assert not runtime.due(router)  # nothing due before the deadline
+        await sync(router, {VIP1: (nexthop(A),)}, t + 2)
+        states = status(router, counts=False).servers or ()
+        assert {s.address: s.vips for s in states}[str(B)] == {str(VIP1.network): "linger"}
+        assert not due(router)  # nothing due before the deadline
         assert pinning.planner.next_deadline() == pytest.approx(t + 32)
-        await runtime.sync(router, {}, t + 33)  # type: ignore[arg-type]
+        await sync(router, {}, t + 33)
         assert {p.gateway for p in pins.pins} == {A}
-        runtime.close(router)  # type: ignore[arg-type]
+        close(router)
 
     asyncio.run(go())
     assert pins.cleaned and pins.closed and router.pinning is None
@@ -134,20 +165,21 @@ def test_status_counts_connections_per_mark_and_survives_conntrack_trouble(
     router, _, _ = make_router(pins)
 
     async def go() -> None:
-        await runtime.sync(router, {VIP1: (nexthop(A),)}, 100.0)  # type: ignore[arg-type]
+        await sync(router, {VIP1: (nexthop(A),)}, 100.0)
 
     asyncio.run(go())
     (pin,) = pins.pins
     pins.conntrack = {pin.mark: 5, 0x00FE0000: 2}  # 2 connections of a mark no server holds
-    st = runtime.status(router)  # type: ignore[arg-type]
-    assert st["enabled"] is True and st["orphan_connections"] == 2
-    (server,) = st["servers"]
-    assert server["connections"] == 5 and server["mark"] == f"{pin.mark:#x}"
+    st = status(router)
+    assert st.enabled is True and st.orphan_connections == 2
+    (server,) = st.servers or ()
+    assert server.connections == 5 and server.mark == f"{pin.mark:#x}"
     pins.fail.add("counts")
     with caplog.at_level(logging.DEBUG, "bgplb.router"):
-        st = runtime.status(router)  # type: ignore[arg-type]
-    assert st["servers"][0]["connections"] == 0 and "conntrack counts" in caplog.text
-    assert runtime.status(SimpleNamespace(pinning=None)) == {"enabled": False}  # type: ignore[arg-type]
+        st = status(router)
+    assert (st.servers or ())[0].connections == 0 and "conntrack counts" in caplog.text
+    assert runtime.status(None) == PinningStatus(enabled=False)
+    assert plain(runtime.status(None)) == {"enabled": False}
 
 
 def test_adopted_slots_keep_their_marks_after_a_restart() -> None:
@@ -157,7 +189,7 @@ def test_adopted_slots_keep_their_marks_after_a_restart() -> None:
     router, _, _ = make_router(old)
 
     async def first() -> None:
-        await runtime.sync(router, {VIP1: (nexthop(B),), VIP2: (nexthop(A),)}, 100.0)  # type: ignore[arg-type]
+        await sync(router, {VIP1: (nexthop(B),), VIP2: (nexthop(A),)}, 100.0)
 
     asyncio.run(first())
     marks = [PinMark(p.gateway, p.oif, p.mark, p.slot) for p in old.pins]
@@ -168,7 +200,7 @@ def test_adopted_slots_keep_their_marks_after_a_restart() -> None:
     async def second() -> None:
         pinning.adopt()
         # the servers come back in the other order: the slots stay theirs
-        await runtime.sync(router, {VIP2: (nexthop(A),), VIP1: (nexthop(B),)}, 200.0)  # type: ignore[arg-type]
+        await sync(router, {VIP2: (nexthop(A),), VIP1: (nexthop(B),)}, 200.0)
 
     asyncio.run(second())
     assert {(p.gateway, p.mark) for p in pins.pins} == {(m.gateway, m.mark) for m in marks}
@@ -187,7 +219,7 @@ def test_errors_are_logged_and_close_keeps_the_pins_when_asked(
         asyncio.run(_open(router))
     assert "reading our nftables table failed" in caplog.text
     assert router.pinning is not None  # pinning still runs: it starts without adopted slots
-    runtime.close(router)  # type: ignore[arg-type]
+    close(router)
     assert not pins.cleaned and pins.closed  # keep_on_exit: rules and tables stay
 
     monkeypatch.undo()
@@ -195,13 +227,13 @@ def test_errors_are_logged_and_close_keeps_the_pins_when_asked(
     pins.fail.add("cleanup")
     router, _, _ = make_router(pins)
     with caplog.at_level(logging.ERROR, "bgplb.router"):
-        runtime.close(router)  # type: ignore[arg-type]
+        close(router)
     assert "pinning: cleanup failed" in caplog.text and pins.closed
-    runtime.close(router)  # type: ignore[arg-type]  # closing twice is harmless
+    close(router)  # closing twice is harmless
 
 
 async def _open(router: SimpleNamespace) -> None:
-    runtime.open(router)  # type: ignore[arg-type]
+    open_pinning(router)
 
 
 def test_a_sync_after_close_does_nothing_and_pinning_off_is_plain() -> None:
@@ -210,14 +242,40 @@ def test_a_sync_after_close_does_nothing_and_pinning_off_is_plain() -> None:
     pinning.close(keep=False)
 
     async def go() -> None:
-        result = await runtime.sync(router, {VIP1: (nexthop(A),)}, 100.0)  # type: ignore[arg-type]
+        result = await sync(router, {VIP1: (nexthop(A),)}, 100.0)
         assert result.ops == [] and pins.history == []
         # without pinning the FIB gets the changes as they are
         router.pinning = None
-        await runtime.sync(router, {VIP1: (nexthop(A),)}, 100.0)  # type: ignore[arg-type]
+        await sync(router, {VIP1: (nexthop(A),)}, 100.0)
 
     asyncio.run(go())
     assert forwarding(kernel) == {str(VIP1.network): {A}}
-    off = SimpleNamespace(config=SimpleNamespace(fib=FibConfig(pinning=False)))
-    runtime.open(off)  # type: ignore[arg-type]
-    assert not hasattr(off, "pinning") and runtime.due(off) is False  # type: ignore[arg-type]
+    assert runtime.open(FibConfig(pinning=False)) is None
+    assert runtime.due(None, 0.0) is False
+
+
+def test_no_free_slot_is_reported_and_a_gone_vip_leaves_the_plan(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One pin table: the second server gets no slot (a warning, once, and in the status); a
+    VIP withdrawn leaves the planner's input; a linger timer is cancelled at close."""
+    pins = MemoryPins()
+    router, pinning, kernel = make_router(pins, pin_tables=(20000, 20000))
+
+    async def go() -> None:
+        t = asyncio.get_running_loop().time()
+        with caplog.at_level(logging.WARNING, "bgplb.router"):
+            await sync(router, {VIP1: (nexthop(A),), VIP2: (nexthop(B),)}, t)
+            await sync(router, {VIP1: (nexthop(A),), VIP2: (nexthop(B),)}, t)
+        assert caplog.text.count("pinning: ") == 1
+        assert status(router, counts=False).refused
+        await sync(router, {VIP2: ()}, t + 1)
+        assert set(pinning.entries) == {VIP1.network}
+        assert forwarding(kernel) == {str(VIP1.network): {A}}
+        await sync(router, {VIP1: (nexthop(A, draining=True),)}, t + 2)
+        await sync(router, {VIP1: ()}, t + 3)  # A lingers: a timer wakes the RIB task
+        assert pinning._timer is not None
+        close(router)
+        assert pinning._timer.cancelled()
+
+    asyncio.run(go())

@@ -7,7 +7,7 @@ import io
 from rich.console import Console
 
 from bgplb.cli import build_parser, main
-from bgplb.control.router_status import render_status
+from bgplb.cli_router import render_status
 
 STATUS = {
     "role": "router",
@@ -97,3 +97,20 @@ def test_render_status_shows_peers_and_nexthops() -> None:
         "1m15s",
     ):
         assert needle in text, needle
+
+
+def test_render_status_shows_the_consistent_table_of_a_vip() -> None:
+    import copy
+
+    status = copy.deepcopy(STATUS)
+    status["vips"][0]["consistent"] = {
+        "size": 4093,
+        "seed": 0x62676C62,
+        "fingerprint": "bae986ae937c032b658027f94d0f39f7",
+        "shares": {"192.0.2.10": 0.5, "192.0.2.11": 0.5},
+    }
+    out = io.StringIO()
+    render_status(status, Console(file=out, width=200))
+    text = out.getvalue()
+    assert "table 4093 seed 0x62676c62 fingerprint bae986ae937c032b658027f94d0f39f7" in text
+    assert "192.0.2.10 50.0%" in text
