@@ -62,6 +62,7 @@ from _routerlab import (
     start_bird_router,
     workdir,
 )
+from bgplb.lab.capture import Capture, _tshark
 from bgplb.lab.netns import Namespace, Topology
 
 STEPS = ("withdraw", "announce", "abort", "return")
@@ -120,10 +121,45 @@ def last_event(mon_log: Path, t0: float, until: float) -> float | None:
     return last
 
 
-def last_change(mon_log: Path, t0: float, until: float) -> float | None:
+def route_sig(lines: list[str]) -> str:
+    """What forwarding a route's entry says, as both `ip route show` and `ip monitor` print it
+    (their formats differ): its group (`nhid N`), else its gateways with their weights."""
+    words = lines[0].split()
+    if "nhid" in words:
+        return "nhid " + words[words.index("nhid") + 1]
+    hops = []
+    for line in lines:
+        w = line.split()
+        if "via" in w:
+            weight = w[w.index("weight") + 1] if "weight" in w else "1"
+            hops.append(f"{w[w.index('via') + 1]}/{weight}")
+    return " ".join(sorted(hops))
+
+
+def route_entries(text: str) -> dict[str, str]:
+    """{destination: entry as `last_change` compares it} of an `ip route show` output: the
+    state the monitor log starts from (a route's first notification in the log is compared with
+    it, not counted as a change by default)."""
+    out: dict[str, str] = {}
+    entries: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith((" ", "\t")) and entries:
+            entries[-1].append(line.strip())
+        elif line.strip():
+            entries.append([line.strip()])
+    for lines in entries:
+        words = lines[0].split()
+        out[words[0]] = route_sig(lines)
+    return out
+
+
+def last_change(
+    mon_log: Path, t0: float, until: float, start: dict[str, str] | None = None
+) -> float | None:
     """Timestamp of the last notification in [t0, until] that is a change (module docstring):
-    the whole log is replayed so that each route is compared with its previous entry."""
-    seen: dict[str, str] = {}
+    the whole log is replayed so that each route is compared with its previous entry (or its
+    entry in `start`, the routes before the log began)."""
+    seen: dict[str, str] = dict(start or {})
     groups: dict[str, frozenset[str]] = {}  # group id -> member ids
     last = None
     entries: list[tuple[float, list[str]]] = []
@@ -159,12 +195,37 @@ def last_change(mon_log: Path, t0: float, until: float) -> float | None:
                 seen.pop(words[1], None)
             changed = True
         else:
-            sig = head if "nhid" in words else "\n".join(lines)
+            sig = route_sig(lines)
             changed = seen.get(words[0]) != sig
             seen[words[0]] = sig
         if changed and t0 <= t <= until:
             last = t
     return last
+
+
+def wire_times(pcap: Path, gw: str, runs: list[dict[str, Any]]) -> None:
+    """Add to each step that sent UPDATEs the time from its last UPDATE on the router's wire
+    (the last TCP segment from s1 longer than a KEEPALIVE, captured on the router's end of
+    s1's link) to the kernel's last change (`wire_s`), and from its first one
+    (`wire_first_s`)."""
+    frames = sorted(
+        float(x)
+        for x in _tshark(
+            pcap, (179,), "-Y", f"ip.src == {gw} && tcp.len > 19",
+            "-T", "fields", "-e", "frame.time_epoch",
+        ).split()
+    )  # fmt: skip
+    for row in runs:
+        for step in ("withdraw", "announce", "return"):
+            r = row.get(step, {})
+            t0, t_ev, until = r.get("t0"), r.get("event_s"), r.get("poll_started_s")
+            if t0 is None or t_ev is None or until is None:
+                continue
+            mine = [t for t in frames if t0 <= t <= t0 + until]
+            if mine:
+                r["wire_s"] = round(t0 + t_ev - mine[-1], 4)
+                r["wire_first_s"] = round(t0 + t_ev - mine[0], 4)
+                r["updates"] = len(mine)
 
 
 def start_gen(ns: Namespace, i: int, wd: Path, vips: int) -> LoadGen:
@@ -186,6 +247,7 @@ def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
         router: Any = None
         gens: list[LoadGen] = []
         monitor: subprocess.Popen[bytes] | None = None
+        capture: Capture | None = None
         gw1 = server_addrs(1)[1]
         try:
             if kind == "bgplb":
@@ -215,12 +277,16 @@ def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
             res["rss_kib"] = rss_kib(pid)
             print(f"  {kind}: {v} VIPs x 3 paths in {res['load_s']} s", flush=True)
             mon_log = wd / "monitor.txt"
+            start = route_entries("\n".join(ip_lines(rtr, "route", "show", "proto", proto)))
             with mon_log.open("wb") as out:
                 monitor = rtr.popen(
                     "ip", "-ts", "monitor", "route", "nexthop", stdout=out,
                     stderr=subprocess.STDOUT,
                 )  # fmt: skip
             time.sleep(0.5)
+            pcap = wd / "srv1.pcap"
+            capture = Capture(rtr, "srv1", pcap, f"tcp port 179 and src host {gw1}")
+            capture.start()
             for run in range(a.runs):
                 row: dict[str, Any] = {}
                 for step in STEPS:
@@ -247,7 +313,7 @@ def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
                         print(f"  {kind} run {run + 1} {step}: not converged", flush=True)
                         continue
                     time.sleep(0.3)  # let ip monitor print what it read
-                    t_ev = last_change(mon_log, t0, t_poll)
+                    t_ev = last_change(mon_log, t0, t_poll, start)
                     t_notify = last_event(mon_log, t0, t_poll)
                     row[step] = {
                         "t0": round(t0, 6),
@@ -264,8 +330,13 @@ def run_one(kind: str, a: argparse.Namespace) -> dict[str, Any]:
                     print(f"  {kind} run {run + 1} {step}: {json.dumps(row[step])}", flush=True)
                     time.sleep(a.gap)
                 res["runs"].append(row)
+            time.sleep(0.2)
+            capture.stop()
+            wire_times(pcap, gw1, res["runs"])
             res["rss_end_kib"] = rss_kib(pid)
         finally:
+            if capture is not None:
+                capture.stop()
             if monitor is not None and monitor.poll() is None:
                 monitor.kill()
                 monitor.wait(5)
@@ -319,12 +390,19 @@ def main() -> None:
         print(f"{label[kind]:<26} " + " ".join(f"{c:>22}" for c in cells))
         cells = [f"notify {f(median_of(r, s, 'notify_s'))}" for s in STEPS]
         print(f"{'':<26} " + " ".join(f"{c:>22}" for c in cells))
+    print("from s1's last UPDATE on the router's wire to the last kernel change (wire):")
+    for kind, r in results.items():
+        cells = [f"wire {f(median_of(r, s, 'wire_s'))}" for s in STEPS]
+        print(f"{label[kind]:<26} " + " ".join(f"{c:>22}" for c in cells))
     bg, bd = results.get("bgplb"), results.get("bird")
     if bg and bd:
         for s in STEPS:
             x, y = median_of(bg, s, "event_s"), median_of(bd, s, "event_s")
             if x and y:
                 print(f"  {s}: bgplb / BIRD = {x / y:.2f}x (last kernel change)")
+            x, y = median_of(bg, s, "wire_s"), median_of(bd, s, "wire_s")
+            if x and y:
+                print(f"  {s}: bgplb / BIRD = {x / y:.2f}x (from the wire)")
     for kind, r in results.items():
         print(
             f"  {kind}: RSS {r.get('rss_kib', 0) / 1024:.1f} MiB loaded; exit {r.get('stop_s')} s; "

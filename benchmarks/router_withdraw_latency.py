@@ -14,7 +14,12 @@ change, then --gap seconds). Per withdrawal:
 
 Both clocks are the host's CLOCK_REALTIME. Prints median, p90, p99, max per router.
 
+With --keep every server also announces a second VIP and keeps it, so that s3's withdrawal
+leaves it a path: the router's normal per-VIP path is measured, not the fast path of a server
+that withdrew everything.
+
 Usage (root): .venv/bin/python benchmarks/router_withdraw_latency.py [--count 50] [--gap 0.1]
+       [--keep]
 """
 
 from __future__ import annotations
@@ -47,8 +52,10 @@ from _routerlab import (
 from bgplb.lab.capture import Capture, _tshark
 from bgplb.lab.netns import Topology
 
+KEEP_VIP = "198.51.100.11/32"  # --keep: a second VIP every server keeps announcing
 
-def run_one(kind: str, count: int, gap: float) -> list[float]:
+
+def run_one(kind: str, count: int, gap: float, keep: bool = False) -> list[float]:
     wd = workdir(f"wl-{kind}")
     with Topology(prefix="bwl") as topo:
         rtr, servers = build(topo, 3)
@@ -69,6 +76,8 @@ def run_one(kind: str, count: int, gap: float) -> list[float]:
             for sp in sps:
                 established(sp)
                 sp.send(announce=VIP)
+                if keep:
+                    sp.send(announce=KEEP_VIP)
             v = [server_addrs(i)[1] for i in (1, 2, 3)]
             wait_for("3 nexthops", lambda: hops(rtr, VIP) == v, 30)
             time.sleep(0.5)
@@ -126,10 +135,16 @@ def main() -> None:
     p.add_argument("--count", type=int, default=50)
     p.add_argument("--gap", type=float, default=0.1, help="seconds between steps")
     p.add_argument("--routers", default="bgplb,bird")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help=f"every server also announces {KEEP_VIP} and keeps it: s3's withdrawal leaves it "
+        "a path (the router's normal path, not its withdrew-everything fast path)",
+    )
     a = p.parse_args()
     results = {}
     for kind in a.routers.split(","):
-        results[kind] = run_one(kind, a.count, a.gap)
+        results[kind] = run_one(kind, a.count, a.gap, a.keep)
     print(
         f"withdrawal on the wire -> kernel change, {a.count} withdrawals, 3 paths -> 2, "
         f"{now_utc()}, kernel {kernel_info()}"

@@ -172,3 +172,78 @@ def test_graceful_restart_keeps_the_aborted_server_in_the_group(topo, tmp_path: 
         assert router.status()["fib"]["status"]["fast_drops"] == 0
     finally:
         stop_all(router, speakers)
+
+
+BULK = 200  # /32s from 198.51.100.0: a sync of that many VIPs tries the group-level move
+BULK_VIPS = [f"198.51.100.{i}/32" for i in range(BULK)]
+
+
+def bulk_view(netns: str) -> tuple[dict[str, int | None], dict[int, str], dict[int, list[int]]]:
+    """kernel_view for BULK_VIPS."""
+    with NexthopSocket(netns) as sock:
+        routes = {
+            str(r.dst): r.nh_id
+            for r in sock.dump_routes(protocol=200, table=254)
+            if str(r.dst) in BULK_VIPS
+        }
+        nexthops = sock.dump_nexthops(protocol=200)
+        gateways = {n.id: str(n.gateway) for n in nexthops if n.gateway is not None}
+        buckets: dict[int, list[int]] = {}
+        for n in nexthops:
+            if n.is_group:
+                owners = sorted(sock.dump_buckets(n.id), key=lambda b: b.index)
+                buckets[n.id] = [b.nh_id for b in owners]
+    return routes, gateways, buckets
+
+
+@pytest.mark.serial
+def test_a_server_announcing_its_vips_again_rejoins_the_group_in_place(
+    topo, tmp_path: Path
+) -> None:
+    """Speaker 1 is killed (fast drop), then comes back and announces its 200 VIPs in one
+    burst: the group is replaced in place (no route moves), and no bucket moves between the
+    servers that stayed."""
+    rtr, servers = build(topo, 3)
+    router = RouterProc(rtr, tmp_path, router_config(OPEN_RANGES, buckets=64))
+    router.start()
+    speakers: list[SpeakerProcess] = []
+    bulk = {"bulk": {"count": BULK, "start": "198.51.100.0", "length": 32}}
+    gws = [server_addrs(i)[1] for i in (1, 2, 3)]
+
+    def on(view, gateways: list[str]) -> bool:
+        return len(view[0]) == BULK and all(
+            gateways_of(view, v) == set(gateways) for v in BULK_VIPS
+        )
+
+    try:
+        for i, ns in enumerate(servers, start=1):
+            speakers.append(speaker(ns, i, tmp_path))
+            speakers[-1].send(**bulk)
+        wait_for("every VIP on the 3 servers", lambda: on(bulk_view(rtr.name), gws), 60)
+        speakers[0].proc.kill()
+        speakers[0].proc.wait(10)
+        wait_for("speaker 1 out", lambda: on(bulk_view(rtr.name), gws[1:]), 15)
+        time.sleep(0.5)  # the RIB's per-VIP results of the purge
+        routes, gateways, buckets = bulk_view(rtr.name)
+        (group,) = set(routes.values())
+        assert group is not None
+        old = buckets[group]
+        moves = router.status()["fib"]["status"]["fast_moves"]  # servers 2, 3 joined so too
+
+        speakers[0].stop()
+        speakers[0] = speaker(servers[0], 1, tmp_path)
+        speakers[0].send(**bulk)
+        wait_for("speaker 1 back", lambda: on(bulk_view(rtr.name), gws), 30)
+        routes, gateways, buckets = bulk_view(rtr.name)
+        assert set(routes.values()) == {group}  # no route changed group
+        s1_id = next(i for i, g in gateways.items() if g == gws[0])
+        new = buckets[group]
+        moved = [i for i, (o, n) in enumerate(zip(old, new, strict=True)) if n != s1_id and o != n]
+        assert moved == []  # buckets only went to speaker 1
+        log = router.log_text()
+        assert f"fib: {BULK} VIP(s) moved with 1 group(s) replaced in place at once" in log, log[
+            -3000:
+        ]
+        assert router.status()["fib"]["status"]["fast_moves"] == moves + 1
+    finally:
+        stop_all(router, speakers)

@@ -255,6 +255,7 @@ class FibModel:
         "by_key",
         "foreign_ids",
         "groups",
+        "gw_count",
         "gw_id",
         "id_base",
         "key_of",
@@ -289,6 +290,9 @@ class FibModel:
         self.key_of: dict[int, GroupKey] = {}
         self.by_key: dict[GroupKey, set[int]] = {}
         self.gw_id: dict[Gateway, int] = {}
+        self.gw_count: dict[Gateway, int] = {}  # our nexthops per gateway (more than 1: debris)
+        for gw in self.nexthops.values():
+            self.gw_count[gw] = self.gw_count.get(gw, 0) + 1
         for group in state.groups.values():
             self._set_group(group)
         for net, nh_id in state.routes.items():
@@ -395,7 +399,11 @@ class FibModel:
         """Record a successful operation."""
         match op:
             case AddNexthop(id=nh_id, gateway=gw):
+                old = self.nexthops.get(nh_id)
+                if old is not None:
+                    self._uncount(old)
                 self.nexthops[nh_id] = gw
+                self.gw_count[gw] = self.gw_count.get(gw, 0) + 1
                 self.used_ids.add(nh_id)
                 self.gw_id.setdefault(gw, nh_id)
             case (
@@ -415,11 +423,19 @@ class FibModel:
                 if nh_id in self.nexthops:
                     gw = self.nexthops.pop(nh_id)
                     self._free(nh_id)
+                    self._uncount(gw)
                     if self.gw_id.get(gw) == nh_id:
                         del self.gw_id[gw]
-                        others = [i for i, g in self.nexthops.items() if g == gw]
-                        if others:  # debris of a crash only
+                        if gw in self.gw_count:  # debris of a crash only: a walk, rarely
+                            others = [i for i, g in self.nexthops.items() if g == gw]
                             self.gw_id[gw] = min(others)
+
+    def _uncount(self, gw: Gateway) -> None:
+        left = self.gw_count.get(gw, 0) - 1
+        if left > 0:
+            self.gw_count[gw] = left
+        else:
+            self.gw_count.pop(gw, None)
 
 
 # --- planning -----------------------------------------------------------------------------------
@@ -605,6 +621,49 @@ def drop_gateways(model: FibModel, addresses: Collection[IPAddress]) -> list[Ste
         keep = tuple(mw for mw in group.members if mw[0] not in gone)
         if keep and len(keep) != len(group.members):
             steps.append(Step(ReplaceGroup(g, keep, group.params), PHASE_REPLACE))
+    return steps
+
+
+def regroup(
+    model: FibModel,
+    moves: Iterable[tuple[PathSet, PathSet, int]],
+    params: GroupParams,
+) -> list[Step]:
+    """Group-level fast path of many VIPs changing the same way (a server withdrawing or
+    announcing every VIP of a path set at once): for each (old set, new set, count) — `count`
+    VIPs whose installed set is `old` now want `new` — if the routed groups with key `old`
+    hold exactly `count` VIPs between them (so the movers are all their VIPs), each is replaced
+    in place with `new` (members it keeps keep their nexthop ids: a resilient group's buckets
+    of the servers that stay do not move), after the single nexthops `new` needs. Anything
+    else (a group also serving VIPs that do not change, a change of group shape, an empty set)
+    is left to `plan()`, which then finds these VIPs' groups as they want them. O(moves +
+    members), never O(VIPs). Ids are allocated from `model` (`model.release` those whose object
+    was never created)."""
+    pk = params_key(params)
+    replace: dict[int, PathSet] = {}
+    for old, new, count in moves:
+        if not old or not new or old == new:
+            continue
+        for gw, weight in new:
+            if not 1 <= weight <= MAX_WEIGHT:
+                raise ValueError(f"weight {weight} of {gw.address} outside 1..256")
+        groups = model.by_key.get((old, pk), ())
+        routed = [g for g in groups if g not in replace and model.vips_of.get(g)]
+        if not routed or sum(len(model.vips_of[g]) for g in routed) != count:
+            continue
+        if all(params.same_shape(model.groups[g].params) for g in routed):
+            replace.update((g, new) for g in routed)
+    steps: list[Step] = []
+    new_gw: dict[Gateway, int] = {}
+    wanted_gws = {gw for pset in replace.values() for gw, _ in pset}
+    for gw in sorted(wanted_gws - model.gw_id.keys(), key=Gateway.sort_key):
+        new_gw[gw] = model.alloc()
+        steps.append(Step(AddNexthop(new_gw[gw], gw), PHASE_NEXTHOPS))
+    new_ids = set(new_gw.values())
+    for g, pset in sorted(replace.items()):
+        members = model.members_for(pset, model.groups[g], new_gw)
+        needs = tuple(m for m, _ in members if m in new_ids)
+        steps.append(Step(ReplaceGroup(g, members, params), PHASE_REPLACE, (), needs))
     return steps
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from bgplb.linux import diff as d
 from bgplb.linux.fibapi import (
@@ -17,6 +18,7 @@ from bgplb.linux.fibapi import (
     ChangesInput,
     FibEngine,
     FibResult,
+    PathSpec,
     VipError,
     resolve_changes,
 )
@@ -45,6 +47,17 @@ class EngineFib:
         with self._lock:
             return self._engine().update(resolved, self._now(now))
 
+    def update_nowait(self, changes: ChangesInput, now: float | None = None) -> FibResult | None:
+        """`update()` without waiting: None if the FIB is busy (an apply or a resync in
+        another thread), nothing done. For a few VIPs from an event loop: their change goes
+        to the kernel at once, without a hop to a worker thread."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self.update(changes, now)
+        finally:
+            self._lock.release()
+
     def drop_gateways(
         self, gateways: Iterable[d.IPAddress], now: float | None = None
     ) -> FibResult | None:
@@ -58,6 +71,40 @@ class EngineFib:
             return self._engine().drop_gateways(gateways, self._now(now))
         finally:
             self._lock.release()
+
+    def regroup(
+        self,
+        moves: Iterable[tuple[Any, Iterable[PathSpec], Iterable[PathSpec], int]],
+        now: float | None = None,
+        wait: bool = True,
+    ) -> FibResult | None:
+        """Fast path of many VIPs changing the same way: `moves` are (one of the VIPs, its old
+        paths, its new paths, how many VIPs make that move); every group whose VIPs all make
+        the same move is replaced in place at once (`FibEngine.regroup`). Blocking; call it just
+        before `update()` of the same VIPs, which then has nothing left to do for them. With
+        `wait` False: None at once if the FIB is busy (an apply or a resync in a thread)."""
+        if not wait and not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._regroup(moves, now)
+        finally:
+            if not wait:
+                self._lock.release()
+
+    def _regroup(
+        self,
+        moves: Iterable[tuple[Any, Iterable[PathSpec], Iterable[PathSpec], int]],
+        now: float | None,
+    ) -> FibResult:
+        sets: list[tuple[d.PathSet, d.PathSet, int]] = []
+        pool = self.engine.interned
+        for vip, old, new, count in moves:
+            # the VIP's network gives the family checks: one VIP stands for the others
+            (old_set,) = resolve_changes({vip: old}, self._link, pool).values()
+            (new_set,) = resolve_changes({vip: new}, self._link, pool).values()
+            sets.append((old_set, new_set, count))
+        with self._lock:
+            return self._engine().regroup(sets, self._now(now))
 
     def apply(self, desired: ChangesInput) -> list[d.Op]:
         """Whole table: make the kernel hold exactly `desired` (for our protocol); idempotent.

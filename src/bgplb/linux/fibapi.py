@@ -175,6 +175,18 @@ class Fib(Protocol):
         busy (nothing done). Later updates find the kernel as they want it."""
         ...
 
+    def regroup(
+        self,
+        moves: Iterable[tuple[Any, Iterable[PathSpec], Iterable[PathSpec], int]],
+        now: float | None = None,
+        wait: bool = True,
+    ) -> FibResult | None:
+        """Many VIPs change the same way (`moves`: one of them, its old paths, its new paths,
+        how many): groups all of whose VIPs move are replaced in place at once, before the
+        `update()` of these VIPs (which then finds them as it wants them). With `wait` False:
+        None at once if the FIB is busy."""
+        ...
+
     def apply(self, desired: ChangesInput) -> list[d.Op]:
         """Whole table: make the kernel hold exactly `desired` (tests, simple users)."""
         ...
@@ -345,6 +357,7 @@ class FibEngine:
         self.gone: frozenset[d.IPAddress] = frozenset()
         self._gone_memo: dict[int, tuple[d.PathSet, d.PathSet]] = {}
         self.fast_drops = 0  # groups changed by drop_gateways
+        self.fast_moves = 0  # groups changed by regroup
         self.applied = False  # something to defend against others' changes
         self.dumps = 0
         self.applies = 0
@@ -400,7 +413,7 @@ class FibEngine:
         if len(self.interned) > 4 * (len(self.model.groups) if self.model else 0) + 4096:
             self.interned.clear()  # sets nobody uses any more: start again (re-filled on use)
         if self.gone:
-            self._lift(changes)
+            self._lift(changes.values())
         wanted = self.wanted
         for net, pset in changes.items():
             if pset:
@@ -412,10 +425,10 @@ class FibEngine:
             return self._execute(changes, now, full=False)  # effective() is the identity
         return self._execute({net: self.effective(net) for net in changes}, now, full=False)
 
-    def _lift(self, changes: Mapping[d.IPNetwork, d.PathSet]) -> None:
+    def _lift(self, psets: Iterable[d.PathSet]) -> None:
         """Gateways of `gone` that a change names again are no longer left out."""
         back: set[d.IPAddress] = set()
-        for pset in changes.values():
+        for pset in psets:
             if self._without_gone(pset) is not pset:
                 back.update(gw.address for gw, _ in pset if gw.address in self.gone)
         if back:
@@ -460,6 +473,49 @@ class FibEngine:
                     done.append(step.op)
                 else:
                     self.errors += 1
+        self.applies += 1
+        self.ops += len(done)
+        return FibResult(done)
+
+    def regroup(self, moves: Sequence[tuple[d.PathSet, d.PathSet, int]], now: float) -> FibResult:
+        """Fast path of many VIPs changing the same way, before `update()` gets them: `moves`
+        are (old path set, new path set, number of VIPs); every routed group whose VIPs are
+        all among the movers is replaced in place with the new set, in one batch
+        (`diff.regroup`). Nothing else is planned or recorded: the `update()` of these VIPs
+        that follows finds their groups as they want them (no operation), or does the rest.
+        Not while deferring or with failed VIPs (the model's sets are not the desired ones
+        there). O(moves + groups)."""
+        if self.adopted is not None or self.failed or not moves:
+            return FibResult()
+        model = self.load()
+        if self.gone:  # what is installed for `old` lacks them; `new` names some again
+            olds = [self._without_gone(old) for old, _, _ in moves]
+            self._lift([new for _, new, _ in moves])
+            moves = [
+                (o, self._without_gone(new), n) for o, (_, new, n) in zip(olds, moves, strict=True)
+            ]
+        steps = d.regroup(model, moves, self.params)
+        done: list[d.Op] = []
+        failed: set[int] = set()
+        allocated = [s.op.id for s in steps if isinstance(s.op, d.AddNexthop)]
+        try:
+            for _, batch in itertools.groupby(steps, key=lambda s: s.phase):
+                runnable = [s for s in batch if not failed.intersection(s.needs)]
+                for step, result in zip(runnable, self._run_ops(runnable), strict=True):
+                    if result is None:
+                        model.note(step.op)
+                        done.append(step.op)
+                        if isinstance(step.op, d.ReplaceGroup):
+                            self.fast_moves += 1
+                    else:  # left to update(), which plans these VIPs as usual
+                        self.errors += 1
+                        if isinstance(step.op, d.AddNexthop):
+                            failed.add(step.op.id)
+                        if _stale_hint(step.op, result):
+                            self.model = None
+        finally:
+            for nh_id in allocated:
+                model.release(nh_id)
         self.applies += 1
         self.ops += len(done)
         return FibResult(done)
@@ -714,6 +770,7 @@ class FibEngine:
             "retries": self.retries,
             "dumps": self.dumps,
             "fast_drops": self.fast_drops,
+            "fast_moves": self.fast_moves,
         }
 
 

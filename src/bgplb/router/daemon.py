@@ -516,6 +516,8 @@ class RibTask:
             )
         if accepted and update.attributes is not None:
             self._probe(entry, accepted, update.attributes)
+        # the group-level fast paths of this UPDATE go to the kernel first
+        self.kernel._fib_before_update(key, accepted, update.attributes, update.all_withdrawn)
         result = self.rib.update(key, accepted, update.attributes, update.all_withdrawn, now)
         self._refusals(entry, key, result)
         if result.exceeded:

@@ -30,6 +30,9 @@ it. A peer whose paths are kept stale is not touched: they stay in the kernel by
 With fail-open (:mod:`bgplb.router.failopen`), a peer lost to a failure is decided at the start
 of the next sync, once the batch's other failures are in: only if fail-open kept none of its
 paths do its gateways leave the groups that way.
+The same holds for an UPDATE withdrawing every path of its peer, and groups all of whose VIPs
+move from one entry to another together are replaced in place before the per-VIP work
+(`bgplb.router.fastpath`, `_fib_before_update`, `_fib_regroup`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from bgplb.bgp.prefix import Prefix
 from bgplb.bgp.session import Event
 from bgplb.config.router import FibConfig
 from bgplb.linux.fibapi import Fib
+from bgplb.router import fastpath
 from bgplb.router import pinning_runtime as router_pinning
 from bgplb.router.entry import Counters, PeerEntry
 from bgplb.router.pinning_runtime import RouterPinning
@@ -206,10 +210,12 @@ class KernelSide:
         self._fib_defer: StartupDeferral | None = None
         self._fib_resync_task: asyncio.Task[None] | None = None
         self._fib_resync_again = False
-        self._fib_drops_pending: list[asyncio.Future[None]] = []  # fast-path requests in threads
+        self._fib_drops_pending: list[asyncio.Future[Any]] = []  # fast-path requests in threads
         self._fib_with_paths: dict[str, int] = {}  # paths per peer at the last sync
         # fail-open: fast-path removals of failed peers, decided at the end of the batch
         self._fib_failed: list[tuple[str, Any, set[IPAddress], int]] = []
+        # moves (id(old entry), id(new entry)) done before the RIB's work since the last sync
+        self._fib_premoved: dict[tuple[int, int], tuple[Any, Any]] = {}
 
     def _fib_now(self) -> float:
         """The clock of deferral and retries: the event loop's (tests replace it)."""
@@ -373,6 +379,54 @@ class KernelSide:
                 gateways = {state.source} if state.source is not None else set()
                 self._fib_drop(key, state, gateways, "withdrew everything", count)
 
+    def _fib_before_update(self, key: str, announced: Any, attributes: Any, withdrawn: Any) -> None:
+        """Call before `Rib.update` of an UPDATE from peer `key` (the RIB task): the
+        group-level fast paths that can be told from the UPDATE alone go to the kernel first —
+        a peer withdrawing everything (its gateway leaves the groups, as in `_fib_peer_lost`),
+        a peer announcing every VIP of a group (`_fib_announcing`). Never raises."""
+        if self.fib is None:
+            return
+        if withdrawn:
+            state = self.rib.peers.get(key)
+            if state is not None and fastpath.withdraws_everything(state, announced, withdrawn):
+                if self._fib_with_paths.get(key):  # `_fib_emptied` has nothing more to do
+                    self._fib_with_paths = {
+                        k: n for k, n in self._fib_with_paths.items() if k != key
+                    }
+                gateways = {state.source} if state.source is not None else set()
+                self._fib_drop(key, state, gateways, "withdraws everything", len(state.paths))
+        elif self.pinning is None:
+            try:
+                self._fib_announcing(key, announced, attributes)
+            except Exception as exc:  # the normal path does the same, per VIP
+                self.counters.fib_errors += 1
+                log.error("fib: early group-level move for %s failed: %s", key, exc)
+
+    def _fib_announcing(self, key: str, announced: Any, attributes: Any) -> None:
+        """Peer `key` announces VIPs that all have the same entry now and none from it (a
+        server back announcing its VIPs again): if they are every VIP of their group, the group
+        is replaced in place with the entry they will have before the RIB's per-VIP work (the
+        sync that follows skips that move). Above REGROUP_INLINE VIPs from a worker thread."""
+        move = fastpath.announce_move(self.rib, self.installed, key, announced, attributes)
+        if move is None:
+            return
+        done = {**self._fib_premoved, (id(move[1]), id(move[2])): (move[1], move[2])}
+        now = self._fib_now()
+        if move[3] > fastpath.REGROUP_INLINE:  # the kernel re-sends every route: a thread
+            with contextlib.suppress(RuntimeError):  # no running loop: inline below
+                loop = asyncio.get_running_loop()
+                before = self._fib_drops_pending
+                job = loop.run_in_executor(None, self._fib_regroup, [move], now)
+                self._fib_drops_pending = [*before, job]
+                self._fib_premoved = done  # if it does nothing, the plan does it all
+                return  # the next sync waits for it (_sync_fib)
+        if self._fib_regroup([move], now, wait=False):
+            self._fib_premoved = done
+
+    def _fib_withdrawing(self, key: str, announced: Any, withdrawn: Any) -> None:
+        """`_fib_before_update` of an UPDATE that withdraws (tests call it alone)."""
+        self._fib_before_update(key, announced, None, withdrawn)
+
     def _fib_drop(
         self, key: str, state: PeerState, gateways: set[IPAddress], why: str, routes: int = 0
     ) -> None:
@@ -383,12 +437,18 @@ class KernelSide:
         above DROP_INLINE routes the request goes from a worker thread, not to block the event
         loop that long; the forwarding changes at the start of the request either way."""
         fib = self.fib
-        gone = gateways - {
-            gw
-            for other in self.rib.peers.values()
-            if other is not state
-            for gw in _gateways_of(other)
-        }
+        installed = self.installed
+        if state.paths and not any(len(installed.get(vip, ())) > 1 for vip in state.paths):
+            return  # its VIPs have no other next hop (or are not installed): nothing to keep
+        others: set[IPAddress] = set()
+        for other in self.rib.peers.values():  # who else provides these gateways
+            if other is state:
+                continue
+            if other.third_party_next_hop:
+                others |= _gateways_of(other)
+            elif other.source in gateways and other.paths:
+                others.add(other.source)
+        gone = gateways - others
         drop = getattr(fib, "drop_gateways", None)
         if not gone or drop is None:  # drop None: a FIB without the fast path
             return
@@ -461,16 +521,35 @@ class KernelSide:
         dirty = self.rib.take_dirty()
         # a drained server's pins: drain_linger
         due = self.pinning is not None and router_pinning.due(self.pinning, self._fib_now())
+        now = self._fib_now()
+        premoved, self._fib_premoved = self._fib_premoved, {}
         if len(dirty) > SYNC_INLINE:
-            # ~30 us per VIP: 100k dirty VIPs would hold the event loop for seconds. The RIB
+            # ~2 us per VIP: 100k dirty VIPs would hold the event loop too long. The RIB
             # is only changed by the RIB task, which waits here; status only reads it.
-            changes = await asyncio.to_thread(self._fib_changes, dirty)
+            regroup = self.pinning is None and self.fib is not None
+
+            def changes_of() -> dict[Prefix, tuple[Any, ...]]:
+                moves: dict[tuple[int, int], list[Any]] | None = {} if regroup else None
+                out = self._fib_changes(dirty, moves)
+                if moves and premoved:  # done before the RIB's work: not twice
+                    moves = {k: m for k, m in moves.items() if k not in premoved}
+                if moves:
+                    self._fib_regroup(moves.values(), now)  # group-level first, here
+                return out
+
+            changes = await asyncio.to_thread(changes_of)
+        elif len(dirty) >= fastpath.REGROUP_MIN and self.fib is not None and self.pinning is None:
+            moves: dict[tuple[int, int], list[Any]] = {}
+            changes = self._fib_changes(dirty, moves)
+            moves = {k: m for k, m in moves.items() if k not in premoved}
+            if any(m[3] >= fastpath.REGROUP_MIN for m in moves.values()):
+                await asyncio.to_thread(self._fib_regroup, list(moves.values()), now)
         else:
             changes = self._fib_changes(dirty)
         fib = self.fib
         if fib is None:
             return
-        now = self._fib_now()
+        now = self._fib_now()  # after the work above: deadlines are judged by the present
         defer = self._fib_defer
         if defer is not None:
             defer.release(self.rib.peers, now)
@@ -489,10 +568,22 @@ class KernelSide:
                 "fib: deferral over (%s): removing what the peers did not announce again",
                 "every adopted gateway sent End-of-RIB" if not defer.pending else "startup_defer",
             )
+        result = None
+        inline = (
+            changes
+            and len(changes) <= fastpath.UPDATE_INLINE
+            and not finish
+            and not release
+            and self.pinning is None
+            and (retry is None or retry > now)
+        )
         try:
-            result = await router_pinning.sync(
-                fib, self.pinning, changes, now, self._established, self._wake, finish, release
-            )
+            if inline:
+                result = self._fib_update_inline(changes, now)
+            if result is None:
+                result = await router_pinning.sync(
+                    fib, self.pinning, changes, now, self._established, self._wake, finish, release
+                )
         except Exception as exc:
             self.counters.fib_errors += 1
             log.error("fib: apply failed: %s", exc)
@@ -517,26 +608,44 @@ class KernelSide:
     def _wake(self) -> None:
         self.queue.put_nowait((None, "pinning"))
 
-    def _fib_changes(self, dirty: Iterable[Prefix]) -> dict[Prefix, tuple[Any, ...]]:
+    def _fib_update_inline(self, changes: Mapping[Prefix, tuple[Any, ...]], now: float) -> Any:
+        """`fastpath.update_inline`: a small sync's FIB update on the loop, or None."""
+        return fastpath.update_inline(self.fib, changes, now)
+
+    def _fib_changes(
+        self, dirty: Iterable[Prefix], moves: dict[tuple[int, int], list[Any]] | None = None
+    ) -> dict[Prefix, tuple[Any, ...]]:
         """The new FIB entry of each dirty VIP whose entry changed (() when gone), kept in
-        `self.installed`."""
+        `self.installed`. With `moves`: the VIPs that change from one installed entry to
+        another are counted there by (id(old entry), id(new entry)) — the RIB shares one
+        entry object per path set — as [a VIP, old entry, new entry, count]."""
         changes: dict[Prefix, tuple[Any, ...]] = {}
         counts = self.nexthop_counts
+        installed = self.installed
+        fib_entry = self.rib.fib_entry
         for vip in dirty:
-            entry = self.rib.fib_entry(vip)
-            old = self.installed.get(vip)
+            entry = fib_entry(vip)
+            old = installed.get(vip)
             if entry:
                 if old != entry:
-                    self.installed[vip] = entry
+                    installed[vip] = entry
                     changes[vip] = entry
                     counts[_bucket(entry)] += 1
                     if old:
                         counts[_bucket(old)] -= 1
-            elif self.installed.pop(vip, None) is not None:
+                        if moves is not None:
+                            fastpath.count_move(moves, vip, old, entry)
+            elif installed.pop(vip, None) is not None:
                 changes[vip] = ()
                 if old:
                     counts[_bucket(old)] -= 1
         return changes
+
+    def _fib_regroup(self, moves: Iterable[list[Any]], now: float, wait: bool = True) -> bool:
+        """Blocking (the sync's worker thread, before the FIB update of the same VIPs; or the
+        loop with `wait` False): a group all of whose VIPs make one same move is replaced in
+        place at once (`fastpath.regroup`). True if a group was replaced. Never raises."""
+        return fastpath.regroup(self.fib, moves, now, wait, self.counters)
 
     def fib_status(self) -> dict[str, Any]:
         """FIB counters for `bgplb status` (no kernel read, no walk over VIPs)."""

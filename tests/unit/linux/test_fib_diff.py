@@ -24,6 +24,7 @@ from bgplb.linux.diff import (
     DeleteGroup,
     DeleteNexthop,
     DeleteRoute,
+    FibModel,
     Gateway,
     GroupKind,
     GroupParams,
@@ -328,3 +329,16 @@ def test_duplicate_nexthop_debris_never_swaps_a_group_member():
     )
     ops = diff({vip("198.51.100.10/32"): {GW1: 1}}, installed, RES)
     assert ops == [DeleteGroup(21), DeleteNexthop(5)]
+
+
+def test_deleting_a_nexthop_keeps_the_preferred_id_of_its_gateway_and_of_debris():
+    # nexthops 5 and 9 share GW1 (debris), 7 is GW2 alone
+    model = FibModel(InstalledState(nexthops={5: GW1, 9: GW1, 7: GW2}))
+    assert model.gw_id == {GW1: 5, GW2: 7} and model.gw_count == {GW1: 2, GW2: 1}
+    model.note(DeleteNexthop(5))
+    assert model.gw_id == {GW1: 9, GW2: 7} and model.gw_count == {GW1: 1, GW2: 1}
+    model.note(DeleteNexthop(7))
+    assert model.gw_id == {GW1: 9} and model.gw_count == {GW1: 1}
+    model.note(AddNexthop(7, GW2))
+    model.note(DeleteNexthop(9))
+    assert model.gw_id == {GW2: 7} and model.gw_count == {GW2: 1}

@@ -275,3 +275,124 @@ def test_vips_given_as_prefixes_are_one_network_object_from_call_to_call():
     assert all(any(w is nets[p] for w in fib.engine.wanted) for p in prefixes[:3])
     fib.update({p: [] for p in prefixes})  # withdrawn: forgotten
     assert fib.engine.networks == {} and kernel.forwarding() == {}
+
+
+# -- regroup: many VIPs changing the same way -------------------------------------------------
+
+
+def test_a_server_announcing_every_vip_of_a_group_again_replaces_it_in_place():
+    kernel, fib, batches = make()
+    fib.update({v: paths(B, C) for v in ALL3} | {v: paths(B, C) for v in TWO})
+    group = group_of(kernel, ALL3[0])
+    buckets = list(kernel.nexthops[group].buckets)
+    ids = gateway_ids(kernel)
+    batches.clear()
+
+    result = fib.regroup([(ALL3[0], paths(B, C), paths(A, B, C), len(ALL3) + len(TWO))])
+
+    assert [type(op).__name__ for batch in batches for op in batch] == [
+        "AddNexthop",
+        "ReplaceGroup",
+    ]
+    assert len(result.ops) == 2 and fib.engine.fast_moves == 1
+    assert group_of(kernel, ALL3[0]) == group  # no route moved
+    after = kernel.nexthops[group].buckets
+    # buckets only went to A: none moved between B and C
+    assert all(a == b for a, b in zip(after, buckets, strict=True) if a in (ids[B], ids[C]))
+    assert set(kernel.forwarding()[ALL3[0]]) == {A, B, C}
+    batches.clear()
+    assert fib.update({v: paths(A, B, C) for v in ALL3 + TWO}).ops == []
+    assert batches == []
+
+
+def test_a_group_whose_vips_do_not_all_move_is_left_to_update():
+    kernel, fib, batches = make()
+    fib.update({v: paths(B, C) for v in ALL3})
+    batches.clear()
+    assert fib.regroup([(ALL3[0], paths(B, C), paths(A, B, C), len(ALL3) - 1)]).ops == []
+    assert batches == [] and fib.engine.fast_moves == 0
+    changes = {v: paths(A, B, C) for v in ALL3[:-1]}
+    fib.update(changes)
+    fwd = kernel.forwarding()
+    assert all(set(fwd[v]) == {A, B, C} for v in ALL3[:-1])
+    assert set(fwd[ALL3[-1]]) == {B, C}
+
+
+def test_a_withdrawal_of_every_vip_of_a_group_replaces_it_without_the_server():
+    kernel, fib, batches = make()
+    fib.update(layout())
+    group = group_of(kernel, TWO[0])
+    buckets = list(kernel.nexthops[group].buckets)
+    ids = gateway_ids(kernel)
+    fib.regroup([(TWO[0], paths(A, B), paths(B), len(TWO))])
+    after = kernel.nexthops[group].buckets
+    assert group_of(kernel, TWO[0]) == group
+    assert all(a == b for a, b in zip(after, buckets, strict=True) if b == ids[B])
+    batches.clear()
+    assert fib.update({v: paths(B) for v in TWO}).ops == []
+    assert {set(kernel.forwarding()[v]) == {A, B, C} for v in ALL3} == {True}
+
+
+def test_regroup_skips_empty_sets_a_refused_replace_and_while_deferring():
+    kernel, fib, _ = make()
+    fib.update({v: paths(B, C) for v in ALL3})
+    assert fib.regroup([(ALL3[0], paths(B, C), [], len(ALL3))]).ops == []
+    assert fib.regroup([(ALL3[0], [], paths(B, C), len(ALL3))]).ops == []
+    kernel.inject(Fault(22, op=d.ReplaceGroup, once=True))
+    ops = fib.regroup([(ALL3[0], paths(B, C), paths(A, B, C), len(ALL3))]).ops
+    assert [type(op) for op in ops] == [d.AddNexthop]  # the replace was refused
+    assert fib.engine.fast_moves == 0
+    result = fib.update({v: paths(A, B, C) for v in ALL3})  # the normal path does it
+    assert not result.failed
+    assert all(set(kernel.forwarding()[v]) == {A, B, C} for v in ALL3)
+    fib.engine.adopted = {}
+    assert fib.regroup([(ALL3[0], paths(A, B, C), paths(B, C), len(ALL3))]).ops == []
+
+
+def test_regroup_after_a_drop_names_the_gateway_again():
+    kernel, fib, batches = make()
+    fib.update({v: paths(A, B, C) for v in ALL3})
+    group = group_of(kernel, ALL3[0])
+    fib.drop_gateways([A])
+    fib.update({v: paths(B, C) for v in ALL3})  # the RIB's results: nothing to do
+    assert fib.regroup([(ALL3[0], paths(B, C), paths(A, B, C), len(ALL3))]).ops
+    assert group_of(kernel, ALL3[0]) == group
+    assert all(set(kernel.forwarding()[v]) == {A, B, C} for v in ALL3)
+    batches.clear()
+    assert fib.update({v: paths(A, B, C) for v in ALL3}).ops == []
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_group_moves_change_only_the_movers_and_keep_the_stayers_buckets(seed):
+    rnd = random.Random(seed)
+    gws = [A, B, C, D]
+    kernel, fib, _ = make(buckets=32)
+    sets = [tuple(g for g in gws if rnd.random() < 0.6) or (A,) for _ in range(6)]
+    want = {v: paths(*rnd.choice(sets)) for v in vips(0, 60)}
+    fib.update(want)
+    old_set = rnd.choice(sorted({tuple(p) for p in want.values()}))
+    movers = [v for v, p in want.items() if tuple(p) == old_set]
+    if rnd.random() < 0.3 and len(movers) > 1:
+        movers = movers[1:]  # not every VIP of the group: regroup must leave it alone
+    new_set = paths(*(tuple(g for g in gws if rnd.random() < 0.5) or (B,)))
+    before = {g: list(nh.buckets) for g, nh in kernel.nexthops.items() if nh.members}
+    others = {v: kernel.forwarding()[v] for v in want if v not in movers}
+    routes = {v: group_of(kernel, v) for v in want}
+    fib.regroup([(movers[0], list(old_set), new_set, len(movers))])
+    after = kernel.forwarding()
+    whole = len(movers) == sum(1 for p in want.values() if tuple(p) == old_set)
+    changed = sorted(new_set) != sorted(old_set)
+    assert fib.engine.fast_moves == (1 if whole and changed else 0)
+    assert {v: after[v] for v in others} == others  # nobody else's forwarding changed
+    for g, old in before.items():  # a member that stays keeps every bucket it had
+        if g not in kernel.nexthops:
+            continue
+        new = kernel.nexthops[g].buckets
+        members = {m for m, _ in kernel.nexthops[g].members}
+        assert all(n == o for n, o in zip(new, old, strict=True) if o in members)
+    assert {v: group_of(kernel, v) for v in want} == routes  # no route moved
+    fib.update({v: new_set for v in movers})
+    final = kernel.forwarding()
+    wanted = {ip_address(g): w for g, _, w in new_set}
+    assert all(final[v] == wanted for v in movers)
+    assert {v: final[v] for v in others} == others

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from ipaddress import ip_address, ip_network
 
+import pytest
+
 from bgplb.bgp.attributes import PathAttributes
 from bgplb.bgp.prefix import Prefix
 from bgplb.config.router import FibConfig
@@ -52,13 +54,15 @@ def forwarding(kernel: MemoryKernel) -> dict[str, set[object]]:
     return {str(k): set(v) for k, v in kernel.forwarding().items()}
 
 
-def loaded(kernel: MemoryKernel, fail_open: bool = True, solo: bool = True) -> FakeRouter:
+def loaded(
+    kernel: MemoryKernel, fail_open: bool = True, solo: bool = True, vips: list[Prefix] = VIPS
+) -> FakeRouter:
     router = FakeRouter(kernel, fail_open)
 
     async def go() -> None:
         router._open_fib(router.memfib)
         for peer in (A, B, C):
-            router.announce(str(peer), VIPS)
+            router.announce(str(peer), vips)
         if solo:
             router.announce(str(A), SOLO)
         await router._sync_fib()
@@ -71,11 +75,15 @@ def buckets_of(kernel: MemoryKernel, vip: Prefix) -> list[int]:
     return list(kernel.nexthops[kernel.routes[(254, vip.network)].nh_id].buckets)
 
 
-def test_all_failing_in_one_batch_keeps_groups_and_buckets() -> None:
+MANY = [Prefix.parse(f"198.18.{i // 256}.{i % 256}/32") for i in range(300)]
+
+
+@pytest.mark.parametrize("vips", [VIPS, MANY], ids=["20", "300"])  # 300: the regroup path
+def test_all_failing_in_one_batch_keeps_groups_and_buckets(vips: list[Prefix]) -> None:
     kernel = MemoryKernel()
-    router = loaded(kernel)
+    router = loaded(kernel, vips=vips)
     before = forwarding(kernel)
-    buckets = buckets_of(kernel, VIPS[0])
+    buckets = buckets_of(kernel, vips[0])
 
     async def batch() -> None:
         for peer in (A, B, C):
@@ -85,9 +93,9 @@ def test_all_failing_in_one_batch_keeps_groups_and_buckets() -> None:
 
     asyncio.run(batch())
     assert forwarding(kernel) == before
-    assert buckets_of(kernel, VIPS[0]) == buckets  # no flow moved
+    assert buckets_of(kernel, vips[0]) == buckets  # no flow moved
     assert router.fib_status()["fast_drops"] == 0
-    assert router.rib.fail_open_vips == len(VIPS) + len(SOLO)
+    assert router.rib.fail_open_vips == len(vips) + len(SOLO)
 
 
 def test_same_batch_without_fail_open_blackholes() -> None:

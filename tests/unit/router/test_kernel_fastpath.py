@@ -19,6 +19,7 @@ from bgplb.bgp.prefix import Prefix
 from bgplb.config import load_router_config
 from bgplb.config.router import FibConfig
 from bgplb.linux.memfib import MemoryFib, MemoryKernel
+from bgplb.router import fastpath as fastpath_module
 from bgplb.router import kernel as kernel_module
 from bgplb.router.daemon import Router
 from bgplb.router.entry import Counters
@@ -300,7 +301,7 @@ def test_session_down_takes_the_gateway_out_before_the_purge(tmp_path):
         return real(key, now, graceful=graceful, **kw)
 
     router.rib.peer_down = peer_down  # type: ignore[method-assign]
-    router.kernel.installed = {v: (object(),) for v in VIPS}  # what the FIB was handed before
+    router.kernel.installed = {v: (object(), object()) for v in VIPS}  # A and B, handed before
 
     async def go():
         down = SessionDown("hold timer expired", True, hold_expired=True)
@@ -317,3 +318,207 @@ def test_session_down_takes_the_gateway_out_before_the_purge(tmp_path):
         assert result.ops == [] and kernel.requests == requests  # the purge: nothing to do
 
     run(go)
+
+
+# -- an UPDATE withdrawing everything; a whole group announced again -------------------------
+
+
+def test_an_update_withdrawing_everything_takes_the_gateway_out_before_the_rib():
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+    requests = kernel.requests
+    router._fib_withdrawing(str(A), [], VIPS + SOLO + VIPS[:3])  # duplicates are harmless
+    assert all(forwarding(kernel)[str(v.network)] == {B, C} for v in VIPS)
+    assert len(router.rib.peers[str(A)].paths) == len(VIPS) + len(SOLO)  # RIB untouched
+    assert kernel.requests - requests == 1  # one in-place replace
+
+    async def rest():
+        router.rib.update(str(A), [], PathAttributes(), VIPS + SOLO, router.clock)
+        await router._sync_fib()
+
+    run(rest)
+    # the per-VIP results: SOLO's routes, their group and A's nexthop; no second fast drop
+    assert kernel.requests - requests == 1 + len(SOLO) + 2
+    assert router.fib_status()["fast_drops"] == 1
+    assert forwarding(kernel) == {str(v.network): {B, C} for v in VIPS}
+
+
+def test_an_update_leaving_a_path_or_announcing_is_not_taken_early():
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+    requests = kernel.requests
+    router._fib_withdrawing(str(A), [], VIPS)  # SOLO stays
+    router._fib_withdrawing(str(A), [], VIPS + VIPS[:5])  # as many prefixes, not all of them
+    router._fib_withdrawing(str(A), [SOLO[0]], VIPS + SOLO)  # announces one again
+    router._fib_withdrawing(str(B), [], [])  # nothing
+    assert kernel.requests == requests
+
+
+def test_a_peer_announcing_every_vip_of_a_group_again_moves_the_group_in_place(monkeypatch):
+    monkeypatch.setattr(kernel_module, "SYNC_INLINE", 8)  # a worker thread: the real path
+    monkeypatch.setattr(fastpath_module, "REGROUP_MIN", 4)
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+    group = kernel.routes[(254, VIPS[0].network)].nh_id
+
+    async def withdraw_and_announce():
+        router.rib.update(str(A), [], PathAttributes(), VIPS + SOLO, router.clock)
+        await router._sync_fib()
+        before = list(kernel.nexthops[group].buckets)
+        seen = []
+        real = router.memfib.update
+
+        def update(changes, now=None):
+            seen.append(forwarding(kernel)[str(VIPS[0].network)])  # the kernel at that moment
+            return real(changes, now)
+
+        router.memfib.update = update  # type: ignore[method-assign]
+        requests = kernel.requests
+        router.announce(str(A), VIPS)
+        await router._sync_fib()
+        return before, seen, kernel.requests - requests
+
+    before, seen, requests = run(withdraw_and_announce)
+    assert seen == [{A, B, C}]  # in place before the per-VIP work
+    assert requests == 2  # A's nexthop, the replace; the per-VIP update: nothing
+    assert kernel.routes[(254, VIPS[0].network)].nh_id == group
+    after = kernel.nexthops[group].buckets
+    a_id = next(nh.id for nh in kernel.nexthops.values() if nh.gateway and nh.gateway.address == A)
+    assert all(x == y for x, y in zip(after, before, strict=True) if x != a_id)  # B, C stay put
+    assert router.fib_status()["fast_moves"] == 1
+    assert forwarding(kernel) == {str(v.network): {A, B, C} for v in VIPS}
+
+
+def test_a_group_half_announced_again_takes_the_normal_path(monkeypatch):
+    monkeypatch.setattr(kernel_module, "SYNC_INLINE", 8)
+    monkeypatch.setattr(fastpath_module, "REGROUP_MIN", 4)
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+
+    async def go():
+        router.rib.update(str(A), [], PathAttributes(), VIPS + SOLO, router.clock)
+        await router._sync_fib()
+        router.announce(str(A), VIPS[:20])
+        await router._sync_fib()
+
+    run(go)
+    assert router.fib_status()["fast_moves"] == 0
+    fwd = forwarding(kernel)
+    assert all(fwd[str(v.network)] == {A, B, C} for v in VIPS[:20])
+    assert all(fwd[str(v.network)] == {B, C} for v in VIPS[20:])
+
+
+# -- a few VIPs: the FIB update on the event loop ---------------------------------------------
+
+
+def test_a_small_sync_updates_the_fib_on_the_loop_and_a_busy_fib_goes_to_a_thread():
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+    threads = []
+    real = router.memfib.update
+
+    def update(changes, now=None):
+        threads.append(threading.get_ident())
+        return real(changes, now)
+
+    router.memfib.update = update  # type: ignore[method-assign]
+
+    async def one(vip):
+        router.rib.update(str(B), [], PathAttributes(), [vip], router.clock)
+        await router._sync_fib()
+        return threading.get_ident()
+
+    loop_thread = run(lambda: one(VIPS[0]))
+    assert threads == [loop_thread]  # no hop to a worker thread
+    assert forwarding(kernel)[str(VIPS[0].network)] == {A, C}
+    with router.memfib._lock:  # e.g. a resync in another thread: the loop must not wait
+
+        def busy():
+            return run(lambda: one(VIPS[1]))
+
+        done = []
+        worker = threading.Thread(target=lambda: done.append(busy()))
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive()  # waiting in the worker thread, not on the loop
+    worker.join(5)
+    assert len(threads) == 2 and threads[1] != done[0]
+    assert forwarding(kernel)[str(VIPS[1].network)] == {A, C}
+
+
+def test_an_update_announcing_every_vip_of_a_group_moves_it_before_the_rib(monkeypatch):
+    monkeypatch.setattr(fastpath_module, "REGROUP_MIN", 4)
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+    group = kernel.routes[(254, VIPS[0].network)].nh_id
+    attrs = PathAttributes(next_hop=A)
+
+    async def go():
+        router.rib.update(str(A), [], PathAttributes(), VIPS + SOLO, router.clock)
+        await router._sync_fib()
+        requests = kernel.requests
+        # not every VIP of the group, a prefix twice, a prefix the peer has: nothing early
+        router._fib_before_update(str(A), VIPS[:20], attrs, [])
+        router._fib_before_update(str(A), VIPS[:39] + VIPS[:1], attrs, [])
+        router._fib_before_update(str(B), VIPS, PathAttributes(next_hop=B), [])
+        assert kernel.requests == requests
+        router._fib_before_update(str(A), VIPS, attrs, [])
+        assert forwarding(kernel)[str(VIPS[0].network)] == {A, B, C}  # before the RIB
+        assert str(A) not in {p.peer for p in router.rib.vips[VIPS[0]]}
+        assert kernel.requests - requests == 2  # A's nexthop, the replace
+        router.rib.update(str(A), VIPS, attrs, [], router.clock)
+        await router._sync_fib()
+        return kernel.requests - requests
+
+    assert run(go) == 2  # the sync that follows: nothing more
+    assert kernel.routes[(254, VIPS[0].network)].nh_id == group
+    assert router.fib_status()["fast_moves"] == 1
+    assert forwarding(kernel) == {str(v.network): {A, B, C} for v in VIPS}
+
+
+def test_a_peer_alone_on_its_vips_is_not_dropped_early():
+    kernel = MemoryKernel()
+    router = FakeRouter(kernel)
+
+    async def go():
+        router._open_fib(router.memfib)
+        router.announce(str(A), SOLO)
+        router.announce(str(B), VIPS)
+        await router._sync_fib()
+
+    run(go)
+    calls = []
+    router.memfib.drop_gateways = lambda *a, **k: calls.append(a)  # type: ignore[method-assign]
+    router._fib_withdrawing(str(A), [], SOLO)  # nothing to keep: no FIB call at all
+    router._fib_peer_lost(str(A), graceful=False)
+    assert calls == [] and not router.memfib.engine.gone
+
+
+def test_a_big_early_group_move_goes_from_a_worker_thread(monkeypatch):
+    monkeypatch.setattr(fastpath_module, "REGROUP_MIN", 4)
+    monkeypatch.setattr(fastpath_module, "REGROUP_INLINE", 10)  # the group has 40 VIPs
+    kernel = MemoryKernel()
+    router = loaded(kernel)
+    threads = []
+    real = router.memfib.regroup
+
+    def regroup(*args, **kwargs):
+        threads.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    router.memfib.regroup = regroup  # type: ignore[method-assign]
+    attrs = PathAttributes(next_hop=A)
+
+    async def go():
+        router.rib.update(str(A), [], PathAttributes(), VIPS + SOLO, router.clock)
+        await router._sync_fib()
+        router._fib_before_update(str(A), VIPS, attrs, [])
+        assert len(router._fib_drops_pending) == 1  # the sync waits for it
+        router.rib.update(str(A), VIPS, attrs, [], router.clock)
+        await router._sync_fib()
+        return threading.get_ident()
+
+    loop_thread = run(go)
+    assert threads and threads[0] != loop_thread
+    assert router.fib_status()["fast_moves"] == 1
+    assert forwarding(kernel) == {str(v.network): {A, B, C} for v in VIPS}

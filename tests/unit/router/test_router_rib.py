@@ -380,3 +380,37 @@ def test_pure_modules_pass_mypy_strict_and_import_no_io() -> None:
         timeout=240,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from([None, 10.0, 40.0]), min_size=1, max_size=3),
+    st.sampled_from([None, 20.0]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_entries_after_announce_predict_what_update_gives(
+    bandwidths, new_bandwidth, draining, overlap
+) -> None:
+    vips = [Prefix.parse(f"198.51.100.{i}/32") for i in range(1, 9)]
+    rib = Rib(CONNECTED)
+    for i, lbw in enumerate(bandwidths):
+        peer = f"192.0.2.{11 + i}"
+        rib.peer_up(peer, 0.0, asn=65001 + i, source=ip_address(peer))
+        rib.update(peer, vips, attrs(peer, asn=65001 + i, lbw=lbw), [], 0.0)
+    new = "192.0.2.20"
+    rib.peer_up(new, 0.0, asn=65010, source=ip_address(new))
+    if overlap:  # the peer already has one: no prediction
+        rib.update(new, vips[:1], attrs(new, asn=65010), [], 0.0)
+    communities = (GRACEFUL_SHUTDOWN,) if draining else ()
+    a = attrs(new, asn=65010, lbw=new_bandwidth, communities=communities)
+    before = rib.fib_entry(vips[1])
+    found = rib.entries_after_announce(new, vips, a)
+    if overlap:
+        assert found is None
+        return
+    assert found is not None and found[0] == before
+    rib.update(new, vips, a, [], 1.0)
+    assert all(rib.fib_entry(v) == found[1] for v in vips)
+    other = [*vips[:4], Prefix.parse("198.51.100.99/32")]  # one not a VIP yet
+    assert rib.entries_after_announce("192.0.2.11", other, a) is None
