@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
 from agent_lab import AgentLab, Server  # noqa: E402
+from wirecapture import Capture, _tshark  # noqa: E402
 
-from bgplb.lab.capture import Capture, _tshark  # noqa: E402
 from bgplb.lab.peers import Bird  # noqa: E402
 
 

@@ -20,6 +20,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
+from bgpspeaker import SpeakerProcess  # noqa: E402
 from test_router_interop import (  # noqa: E402
     BGPLB,
     ECHO_CONN,
@@ -30,10 +31,10 @@ from test_router_interop import (  # noqa: E402
     router_config,
     server_addrs,
 )
+from wirecapture import Capture, _tshark  # noqa: E402, F401  (re-exported to the benchmarks)
 
 from bgplb.lab.netns import Namespace  # noqa: E402
 from bgplb.lab.peers import Bird  # noqa: E402
-from bgplb.lab.speaker import SpeakerProcess  # noqa: E402
 from bgplb.lab.wait import wait_until  # noqa: E402
 
 __all__ = [
@@ -121,7 +122,7 @@ class GshutBird(Bird):
 def speaker(
     ns: Namespace, asn: int, local: str, peer: str, log: Path, *extra: str
 ) -> SpeakerProcess:
-    """A bgplb speaker (python -m bgplb.lab.speaker) dialing `peer` from `local`, IPv4 only."""
+    """A bgplb speaker (tests/interop/bgpspeaker.py) dialing `peer` from `local`, IPv4 only."""
     return SpeakerProcess(
         ns,
         "--asn", str(asn), "--router-id", local, "--local", local, "--peer", peer,

@@ -40,6 +40,7 @@ from _routerlab import (
     ECHO_SERVER,
     VIP,
     BenchRouter,
+    SpeakerProcess,
     build,
     established,
     hops,
@@ -54,7 +55,6 @@ from _routerlab import (
     workdir,
 )
 from bgplb.lab.netns import Topology
-from bgplb.lab.speaker import SpeakerProcess
 
 # Commands on stdin: "report" -> {"results": [...]}, "probe N" -> {"probe": {server: count}},
 # "stop" -> exit. Exits by itself after 120 s.

@@ -54,6 +54,8 @@ from typing import Any
 from _loadgen import LoadGen, begin, ip_lines, kernel_free_time
 from _routerlab import (
     BenchRouter,
+    Capture,
+    _tshark,
     build,
     iso_ts,
     router_toml,
@@ -62,7 +64,6 @@ from _routerlab import (
     start_bird_router,
     workdir,
 )
-from bgplb.lab.capture import Capture, _tshark
 from bgplb.lab.netns import Namespace, Topology
 
 STEPS = ("withdraw", "announce", "abort", "return")

@@ -3,7 +3,7 @@
 fed by the same sender, same run.
 
 Topology: receiver namespace `rcv` (192.0.2.1/24) and sender namespace `snd` holding P source
-addresses 192.0.2.2 … on one veth. The sender is P bgplb speakers (`python -m bgplb.lab.speaker`,
+addresses 192.0.2.2 … on one veth. The sender is P bgplb speakers (`tests/interop/bgpspeaker.py`,
 one process and one session per source address). Every peer announces the *same* N /32s
 (198.18.0.0 upwards: servers announcing the same VIPs), so the receiver ends with N routes of P
 paths each.
@@ -80,6 +80,8 @@ from _loadgen import (
 from _routerlab import (
     BGPLB,
     BenchRouter,
+    Capture,
+    SpeakerProcess,
     established,
     kernel_info,
     router_toml,
@@ -89,10 +91,8 @@ from _routerlab import (
     workdir,
 )
 from bgplb.control.socket import ControlError, request
-from bgplb.lab.capture import Capture
 from bgplb.lab.netns import Namespace, Topology
 from bgplb.lab.peers import Bird, GoBgp, PeerError
-from bgplb.lab.speaker import SpeakerProcess
 
 RECEIVER_AS = 65530
 TICK = os.sysconf("SC_CLK_TCK")

@@ -33,7 +33,9 @@ import time
 from _routerlab import (
     VIP,
     BenchRouter,
+    Capture,
     GshutBird,
+    _tshark,
     build,
     established,
     hops,
@@ -49,7 +51,6 @@ from _routerlab import (
     wait_for,
     workdir,
 )
-from bgplb.lab.capture import Capture, _tshark
 from bgplb.lab.netns import Topology
 
 KEEP_VIP = "198.51.100.11/32"  # --keep: a second VIP every server keeps announcing

@@ -21,9 +21,9 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
+from bgpspeaker import SpeakerProcess
 from test_router_interop import OPEN_RANGES, VIP, RouterProc, router_config, wait_for
 
-from bgplb.lab.speaker import SpeakerProcess
 from bgplb.router.maglev import Backend, build_table
 
 HERE = Path(__file__).resolve().parent

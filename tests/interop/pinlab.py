@@ -2,7 +2,7 @@
 
 client namespace -> router namespace (`bgplb router`) -> 3 server namespaces. Each server has
 the VIPs (198.51.100.10, 2001:db8:100::10) on lo, an asyncio echo server on them (it greets with
-its name), and a bgplb speaker (`python -m bgplb.lab.speaker`) announcing the VIPs to the router.
+its name), and a bgplb speaker (`tests/interop/bgpspeaker.py`) announcing the VIPs to the router.
 The client (tests/interop/pinclient.py) holds long-lived, mostly idle connections.
 
 Every process is started here, stopped by PID in `close()`; every wait is bounded.
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bgpspeaker import SpeakerProcess
 from test_router_interop import (
     OPEN_RANGES,
     ROUTER_AS,
@@ -25,8 +26,6 @@ from test_router_interop import (
     server_addrs,
     wait_for,
 )
-
-from bgplb.lab.speaker import SpeakerProcess
 
 HERE = Path(__file__).resolve().parent
 __all__ = ["ROUTER_AS", "VIP", "VIP6", "PinLab", "server_addrs", "wait_for"]

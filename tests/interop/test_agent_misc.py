@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 from agent_lab import VIP4, build_lab, wait_for
-
-from bgplb.lab.capture import Capture, _tshark
+from wirecapture import Capture, _tshark
 
 pytestmark = pytest.mark.interop
 

@@ -1,7 +1,7 @@
 """bgplb's BGP speaker against real BIRD 2, FRR, GoBGP and ExaBGP in network namespaces.
 
 Left namespace: the daemon (192.0.2.1, 2001:db8::1). Right namespace: bgplb's speaker
-(`python -m bgplb.lab.speaker`, 192.0.2.2, 2001:db8::2), one session per address family, as
+(`tests/interop/bgpspeaker.py`, 192.0.2.2, 2001:db8::2), one session per address family, as
 operators usually run them. Each test checks one feature of the interop matrix.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from bgpspeaker import SpeakerProcess
 
 from bgplb.lab import peers
-from bgplb.lab.speaker import SpeakerProcess
 
 pytestmark = pytest.mark.interop
 

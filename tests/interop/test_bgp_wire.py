@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from bgpspeaker import SpeakerProcess
+from wirecapture import Capture, tshark_bgp_messages, tshark_check
 
 from bgplb.lab import peers
-from bgplb.lab.capture import Capture, tshark_bgp_messages, tshark_check
-from bgplb.lab.speaker import SpeakerProcess
 
 pytestmark = pytest.mark.interop
 

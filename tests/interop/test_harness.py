@@ -1,4 +1,4 @@
-"""The interop harness itself (bgplb.lab.peers, bgplb.lab.capture), proven by peering the real
+"""The interop harness itself (bgplb.lab.peers, wirecapture), proven by peering the real
 daemons with each other in network namespaces: each class configures its daemon, brings the
 session up, originates routes with attributes, and reads back what it received."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from wirecapture import Capture, tshark_bgp_messages, tshark_check
 
-from bgplb.lab.capture import Capture, tshark_bgp_messages, tshark_check
 from bgplb.lab.peers import Bird, ExaBgp, Frr, GoBgp, PeerError, ReceivedRoute, kernel_routes
 
 pytestmark = pytest.mark.interop

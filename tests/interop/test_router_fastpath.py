@@ -1,6 +1,6 @@
 """`bgplb router`'s fast path of a server's loss, on the real kernel in network namespaces.
 
-Three lab speakers (`python -m bgplb.lab.speaker`) announce the same VIPs; the router puts them
+Three lab speakers (`tests/interop/bgpspeaker.py`) announce the same VIPs; the router puts them
 in one resilient group. Speaker 1 is killed with SIGKILL (its kernel closes the connection:
 no NOTIFICATION). Without Graceful Restart the router takes its gateway out of the group in
 place before any per-VIP work: every VIP's route keeps its group, and every bucket that did not
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from bgpspeaker import SpeakerProcess
 from test_router_interop import (
     OPEN_RANGES,
     ROUTER_AS,
@@ -28,7 +29,6 @@ from test_router_interop import (
     wait_for,
 )
 
-from bgplb.lab.speaker import SpeakerProcess
 from bgplb.linux.nexthop import NexthopSocket
 
 pytestmark = [pytest.mark.interop]

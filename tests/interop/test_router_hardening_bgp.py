@@ -1,7 +1,7 @@
 """`bgplb router` against hostile and broken BGP input, in network namespaces.
 
 Raw TCP clients (a small script run with the namespace's python, building messages with bgplb's
-codec) and the lab speaker (`python -m bgplb.lab.speaker`) talk to the running router:
+codec) and the lab speaker (`tests/interop/bgpspeaker.py`) talk to the running router:
 
 * a ROUTE-REFRESH of the maximum size gets its NOTIFICATION on the wire (data truncated) and the
   peer's routes are purged, not kept as Graceful Restart stale routes;
@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
+from bgpspeaker import SpeakerProcess
 from test_router_interop import (
     ROUTER_AS,
     VIP,
@@ -39,8 +40,6 @@ from test_router_interop import (
     server_addrs,
     wait_for,
 )
-
-from bgplb.lab.speaker import SpeakerProcess
 
 pytestmark = [pytest.mark.interop]
 

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 from agent_lab import VIP4, VIP6, Server, add_servers, wait_for
+from bgpspeaker import SpeakerProcess
 
 from bgplb.lab.netns import Namespace, Topology
 from bgplb.lab.peers import Bird, Daemon, Frr, kernel_routes
-from bgplb.lab.speaker import SpeakerProcess
 
 pytestmark = pytest.mark.interop
 

@@ -1,4 +1,4 @@
-"""A scriptable BGP speaker for tests, the lab and benchmarks: `python -m bgplb.lab.speaker`.
+"""A scriptable BGP speaker for the tests and benchmarks (not part of the package).
 
 It runs one bgplb session (active, or passive with --listen) and talks JSON lines:
 stdin takes commands, stdout reports events. This is how the interop tests drive bgplb against
@@ -23,6 +23,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import queue
 import subprocess
 import sys
@@ -230,7 +231,7 @@ class Speaker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bgplb.lab.speaker", description=__doc__)
+    p = argparse.ArgumentParser(prog="tests/interop/bgpspeaker.py", description=__doc__)
     p.add_argument("--asn", type=int, required=True)
     p.add_argument("--router-id", required=True)
     p.add_argument("--peer", required=True, help="peer address")
@@ -260,7 +261,7 @@ if __name__ == "__main__":
 
 
 class SpeakerProcess:
-    """Runs `python -m bgplb.lab.speaker` in a namespace and collects its JSON events.
+    """Runs `tests/interop/bgpspeaker.py` in a namespace and collects its JSON events.
 
     Used by the interop tests and benchmarks. `wait_for(pred, timeout)` returns the first event
     (seen so far or arriving) that satisfies `pred`, bounded in time.
@@ -275,8 +276,7 @@ class SpeakerProcess:
         self._stderr = stderr
         self.proc = ns.popen(
             sys.executable,
-            "-m",
-            "bgplb.lab.speaker",
+            os.path.abspath(__file__),
             *args,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
