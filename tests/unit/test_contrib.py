@@ -385,3 +385,14 @@ def test_alert_rules_pass_promtool() -> None:
             [promtool, *command], cwd=ALERTS.parent, capture_output=True, text=True, timeout=120
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_router_exports_refusal_reasons_before_the_first_refusal() -> None:
+    """rate() misses a counter's first event when its series appears with it: the fixed
+    reasons of bgplb_router_refused_connections_total are there at 0 from the start."""
+    router = Router(load_router_config(ROOT / "examples" / "router.toml"))
+    router.loop_watch = LoopWatch(period=0.05)
+    router.fib = MemoryFib(MemoryKernel())
+    families = {f[1]: f for f in metric_families(router)}
+    samples = dict(families["router_refused_connections"][4])
+    assert samples == {("gtsm",): 0.0, ("outside",): 0.0, ("rate",): 0.0}

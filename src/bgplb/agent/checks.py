@@ -106,6 +106,9 @@ class HealthChecks:
                 health.update(key, self._up(key))
             self.health[s.name] = health
             self.metrics.service_healthy.labels(s.name).set(1 if health.healthy else 0)
+            # counters get their series at 0 now: rate()/increase() then see the first event
+            self.metrics.announcements.labels(s.name)
+            self.metrics.withdrawals.labels(s.name)
             if health.healthy:
                 self.state.set_health(s.name, True, now, reason)
             else:

@@ -107,6 +107,9 @@ class PeerSessions:
         self.peers[key] = peer
         self.peer_configs[key] = peer_cfg
         self.metrics.peer_up.labels(key).set(0)
+        # counters get their series at 0 now: rate()/increase() then see the first event
+        self.metrics.session_flaps.labels(key)
+        self.metrics.bfd_teardowns.labels(key)
         self.bfd.request(key, peer_cfg)
         if start:
             peer.start()

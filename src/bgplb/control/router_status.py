@@ -45,6 +45,10 @@ __all__ = [
 
 log = logging.getLogger("bgplb.router")
 
+#: Reasons a connection is refused that exist whatever the configuration (bgplb.router.ranges;
+#: "max_sessions RANGE" is per range).
+REFUSAL_REASONS: dict[str, int] = {"rate": 0, "outside": 0, "gtsm": 0}
+
 #: Runs a long-lived task under the router's supervision (``Supervisor._supervise``).
 Supervise = Callable[[str, Callable[[], Coroutine[Any, Any, None]]], Coroutine[Any, Any, None]]
 
@@ -204,7 +208,11 @@ def metric_families(
             "router_refused_connections",
             "BGP connections refused, by reason",
             ("reason",),
-            [((k,), float(v)) for k, v in sorted(sessions.admission.refused.items())],
+            # the fixed reasons are exported at 0 before their first refusal (rate() sees it)
+            [
+                ((k,), float(v))
+                for k, v in sorted((REFUSAL_REASONS | sessions.admission.refused).items())
+            ],
         ),
         ("gauge", "router_vips", "VIPs in the RIB", (), [((), float(len(rib.vips)))]),
         (

@@ -235,3 +235,21 @@ async def test_drain_wait_returns_once_the_withdrawal_left(
     assert code == 1
     assert "still announced after 2s: web" in capsys.readouterr().err
     assert await run.stop() == 0
+
+
+async def test_counters_have_their_series_before_the_first_event(tmp_path: Path) -> None:
+    """Prometheus' rate()/increase() miss a counter's first event when its series only appears
+    with it: the agent exports every peer's and service's counters at 0 from the start."""
+    run = Run(tmp_path)
+    await run.start()
+    await until(lambda: run.lo.present == {WEB4, WEB6, DNS})
+    registry = run.daemon.metrics_server.registry
+    peer = str(run.cfg.peers[0].address)
+    for name, labels in (
+        ("bgplb_agent_session_flaps_total", {"peer": peer}),
+        ("bgplb_agent_bfd_teardowns_total", {"peer": peer}),
+        ("bgplb_agent_withdrawals_total", {"service": "web"}),
+        ("bgplb_agent_withdrawals_total", {"service": "dns"}),
+    ):
+        assert registry.get_sample_value(name, labels) == 0.0, (name, labels)
+    assert await run.stop() == 0
