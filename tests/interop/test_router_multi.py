@@ -7,8 +7,10 @@ leaves (withdrawn on both routers); s3 returns; router A is killed with kill -9 
 again; upstream moves every flow to router A.
 
 * `group = "consistent"`, with and without pinning: 0 broken connections to the servers that did
-  not change, at every step (s3's own connections may break when it leaves); without pinning,
-  when s3 leaves, at most the few the Maglev table moves (6 %, docs/kernel.md). One documented
+  not change, at every step (s3's own connections may break when it leaves), except when s3
+  leaves: at most the few the Maglev table moves (6 %, docs/kernel.md) — with pinning too, for
+  the connections whose handshake this lab routes asymmetrically (replies through the other
+  router: not pinned there, see below). One documented
   limit: in the seconds after router A's restart its tables follow a RIB that fills server by
   server (docs/kernel.md); connections broken then make the test xfail, with their count, once
   every other check passed.
@@ -76,10 +78,13 @@ def test_consistent_routers_send_every_flow_to_the_same_server(
                 # servers learned so far
                 window = s["others"]
                 continue
-            if s["step"] == "leave" and not lab.kind.pinning:
+            if s["step"] == "leave":
                 # Maglev moves a few of the others' slots when a server leaves (docs/kernel.md:
                 # 0-3 % of the flows, worst 5.7 %); both routers move the same ones. Pinning
-                # keeps established connections where they are: there it must be 0.
+                # does not cover all of them here: the servers answer through either router, and
+                # a router that saw a connection's SYN but not its SYN-ACK finds its later
+                # packets INVALID in conntrack (no entry, so no pin): such a connection follows
+                # the table alone, as without pinning (docs/kernel.md, "Asymmetric handshakes").
                 bound = MAGLEV_LEAVE * s["others_alive"]
                 assert s["others"] <= bound, f"leave: more than {bound:.0f}\n{table(result)}"
                 continue
