@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bgplb.linux.nftables import FAMILY, PRIORITY_MANGLE, PinMark, pin_ruleset
+from bgplb.linux.nftables import FAMILY, PRIORITY_MANGLE, SLOTS_CHAIN, PinMark, pin_ruleset
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -115,7 +115,28 @@ def consistent_ruleset(
                     }
                 }
             },
+            {"add": {"chain": {"family": FAMILY, "table": table, "name": SLOTS_CHAIN}}},
         ]
+        # the slot of every server, for the next run after a kill -9 (parse_marks); stateless
+        # (meta mark, not ct mark: no conntrack without pinning) and never evaluated
+        for pm in sorted(marks, key=lambda p: p.slot):
+            keep_slot: dict[str, Any] = {
+                "key": {"meta": {"key": "mark"}},
+                "value": {"|": [{"meta": {"key": "mark"}}, pm.mark]},
+            }
+            cmds.append(
+                {
+                    "add": {
+                        "rule": {
+                            "family": FAMILY,
+                            "table": table,
+                            "chain": SLOTS_CHAIN,
+                            "expr": [{"mangle": keep_slot}],
+                            "comment": pm.comment(),
+                        }
+                    }
+                }
+            )
     if not chains:
         return cmds
     extra: list[dict[str, Any]] = []

@@ -49,6 +49,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 FAMILY = "inet"
 PRIORITY_MANGLE = -150
 COMMENT_PREFIX = "bgplb-pin"
+#: Without pinning (consistent group alone) there is no forward rule to carry a server's slot
+#: in its comment: a chain without a hook (never evaluated) holds one rule per server instead,
+#: so a router restarted after a kill -9 gives every server the mark it had.
+SLOTS_CHAIN = "slots"
 
 
 class NftError(RuntimeError):
@@ -173,7 +177,7 @@ def parse_marks(listing: Sequence[dict[str, Any]]) -> list[PinMark]:
     out = []
     for item in listing:
         r = item.get("rule")
-        if not r or r.get("chain") != "forward":
+        if not r or r.get("chain") not in ("forward", SLOTS_CHAIN):
             continue
         comment = r.get("comment") or ""
         if not comment.startswith(COMMENT_PREFIX):

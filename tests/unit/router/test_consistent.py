@@ -16,7 +16,7 @@ from test_pinning_runtime import VIP1, VIP2, A, B, MemoryPins, close, forwarding
 from bgplb.config.router import FibConfig
 from bgplb.linux.memfib import MemoryFib, MemoryKernel
 from bgplb.linux.nft_consistent import ConsistentChain, consistent_ruleset
-from bgplb.linux.nftables import PinMark
+from bgplb.linux.nftables import PinMark, parse_marks
 from bgplb.linux.pinroutes import PinSpec
 from bgplb.router import pinning_runtime as runtime
 from bgplb.router.consistent import ConsistentTables
@@ -104,6 +104,13 @@ def test_ruleset_with_and_without_pinning() -> None:
     alone = consistent_ruleset("bgplb", 0xFF0000, marks, [N1, N2], [chain], pinning=False)
     text = str(alone)
     assert "forward" not in text and "'ct'" not in text
+    # the servers' slots survive a kill -9 without pinning too: a chain without a hook carries
+    # them in its rules' comments, read back at the next start
+    slots = [c["add"]["chain"] for c in alone if "chain" in c.get("add", {})]
+    assert {"family": "inet", "table": "bgplb", "name": "slots"} in slots
+    assert not any("hook" in c for c in slots if c["name"] == "slots")
+    listing = [{"rule": c["add"]["rule"]} for c in alone if "rule" in c.get("add", {})]
+    assert sorted(parse_marks(listing), key=lambda m: m.slot) == sorted(marks, key=lambda m: m.slot)
     assert [c for c in alone if "table" in c.get("delete", {})]  # replaced atomically
     with pytest.raises(ValueError, match="mask"):
         consistent_ruleset(
