@@ -39,9 +39,13 @@ class FakeUnit(ServiceInterface):
 
 
 class FakeManager(ServiceInterface):
-    def __init__(self, units: dict[str, str]) -> None:
+    """`load_unit=False`: an old systemd without LoadUnit; `subscribed` counts Subscribe calls."""
+
+    def __init__(self, units: dict[str, str], *, load_unit: bool = True) -> None:
         super().__init__("org.freedesktop.systemd1.Manager")
         self.units = units
+        self.load_unit = load_unit
+        self.subscribed = 0
 
     def _path(self, name: str) -> str:
         if name not in self.units:
@@ -50,6 +54,8 @@ class FakeManager(ServiceInterface):
 
     @method()
     def LoadUnit(self, name: "s") -> "o":  # noqa: F821
+        if not self.load_unit:
+            raise DBusError("org.freedesktop.DBus.Error.UnknownMethod", "no LoadUnit here")
         return self._path(name)
 
     @method()
@@ -58,7 +64,7 @@ class FakeManager(ServiceInterface):
 
     @method()
     def Subscribe(self) -> None:
-        pass
+        self.subscribed += 1
 
 
 @contextlib.contextmanager
@@ -83,12 +89,13 @@ def private_bus(netns: str | None = None) -> Iterator[str]:
 
 
 async def serve(
-    address: str, state: str = "active", unit: str = "nginx.service"
+    address: str, state: str = "active", unit: str = "nginx.service", **manager: Any
 ) -> tuple[MessageBus, FakeUnit]:
-    """Export the fake systemd (one unit, in ``state``) on the bus at ``address``."""
+    """Export the fake systemd (one unit, in ``state``; `manager`: FakeManager's options) on the
+    bus at ``address``."""
     bus = await MessageBus(bus_address=address).connect()
     fake = FakeUnit(state)
-    bus.export("/org/freedesktop/systemd1", FakeManager({unit: UNIT_PATH}))
+    bus.export("/org/freedesktop/systemd1", FakeManager({unit: UNIT_PATH}, **manager))
     bus.export(UNIT_PATH, fake)
     await bus.request_name("org.freedesktop.systemd1")
     return bus, fake

@@ -1,8 +1,9 @@
 """``type = "systemd"`` (bgplb.health.systemd): ActiveState from PropertiesChanged signals.
 
-Each test starts a private ``dbus-daemon --session`` (killed by its PID at the end) and a fake
-``org.freedesktop.systemd1`` on it: a Manager with LoadUnit/GetUnit/Subscribe and one Unit
-object with ActiveState that emits PropertiesChanged as systemd does.
+Each test starts a private ``dbus-daemon --session`` (killed by its PID at the end) and the fake
+``org.freedesktop.systemd1`` of tests/interop/fake_systemd.py on it: a Manager with
+LoadUnit/GetUnit/Subscribe and one Unit object with ActiveState that emits PropertiesChanged as
+systemd does.
 """
 
 import asyncio
@@ -14,62 +15,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dbus_fast import DBusError
 from dbus_fast.aio import MessageBus
-from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_property, method
+from fake_systemd import UNIT_PATH, FakeManager, FakeUnit, serve
 
 from bgplb.config import SystemdCheck
 from bgplb.health import DEACTIVATING, CheckEvent, CheckRunner
 from bgplb.health.systemd import SystemdProbe
 
 WAIT = 5.0
-UNIT_PATH = "/org/freedesktop/systemd1/unit/nginx_2eservice"
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dbus-daemon") is None, reason="dbus-daemon is not installed"
 )
-
-
-class FakeUnit(ServiceInterface):
-    def __init__(self, state: str) -> None:
-        super().__init__("org.freedesktop.systemd1.Unit")
-        self.state = state
-
-    @dbus_property(access=PropertyAccess.READ)
-    def ActiveState(self) -> "s":  # noqa: F821
-        return self.state
-
-    def set(self, state: str, *, signal: bool = True) -> None:
-        self.state = state
-        if signal:
-            self.emit_properties_changed({"ActiveState": state})
-
-
-class FakeManager(ServiceInterface):
-    def __init__(self, units: dict[str, str], *, load_unit: bool = True) -> None:
-        super().__init__("org.freedesktop.systemd1.Manager")
-        self.units = units
-        self.load_unit = load_unit
-        self.subscribed = 0
-
-    def _path(self, name: str) -> str:
-        if name not in self.units:
-            raise DBusError("org.freedesktop.systemd1.NoSuchUnit", f"Unit {name} not loaded.")
-        return self.units[name]
-
-    @method()
-    def LoadUnit(self, name: "s") -> "o":  # noqa: F821
-        if not self.load_unit:
-            raise DBusError("org.freedesktop.DBus.Error.UnknownMethod", "no LoadUnit here")
-        return self._path(name)
-
-    @method()
-    def GetUnit(self, name: "s") -> "o":  # noqa: F821
-        return self._path(name)
-
-    @method()
-    def Subscribe(self) -> None:
-        self.subscribed += 1
 
 
 @pytest.fixture
@@ -96,15 +53,6 @@ def bus_address(daemon: subprocess.Popen[str]) -> str:
     address = daemon.stdout.readline().strip()
     assert address.startswith("unix:"), address
     return address
-
-
-async def serve(address: str, state: str = "active", **manager: Any) -> tuple[MessageBus, Any]:
-    bus = await MessageBus(bus_address=address).connect()
-    unit = FakeUnit(state)
-    bus.export("/org/freedesktop/systemd1", FakeManager({"nginx.service": UNIT_PATH}, **manager))
-    bus.export(UNIT_PATH, unit)
-    await bus.request_name("org.freedesktop.systemd1")
-    return bus, unit
 
 
 def check(address: str, **extra: Any) -> SystemdCheck:
