@@ -55,6 +55,50 @@ SRC_VALID_MARK = "net.ipv4.conf.all.src_valid_mark"
 BE_LIBERAL = "net.netfilter.nf_conntrack_tcp_be_liberal"
 
 
+def _save_found(state: Path, key: str, value: str) -> None:
+    """Keep the value of a sysctl we are about to change in `state` (atomically). The value
+    found is the original one, even if a stale file (an earlier namespace with the same inode)
+    says otherwise: it is (re)written before every change."""
+    state.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state.with_name(state.name + ".tmp")
+    tmp.write_text(json.dumps({key: value, "set_by": "bgplb router"}))
+    os.replace(tmp, state)
+
+
+def _restore_found(
+    where: Callable[[], Path],
+    key: str,
+    sysctl: str,
+    read: Callable[[], str],
+    write: Callable[[str], None],
+    role: str,
+) -> bool:
+    """Put back the value :func:`_save_found` kept in the file `where()` names (also one an
+    earlier, killed run kept), if the sysctl still holds our 1, and remove the file. True if the
+    sysctl changed."""
+    try:
+        state = where()  # names our namespace: may fail (OSError) when it is gone
+        try:
+            saved = json.loads(state.read_text()).get(key)
+        except FileNotFoundError:
+            return False
+        except (ValueError, AttributeError):
+            saved = None
+        changed = False
+        if isinstance(saved, str) and saved.isdigit():
+            if read() == "1" and saved != "1":
+                write(saved)
+                log.info("%s: restored %s=%s", role, sysctl, saved)
+                changed = True
+        else:
+            log.warning("%s: %s unreadable: %s left as it is", role, state, sysctl)
+        state.unlink()
+        return changed
+    except OSError as exc:
+        log.warning("%s: cannot restore %s: %s", role, sysctl, exc)
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class PinSpec:
     """One server's pin: its mark and table, and the VIPs its table routes to it."""
@@ -308,13 +352,7 @@ class KernelPins:
             strict, current = self._sysctls()
             if not strict or current == "1":
                 return False
-            state = self.src_valid_mark_state
-            # The value found is the original one, even if a stale file (an earlier namespace
-            # with the same inode) says otherwise: it is (re)written before the change.
-            state.parent.mkdir(parents=True, exist_ok=True)
-            tmp = state.with_name(state.name + ".tmp")
-            tmp.write_text(json.dumps({"src_valid_mark": current, "set_by": "bgplb router"}))
-            os.replace(tmp, state)
+            _save_found(self.src_valid_mark_state, "src_valid_mark", current)
             self._set_src_valid_mark("1")
             log.info(
                 "pinning: rp_filter is on: set %s=1 (was %s; restored at exit)",
@@ -329,27 +367,14 @@ class KernelPins:
     def restore_src_valid_mark(self) -> bool:
         """Put back the src_valid_mark found before :meth:`ensure_src_valid_mark` set it (also
         by an earlier run that was killed). Returns True if the sysctl was changed."""
-        try:
-            state = self.src_valid_mark_state
-            try:
-                saved = json.loads(state.read_text()).get("src_valid_mark")
-            except FileNotFoundError:
-                return False
-            except (ValueError, AttributeError):
-                saved = None
-            changed = False
-            if isinstance(saved, str) and saved.isdigit():
-                if self._sysctls()[1] == "1" and saved != "1":
-                    self._set_src_valid_mark(saved)
-                    log.info("pinning: restored %s=%s", SRC_VALID_MARK, saved)
-                    changed = True
-            else:
-                log.warning("pinning: %s unreadable: src_valid_mark left as it is", state)
-            state.unlink()
-            return changed
-        except OSError as exc:
-            log.warning("pinning: cannot restore src_valid_mark: %s", exc)
-            return False
+        return _restore_found(
+            lambda: self.src_valid_mark_state,
+            "src_valid_mark",
+            SRC_VALID_MARK,
+            lambda: self._sysctls()[1],
+            self._set_src_valid_mark,
+            "pinning",
+        )
 
     # -- conntrack window tracking (consistent mode with pinning) ----------------------------
     @property
@@ -376,11 +401,7 @@ class KernelPins:
             current = self._read_be_liberal()
             if current == "1":
                 return False
-            state = self.be_liberal_state
-            state.parent.mkdir(parents=True, exist_ok=True)
-            tmp = state.with_name(state.name + ".tmp")
-            tmp.write_text(json.dumps({"tcp_be_liberal": current, "set_by": "bgplb router"}))
-            os.replace(tmp, state)
+            _save_found(self.be_liberal_state, "tcp_be_liberal", current)
             self._write_be_liberal("1")
             log.info(
                 "consistent: set %s=1 (was %s; restored at exit): flows arriving from another "
@@ -395,27 +416,14 @@ class KernelPins:
 
     def restore_be_liberal(self) -> bool:
         """Put back the value :meth:`ensure_be_liberal` found, if the sysctl still holds our 1."""
-        try:
-            state = self.be_liberal_state
-            try:
-                saved = json.loads(state.read_text()).get("tcp_be_liberal")
-            except FileNotFoundError:
-                return False
-            except (ValueError, AttributeError):
-                saved = None
-            changed = False
-            if isinstance(saved, str) and saved.isdigit():
-                if self._read_be_liberal() == "1" and saved != "1":
-                    self._write_be_liberal(saved)
-                    log.info("consistent: restored %s=%s", BE_LIBERAL, saved)
-                    changed = True
-            else:
-                log.warning("consistent: %s unreadable: %s left as it is", state, BE_LIBERAL)
-            state.unlink()
-            return changed
-        except OSError as exc:
-            log.warning("consistent: cannot restore %s: %s", BE_LIBERAL, exc)
-            return False
+        return _restore_found(
+            lambda: self.be_liberal_state,
+            "tcp_be_liberal",
+            BE_LIBERAL,
+            self._read_be_liberal,
+            self._write_be_liberal,
+            "consistent",
+        )
 
     # -- conntrack ----------------------------------------------------------------------------
     def counts(self) -> dict[int, int]:
