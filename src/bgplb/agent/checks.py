@@ -70,7 +70,11 @@ class HealthChecks:
         # systemd checks whose unit is deactivating: up for the health, the service drains
         self.stopping: set[CheckKey] = set()
         self.runner = CheckRunner(
-            self._on_check, on_result=self._on_result, jitter=jitter, probe_factory=probe_factory
+            self._on_check,
+            on_result=self._on_result,
+            jitter=jitter,
+            probe_factory=probe_factory,
+            on_error=lambda: metrics.internal_error("check-callback"),
         )
 
     def start(self) -> None:

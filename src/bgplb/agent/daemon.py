@@ -77,11 +77,11 @@ class AgentDaemon:
         self.find_router_id = find_router_id
         self.notify = notify
         self.use_signals = signals
-        self.tasks = Tasks()
-        self.store = statefile.StateStore(Path(state_path))
-        self.state = AgentState(shutdown_drain_time=self.config.value.bgp.shutdown_drain_time)
         self.metrics_server = MetricsServer()
         self.metrics = AgentMetrics(self.metrics_server)
+        self.tasks = Tasks(on_error=lambda: self.metrics.internal_error("background"))
+        self.store = statefile.StateStore(Path(state_path))
+        self.state = AgentState(shutdown_drain_time=self.config.value.bgp.shutdown_drain_time)
         self.sessions = PeerSessions(
             self.config, self.metrics, self.clock, peer_factory=peer_factory
         )

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from bgplb.control.metrics import MetricsServer
 
+#: Where the agent catches an unexpected exception (a bug), the ``task`` label of
+#: ``bgplb_agent_internal_errors_total``: a VIP step (adding or removing a VIP on ``lo``), a
+#: health check's callback into the agent, or one of the agent's background tasks.
+INTERNAL_TASKS = ("vip-step", "check-callback", "background")
+
 
 class AgentMetrics:
     def __init__(self, server: MetricsServer) -> None:
@@ -38,3 +43,13 @@ class AgentMetrics:
         self.bfd_teardowns = server.counter(
             "agent_bfd_teardowns", "BGP sessions closed because BFD went down", ("peer",)
         )
+        self.internal_errors = server.counter(
+            "agent_internal_errors",
+            "Unexpected exceptions (bugs), logged with their traceback",
+            ("task",),
+        )
+        for task in INTERNAL_TASKS:
+            self.internal_errors.labels(task)  # exported at 0 before the first one
+
+    def internal_error(self, task: str) -> None:
+        self.internal_errors.labels(task).inc()

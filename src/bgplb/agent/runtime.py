@@ -9,12 +9,15 @@ asyncio implementation; tests pass a fake one that they advance by hand.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Protocol
 
 from bgplb.config import AgentConfig
+
+log = logging.getLogger("bgplb.agent")
 
 
 class Cancellable(Protocol):
@@ -57,16 +60,38 @@ Job = Coroutine[object, object, None]
 
 
 class Tasks:
-    """Background tasks of the agent, cancelled together at exit."""
+    """Background tasks of the agent, cancelled together at exit.
 
-    def __init__(self) -> None:
+    A task that ends with an exception (a bug: the jobs catch what they expect) is logged with
+    its traceback at once, not when the task object is collected, and ``on_error()`` is
+    called (the agent counts it in ``bgplb_agent_internal_errors_total``)."""
+
+    def __init__(self, on_error: Callable[[], None] | None = None) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
+        self._on_error = on_error
 
     def spawn(self, job: Job) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(job)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
         return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved: asyncio does not log it a second time
+        if error is None:
+            return
+        log.error(
+            "internal error in background task %s: %s: %s",
+            getattr(task.get_coro(), "__qualname__", task.get_name()),
+            type(error).__name__,
+            error,
+            exc_info=error,
+        )
+        if self._on_error is not None:
+            self._on_error()
 
     def __len__(self) -> int:
         return len(self._tasks)

@@ -61,7 +61,10 @@ class Routes(Protocol):
 
 
 class VipWorker:
-    """Runs VIP steps one at a time, in order; ``on_done(action, now)`` after each."""
+    """Runs VIP steps one at a time, in order; ``on_done(action, now)`` after each.
+
+    A step that raises (a bug: the kernel's refusals are handled inside the step) is logged
+    with its traceback and ``on_error()`` is called; the worker goes on with the next one."""
 
     def __init__(
         self,
@@ -69,11 +72,13 @@ class VipWorker:
         store: StateStore,
         clock: Clock,
         on_done: Callable[[VipAction, float], None],
+        on_error: Callable[[], None] | None = None,
     ) -> None:
         self.loopback = loopback
         self.store = store
         self.clock = clock
         self.on_done = on_done
+        self.on_error = on_error
         self._queue: asyncio.Queue[VipAction] = asyncio.Queue()
         self._pending = 0  # submitted, not done
         self._retries: set[Cancellable] = set()
@@ -98,7 +103,9 @@ class VipWorker:
                 try:
                     await self.step(action)
                 except Exception:
-                    log.exception("VIP step %s failed", action)
+                    log.exception("internal error: VIP step %s failed", action)
+                    if self.on_error is not None:
+                        self.on_error()
                 finally:
                     self._pending -= 1
                     self._queue.task_done()
@@ -181,7 +188,9 @@ class StateSteps:
         self.clock = clock
         self.config = config
         self.tasks = tasks
-        self.vips = VipWorker(loopback, store, clock, self._vip_done)
+        self.vips = VipWorker(
+            loopback, store, clock, self._vip_done, lambda: metrics.internal_error("vip-step")
+        )
         self._timer: Cancellable | None = None
         self._timer_at: float | None = None
 

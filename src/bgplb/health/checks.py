@@ -340,8 +340,10 @@ class CheckRunner:
         on_result: Callable[[Hashable, ProbeResult], object] | None = None,
         jitter: float = 0.0,
         probe_factory: Callable[[CheckConfig], Probe] = make_probe,
+        on_error: Callable[[], None] | None = None,
     ) -> None:
         self._on_transition = on_transition
+        self._on_error = on_error
         self._on_result = on_result
         self._jitter = jitter
         self._factory = probe_factory
@@ -426,7 +428,9 @@ class CheckRunner:
                 if transition is not None:
                     self._on_transition(CheckEvent(status.key, transition, result))
             except Exception:
-                log.exception("health check callback failed for %s", status.key)
+                log.exception("internal error: health check callback failed for %s", status.key)
+                if self._on_error is not None:
+                    self._on_error()
             jitter = random.uniform(0, check.interval * self._jitter) if self._jitter else 0.0
             # Never overlapping: the next probe starts at the later of its interval and now
             # (the end of this one, which may have taken up to `timeout` > `interval`).
