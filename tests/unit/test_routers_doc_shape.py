@@ -9,13 +9,11 @@ one basename cannot be collected in one pytest run.)
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+import test_routers_doc as interop  # tests/interop is on pytest's pythonpath
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "routers.md"
@@ -39,22 +37,6 @@ TESTED = {
     "bird": "protocol bgp",
     "frr": "router bgp 65530",
 }
-
-
-def _interop_module() -> ModuleType:
-    path = ROOT / "tests" / "interop" / "test_routers_doc.py"
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("_routers_doc_interop", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(path.parent))
-
-
-interop = _interop_module()
 
 
 def sections(text: str) -> dict[str, str]:
