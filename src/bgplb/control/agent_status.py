@@ -72,8 +72,12 @@ def _styled(value: str) -> Text:
 def render(status: Document) -> Group:
     """Tables for peers, services and checks."""
     peers = Table(title="BGP peers", title_justify="left")
-    for column in ("peer", "AS", "state", "uptime", "routes sent", "BFD", "last error"):
-        peers.add_column(column)
+    # Addresses, numbers and states are never cut or wrapped (an operator copies them); each
+    # peer's last error and held-back routes follow the table as lines of their own, so the
+    # table fits 80 columns.
+    for column in ("peer", "AS", "state", "uptime", "routes sent", "BFD"):
+        peers.add_column(column, no_wrap=True)
+    notes: list[Text] = []
     for p in status.get("peers", []):
         peers.add_row(
             p["address"],
@@ -82,17 +86,21 @@ def render(status: Document) -> Group:
             _duration(p["uptime"]),
             str(p["routes_sent"]),
             bfd_text(p.get("bfd")),
-            "\n".join(
-                [p["last_error"] or ""]
-                + [f"not announced: {h['prefix']}: {h['reason']}" for h in p.get("held_back", [])]
-            ).strip(),
         )
+        lines = [f"last error: {p['last_error']}"] if p["last_error"] else []
+        lines += [f"not announced: {h['prefix']}: {h['reason']}" for h in p.get("held_back", [])]
+        notes += [Text(f"  {p['address']}: {line}") for line in lines]
     services = Table(title="Services", title_justify="left")
-    for column in ("service", "health", "announcement", "VIPs", "reason"):
-        services.add_column(column)
+    for column in ("service", "health", "announcement"):
+        services.add_column(column, no_wrap=True)
+    services.add_column("VIPs", overflow="fold")
+    services.add_column("reason", overflow="fold", ratio=1)
     checks = Table(title="Checks", title_justify="left")
-    for column in ("service", "check", "state", "last", "latency", "output"):
-        checks.add_column(column)
+    checks.add_column("service", no_wrap=True)
+    checks.add_column("check", overflow="fold")
+    for column in ("state", "last", "latency"):
+        checks.add_column(column, no_wrap=True)
+    checks.add_column("output", overflow="fold", ratio=1)
     for s in status.get("services", []):
         services.add_row(
             s["name"],
@@ -110,7 +118,7 @@ def render(status: Document) -> Group:
         f"bgplb agent  AS {status.get('asn')}  router id {status.get('router_id')}  "
         f"up {_duration(status.get('uptime'))}"
     )
-    return Group(header, peers, services, checks)
+    return Group(header, peers, *notes, services, checks)
 
 
 def print_status(status: Document, console: Console | None = None) -> None:

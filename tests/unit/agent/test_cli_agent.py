@@ -144,6 +144,48 @@ def test_status_tables_render():
         assert expected in text
 
 
+def test_status_fits_80_columns_without_cutting_addresses_or_states():
+    peer = {
+        "name": "p",
+        "asn": 65530,
+        "state": "OpenConfirm",
+        "uptime": 70.0,
+        "routes_sent": 1,
+        "updates_sent": 2,
+        "bfd": {"state": "Up"},
+    }
+    status = {
+        "asn": 65000,
+        "router_id": "192.0.2.11",
+        "uptime": 75.0,
+        "peers": [
+            dict(
+                peer,
+                address="2001:db8:ffff:ffff::1",
+                last_error="NOTIFICATION received: "
+                'Cease / Administrative Shutdown: "maintenance window of the rack"',
+            ),
+            dict(
+                peer,
+                address="192.0.2.250",
+                last_error=None,
+                held_back=[{"prefix": "2001:db8::10/128", "reason": "no IPv6 next hop"}],
+            ),
+        ],
+        "services": [],
+    }
+    console = Console(record=True, width=80)
+    console.print(render(status))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = [line for line in lines if "OpenConfirm" in line]
+    assert len(rows) == 2
+    assert "2001:db8:ffff:ffff::1" in rows[0] and "192.0.2.250" in rows[1]
+    text = "\n".join(lines)
+    assert "2001:db8:ffff:ffff::1: last error: NOTIFICATION received" in text
+    assert "192.0.2.250: not announced: 2001:db8::10/128: no IPv6 next hop" in text
+
+
 def test_attributes_prepend_communities_and_graceful_shutdown():
     spec = ServiceSpec(
         "web",
