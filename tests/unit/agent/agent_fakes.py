@@ -11,6 +11,7 @@ import itertools
 from collections.abc import Callable
 from pathlib import Path
 
+from bgplb.agent.state import AddVip, AgentState, Announce, RemoveVip, Withdraw
 from bgplb.bgp.attributes import PathAttributes
 from bgplb.bgp.fsm import State
 from bgplb.bgp.prefix import Prefix
@@ -208,3 +209,60 @@ def config(
         body = body.replace(key, value)
     path.write_text(body)
     return path, load_agent_config(path)
+
+
+class StateWorld:
+    """What the agent's glue does with :class:`AgentState`'s actions, in memory, for the
+    property tests: VIPs on lo, routes announced (VIP → graceful_shutdown), withdrawals waiting
+    for their confirmation. :meth:`run` checks what every sequence must keep (announce only a
+    healthy service's VIP that is on lo; remove a VIP only after its withdrawal was confirmed);
+    ``on_action`` sees each action first, for a test's own checks."""
+
+    def __init__(
+        self, state: AgentState, on_action: Callable[[object], None] | None = None
+    ) -> None:
+        self.state = state
+        self.on_action = on_action
+        self.on_lo: set[object] = set()
+        self.announced: dict[object, bool] = {}
+        self.pending: set[object] = set()
+        self.healthy = False
+        self.now = 0.0
+
+    def run(self) -> None:
+        for a in self.state.actions():
+            if self.on_action is not None:
+                self.on_action(a)
+            if isinstance(a, AddVip):
+                self.on_lo.add(a.vip)
+                self.state.vip_added(a.vip, self.now)
+                self.run()
+            elif isinstance(a, Announce):
+                assert a.vip in self.on_lo, "announced before the VIP was on lo"
+                assert self.healthy, "announced an unhealthy service"
+                self.announced[a.vip] = a.graceful_shutdown
+            elif isinstance(a, Withdraw):
+                self.announced.pop(a.vip, None)
+                self.pending.add(a.vip)
+            elif isinstance(a, RemoveVip):
+                assert a.vip not in self.announced and a.vip not in self.pending
+                self.on_lo.discard(a.vip)
+
+    def confirm(self) -> set[object]:
+        """Every pending withdrawal is on the wire: tell the state; returns those VIPs."""
+        done = set(self.pending)
+        self.pending.clear()
+        self.state.withdrawn(done, self.now)  # type: ignore[arg-type]
+        self.run()
+        return done
+
+    def shut_down(self) -> None:
+        """The agent stops (drain time 1 s): it must end idle, nothing announced or on lo."""
+        self.state.shutdown(self.now, drain_time=1.0)
+        self.run()
+        for _ in range(4):
+            self.now += 1.0
+            self.state.handle_timer(self.now)
+            self.run()
+            self.confirm()
+        assert self.state.idle and not self.announced and not self.on_lo

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from agent_fakes import StateWorld
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -441,49 +442,30 @@ def test_invariants_under_any_sequence(events: list[tuple[str, float]]) -> None:
     s = AgentState()
     spec = web(drain_time=2.0, drain_vip_linger=3.0)
     s.configure([spec], 0.0)
-    on_lo: set[object] = set()
-    announced: set[object] = set()
-    pending_withdraw: set[object] = set()
-    healthy = False
-    now = 0.0
+    confirmed: dict[object, float] = {}
+    drained_at_confirm: dict[object, bool] = {}
 
-    def run() -> None:
-        for a in s.actions():
-            if isinstance(a, AddVip):
-                on_lo.add(a.vip)
-                s.vip_added(a.vip, now)
-                run()
-            elif isinstance(a, Announce):
-                assert a.vip in on_lo, "announced before the VIP was on lo"
-                assert healthy, "announced an unhealthy service"
-                announced.add(a.vip)
-            elif isinstance(a, Withdraw):
-                announced.discard(a.vip)
-                pending_withdraw.add(a.vip)
-            elif isinstance(a, RemoveVip):
-                assert a.vip not in announced and a.vip not in pending_withdraw
-                on_lo.discard(a.vip)
-                confirmed.pop(a.vip, None)
+    def forget_removed(action: object) -> None:
+        if isinstance(action, RemoveVip):
+            confirmed.pop(action.vip, None)
+
+    world = StateWorld(s, forget_removed)
 
     def check_lo() -> None:
         lingering = s.lingering("web")
-        for vip in on_lo - announced - pending_withdraw:
+        for vip in world.on_lo - set(world.announced) - world.pending:
             assert str(vip) in lingering, f"{vip} on lo, not announced, not lingering"
             assert drained_at_confirm[vip], "lingering after a withdrawal that was not a drain"
             assert lingering[str(vip)] <= confirmed[vip] + 3.0
             if kind == "tick":  # the timer fired: every linger that is over has ended
-                assert lingering[str(vip)] > now
+                assert lingering[str(vip)] > world.now
 
-    confirmed: dict[object, float] = {}
-    drained_at_confirm: dict[object, bool] = {}
     for kind, dt in events:
-        now += dt
-        if kind == "up":
-            healthy = True
-            s.set_health("web", True, now)
-        elif kind == "down":
-            healthy = False
-            s.set_health("web", False, now)
+        world.now += dt
+        now = world.now
+        if kind in ("up", "down"):
+            world.healthy = kind == "up"
+            s.set_health("web", world.healthy, now)
         elif kind == "drain":
             s.drain("web", now)
         elif kind == "undrain":
@@ -492,24 +474,11 @@ def test_invariants_under_any_sequence(events: list[tuple[str, float]]) -> None:
             s.handle_timer(now)
         elif kind == "reload":
             s.configure([web(drain_time=2.0, drain_vip_linger=3.0, med=int(now))], now)
-        run()
-        if kind == "confirm" and pending_withdraw:
-            done = set(pending_withdraw)
-            pending_withdraw.clear()
-            for vip in done:
+        world.run()
+        if kind == "confirm" and world.pending:
+            for vip in world.pending:
                 confirmed[vip] = now
                 drained_at_confirm[vip] = s.services["web"].drained
-            s.withdrawn(done, now)  # type: ignore[arg-type]
-            run()
+            world.confirm()
         check_lo()
-    s.shutdown(now, drain_time=1.0)
-    run()
-    for _ in range(4):
-        now += 1.0
-        s.handle_timer(now)
-        run()
-        done = set(pending_withdraw)
-        pending_withdraw.clear()
-        s.withdrawn(done, now)  # type: ignore[arg-type]
-        run()
-    assert s.idle and not announced and not on_lo
+    world.shut_down()

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from agent_fakes import FakeClock, FakeProbe, config, fake_peers, settle
+from agent_fakes import FakeClock, FakeProbe, StateWorld, config, fake_peers, settle
 from fake_systemd import close, private_bus, serve
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -155,35 +155,20 @@ def test_stop_drain_invariants_under_any_sequence(events: list[tuple[str, float]
     persisted drain state; a stop drain withdraws by drain_time; shutdown ends idle."""
     st_ = AgentState()
     st_.configure([web(drain_time=2.0, drain_vip_linger=1.0)], 0.0)
-    on_lo: set[object] = set()
-    announced: dict[object, bool] = {}  # vip -> graceful_shutdown
-    pending: set[object] = set()
-    healthy = stopping = drained = False
+    stopping = drained = False
     stop_since: float | None = None
-    now = 0.0
 
-    def run() -> None:
-        for a in st_.actions():
-            if isinstance(a, AddVip):
-                on_lo.add(a.vip)
-                st_.vip_added(a.vip, now)
-                run()
-            elif isinstance(a, Announce):
-                assert a.vip in on_lo and healthy
-                assert a.graceful_shutdown or not (stopping or drained)
-                announced[a.vip] = a.graceful_shutdown
-            elif isinstance(a, Withdraw):
-                announced.pop(a.vip, None)
-                pending.add(a.vip)
-            elif isinstance(a, RemoveVip):
-                assert a.vip not in announced and a.vip not in pending
-                on_lo.discard(a.vip)
+    def only_graceful_while_stopping(action: object) -> None:
+        if isinstance(action, Announce):
+            assert action.graceful_shutdown or not (stopping or drained)
 
+    world = StateWorld(st_, only_graceful_while_stopping)
     for kind, dt in events:
-        now += dt
+        world.now += dt
+        now = world.now
         if kind in ("up", "down"):
-            healthy = kind == "up"
-            st_.set_health("web", healthy, now)
+            world.healthy = kind == "up"
+            st_.set_health("web", world.healthy, now)
         elif kind in ("stop", "stopped"):
             stopping = kind == "stop"
             if stopping and stop_since is None:
@@ -196,26 +181,13 @@ def test_stop_drain_invariants_under_any_sequence(events: list[tuple[str, float]
             (st_.drain if drained else st_.undrain)("web", now)
         elif kind == "tick":
             st_.handle_timer(now)
-        run()
-        if kind == "confirm" and pending:
-            done, pending_now = set(pending), pending
-            pending_now.clear()
-            st_.withdrawn(done, now)  # type: ignore[arg-type]
-            run()
+        world.run()
+        if kind == "confirm" and world.pending:
+            world.confirm()
         assert st_.drained() == (["web"] if drained else [])
         if kind == "tick" and stop_since is not None and now >= stop_since + 2.0:
-            assert not announced, "still announced drain_time after the stop began"
-    st_.shutdown(now, drain_time=1.0)
-    run()
-    for _ in range(4):
-        now += 1.0
-        st_.handle_timer(now)
-        run()
-        done = set(pending)
-        pending.clear()
-        st_.withdrawn(done, now)  # type: ignore[arg-type]
-        run()
-    assert st_.idle and not announced and not on_lo
+            assert not world.announced, "still announced drain_time after the stop began"
+    world.shut_down()
 
 
 # -- the glue on probe results -----------------------------------------------------------------
