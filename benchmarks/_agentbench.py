@@ -42,22 +42,30 @@ def ts(line: str) -> float:
 
 
 def time_http_kill(
-    lab: AgentLab, s1: Server, s2: Server, pcap: Path, wait: float
+    lab: AgentLab,
+    s1: Server,
+    s2: Server,
+    pcap: Path,
+    wait: float,
+    fail: Callable[[], None] | None = None,
 ) -> tuple[float | None, float | None]:
-    """Kill s1's HTTP server (SIGKILL, t0) and wait until only s2 is a nexthop; return
-    (ms to s1's withdrawal UPDATE on the router's interface, ms to the router's kernel route
-    change), each None when it was not seen."""
+    """Kill s1's HTTP server (SIGKILL, t0) — or call ``fail()`` instead (t0 just before) — and
+    wait until only s2 is a nexthop; return (ms to s1's withdrawal UPDATE on the router's
+    interface, ms to the router's kernel route change), each None when it was not seen."""
     monitor = lab.router.popen(
         "ip", "-ts", "monitor", "route", stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )  # fmt: skip
     time.sleep(0.2)
     with Capture(lab.router, "eth-s1", pcap):
-        assert s1.http is not None
         t0 = time.time()
-        s1.http.send_signal(signal.SIGKILL)
-        s1.http.wait(5)
-        s1.http = None
+        if fail is not None:
+            fail()
+        else:
+            assert s1.http is not None
+            s1.http.send_signal(signal.SIGKILL)
+            s1.http.wait(5)
+            s1.http = None
         lab.wait_nexthops([s2.address], timeout=wait)
         time.sleep(0.2)
     monitor.terminate()

@@ -14,7 +14,9 @@ Part 2, on the wire (root, BIRD 2; ``--wire``): the agent lab of agent_failover.
 router, two servers). s1's checked HTTP server is killed (SIGKILL, t0); we time its withdrawal
 UPDATE on the router's interface and the router's kernel route losing the nexthop, for one check
 per run, side by side in the same run: ``http`` at --interval-ms / fall 2 (the polled baseline),
-``process`` (the HTTP server's pid in a pidfile) and ``listen`` (its port).
+``process`` (the HTTP server's pid in a pidfile) and ``listen`` (its port). For ``systemd`` the
+failure is the unit's ActiveState turning ``failed`` (t0) on the fake systemd of the tests,
+served on a private bus that the real agent in s1's namespace watches.
 
 The same kill under client load, with failed requests counted and ExaBGP's healthcheck side
 by side: ``benchmarks/agent_vs_exabgp.py --detection``.
@@ -151,7 +153,7 @@ def in_process(runs: int) -> None:
 # -- on the wire, with the real agent -----------------------------------------------------------
 
 
-def _services(kind: str, s: Any, interval_ms: int) -> str:
+def _services(kind: str, s: Any, interval_ms: int, bus: str = "") -> str:
     head = """
 [[services]]
 name = "web"
@@ -170,23 +172,27 @@ damping = false
         )
     if kind == "process":
         return head + f'type = "process"\npidfile = "{s.workdir / "http.pid"}"\n'
+    if kind == "systemd":
+        return head + f'type = "systemd"\nunit = "nginx.service"\nbus = "{bus}"\n'
     return head + f'type = "listen"\nport = {s.http_port}\n'
 
 
 def on_the_wire(runs: int, interval_ms: int) -> None:
     from agent_lab import build_lab
+    from fake_systemd import ThreadedSystemd, private_bus
 
     from _agentbench import daemons_factory, time_http_kill
     from bgplb.lab.netns import Topology
     from bgplb.lab.peers import Bird
 
-    kinds = ("http", "process", "listen")
+    kinds = ("http", "process", "listen", "systemd")
     wire: dict[str, list[float]] = {k: [] for k in kinds}
     fib: dict[str, list[float]] = {k: [] for k in kinds}
     workdir = Path(tempfile.mkdtemp(prefix="bgplb-checklat-"))
     made: list[Bird] = []
-    with Topology(prefix="chk") as topo:
+    with Topology(prefix="chk") as topo, private_bus() as bus:
         lab = build_lab(topo, daemons_factory(workdir, made))
+        systemd = ThreadedSystemd(bus)
         try:
             lab.bird.start()
             s1, s2 = lab.servers
@@ -202,20 +208,27 @@ def on_the_wire(runs: int, interval_ms: int) -> None:
                         s1.agent = None
                         s1.start_http()
                     (s1.workdir / "http.pid").write_text(f"{s1.http.pid}\n")  # type: ignore[union-attr]
-                    s1.write_config(_services(kind, s1, interval_ms))
+                    systemd.set("active")
+                    s1.write_config(_services(kind, s1, interval_ms, bus))
                     s1.start_agent()
                     lab.wait_nexthops([s1.address, s2.address], timeout=30)
                     time.sleep(0.3)
-                    w, f = time_http_kill(lab, s1, s2, workdir / f"{kind}{run}.pcap", wait=10)
+                    fail = (lambda: systemd.set("failed")) if kind == "systemd" else None
+                    pcap = workdir / f"{kind}{run}.pcap"
+                    w, f = time_http_kill(lab, s1, s2, pcap, wait=10, fail=fail)
                     if w is not None:
                         wire[kind].append(w)
                     if f is not None:
                         fib[kind].append(f)
         finally:
+            systemd.close()
             lab.close()
             for d in made:
                 d.stop()
-    print(f"HTTP server killed -> on the wire, real agent, BIRD 2 router ({runs} runs each)")
+    print(
+        "HTTP server killed (systemd: unit failed) -> on the wire, real agent, BIRD 2 router"
+        f" ({runs} runs each)"
+    )
     for kind in kinds:
         label = f"http {interval_ms} ms fall 2" if kind == "http" else kind
         print(summary(f"{label}: withdrawal at the router", wire[kind]))
